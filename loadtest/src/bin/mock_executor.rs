@@ -1,0 +1,117 @@
+//! `mock-executor`: runs one mock executor from the command line (demo, manual and load
+//! tests) until killed.
+
+use opr_loadtest::{HealthMode, MockExecutor, MockOptions};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: mock-executor --port PORT [--host 127.0.0.1] [--name NAME] \
+                     [--health pass|text|newstyle|fail] [--usage N]";
+
+struct Args {
+    host: IpAddr,
+    port: u16,
+    name: String,
+    health: String,
+    usage: Option<u8>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        host: IpAddr::from([127, 0, 0, 1]),
+        port: 0,
+        name: "mock-executor".to_string(),
+        health: "pass".to_string(),
+        usage: None,
+    };
+    let mut port = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Err(String::new());
+        }
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--port" => {
+                let v = value()?;
+                port = Some(v.parse().map_err(|_| format!("invalid port {v:?}"))?);
+            }
+            "--host" => {
+                let v = value()?;
+                args.host = v.parse().map_err(|_| format!("invalid host IP {v:?}"))?;
+            }
+            "--name" => args.name = value()?,
+            "--health" => args.health = value()?,
+            "--usage" => {
+                let v = value()?;
+                args.usage = Some(v.parse().map_err(|_| format!("invalid usage {v:?}"))?);
+            }
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    args.port = port.ok_or("--port is required")?;
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("mock-executor: {msg}");
+            }
+            eprintln!("{USAGE}");
+            return if msg.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    let usage = args.usage.unwrap_or(0);
+    let health = match args.health.as_str() {
+        "pass" => HealthMode::Pass {
+            usage,
+            runtimes: Vec::new(),
+        },
+        "text" => HealthMode::Text,
+        "newstyle" => HealthMode::NewStyle { usage: args.usage },
+        "fail" => HealthMode::Fail,
+        other => {
+            eprintln!("mock-executor: unknown health mode {other:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = MockOptions {
+        name: args.name,
+        bind: SocketAddr::new(args.host, args.port),
+        health,
+    };
+    let mock = match MockExecutor::start(opts) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!(
+                "mock-executor: cannot listen on {}:{}: {e}",
+                args.host, args.port
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("mock executor {} listening on {}", mock.name(), mock.addr());
+    let _ = std::io::stdout().flush();
+    // Serve until killed (SIGTERM's default action ends the process).
+    loop {
+        std::thread::park();
+    }
+}

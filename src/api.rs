@@ -1,0 +1,82 @@
+//! The proxy's own endpoints: `/v1/proxy/health` (liveness, no key) and
+//! `/v1/proxy/containers` (executor states, key needed).
+
+use serde::Serialize;
+
+use crate::error::write_json_response;
+use crate::http::conn::After;
+use crate::logging::rfc3339;
+use crate::snapshot::Snapshot;
+use crate::worker::WorkerCtx;
+
+/// `200 OK` with body `OK`, as the original answers.
+pub fn health(close: bool, head_only: bool, out: &mut Vec<u8>) -> After {
+    out.clear();
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: no-cache, no-store, must-revalidate\r\nContent-Length: 2\r\n",
+    );
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(b"OK");
+    }
+    if close {
+        After::Close
+    } else {
+        After::KeepAlive
+    }
+}
+
+/// One executor in `/v1/proxy/containers`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Container<'a> {
+    hostname: &'a str,
+    status: &'static str,
+    state_status: Option<&'a str>,
+    state_usage: Option<u8>,
+    runtimes: usize,
+    last_check: Option<String>,
+    last_error: Option<&'a str>,
+}
+
+/// The executors in configuration order, as the checker and the workers see them now.
+pub fn containers(
+    snapshot: &Snapshot,
+    ctx: &WorkerCtx,
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
+    let list: Vec<Container<'_>> = snapshot
+        .executors
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let online = e.online && !ctx.board.is_flagged_offline(i);
+            Container {
+                hostname: &e.hostname,
+                status: if online { "online" } else { "offline" },
+                state_status: e.state_status.as_deref(),
+                state_usage: e.usage,
+                runtimes: e.runtimes.len(),
+                last_check: e.last_check.map(rfc3339),
+                last_error: if online {
+                    None
+                } else {
+                    e.last_error
+                        .as_deref()
+                        .or(Some("flagged offline by a worker"))
+                },
+            }
+        })
+        .collect();
+    let body = sonic_rs::to_string(&list).unwrap_or_else(|_| "[]".into());
+    out.clear();
+    write_json_response(out, 200, &body, close);
+    if head_only {
+        out.truncate(out.len() - body.len());
+    }
+}

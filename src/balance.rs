@@ -1,0 +1,361 @@
+//! Executor selection (SPEC §4): tiers, the four algorithms, runtime preference and
+//! the per-worker optimistic runtime overlay. Pure: no I/O, one picker per worker.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use crate::config::Algorithm;
+use crate::snapshot::Snapshot;
+
+/// How the client asked to address executors (`x-opr-addressing-method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addressing {
+    /// Default: the tiers of SPEC §4 with the configured algorithm.
+    AnycastEfficient,
+    /// Random among online executors, tiers ignored.
+    AnycastFast,
+    /// Every online executor.
+    Broadcast,
+}
+
+impl Addressing {
+    /// Unknown values fall back to the default, as the original does.
+    pub fn from_header(value: Option<&[u8]>) -> Addressing {
+        match value {
+            Some(b"anycast-fast") => Addressing::AnycastFast,
+            Some(b"broadcast") => Addressing::Broadcast,
+            _ => Addressing::AnycastEfficient,
+        }
+    }
+}
+
+/// One worker's selection state: round-robin counter, random generator, the
+/// optimistic runtime overlay and a reusable candidate buffer. `!Sync` by design.
+pub struct Picker {
+    algorithm: Algorithm,
+    next: Cell<usize>,
+    rng: Cell<u64>,
+    /// runtime id → executors it was just sent to; valid for `overlay_generation` only.
+    overlay: RefCell<HashMap<Box<str>, Vec<usize>>>,
+    overlay_generation: Cell<u64>,
+    candidates: RefCell<Vec<usize>>,
+}
+
+const WARM_USAGE: u8 = 80;
+
+impl Picker {
+    pub fn new(algorithm: Algorithm, seed: u64) -> Picker {
+        Picker {
+            algorithm,
+            next: Cell::new(0),
+            // xorshift must not start at 0.
+            rng: Cell::new(seed | 1),
+            overlay: RefCell::new(HashMap::new()),
+            overlay_generation: Cell::new(0),
+            candidates: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Choose one executor for an anycast request. `unavailable(i)` excludes executors a
+    /// worker flagged offline or that this request already failed on.
+    pub fn pick(
+        &self,
+        snapshot: &Snapshot,
+        addressing: Addressing,
+        runtime_id: Option<&str>,
+        unavailable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        self.sync_overlay(snapshot.generation);
+        let mut candidates = self.candidates.borrow_mut();
+        let online = |i: usize| snapshot.executors[i].online && !unavailable(i);
+        match addressing {
+            Addressing::AnycastFast => {
+                fill(&mut candidates, snapshot, online);
+                self.random(&candidates)
+            }
+            Addressing::AnycastEfficient | Addressing::Broadcast => {
+                let low_usage =
+                    |i: usize| online(i) && snapshot.executors[i].effective_usage() < WARM_USAGE;
+                // Tier 1: the runtime is warm on a low-usage executor.
+                if let Some(runtime) = runtime_id {
+                    fill(&mut candidates, snapshot, |i| {
+                        low_usage(i) && self.runtime_is_warm(snapshot, i, runtime)
+                    });
+                    if let Some(i) = self.choose(&candidates) {
+                        return Some(i);
+                    }
+                }
+                // Tier 2: low usage. Tier 3: online.
+                fill(&mut candidates, snapshot, low_usage);
+                if let Some(i) = self.choose(&candidates) {
+                    return Some(i);
+                }
+                fill(&mut candidates, snapshot, online);
+                self.choose(&candidates)
+            }
+        }
+    }
+
+    /// Every online executor, in configuration order (for broadcast).
+    pub fn all_online(
+        &self,
+        snapshot: &Snapshot,
+        unavailable: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        (0..snapshot.executors.len())
+            .filter(|&i| snapshot.executors[i].online && !unavailable(i))
+            .collect()
+    }
+
+    /// The original's optimistic update: after sending a runtime's request to an
+    /// executor, treat the runtime as warm there until the next snapshot.
+    pub fn mark_warm(&self, snapshot: &Snapshot, executor: usize, runtime_id: &str) {
+        self.sync_overlay(snapshot.generation);
+        let mut overlay = self.overlay.borrow_mut();
+        match overlay.get_mut(runtime_id) {
+            Some(list) => {
+                if !list.contains(&executor) {
+                    list.push(executor);
+                }
+            }
+            None => {
+                overlay.insert(runtime_id.into(), vec![executor]);
+            }
+        }
+    }
+
+    fn runtime_is_warm(&self, snapshot: &Snapshot, executor: usize, runtime: &str) -> bool {
+        let reported = snapshot.executors[executor]
+            .runtimes
+            .get(runtime)
+            .is_some_and(|r| r.is_warm());
+        reported
+            || self
+                .overlay
+                .borrow()
+                .get(runtime)
+                .is_some_and(|list| list.contains(&executor))
+    }
+
+    fn sync_overlay(&self, generation: u64) {
+        if self.overlay_generation.get() != generation {
+            self.overlay.borrow_mut().clear();
+            self.overlay_generation.set(generation);
+        }
+    }
+
+    fn choose(&self, candidates: &[usize]) -> Option<usize> {
+        if candidates.is_empty() {
+            return None;
+        }
+        match self.algorithm {
+            Algorithm::First => candidates.first().copied(),
+            Algorithm::Last => candidates.last().copied(),
+            Algorithm::Random => self.random(candidates),
+            Algorithm::RoundRobin => {
+                let n = self.next.get();
+                self.next.set(n.wrapping_add(1));
+                Some(candidates[n % candidates.len()])
+            }
+        }
+    }
+
+    fn random(&self, candidates: &[usize]) -> Option<usize> {
+        if candidates.is_empty() {
+            return None;
+        }
+        // xorshift64*: fast, good enough to spread load, no shared state.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        // Lemire's multiply-shift maps r onto 0..len without modulo bias worth noting.
+        let i = ((u128::from(r) * candidates.len() as u128) >> 64) as usize;
+        Some(candidates[i])
+    }
+}
+
+fn fill(candidates: &mut Vec<usize>, snapshot: &Snapshot, keep: impl Fn(usize) -> bool) {
+    candidates.clear();
+    candidates.extend((0..snapshot.executors.len()).filter(|&i| keep(i)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{ExecutorStatus, RuntimeState};
+
+    fn executor(online: bool, usage: Option<u8>, runtimes: &[(&str, &str, u8)]) -> ExecutorStatus {
+        ExecutorStatus {
+            hostname: "x:80".into(),
+            online,
+            state_status: Some("pass".into()),
+            usage,
+            runtimes: runtimes
+                .iter()
+                .map(|(id, status, usage)| {
+                    (
+                        id.to_string(),
+                        RuntimeState {
+                            status: status.to_string(),
+                            usage: *usage,
+                        },
+                    )
+                })
+                .collect(),
+            addrs: vec![],
+            last_check: None,
+            last_error: None,
+        }
+    }
+
+    fn snap(executors: Vec<ExecutorStatus>) -> Snapshot {
+        Snapshot {
+            generation: 1,
+            executors,
+        }
+    }
+
+    fn none(_: usize) -> bool {
+        false
+    }
+
+    fn pick(p: &Picker, s: &Snapshot, runtime: Option<&str>) -> Option<usize> {
+        p.pick(s, Addressing::AnycastEfficient, runtime, none)
+    }
+
+    #[test]
+    fn first_and_last_pick_ends_of_the_tier() {
+        let s = snap(vec![
+            executor(true, Some(10), &[]),
+            executor(true, Some(90), &[]),
+            executor(true, Some(20), &[]),
+        ]);
+        assert_eq!(pick(&Picker::new(Algorithm::First, 1), &s, None), Some(0));
+        // Executor 1 is over 80 % so tier 2 is {0, 2}.
+        assert_eq!(pick(&Picker::new(Algorithm::Last, 1), &s, None), Some(2));
+    }
+
+    #[test]
+    fn round_robin_walks_and_wraps() {
+        let s = snap(vec![
+            executor(true, Some(0), &[]),
+            executor(true, Some(0), &[]),
+            executor(true, Some(0), &[]),
+        ]);
+        let p = Picker::new(Algorithm::RoundRobin, 1);
+        let got: Vec<_> = (0..7).map(|_| pick(&p, &s, None).unwrap()).collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn random_covers_all_candidates_roughly_evenly() {
+        let s = snap((0..4).map(|_| executor(true, Some(0), &[])).collect());
+        let p = Picker::new(Algorithm::Random, 42);
+        let mut counts = [0u32; 4];
+        for _ in 0..4000 {
+            counts[pick(&p, &s, None).unwrap()] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn tiers_fall_back_in_order() {
+        // Nothing under 80 %: tier 3 (online) is used.
+        let s = snap(vec![
+            executor(false, Some(0), &[]),
+            executor(true, Some(95), &[]),
+            executor(true, None, &[]),
+        ]);
+        let p = Picker::new(Algorithm::First, 1);
+        assert_eq!(pick(&p, &s, None), Some(1));
+        // Unknown usage counts as 100 so it is not tier 2.
+        let s = snap(vec![
+            executor(true, None, &[]),
+            executor(true, Some(79), &[]),
+        ]);
+        assert_eq!(pick(&p, &s, None), Some(1));
+        // Nobody online: no executor.
+        let s = snap(vec![executor(false, Some(0), &[])]);
+        assert_eq!(pick(&p, &s, None), None);
+    }
+
+    #[test]
+    fn runtime_preference_needs_pass_and_low_usage() {
+        let s = snap(vec![
+            executor(true, Some(0), &[("rt", "pass", 90)]), // runtime busy
+            executor(true, Some(0), &[("rt", "fail", 0)]),  // runtime failing
+            executor(true, Some(85), &[("rt", "pass", 0)]), // executor busy
+            executor(true, Some(50), &[("rt", "pass", 10)]), // warm
+        ]);
+        let p = Picker::new(Algorithm::First, 1);
+        assert_eq!(pick(&p, &s, Some("rt")), Some(3));
+        // Unknown runtime: tier 2.
+        assert_eq!(pick(&p, &s, Some("other")), Some(0));
+    }
+
+    #[test]
+    fn optimistic_overlay_lasts_until_next_snapshot() {
+        let mut s = snap(vec![
+            executor(true, Some(0), &[]),
+            executor(true, Some(0), &[]),
+        ]);
+        let p = Picker::new(Algorithm::Last, 1);
+        assert_eq!(pick(&p, &s, Some("rt")), Some(1));
+        p.mark_warm(&s, 0, "rt");
+        assert_eq!(pick(&p, &s, Some("rt")), Some(0));
+        s.generation = 2;
+        assert_eq!(pick(&p, &s, Some("rt")), Some(1));
+    }
+
+    #[test]
+    fn unavailable_executors_are_skipped() {
+        let s = snap(vec![
+            executor(true, Some(0), &[]),
+            executor(true, Some(0), &[]),
+        ]);
+        let p = Picker::new(Algorithm::First, 1);
+        assert_eq!(
+            p.pick(&s, Addressing::AnycastEfficient, None, |i| i == 0),
+            Some(1)
+        );
+        assert_eq!(
+            p.pick(&s, Addressing::AnycastEfficient, None, |_| true),
+            None
+        );
+        assert_eq!(p.all_online(&s, |i| i == 1), vec![0]);
+    }
+
+    #[test]
+    fn anycast_fast_ignores_usage_tiers() {
+        let s = snap(vec![
+            executor(true, Some(99), &[]),
+            executor(false, Some(0), &[]),
+        ]);
+        let p = Picker::new(Algorithm::First, 7);
+        for _ in 0..20 {
+            assert_eq!(p.pick(&s, Addressing::AnycastFast, None, none), Some(0));
+        }
+    }
+
+    #[test]
+    fn addressing_header_values() {
+        assert_eq!(Addressing::from_header(None), Addressing::AnycastEfficient);
+        assert_eq!(
+            Addressing::from_header(Some(b"anycast-fast")),
+            Addressing::AnycastFast
+        );
+        assert_eq!(
+            Addressing::from_header(Some(b"broadcast")),
+            Addressing::Broadcast
+        );
+        assert_eq!(
+            Addressing::from_header(Some(b"weird")),
+            Addressing::AnycastEfficient
+        );
+    }
+}

@@ -1,0 +1,792 @@
+//! Configuration (SPEC §1): every environment variable's name, default and rule, parsed
+//! into a typed, validated `Config` from any key→value source (tests use a map).
+//! Invalid values are errors naming the variable, the bad value and what is allowed.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+type Parsed<T> = Result<T, ConfigError>;
+type Range = RangeInclusive<u64>;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+// Variable names, used everywhere instead of string literals.
+pub const PORT: &str = "PORT";
+pub const OPR_PROXY_HOST: &str = "OPR_PROXY_HOST";
+pub const OPR_PROXY_ALGORITHM: &str = "OPR_PROXY_ALGORITHM";
+pub const OPR_PROXY_WORKER_PER_CORE: &str = "OPR_PROXY_WORKER_PER_CORE";
+pub const OPR_PROXY_CORES: &str = "OPR_PROXY_CORES";
+pub const OPR_PROXY_EXECUTORS: &str = "OPR_PROXY_EXECUTORS";
+pub const OPR_PROXY_HEALTHCHECK: &str = "OPR_PROXY_HEALTHCHECK";
+pub const OPR_PROXY_HEALTHCHECK_INTERVAL: &str = "OPR_PROXY_HEALTHCHECK_INTERVAL";
+pub const OPR_PROXY_HEALTHCHECK_TIMEOUT: &str = "OPR_PROXY_HEALTHCHECK_TIMEOUT";
+pub const OPR_PROXY_HEALTHCHECK_URL: &str = "OPR_PROXY_HEALTHCHECK_URL";
+pub const OPR_PROXY_MAX_TIMEOUT: &str = "OPR_PROXY_MAX_TIMEOUT";
+pub const OPR_PROXY_CONNECT_TIMEOUT: &str = "OPR_PROXY_CONNECT_TIMEOUT";
+pub const OPR_PROXY_ENV: &str = "OPR_PROXY_ENV";
+pub const OPR_PROXY_SECRET: &str = "OPR_PROXY_SECRET";
+pub const OPR_PROXY_EXECUTOR_SECRET: &str = "OPR_PROXY_EXECUTOR_SECRET";
+pub const OPR_PROXY_LOGGING_PROVIDER: &str = "OPR_PROXY_LOGGING_PROVIDER";
+pub const OPR_PROXY_LOGGING_CONFIG: &str = "OPR_PROXY_LOGGING_CONFIG";
+pub const OPR_PROXY_MAX_BODY_SIZE: &str = "OPR_PROXY_MAX_BODY_SIZE";
+pub const OPR_PROXY_VERSION: &str = "OPR_PROXY_VERSION";
+pub const OPR_PROXY_IO_DRIVER: &str = "OPR_PROXY_IO_DRIVER";
+pub const OPR_PROXY_IDLE_TIMEOUT: &str = "OPR_PROXY_IDLE_TIMEOUT";
+pub const OPR_PROXY_HEADER_TIMEOUT: &str = "OPR_PROXY_HEADER_TIMEOUT";
+pub const OPR_PROXY_POOL_SIZE: &str = "OPR_PROXY_POOL_SIZE";
+pub const OPR_PROXY_POOL_IDLE_TIMEOUT: &str = "OPR_PROXY_POOL_IDLE_TIMEOUT";
+pub const OPR_PROXY_SHUTDOWN_TIMEOUT: &str = "OPR_PROXY_SHUTDOWN_TIMEOUT";
+pub const OPR_PROXY_ACCESS_LOG: &str = "OPR_PROXY_ACCESS_LOG";
+
+/// 22 MiB, the original's request body limit.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    Random,
+    First,
+    Last,
+}
+
+const ALGORITHMS: [(&str, Algorithm); 4] = [
+    ("round-robin", Algorithm::RoundRobin),
+    ("random", Algorithm::Random),
+    ("first", Algorithm::First),
+    ("last", Algorithm::Last),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Env {
+    Production,
+    Development,
+}
+
+const ENVS: [(&str, Env); 2] = [
+    ("production", Env::Production),
+    ("development", Env::Development),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDriver {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+const IO_DRIVERS: [(&str, IoDriver); 3] = [
+    ("auto", IoDriver::Auto),
+    ("io_uring", IoDriver::IoUring),
+    ("epoll", IoDriver::Epoll),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoggingProvider {
+    Sentry,
+    AppSignal,
+    Raygun,
+    LogOwl,
+}
+
+// Empty means no provider, so the words map to `Some`.
+const PROVIDERS: [(&str, Option<LoggingProvider>); 4] = [
+    ("sentry", Some(LoggingProvider::Sentry)),
+    ("appsignal", Some(LoggingProvider::AppSignal)),
+    ("raygun", Some(LoggingProvider::Raygun)),
+    ("logowl", Some(LoggingProvider::LogOwl)),
+];
+
+const BODY_UNIT: &str = "bytes, 0 = no limit";
+
+const ON_OFF: [(&str, bool); 2] = [("enabled", true), ("disabled", false)];
+
+/// One executor from `OPR_PROXY_EXECUTORS`; `host` is a name or IP (IPv6 without brackets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutorAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ExecutorAddr {
+    /// `host:port`, with IPv6 in brackets (`[::1]:8080`): the executor's name in logs,
+    /// `/v1/proxy/containers` and the `Host` header.
+    pub fn hostname(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The whole configuration; each field's variable, default and range are in SPEC §1 and
+/// in `Config::from_lookup` below.
+#[derive(Clone)]
+pub struct Config {
+    pub port: u16,
+    pub host: IpAddr,
+    pub algorithm: Algorithm,
+    pub worker_per_core: usize,
+    /// `None` = every CPU in the process's affinity mask.
+    pub cores: Option<usize>,
+    /// In `OPR_PROXY_EXECUTORS` order, duplicates kept.
+    pub executors: Vec<ExecutorAddr>,
+    pub healthcheck: bool,
+    pub healthcheck_interval: Duration,
+    pub healthcheck_timeout: Duration,
+    pub healthcheck_url: Option<String>,
+    pub max_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub env: Env,
+    pub secret: String,
+    pub executor_secret: String,
+    pub logging_provider: Option<LoggingProvider>,
+    pub logging_config: String,
+    /// `None` = no limit (`OPR_PROXY_MAX_BODY_SIZE=0`).
+    pub max_body_size: Option<u64>,
+    pub version: String,
+    pub io_driver: IoDriver,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    /// Idle executor connections kept per worker per executor; 0 = no pooling.
+    pub pool_size: usize,
+    pub pool_idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub access_log: bool,
+}
+
+impl Config {
+    /// Reads every variable through `lookup`; the first invalid one is the error.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let src = Source(&lookup);
+        // The `as` casts are lossless: each number was range-checked to fit.
+        Ok(Config {
+            port: src.number(PORT, 80, 0..=65_535, "")? as u16,
+            host: src.host()?,
+            algorithm: src.choice(OPR_PROXY_ALGORITHM, Algorithm::Random, &ALGORITHMS)?,
+            worker_per_core: src.number(OPR_PROXY_WORKER_PER_CORE, 1, 1..=64, "")? as usize,
+            cores: src
+                .optional(OPR_PROXY_CORES, 1..=1024, "")?
+                .map(|n| n as usize),
+            executors: src.executors()?,
+            healthcheck: src.choice(OPR_PROXY_HEALTHCHECK, true, &ON_OFF)?,
+            healthcheck_interval: src.millis(
+                OPR_PROXY_HEALTHCHECK_INTERVAL,
+                10_000,
+                100..=86_400_000,
+            )?,
+            healthcheck_timeout: src.millis(
+                OPR_PROXY_HEALTHCHECK_TIMEOUT,
+                10_000,
+                1..=3_600_000,
+            )?,
+            healthcheck_url: src.healthcheck_url()?,
+            max_timeout: src.seconds(OPR_PROXY_MAX_TIMEOUT, 600, 1..=86_400)?,
+            connect_timeout: src.seconds(OPR_PROXY_CONNECT_TIMEOUT, 10, 1..=3_600)?,
+            env: src.choice(OPR_PROXY_ENV, Env::Production, &ENVS)?,
+            secret: src.required(OPR_PROXY_SECRET, "set it to the key clients must send")?,
+            executor_secret: src.get(OPR_PROXY_EXECUTOR_SECRET).unwrap_or_default(),
+            logging_provider: src.choice(OPR_PROXY_LOGGING_PROVIDER, None, &PROVIDERS)?,
+            logging_config: src.get(OPR_PROXY_LOGGING_CONFIG).unwrap_or_default(),
+            max_body_size: match src.optional(OPR_PROXY_MAX_BODY_SIZE, 0..=u64::MAX, BODY_UNIT)? {
+                None => Some(DEFAULT_MAX_BODY_SIZE),
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
+            version: src.get(OPR_PROXY_VERSION).unwrap_or_else(|| VERSION.into()),
+            io_driver: src.choice(OPR_PROXY_IO_DRIVER, IoDriver::Auto, &IO_DRIVERS)?,
+            idle_timeout: src.seconds(OPR_PROXY_IDLE_TIMEOUT, 60, 1..=86_400)?,
+            header_timeout: src.seconds(OPR_PROXY_HEADER_TIMEOUT, 30, 1..=3_600)?,
+            pool_size: src.number(OPR_PROXY_POOL_SIZE, 64, 0..=65_536, "")? as usize,
+            pool_idle_timeout: src.seconds(OPR_PROXY_POOL_IDLE_TIMEOUT, 30, 1..=3_600)?,
+            shutdown_timeout: src.seconds(OPR_PROXY_SHUTDOWN_TIMEOUT, 30, 0..=3_600)?,
+            access_log: src.choice(OPR_PROXY_ACCESS_LOG, false, &ON_OFF)?,
+        })
+    }
+
+    /// Reads the process environment. A value that is not UTF-8 is converted lossily so it
+    /// fails validation visibly instead of counting as unset (which would mean the default).
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.env == Env::Development
+    }
+}
+
+// Written out rather than derived so that logging a `Config` never prints the secrets.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("host", &self.host)
+            .field("algorithm", &self.algorithm)
+            .field("worker_per_core", &self.worker_per_core)
+            .field("cores", &self.cores)
+            .field("executors", &self.executors)
+            .field("healthcheck", &self.healthcheck)
+            .field("healthcheck_interval", &self.healthcheck_interval)
+            .field("healthcheck_timeout", &self.healthcheck_timeout)
+            .field("healthcheck_url", &self.healthcheck_url)
+            .field("max_timeout", &self.max_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("env", &self.env)
+            .field("secret", &redact(&self.secret))
+            .field("executor_secret", &redact(&self.executor_secret))
+            .field("logging_provider", &self.logging_provider)
+            .field("logging_config", &redact(&self.logging_config))
+            .field("max_body_size", &self.max_body_size)
+            .field("version", &self.version)
+            .field("io_driver", &self.io_driver)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("pool_size", &self.pool_size)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("access_log", &self.access_log)
+            .finish()
+    }
+}
+
+/// Why the configuration was rejected. An empty `value` means a required variable is
+/// missing; otherwise `value` is the offending (trimmed) value or executor item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    /// What would have been accepted, as a phrase ("allowed values are ...").
+    pub allowed: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, value: &str, allowed: impl Into<String>) -> ConfigError {
+        let (value, allowed) = (value.to_string(), allowed.into());
+        ConfigError {
+            variable,
+            value,
+            allowed,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (variable, value, allowed) = (self.variable, &self.value, &self.allowed);
+        if value.is_empty() {
+            write!(f, "{variable} is required: {allowed}")
+        } else {
+            // `{:?}` quotes and escapes, so a value holding a newline still prints one line.
+            write!(f, "invalid {variable}={value:?}: {allowed}")
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const EXECUTOR_FORMS: &str = "allowed items are host, host:port, http://host or \
+    http://host:port (IPv6 as [::1] or [::1]:8080; port 1-65535, 80 when absent)";
+
+/// The lookup plus the rules shared by many variables.
+struct Source<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Source<'_> {
+    /// The trimmed value, or `None` when unset, empty or blank: compose files pass empty
+    /// values for "not configured", so those take the default.
+    fn get(&self, name: &str) -> Option<String> {
+        let value = (self.0)(name)?;
+        let value = value.trim();
+        (!value.is_empty()).then(|| value.to_string())
+    }
+
+    fn required(&self, name: &'static str, hint: &str) -> Parsed<String> {
+        self.get(name)
+            .ok_or_else(|| ConfigError::new(name, "", hint))
+    }
+
+    /// A plain decimal integer within `range`, or `None` when unset. Signs, inner blanks,
+    /// underscores and overflow are rejected rather than guessed at.
+    fn optional(&self, name: &'static str, range: Range, unit: &str) -> Parsed<Option<u64>> {
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
+        let digits = value.bytes().all(|b| b.is_ascii_digit());
+        match value.parse::<u64>() {
+            Ok(n) if digits && range.contains(&n) => Ok(Some(n)),
+            _ => {
+                let (min, max) = range.into_inner();
+                let unit = if unit.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({unit})")
+                };
+                let allowed = format!("allowed values are whole numbers from {min} to {max}{unit}");
+                Err(ConfigError::new(name, &value, allowed))
+            }
+        }
+    }
+
+    fn number(&self, name: &'static str, default: u64, range: Range, unit: &str) -> Parsed<u64> {
+        Ok(self.optional(name, range, unit)?.unwrap_or(default))
+    }
+
+    fn seconds(&self, name: &'static str, default: u64, range: Range) -> Parsed<Duration> {
+        let seconds = self.number(name, default, range, "seconds")?;
+        Ok(Duration::from_secs(seconds))
+    }
+
+    fn millis(&self, name: &'static str, default: u64, range: Range) -> Parsed<Duration> {
+        let millis = self.number(name, default, range, "milliseconds")?;
+        Ok(Duration::from_millis(millis))
+    }
+
+    /// One of a fixed set of lower-case words, matched exactly.
+    fn choice<T: Copy>(&self, name: &'static str, default: T, options: &[(&str, T)]) -> Parsed<T> {
+        let Some(value) = self.get(name) else {
+            return Ok(default);
+        };
+        match options.iter().find(|(word, _)| *word == value) {
+            Some((_, v)) => Ok(*v),
+            None => {
+                let words: Vec<&str> = options.iter().map(|(word, _)| *word).collect();
+                let allowed = format!("allowed values are {}", words.join(", "));
+                Err(ConfigError::new(name, &value, allowed))
+            }
+        }
+    }
+
+    fn host(&self) -> Parsed<IpAddr> {
+        let Some(value) = self.get(OPR_PROXY_HOST) else {
+            return Ok(IpAddr::from([0, 0, 0, 0]));
+        };
+        let allowed = "allowed values are IP addresses such as 0.0.0.0, 127.0.0.1 or ::";
+        let error = |_| ConfigError::new(OPR_PROXY_HOST, &value, allowed);
+        value.parse().map_err(error)
+    }
+
+    fn executors(&self) -> Parsed<Vec<ExecutorAddr>> {
+        let hint = "set it to a comma-separated list of executors, e.g. exc1:80,exc2:80";
+        let list = self.required(OPR_PROXY_EXECUTORS, hint)?;
+        let mut executors = Vec::new();
+        for item in list.split(',').map(str::trim) {
+            // A stray comma usually means a lost host; say so instead of skipping it.
+            if item.is_empty() {
+                let allowed = format!("the list has an empty item; {EXECUTOR_FORMS}");
+                return Err(ConfigError::new(OPR_PROXY_EXECUTORS, &list, allowed));
+            }
+            match parse_executor(item) {
+                Ok(executor) => executors.push(executor),
+                Err(why) => {
+                    let allowed = format!("{why}; {EXECUTOR_FORMS}");
+                    return Err(ConfigError::new(OPR_PROXY_EXECUTORS, item, allowed));
+                }
+            }
+        }
+        Ok(executors)
+    }
+
+    fn healthcheck_url(&self) -> Parsed<Option<String>> {
+        match self.get(OPR_PROXY_HEALTHCHECK_URL) {
+            Some(url) if !valid_http_url(&url) => {
+                let allowed =
+                    "allowed values are http:// or https:// URLs with a host, or empty for none";
+                Err(ConfigError::new(OPR_PROXY_HEALTHCHECK_URL, &url, allowed))
+            }
+            url => Ok(url),
+        }
+    }
+}
+
+/// One trimmed, non-empty `OPR_PROXY_EXECUTORS` item; the error is the reason.
+fn parse_executor(item: &str) -> Result<ExecutorAddr, String> {
+    let authority = match item.split_once("://") {
+        None => item,
+        // The original's docs show `http://host:port`; a trailing "/" is harmless.
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => {
+            rest.strip_suffix('/').unwrap_or(rest)
+        }
+        // Executors are reached over plain HTTP only; accepting https would silently drop TLS.
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+            return Err("https:// is not supported (executors are reached over plain HTTP)".into())
+        }
+        Some((scheme, _)) => return Err(format!("scheme {scheme}:// is not supported")),
+    };
+    if authority.contains(['/', '?', '#']) {
+        return Err("a path, query or fragment is not allowed".into());
+    }
+    if authority.contains('@') {
+        return Err("user info (user@) is not allowed".into());
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (inside, tail) = bracketed
+            .split_once(']')
+            .ok_or("missing ] after the IPv6 address")?;
+        if inside.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("{inside:?} is not an IPv6 address"));
+        }
+        let port = match tail {
+            "" => None,
+            _ => Some(tail.strip_prefix(':').ok_or("expected :port after ]")?),
+        };
+        (inside, port)
+    } else {
+        if authority.matches(':').count() > 1 {
+            return Err("IPv6 addresses need brackets, e.g. [::1]:8080".into());
+        }
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        let host_char = |b: u8| b.is_ascii_alphanumeric() || b".-_".contains(&b);
+        if host.is_empty() {
+            return Err("the host is empty".into());
+        } else if !host.bytes().all(host_char) {
+            return Err("the host may only hold letters, digits, '.', '-' and '_'".into());
+        }
+        (host, port)
+    };
+    let port = match port {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("port {p:?} is not a number from 1 to 65535")),
+        },
+    };
+    let host = host.to_string();
+    Ok(ExecutorAddr { host, port })
+}
+
+/// `http://` or `https://`, a non-empty host, and no blanks or control characters.
+fn valid_http_url(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    if !http || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    // authority = [userinfo@]host[:port], up to the path, query or fragment.
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    !host.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const REQUIRED: [(&str, &str); 2] = [(OPR_PROXY_EXECUTORS, "exc1"), (OPR_PROXY_SECRET, "key")];
+
+    /// The two required variables plus `pairs` (later pairs override earlier ones).
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<&str, &str> = REQUIRED.iter().chain(pairs).copied().collect();
+        Config::from_lookup(|name| map.get(name).map(|v| v.to_string()))
+    }
+
+    fn ok(pairs: &[(&str, &str)]) -> Config {
+        parse(pairs).unwrap_or_else(|e| panic!("{pairs:?} rejected: {e}"))
+    }
+
+    fn err(pairs: &[(&str, &str)]) -> ConfigError {
+        let Err(e) = parse(pairs) else {
+            panic!("{pairs:?} accepted")
+        };
+        e
+    }
+
+    fn executors(list: &str) -> Result<Vec<ExecutorAddr>, ConfigError> {
+        parse(&[(OPR_PROXY_EXECUTORS, list)]).map(|c| c.executors)
+    }
+
+    fn addr(host: &str, port: u16) -> ExecutorAddr {
+        ExecutorAddr {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn defaults_with_only_required_vars() {
+        let c = ok(&[]);
+        assert_eq!((c.port, c.host), (80, IpAddr::from([0, 0, 0, 0])));
+        assert_eq!(
+            (c.algorithm, c.worker_per_core, c.cores),
+            (Algorithm::Random, 1, None)
+        );
+        assert_eq!(c.executors, vec![addr("exc1", 80)]);
+        assert!(c.healthcheck);
+        assert_eq!(c.healthcheck_interval, Duration::from_millis(10_000));
+        assert_eq!(c.healthcheck_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.healthcheck_url, None);
+        assert_eq!(c.max_timeout, Duration::from_secs(600));
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        assert!(c.env == Env::Production && !c.is_development());
+        assert_eq!((c.secret.as_str(), c.executor_secret.as_str()), ("key", ""));
+        assert_eq!((c.logging_provider, c.logging_config.as_str()), (None, ""));
+        assert_eq!(c.max_body_size, Some(23_068_672));
+        assert_eq!((c.version.as_str(), c.io_driver), (VERSION, IoDriver::Auto));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.pool_size, 64);
+        assert_eq!(c.pool_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert!(!c.access_log);
+    }
+
+    #[test]
+    fn empty_or_blank_values_take_the_default() {
+        let defaults = format!("{:?}", ok(&[]));
+        for blank in ["", " \t "] {
+            // Every variable asked for is blank except the two required ones.
+            let c = Config::from_lookup(|name| match name {
+                OPR_PROXY_EXECUTORS => Some("exc1".into()),
+                OPR_PROXY_SECRET => Some("key".into()),
+                _ => Some(blank.into()),
+            });
+            assert_eq!(format!("{:?}", c.unwrap()), defaults);
+        }
+    }
+
+    #[test]
+    fn valid_forms_of_every_variable() {
+        // (variable, value, the field as `Debug` prints it); the field is named after the
+        // variable, e.g. OPR_PROXY_MAX_BODY_SIZE -> max_body_size.
+        let cases = [
+            (PORT, " 8080 ", "8080"),
+            (PORT, "0", "0"),
+            (PORT, "065535", "65535"),
+            (OPR_PROXY_HOST, "::1", "::1"),
+            (OPR_PROXY_HOST, "127.0.0.1", "127.0.0.1"),
+            (OPR_PROXY_ALGORITHM, "round-robin", "RoundRobin"),
+            (OPR_PROXY_ALGORITHM, "random", "Random"),
+            (OPR_PROXY_ALGORITHM, "first", "First"),
+            (OPR_PROXY_ALGORITHM, "last", "Last"),
+            (OPR_PROXY_WORKER_PER_CORE, "6", "6"), // the original's value
+            (OPR_PROXY_WORKER_PER_CORE, "64", "64"),
+            (OPR_PROXY_CORES, "1", "Some(1)"),
+            (OPR_PROXY_CORES, "1024", "Some(1024)"),
+            (OPR_PROXY_HEALTHCHECK, "enabled", "true"),
+            (OPR_PROXY_HEALTHCHECK, "disabled", "false"),
+            (OPR_PROXY_HEALTHCHECK_INTERVAL, "100", "100ms"),
+            (OPR_PROXY_HEALTHCHECK_INTERVAL, "86400000", "86400s"),
+            (OPR_PROXY_HEALTHCHECK_TIMEOUT, "1", "1ms"),
+            (OPR_PROXY_HEALTHCHECK_TIMEOUT, "3600000", "3600s"),
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                "http://[::1]:9",
+                "Some(\"http://[::1]:9\")",
+            ),
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                "https://u@h.io/p?q",
+                "Some(\"https://u@h.io/p?q\")",
+            ),
+            (OPR_PROXY_MAX_TIMEOUT, "1", "1s"),
+            (OPR_PROXY_MAX_TIMEOUT, "86400", "86400s"),
+            (OPR_PROXY_CONNECT_TIMEOUT, "3600", "3600s"),
+            (OPR_PROXY_ENV, "production", "Production"),
+            (OPR_PROXY_ENV, "development", "Development"),
+            (OPR_PROXY_LOGGING_PROVIDER, "sentry", "Some(Sentry)"),
+            (OPR_PROXY_LOGGING_PROVIDER, "appsignal", "Some(AppSignal)"),
+            (OPR_PROXY_LOGGING_PROVIDER, "raygun", "Some(Raygun)"),
+            (OPR_PROXY_LOGGING_PROVIDER, "logowl", "Some(LogOwl)"),
+            (OPR_PROXY_MAX_BODY_SIZE, "1024", "Some(1024)"),
+            (OPR_PROXY_MAX_BODY_SIZE, "0", "None"),
+            (
+                OPR_PROXY_MAX_BODY_SIZE,
+                "18446744073709551615",
+                "Some(18446744073709551615)",
+            ),
+            (OPR_PROXY_VERSION, " 0.7.0 ", "\"0.7.0\""),
+            (OPR_PROXY_IO_DRIVER, "auto", "Auto"),
+            (OPR_PROXY_IO_DRIVER, "io_uring", "IoUring"),
+            (OPR_PROXY_IO_DRIVER, "epoll", "Epoll"),
+            (OPR_PROXY_IDLE_TIMEOUT, "1", "1s"),
+            (OPR_PROXY_HEADER_TIMEOUT, "3600", "3600s"),
+            (OPR_PROXY_POOL_SIZE, "0", "0"),
+            (OPR_PROXY_POOL_SIZE, "65536", "65536"),
+            (OPR_PROXY_POOL_IDLE_TIMEOUT, "3600", "3600s"),
+            (OPR_PROXY_SHUTDOWN_TIMEOUT, "0", "0ns"),
+            (OPR_PROXY_ACCESS_LOG, "enabled", "true"),
+            (OPR_PROXY_ACCESS_LOG, "disabled", "false"),
+        ];
+        for (variable, value, want) in cases {
+            let field = variable.trim_start_matches("OPR_PROXY_").to_lowercase();
+            let debug = format!("{:?}", ok(&[(variable, value)]));
+            let (mid, last) = (format!(" {field}: {want},"), format!(" {field}: {want} }}"));
+            let found = debug.contains(&mid) || debug.ends_with(&last);
+            assert!(
+                found,
+                "{variable}={value:?} should give {field}: {want}: {debug}"
+            );
+        }
+        // The strings, which `Debug` redacts.
+        let c = ok(&[
+            (OPR_PROXY_SECRET, " s3cret "),
+            (OPR_PROXY_EXECUTOR_SECRET, "exec-secret"),
+            (OPR_PROXY_LOGGING_CONFIG, "sentry://KEY@host/1"),
+        ]);
+        assert_eq!(
+            (c.secret.as_str(), c.executor_secret.as_str()),
+            ("s3cret", "exec-secret")
+        );
+        assert_eq!(c.logging_config, "sentry://KEY@host/1");
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("exec-secret") && !debug.contains("KEY")
+        );
+    }
+
+    #[test]
+    fn every_invalid_value_names_its_variable() {
+        let cases: &[(&str, &[&str])] = &[
+            (PORT, &["65536", "-1", "+80", "8 0", "http"]),
+            (PORT, &["99999999999999999999"]), // overflow
+            (OPR_PROXY_HOST, &["localhost", "[::1]", "0.0.0.0:80"]),
+            (OPR_PROXY_ALGORITHM, &["fastest", "Random", "round_robin"]),
+            (OPR_PROXY_WORKER_PER_CORE, &["0", "65", "1.0"]),
+            (OPR_PROXY_CORES, &["0", "1025", "all"]),
+            (OPR_PROXY_HEALTHCHECK, &["true", "Enabled"]),
+            (OPR_PROXY_HEALTHCHECK_INTERVAL, &["99", "86400001", "10s"]),
+            (OPR_PROXY_HEALTHCHECK_TIMEOUT, &["0", "3600001"]),
+            (OPR_PROXY_HEALTHCHECK_URL, &["h.io", "ftp://h/", "http://"]),
+            (OPR_PROXY_HEALTHCHECK_URL, &["https:///p", "http://:80/"]),
+            (OPR_PROXY_HEALTHCHECK_URL, &["http://u@/x", "http://[]/"]),
+            (OPR_PROXY_HEALTHCHECK_URL, &["http://h/a b"]),
+            (OPR_PROXY_MAX_TIMEOUT, &["0", "86401", "1.5"]),
+            (OPR_PROXY_CONNECT_TIMEOUT, &["0", "3601"]),
+            (OPR_PROXY_ENV, &["dev", "Production"]),
+            (OPR_PROXY_LOGGING_PROVIDER, &["datadog", "AppSignal"]),
+            (OPR_PROXY_MAX_BODY_SIZE, &["-1", "22MB"]),
+            (OPR_PROXY_MAX_BODY_SIZE, &["18446744073709551616"]), // overflow
+            (OPR_PROXY_IO_DRIVER, &["uring", "io-uring", "EPOLL"]),
+            (OPR_PROXY_IDLE_TIMEOUT, &["0", "86401"]),
+            (OPR_PROXY_HEADER_TIMEOUT, &["0", "3601"]),
+            (OPR_PROXY_POOL_SIZE, &["65537", "-0", "1_000"]),
+            (OPR_PROXY_POOL_IDLE_TIMEOUT, &["0", "3601"]),
+            (OPR_PROXY_SHUTDOWN_TIMEOUT, &["3601"]),
+            (OPR_PROXY_ACCESS_LOG, &["on", "1"]),
+            (OPR_PROXY_EXECUTORS, &["https://exc1"]),
+        ];
+        for (variable, values) in cases {
+            for value in *values {
+                let e = err(&[(variable, value)]);
+                assert_eq!((e.variable, e.value.as_str()), (*variable, *value), "{e}");
+                let line = e.to_string();
+                let prefix = format!("invalid {variable}=\"");
+                assert!(line.starts_with(&prefix) && !e.allowed.is_empty(), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn error_lines_read_well() {
+        let e = err(&[(OPR_PROXY_ALGORITHM, "fastest")]).to_string();
+        let want = "invalid OPR_PROXY_ALGORITHM=\"fastest\": \
+                    allowed values are round-robin, random, first, last";
+        assert_eq!(e, want);
+        let e = err(&[(OPR_PROXY_HEALTHCHECK_INTERVAL, "5")]).to_string();
+        let want = "invalid OPR_PROXY_HEALTHCHECK_INTERVAL=\"5\": \
+                    allowed values are whole numbers from 100 to 86400000 (milliseconds)";
+        assert_eq!(e, want);
+        // Control characters are escaped so the message stays one line.
+        let e = err(&[(OPR_PROXY_ENV, "prod\nuction")]).to_string();
+        assert_eq!(e.lines().count(), 1);
+        let e = err(&[(OPR_PROXY_EXECUTORS, "a, https://b:443")]).to_string();
+        let want = "invalid OPR_PROXY_EXECUTORS=\"https://b:443\": https:// is not supported";
+        assert!(e.starts_with(want), "{e}");
+    }
+
+    #[test]
+    fn required_variables_missing_or_empty() {
+        let cases = [
+            (OPR_PROXY_SECRET, ""),
+            (OPR_PROXY_SECRET, "  "),
+            (OPR_PROXY_EXECUTORS, " "),
+        ];
+        for (variable, value) in cases {
+            let e = err(&[(variable, value)]);
+            assert_eq!((e.variable, e.value.as_str()), (variable, ""));
+            let prefix = format!("{variable} is required: ");
+            assert!(e.to_string().starts_with(&prefix), "{e}");
+        }
+        let e = err(&[(OPR_PROXY_SECRET, "")]).to_string();
+        assert_eq!(
+            e,
+            "OPR_PROXY_SECRET is required: set it to the key clients must send"
+        );
+        let nothing = Config::from_lookup(|_| None).map(|_| ());
+        assert_eq!(nothing.unwrap_err().variable, OPR_PROXY_EXECUTORS);
+        let no_secret = Config::from_lookup(|n| (n == OPR_PROXY_EXECUTORS).then(|| "a".into()));
+        assert_eq!(
+            no_secret.map(|_| ()).unwrap_err().variable,
+            OPR_PROXY_SECRET
+        );
+    }
+
+    #[test]
+    fn executor_forms() {
+        let cases: &[(&str, &[ExecutorAddr])] = &[
+            ("exc1", &[addr("exc1", 80)]),
+            ("exc1:3000", &[addr("exc1", 3000)]),
+            ("http://exc1:3000", &[addr("exc1", 3000)]),
+            ("http://exc1", &[addr("exc1", 80)]),
+            ("HTTP://exc1:1/", &[addr("exc1", 1)]),
+            ("10.0.0.1:65535", &[addr("10.0.0.1", 65535)]),
+            ("my_exec.internal-1", &[addr("my_exec.internal-1", 80)]),
+            ("[::1]", &[addr("::1", 80)]),
+            ("[::1]:8080", &[addr("::1", 8080)]),
+            ("http://[fd00::2]:81/", &[addr("fd00::2", 81)]),
+            (
+                " a , b:81 ,\thttp://c ",
+                &[addr("a", 80), addr("b", 81), addr("c", 80)],
+            ),
+            ("a,a", &[addr("a", 80), addr("a", 80)]),
+        ];
+        for (list, want) in cases {
+            assert_eq!(executors(list).unwrap(), *want, "{list}");
+        }
+        assert_eq!(addr("exc1", 80).hostname(), "exc1:80");
+        assert_eq!(addr("::1", 8080).hostname(), "[::1]:8080");
+    }
+
+    #[test]
+    fn executor_errors_name_the_item() {
+        let bad = "https://exc1 ftp://exc1 http://exc1/v1 exc1/v1 http://exc1:80/x exc1? exc1?x \
+                   exc1#x http://exc1// user@exc1 http://u:p@exc1 exc1:0 exc1:65536 exc1:http \
+                   exc1: exc1:+80 :80 http:// exc1! ::1 ::1:80 [::1 [::1]8080 [nothost]:80 \
+                   [::1]:0 []:80";
+        for item in bad.split_whitespace().chain(["exc 1"]) {
+            let e = executors(&format!("good, {item}")).unwrap_err();
+            assert_eq!(
+                (e.variable, e.value.as_str()),
+                (OPR_PROXY_EXECUTORS, item),
+                "{e}"
+            );
+        }
+        // An empty item names the whole list, since the item itself has no text.
+        for list in ["a,,b", "a,", ",a", "a, ,b", ","] {
+            let e = executors(list).unwrap_err();
+            assert_eq!((e.variable, e.value.as_str()), (OPR_PROXY_EXECUTORS, list));
+            assert!(e.allowed.contains("empty item"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let secrets = [
+            (OPR_PROXY_SECRET, "top-secret"),
+            (OPR_PROXY_EXECUTOR_SECRET, "x-secret"),
+        ];
+        let e = err(&[secrets[0], secrets[1], (PORT, "x")]);
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+}

@@ -1,0 +1,671 @@
+//! The checker: rounds that re-resolve and probe every executor at once, build the next
+//! snapshot, log status changes and call `OPR_PROXY_HEALTHCHECK_URL`; and the
+//! "opr-checker" thread that runs them every interval and publishes to the board.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::probe::{self, ProbeResult};
+use crate::config::{Config, ExecutorAddr};
+use crate::snapshot::{Board, ExecutorStatus, Snapshot};
+use crate::{info, warn};
+
+/// Longest DNS error text kept as a reason.
+const MAX_DNS_REASON_CHARS: usize = 160;
+
+/// Runs health rounds; owns the previous snapshot to number rounds and see changes.
+pub struct Checker {
+    settings: Settings,
+    agent: ureq::Agent,
+    /// Generation of the last snapshot built (or found on the board), 0 before any.
+    generation: u64,
+    previous: Option<Snapshot>,
+}
+
+/// The part of `Config` the checker uses, copied once (tests build it directly).
+struct Settings {
+    targets: Vec<Target>,
+    healthcheck: bool,
+    interval: Duration,
+    timeout: Duration,
+    url: Option<String>,
+    executor_secret: String,
+}
+
+/// One executor as the checker sees it: what to resolve and what to call it.
+struct Target {
+    host: String,
+    port: u16,
+    /// `host:port` (`[v6]:port`): the snapshot's name and the probe's URL authority.
+    hostname: String,
+}
+
+impl From<&ExecutorAddr> for Target {
+    fn from(executor: &ExecutorAddr) -> Target {
+        Target {
+            host: executor.host.clone(),
+            port: executor.port,
+            hostname: executor.hostname(),
+        }
+    }
+}
+
+impl Checker {
+    pub fn new(config: Arc<Config>) -> Checker {
+        Checker::with_settings(Settings {
+            targets: config.executors.iter().map(Target::from).collect(),
+            healthcheck: config.healthcheck,
+            interval: config.healthcheck_interval,
+            timeout: config.healthcheck_timeout,
+            url: config.healthcheck_url.clone(),
+            executor_secret: config.executor_secret.clone(),
+        })
+    }
+
+    fn with_settings(settings: Settings) -> Checker {
+        Checker {
+            agent: probe::agent(settings.timeout),
+            settings,
+            generation: 0,
+            previous: None,
+        }
+    }
+
+    /// One round: resolve and probe every executor in parallel, build the next snapshot,
+    /// log changes, then call the healthcheck URL if every executor is online.
+    pub fn round(&mut self) -> Snapshot {
+        let snapshot = self.check();
+        self.notify(&snapshot);
+        snapshot
+    }
+
+    /// Run rounds every interval on the "opr-checker" thread, publishing each snapshot.
+    ///
+    /// The board already holds the first round's snapshot (main runs it before accepting
+    /// connections), so the thread waits one interval before its first round.
+    ///
+    /// # Panics
+    /// If the OS cannot start a thread (as `std::thread::spawn` does).
+    pub fn spawn(mut self, board: Arc<Board>) -> CheckerHandle {
+        // Generations must keep growing even if the board was seeded elsewhere.
+        self.generation = self.generation.max(board.load().generation);
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("opr-checker".to_string())
+            .spawn(move || self.run(&board, &stopped))
+            .expect("cannot start the opr-checker thread");
+        CheckerHandle { stop, thread }
+    }
+
+    fn run(mut self, board: &Board, stopped: &mpsc::Receiver<()>) {
+        let interval = self.settings.interval;
+        let mut next = Instant::now() + interval;
+        loop {
+            // Rounds start every interval; a round longer than that is followed at once.
+            match stopped.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+            next = Instant::now() + interval;
+            let snapshot = self.check();
+            // Stopped while probing: publish nothing, call nothing.
+            if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
+                return;
+            }
+            board.publish(snapshot.clone());
+            for (index, executor) in snapshot.executors.iter().enumerate() {
+                if executor.online {
+                    board.clear_offline(index);
+                }
+            }
+            self.notify(&snapshot);
+        }
+    }
+
+    /// Resolve and probe every executor (one thread each), number the snapshot and log.
+    fn check(&mut self) -> Snapshot {
+        let previous = self.previous.as_ref();
+        let settings = &self.settings;
+        let agent = &self.agent;
+        let executors = thread::scope(|scope| {
+            let pending: Vec<_> = settings
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(index, target)| {
+                    let before = previous.and_then(|p| p.executors.get(index));
+                    let job = move || check_one(settings, agent, target, before);
+                    // If no thread can be had, check this executor on the current one.
+                    thread::Builder::new()
+                        .name("opr-probe".to_string())
+                        .spawn_scoped(scope, job)
+                        .map_err(|_| job)
+                })
+                .collect();
+            pending
+                .into_iter()
+                .zip(&settings.targets)
+                .map(|(pending, target)| match pending {
+                    Ok(handle) => handle.join().unwrap_or_else(|_| {
+                        failed(target, "health check failed unexpectedly".to_string())
+                    }),
+                    Err(job) => job(),
+                })
+                .collect()
+        });
+        self.generation += 1;
+        let snapshot = Snapshot {
+            generation: self.generation,
+            executors,
+        };
+        for (online, line) in status_lines(self.previous.as_ref(), &snapshot) {
+            if online {
+                info!("{line}");
+            } else {
+                warn!("{line}");
+            }
+        }
+        self.previous = Some(snapshot.clone());
+        snapshot
+    }
+
+    /// GET the healthcheck URL after a round in which every executor passed its probe.
+    /// Only with health checks enabled: otherwise nothing was checked.
+    fn notify(&self, snapshot: &Snapshot) {
+        let Some(url) = self.settings.url.as_deref() else {
+            return;
+        };
+        let all_online =
+            !snapshot.executors.is_empty() && snapshot.executors.iter().all(|e| e.online);
+        if url.is_empty() || !self.settings.healthcheck || !all_online {
+            return;
+        }
+        // The URL may carry a token: log the failure, never the URL.
+        match self.agent.get(url).call() {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => warn!(
+                "Healthcheck URL call returned status {}",
+                response.status().as_u16()
+            ),
+            Err(err) => warn!(
+                "Healthcheck URL call failed: {}",
+                probe::describe(&err, &self.agent)
+            ),
+        }
+    }
+}
+
+/// Resolve one executor again, probe it (when enabled) and describe it for the snapshot.
+fn check_one(
+    settings: &Settings,
+    agent: &ureq::Agent,
+    target: &Target,
+    previous: Option<&ExecutorStatus>,
+) -> ExecutorStatus {
+    let addrs = match resolve(target) {
+        Ok(addrs) => addrs,
+        Err(reason) => {
+            let mut status = failed(target, reason);
+            // Workers keep connecting somewhere useful if DNS fails only for a while.
+            status.addrs = previous.map(|p| p.addrs.clone()).unwrap_or_default();
+            return status;
+        }
+    };
+    let result = if settings.healthcheck {
+        probe::probe(agent, &target.hostname, &settings.executor_secret)
+    } else {
+        ProbeResult::online_unknown()
+    };
+    ExecutorStatus {
+        hostname: target.hostname.clone(),
+        online: result.online,
+        state_status: result.state_status,
+        usage: result.usage,
+        runtimes: result.runtimes,
+        addrs,
+        last_check: Some(SystemTime::now()),
+        last_error: result.error,
+    }
+}
+
+/// The executor's addresses now (std resolver; an IP literal resolves to itself).
+fn resolve(target: &Target) -> Result<Vec<SocketAddr>, String> {
+    // Tolerate a bracketed IPv6 host; the resolver wants it bare.
+    let host = target.host.trim_start_matches('[').trim_end_matches(']');
+    match (host, target.port).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            if addrs.is_empty() {
+                Err("DNS lookup found no address".to_string())
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(err) => Err(probe::truncate(
+            &format!("DNS lookup failed: {err}"),
+            MAX_DNS_REASON_CHARS,
+        )),
+    }
+}
+
+/// An offline executor with no addresses; the caller may keep older ones.
+fn failed(target: &Target, reason: String) -> ExecutorStatus {
+    ExecutorStatus {
+        hostname: target.hostname.clone(),
+        online: false,
+        state_status: None,
+        usage: None,
+        runtimes: Default::default(),
+        addrs: Vec::new(),
+        last_check: Some(SystemTime::now()),
+        last_error: Some(reason),
+    }
+}
+
+/// Log lines for a new snapshot, each with `true` when it is good news (info) and
+/// `false` for bad news (warn): every status after the first round, then only changes.
+fn status_lines(previous: Option<&Snapshot>, next: &Snapshot) -> Vec<(bool, String)> {
+    let reason = |e: &ExecutorStatus| e.last_error.clone().unwrap_or_default();
+    let Some(previous) = previous else {
+        return next
+            .executors
+            .iter()
+            .map(|e| {
+                if e.online {
+                    let usage = e.usage.map_or("unknown".to_string(), |u| format!("{u}%"));
+                    let line = format!(
+                        "Executor \"{}\" is online (usage {usage}, runtimes {})",
+                        e.hostname,
+                        e.runtimes.len()
+                    );
+                    (true, line)
+                } else {
+                    (
+                        false,
+                        format!("Executor \"{}\" is offline: {}", e.hostname, reason(e)),
+                    )
+                }
+            })
+            .collect();
+    };
+    next.executors
+        .iter()
+        .enumerate()
+        .filter(|(index, e)| previous.executors.get(*index).map(|p| p.online) != Some(e.online))
+        .map(|(_, e)| {
+            if e.online {
+                (true, format!("Executor \"{}\" went online", e.hostname))
+            } else {
+                (
+                    false,
+                    format!("Executor \"{}\" went offline: {}", e.hostname, reason(e)),
+                )
+            }
+        })
+        .collect()
+}
+
+/// Stops the checker thread.
+#[must_use = "dropping the handle stops the checker"]
+pub struct CheckerHandle {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl CheckerHandle {
+    /// Signal the thread and wait for it: returns within the in-flight round's probes.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            crate::error!("Health checker thread panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A tiny HTTP server on 127.0.0.1:0: answers every request with the current
+    /// `response` (switchable by the test) and counts the requests.
+    struct Server {
+        addr: SocketAddr,
+        response: Arc<Mutex<Vec<u8>>>,
+        hits: Arc<AtomicUsize>,
+    }
+
+    impl Server {
+        fn start(status: &str, body: &str) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let response = Arc::new(Mutex::new(Vec::new()));
+            let hits = Arc::new(AtomicUsize::new(0));
+            let (shared, counter) = (response.clone(), hits.clone());
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { continue };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let answer = shared.lock().expect("lock").clone();
+                    let _ = stream.write_all(&answer);
+                }
+            });
+            let server = Server {
+                addr,
+                response,
+                hits,
+            };
+            server.answer(status, body);
+            server
+        }
+
+        fn answer(&self, status: &str, body: &str) {
+            *self.response.lock().expect("lock") = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes();
+        }
+
+        fn executor(&self) -> ExecutorAddr {
+            ExecutorAddr {
+                host: self.addr.ip().to_string(),
+                port: self.addr.port(),
+            }
+        }
+
+        fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+    }
+
+    fn free_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    /// A checker over `executors` (interval 20 ms, timeout 2 s).
+    fn checker_for(executors: &[ExecutorAddr], healthcheck: bool, url: Option<String>) -> Checker {
+        Checker::with_settings(Settings {
+            targets: executors.iter().map(Target::from).collect(),
+            healthcheck,
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(2),
+            url,
+            executor_secret: "secret".to_string(),
+        })
+    }
+
+    fn local(port: u16) -> ExecutorAddr {
+        ExecutorAddr {
+            host: "127.0.0.1".to_string(),
+            port,
+        }
+    }
+
+    const PASS: &str =
+        r#"{"status":"pass","usage":30,"runtimes":{"r1":{"status":"pass","usage":5}}}"#;
+
+    #[test]
+    fn round_with_one_executor_up_and_one_down() {
+        let up = Server::start("200 OK", PASS);
+        let down_port = free_port();
+        let mut checker = checker_for(&[up.executor(), local(down_port)], true, None);
+
+        let first = checker.round();
+        assert_eq!(first.generation, 1);
+        let (a, b) = (&first.executors[0], &first.executors[1]);
+        assert_eq!(a.hostname, up.addr.to_string());
+        assert!(a.online);
+        assert_eq!(a.state_status.as_deref(), Some("pass"));
+        assert_eq!(a.usage, Some(30));
+        assert_eq!(a.runtimes["r1"].usage, 5);
+        assert_eq!(a.addrs, vec![up.addr]);
+        assert!(a.last_check.is_some());
+        assert_eq!(a.last_error, None);
+        assert_eq!(b.hostname, format!("127.0.0.1:{down_port}"));
+        assert!(!b.online);
+        assert_eq!(b.last_error.as_deref(), Some("connection refused"));
+        assert_eq!(b.addrs.len(), 1);
+
+        // The first round lists every executor once.
+        let lines = status_lines(None, &first);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[0],
+            (
+                true,
+                format!("Executor \"{}\" is online (usage 30%, runtimes 1)", up.addr)
+            )
+        );
+        assert_eq!(
+            lines[1],
+            (
+                false,
+                format!("Executor \"127.0.0.1:{down_port}\" is offline: connection refused")
+            )
+        );
+
+        // The first executor fails; the second is unchanged: one transition.
+        up.answer("200 OK", r#"{"status":"fail"}"#);
+        let second = checker.round();
+        assert_eq!(second.generation, 2);
+        assert!(!second.executors[0].online);
+        assert_eq!(
+            second.executors[0].last_error.as_deref(),
+            Some(r#"executor reported status "fail""#)
+        );
+        assert_eq!(
+            status_lines(Some(&first), &second),
+            vec![(
+                false,
+                format!(
+                    "Executor \"{}\" went offline: executor reported status \"fail\"",
+                    up.addr
+                )
+            )]
+        );
+
+        up.answer("200 OK", "OK");
+        let third = checker.round();
+        assert_eq!(third.generation, 3);
+        assert!(third.executors[0].online);
+        assert_eq!(third.executors[0].usage, None);
+        assert_eq!(
+            status_lines(Some(&second), &third),
+            vec![(true, format!("Executor \"{}\" went online", up.addr))]
+        );
+        assert!(status_lines(Some(&third), &third).is_empty());
+        assert_eq!(up.hits(), 3);
+    }
+
+    #[test]
+    fn disabled_mode_probes_nothing_but_resolves() {
+        let up = Server::start("500 Internal Server Error", "");
+        let unresolvable = ExecutorAddr {
+            host: "nonexistent.invalid".to_string(),
+            port: 80,
+        };
+        let mut checker = checker_for(
+            &[up.executor(), local(free_port()), unresolvable],
+            false,
+            None,
+        );
+        let snapshot = checker.round();
+        assert_eq!(snapshot.generation, 1);
+        for executor in &snapshot.executors[..2] {
+            assert!(executor.online);
+            assert_eq!(executor.usage, None);
+            assert!(executor.runtimes.is_empty());
+            assert_eq!(executor.addrs.len(), 1);
+            assert_eq!(executor.last_error, None);
+        }
+        let dns = &snapshot.executors[2];
+        assert_eq!(dns.hostname, "nonexistent.invalid:80");
+        assert!(!dns.online);
+        assert!(dns.addrs.is_empty());
+        let reason = dns.last_error.as_deref().unwrap_or_default();
+        assert!(reason.starts_with("DNS lookup failed"), "{reason}");
+        assert_eq!(up.hits(), 0);
+    }
+
+    #[test]
+    fn failed_resolution_keeps_the_previous_addresses() {
+        let executor = ExecutorAddr {
+            host: "nonexistent.invalid".to_string(),
+            port: 8080,
+        };
+        let mut checker = checker_for(&[executor], true, None);
+        let mut before = failed(&checker.settings.targets[0], "old".to_string());
+        before.online = true;
+        before.addrs = vec![SocketAddr::from(([10, 0, 0, 7], 8080))];
+        checker.previous = Some(Snapshot {
+            generation: 4,
+            executors: vec![before.clone()],
+        });
+        checker.generation = 4;
+        let snapshot = checker.round();
+        assert_eq!(snapshot.generation, 5);
+        assert!(!snapshot.executors[0].online);
+        assert_eq!(snapshot.executors[0].addrs, before.addrs);
+    }
+
+    #[test]
+    fn ipv6_executor_is_probed_by_bracketed_hostname() {
+        let Ok(listener) = TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 loopback here
+        };
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let executor = ExecutorAddr {
+            host: "::1".to_string(),
+            port,
+        };
+        let snapshot = checker_for(&[executor], true, None).round();
+        let e = &snapshot.executors[0];
+        assert_eq!(e.hostname, format!("[::1]:{port}"));
+        assert_eq!(
+            e.addrs,
+            vec![SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port))]
+        );
+        assert_eq!(e.last_error.as_deref(), Some("connection refused"));
+    }
+
+    #[test]
+    fn healthcheck_url_is_called_only_when_all_are_online() {
+        let a = Server::start("200 OK", PASS);
+        let b = Server::start("200 OK", "OK");
+        let hook = Server::start("200 OK", "");
+        let url = format!("http://{}/ping?token=t", hook.addr);
+        let mut checker = checker_for(&[a.executor(), b.executor()], true, Some(url.clone()));
+
+        checker.round();
+        assert_eq!(hook.hits(), 1);
+        b.answer("503 Service Unavailable", "");
+        checker.round();
+        assert_eq!(hook.hits(), 1);
+        b.answer("200 OK", "OK");
+        checker.round();
+        assert_eq!(hook.hits(), 2);
+
+        // A failing URL is only a warning; an empty one is no URL.
+        hook.answer("500 Internal Server Error", "");
+        checker.round();
+        assert_eq!(hook.hits(), 3);
+        let mut quiet = checker_for(&[a.executor()], true, Some(String::new()));
+        assert!(quiet.round().executors[0].online);
+        let refused_url = format!("http://127.0.0.1:{}/", free_port());
+        let mut refused = checker_for(&[a.executor()], true, Some(refused_url));
+        assert!(refused.round().executors[0].online);
+
+        // Disabled health checks check nothing, so they vouch for nothing.
+        let mut disabled = checker_for(&[a.executor()], false, Some(url));
+        disabled.round();
+        assert_eq!(hook.hits(), 3);
+    }
+
+    #[test]
+    fn spawned_checker_publishes_clears_flags_and_stops_promptly() {
+        let up = Server::start("200 OK", PASS);
+        let down = local(free_port());
+        let mut checker = checker_for(&[up.executor(), down], true, None);
+        let board = Board::new(checker.round());
+        board.flag_offline(0);
+        board.flag_offline(1);
+        let handle = checker.spawn(board.clone());
+
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while board.load().generation < 3 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let snapshot = board.load();
+        assert!(
+            snapshot.generation >= 3,
+            "generation {}",
+            snapshot.generation
+        );
+        assert!(!board.is_flagged_offline(0));
+        assert!(
+            board.is_flagged_offline(1),
+            "an offline executor keeps its flag"
+        );
+
+        let started = Instant::now();
+        handle.stop();
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn stop_does_not_wait_for_the_interval() {
+        let up = Server::start("200 OK", "OK");
+        let mut checker = checker_for(&[up.executor()], true, None);
+        checker.settings.interval = Duration::from_secs(60);
+        let board = Board::new(checker.round());
+        let handle = checker.spawn(board.clone());
+        thread::sleep(Duration::from_millis(10));
+        let started = Instant::now();
+        handle.stop();
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(board.load().generation, 1);
+        assert_eq!(up.hits(), 1);
+    }
+
+    #[test]
+    fn spawn_continues_the_board_generation() {
+        let up = Server::start("200 OK", "OK");
+        let mut seed = checker_for(&[up.executor()], true, None).round();
+        let checker = checker_for(&[up.executor()], true, None);
+        seed.generation = 40;
+        let board = Board::new(seed);
+        let handle = checker.spawn(board.clone());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while board.load().generation == 40 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        handle.stop();
+        assert!(board.load().generation > 40);
+    }
+}

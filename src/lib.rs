@@ -1,0 +1,234 @@
+//! opr-proxy: a thread-per-core io_uring drop-in replacement for Open Runtimes Proxy.
+//! `run(Config)` is the one entry for main, tests and benches.
+
+pub mod api;
+pub mod auth;
+pub mod balance;
+pub mod buffers;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod health;
+pub mod http;
+pub mod logging;
+pub mod notify;
+pub mod pool;
+pub mod snapshot;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use config::Config;
+use health::checker::{Checker, CheckerHandle};
+use snapshot::Board;
+pub use worker::Driver;
+
+/// Something the main thread must react to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// SIGTERM / SIGINT (the signal number).
+    Signal(i32),
+    /// A worker thread ended although nobody asked it to (a panic): the process should
+    /// exit so its supervisor restarts it with every worker healthy.
+    WorkerExited(usize),
+}
+
+/// Why the proxy could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Bind(SocketAddr, std::io::Error),
+    Worker(usize, std::io::Error),
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::Worker(id, e) => write!(f, "worker {id} failed to start: {e}"),
+            StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running proxy.
+pub struct Server {
+    addr: SocketAddr,
+    drivers: Vec<Driver>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    checker: Option<CheckerHandle>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    board: Arc<Board>,
+}
+
+/// Start the proxy: the checker's first round (before accepting), then one pinned worker
+/// per core (times `OPR_PROXY_WORKER_PER_CORE`), each with its own listener.
+pub fn run(config: Config) -> Result<Server, StartError> {
+    let config = Arc::new(config);
+    let mut checker = Checker::new(config.clone());
+    let board = Board::new(checker.round());
+    let checker = checker.spawn(board.clone());
+
+    let cores = worker_cores(&config);
+    let count = cores.len().max(1) * config.worker_per_core;
+    let wanted = SocketAddr::new(config.host, config.port);
+    let first = worker::reuse_port_listener(wanted).map_err(|e| StartError::Bind(wanted, e))?;
+    let addr = first
+        .local_addr()
+        .map_err(|e| StartError::Bind(wanted, e))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events_tx, events_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut first = Some(first);
+    let mut workers = Vec::with_capacity(count);
+    for id in 0..count {
+        let spec = worker::WorkerSpec {
+            id,
+            core: cores.get(id % cores.len().max(1)).copied(),
+            addr,
+            listener: first.take(),
+            config: config.clone(),
+            board: board.clone(),
+            stop: stop.clone(),
+        };
+        let ready_tx = ready_tx.clone();
+        let exit_tx = events_tx.clone();
+        let stop_flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("opr-worker-{id}"))
+            .spawn(move || {
+                let _exit = ExitNotice {
+                    id,
+                    tx: exit_tx,
+                    stop: stop_flag,
+                };
+                worker::run(spec, move |r| {
+                    let _ = ready_tx.send((id, r));
+                });
+            })
+            .map_err(StartError::Thread)?;
+        workers.push(handle);
+    }
+    drop(ready_tx);
+
+    let mut drivers = vec![Driver::Epoll; count];
+    let mut failure = None;
+    for _ in 0..count {
+        match ready_rx.recv() {
+            Ok((id, Ok(driver))) => drivers[id] = driver,
+            Ok((id, Err(e))) => {
+                failure.get_or_insert(StartError::Worker(id, e));
+            }
+            Err(_) => {
+                failure.get_or_insert(StartError::Thread(std::io::Error::other(
+                    "worker exited early",
+                )));
+                break;
+            }
+        }
+    }
+    let server = Server {
+        addr,
+        drivers,
+        stop,
+        workers,
+        checker: Some(checker),
+        events_tx,
+        events_rx,
+        board,
+    };
+    match failure {
+        Some(e) => {
+            server.shutdown();
+            Err(e)
+        }
+        None => Ok(server),
+    }
+}
+
+/// Cores to pin workers to: the process's affinity mask, limited by cgroup quota
+/// (`available_parallelism`) unless `OPR_PROXY_CORES` says how many.
+fn worker_cores(config: &Config) -> Vec<core_affinity::CoreId> {
+    let mask = core_affinity::get_core_ids().unwrap_or_default();
+    let quota = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = config.cores.unwrap_or_else(|| mask.len().min(quota)).max(1);
+    if mask.is_empty() {
+        // No affinity information: run unpinned.
+        return Vec::new();
+    }
+    mask.into_iter().cycle().take(n).collect()
+}
+
+/// Sends `WorkerExited` when a worker thread ends without a stop request (also when it
+/// unwinds from a panic).
+struct ExitNotice {
+    id: usize,
+    tx: mpsc::Sender<Event>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        if !self.stop.load(Ordering::Relaxed) {
+            let _ = self.tx.send(Event::WorkerExited(self.id));
+        }
+    }
+}
+
+impl Server {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The io driver each worker got.
+    pub fn drivers(&self) -> &[Driver] {
+        &self.drivers
+    }
+
+    /// For the signal thread in main.
+    pub fn event_sender(&self) -> mpsc::Sender<Event> {
+        self.events_tx.clone()
+    }
+
+    /// Block until a signal arrives or a worker dies.
+    pub fn next_event(&self) -> Event {
+        // The server holds a sender itself, so recv cannot fail.
+        self.events_rx.recv().unwrap_or(Event::Signal(0))
+    }
+
+    /// The shared board (tests inspect offline flags through it).
+    pub fn board(&self) -> &Arc<Board> {
+        &self.board
+    }
+
+    /// Stop accepting, let in-flight requests finish (bounded by
+    /// `OPR_PROXY_SHUTDOWN_TIMEOUT`), stop the checker. Returns when every thread ended.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.workers.drain(..) {
+            let _ = handle.join();
+        }
+        if let Some(checker) = self.checker.take() {
+            checker.stop();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}

@@ -1,0 +1,86 @@
+//! One worker's idle keep-alive connections to executors, per executor. Connections are
+//! checked in explicitly, only after a clean and complete exchange; stale ones expire.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+struct Idle {
+    stream: TcpStream,
+    addr: SocketAddr,
+    since: Instant,
+}
+
+/// `!Send`: owned by one worker, touched only by its tasks.
+pub struct Pool {
+    idle: RefCell<Vec<VecDeque<Idle>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(executors: usize, max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            idle: RefCell::new((0..executors).map(|_| VecDeque::new()).collect()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// The most recently used idle connection to `addr` of `executor`, if one is fresh.
+    /// Most recent first: it is the least likely to have been closed by the executor.
+    pub fn take(&self, executor: usize, addr: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(executor)?;
+        let now = Instant::now();
+        expire(list, now, self.idle_timeout);
+        let pos = list.iter().rposition(|c| c.addr == addr)?;
+        list.remove(pos).map(|c| c.stream)
+    }
+
+    /// Check a connection in after a clean exchange; dropped when the pool is full.
+    pub fn put(&self, executor: usize, addr: SocketAddr, stream: TcpStream) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let Some(list) = idle.get_mut(executor) else {
+            return;
+        };
+        let now = Instant::now();
+        expire(list, now, self.idle_timeout);
+        if list.len() >= self.max_idle {
+            list.pop_front();
+        }
+        list.push_back(Idle {
+            stream,
+            addr,
+            since: now,
+        });
+    }
+
+    /// Idle connections currently held for `executor` (for tests and metrics).
+    pub fn idle_count(&self, executor: usize) -> usize {
+        self.idle.borrow().get(executor).map_or(0, VecDeque::len)
+    }
+
+    /// Close every idle connection (shutdown).
+    pub fn clear(&self) {
+        for list in self.idle.borrow_mut().iter_mut() {
+            list.clear();
+        }
+    }
+}
+
+/// Oldest entries are at the front; drop those idle for too long.
+fn expire(list: &mut VecDeque<Idle>, now: Instant, timeout: Duration) {
+    while list
+        .front()
+        .is_some_and(|c| now.duration_since(c.since) >= timeout)
+    {
+        list.pop_front();
+    }
+}

@@ -1,0 +1,192 @@
+//! The only state shared between the checker and the workers: immutable health
+//! snapshots (published by the checker, picked up by workers without a lock on the
+//! request path) and one "offline" flag per executor that any worker may raise.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// One runtime as reported in an executor's health body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeState {
+    /// `status` field of the runtime; `pass` is the only healthy value.
+    pub status: String,
+    /// 0–100; unknown counts as 100.
+    pub usage: u8,
+}
+
+impl RuntimeState {
+    pub fn is_warm(&self) -> bool {
+        self.status == "pass" && self.usage < 80
+    }
+}
+
+/// What the checker knows about one executor after a round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutorStatus {
+    /// As configured, normalised to `host:port`.
+    pub hostname: String,
+    pub online: bool,
+    /// `status` string of the health body when it had one (`stateStatus`).
+    pub state_status: Option<String>,
+    /// 0–100 from the health body; `None` = unknown (counts as 100).
+    pub usage: Option<u8>,
+    pub runtimes: HashMap<String, RuntimeState>,
+    /// Addresses resolved this round; workers connect to these and never resolve DNS.
+    pub addrs: Vec<SocketAddr>,
+    pub last_check: Option<SystemTime>,
+    /// Why the executor is offline (kept for `/v1/proxy/containers` and the logs).
+    pub last_error: Option<String>,
+}
+
+impl ExecutorStatus {
+    /// Usage for the tiers: unknown counts as 100.
+    pub fn effective_usage(&self) -> u8 {
+        self.usage.unwrap_or(100)
+    }
+}
+
+/// Everything workers need to pick an executor, frozen at the end of a round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Increases with every publication; workers use it to drop per-round overlays.
+    pub generation: u64,
+    /// In `OPR_PROXY_EXECUTORS` order; the index is the executor's identity everywhere.
+    pub executors: Vec<ExecutorStatus>,
+}
+
+/// The publication point: written by the checker, read by every worker.
+///
+/// Workers read `generation` (one atomic load per request) and take the mutex only when
+/// it changed, i.e. once per health round per worker, never in steady state.
+pub struct Board {
+    generation: AtomicU64,
+    current: Mutex<Arc<Snapshot>>,
+    offline: Box<[AtomicBool]>,
+}
+
+impl Board {
+    pub fn new(first: Snapshot) -> Arc<Board> {
+        let offline = (0..first.executors.len())
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        Arc::new(Board {
+            generation: AtomicU64::new(first.generation),
+            current: Mutex::new(Arc::new(first)),
+            offline,
+        })
+    }
+
+    /// Publish the next snapshot; its generation must be greater than the current one.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        *current = Arc::new(snapshot);
+        drop(current);
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A worker saw the executor refuse or time out a connection: every worker skips it
+    /// until the checker sees a probe pass.
+    pub fn flag_offline(&self, executor: usize) {
+        if let Some(flag) = self.offline.get(executor) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn clear_offline(&self, executor: usize) {
+        if let Some(flag) = self.offline.get(executor) {
+            flag.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_flagged_offline(&self, executor: usize) -> bool {
+        self.offline
+            .get(executor)
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+}
+
+/// A worker's view of the board: caches the current snapshot and refreshes it only when
+/// the generation moved.
+pub struct SnapshotReader {
+    board: Arc<Board>,
+    seen: u64,
+    cached: Arc<Snapshot>,
+}
+
+impl SnapshotReader {
+    pub fn new(board: Arc<Board>) -> SnapshotReader {
+        let cached = board.load();
+        SnapshotReader {
+            seen: cached.generation,
+            board,
+            cached,
+        }
+    }
+
+    /// The newest snapshot; costs one atomic load unless a new round was published.
+    pub fn current(&mut self) -> &Arc<Snapshot> {
+        let generation = self.board.generation.load(Ordering::Acquire);
+        if generation != self.seen {
+            self.cached = self.board.load();
+            self.seen = self.cached.generation;
+        }
+        &self.cached
+    }
+
+    pub fn board(&self) -> &Arc<Board> {
+        &self.board
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(generation: u64, online: bool) -> Snapshot {
+        Snapshot {
+            generation,
+            executors: vec![ExecutorStatus {
+                hostname: "a:80".into(),
+                online,
+                state_status: None,
+                usage: None,
+                runtimes: HashMap::new(),
+                addrs: vec![],
+                last_check: None,
+                last_error: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn reader_picks_up_new_generation() {
+        let board = Board::new(snapshot(1, false));
+        let mut reader = SnapshotReader::new(board.clone());
+        assert!(!reader.current().executors[0].online);
+        board.publish(snapshot(2, true));
+        assert_eq!(reader.current().generation, 2);
+        assert!(reader.current().executors[0].online);
+    }
+
+    #[test]
+    fn offline_flags_are_per_executor() {
+        let board = Board::new(snapshot(1, true));
+        assert!(!board.is_flagged_offline(0));
+        board.flag_offline(0);
+        assert!(board.is_flagged_offline(0));
+        board.flag_offline(7); // out of range is ignored
+        board.clear_offline(0);
+        assert!(!board.is_flagged_offline(0));
+    }
+}

@@ -1,0 +1,300 @@
+//! One worker thread: pinned to a core, its own monoio runtime (io_uring with setup
+//! flags, falling back to epoll), its own SO_REUSEPORT listener, picker, pool and
+//! buffers; the accept loop and the drain on stop.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::net::TcpListener;
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use crate::balance::Picker;
+use crate::buffers::BufPool;
+use crate::config::{Config, IoDriver};
+use crate::notify::LocalNotify;
+use crate::pool::Pool;
+use crate::snapshot::{Board, Snapshot, SnapshotReader};
+use crate::{error, info, warn};
+
+/// How often the accept loop looks at the process-wide stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+const RING_ENTRIES: u32 = 1024;
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Everything one worker owns; shared by its connection tasks through `Rc`.
+pub struct WorkerCtx {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub board: Arc<Board>,
+    reader: RefCell<SnapshotReader>,
+    /// A worker-local copy of the current snapshot, so taking it per request is a
+    /// non-atomic `Rc` clone instead of an atomic on a cache line every core shares.
+    local: RefCell<Rc<Snapshot>>,
+    pub picker: Picker,
+    pub pool: Pool,
+    pub bufs: BufPool,
+    /// `Bearer <OPR_PROXY_EXECUTOR_SECRET>`, built once.
+    pub executor_authorization: Box<[u8]>,
+    /// Set when the process is stopping: answer the request in hand, then close.
+    pub stopping: Cell<bool>,
+    pub stop_notify: LocalNotify,
+    active: Cell<usize>,
+}
+
+impl WorkerCtx {
+    pub fn new(id: usize, config: Arc<Config>, board: Arc<Board>) -> WorkerCtx {
+        let mut reader = SnapshotReader::new(board.clone());
+        let local = Rc::new(Snapshot::clone(reader.current()));
+        let executors = config.executors.len();
+        let seed = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+        WorkerCtx {
+            id,
+            picker: Picker::new(config.algorithm, seed),
+            pool: Pool::new(executors, config.pool_size, config.pool_idle_timeout),
+            bufs: BufPool::new(),
+            executor_authorization: format!("Bearer {}", config.executor_secret)
+                .into_bytes()
+                .into_boxed_slice(),
+            stopping: Cell::new(false),
+            stop_notify: LocalNotify::new(),
+            active: Cell::new(0),
+            reader: RefCell::new(reader),
+            local: RefCell::new(local),
+            config,
+            board,
+        }
+    }
+
+    /// The newest snapshot: one atomic load, plus one copy per health round.
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        let mut reader = self.reader.borrow_mut();
+        let current = reader.current();
+        let mut local = self.local.borrow_mut();
+        if local.generation != current.generation {
+            *local = Rc::new(Snapshot::clone(current));
+        }
+        local.clone()
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.active.get()
+    }
+}
+
+/// Counts a connection task as active for the drain; decrements on drop (also on panic).
+pub struct ActiveGuard(Rc<WorkerCtx>);
+
+impl ActiveGuard {
+    pub fn new(ctx: Rc<WorkerCtx>) -> ActiveGuard {
+        ctx.active.set(ctx.active.get() + 1);
+        ActiveGuard(ctx)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+/// What a worker thread needs from the process.
+pub struct WorkerSpec {
+    pub id: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub addr: SocketAddr,
+    /// Worker 0 gets the listener the main thread bound to learn the port.
+    pub listener: Option<std::net::TcpListener>,
+    pub config: Arc<Config>,
+    pub board: Arc<Board>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Which io driver a worker ended up with (logged once per worker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring(&'static str),
+    Epoll,
+}
+
+/// Build the runtime and serve until stopped. Runs on the worker's own thread.
+/// `ready` is called once the listener is bound, with the driver chosen.
+pub fn run(spec: WorkerSpec, ready: impl FnOnce(std::io::Result<Driver>)) {
+    if let Some(core) = spec.core {
+        if !core_affinity::set_for_current(core) {
+            warn!("worker {}: could not pin to core {}", spec.id, core.id);
+        }
+    }
+    match build_runtime(spec.config.io_driver) {
+        Ok(Runtime::Uring(mut rt, flags)) => {
+            rt.block_on(serve(spec, Driver::IoUring(flags), ready));
+        }
+        Ok(Runtime::Epoll(mut rt)) => {
+            rt.block_on(serve(spec, Driver::Epoll, ready));
+        }
+        Err(e) => ready(Err(e)),
+    }
+}
+
+enum Runtime {
+    Uring(monoio::Runtime<TimeDriver<IoUringDriver>>, &'static str),
+    Epoll(monoio::Runtime<TimeDriver<LegacyDriver>>),
+}
+
+/// io_uring with the cheapest setup flags this kernel accepts, then plain io_uring,
+/// then epoll (Docker's default seccomp profile refuses io_uring).
+fn build_runtime(choice: IoDriver) -> std::io::Result<Runtime> {
+    if choice != IoDriver::Epoll {
+        let mut last_err = None;
+        for (name, flags) in URING_FLAG_SETS {
+            let mut urb = io_uring::IoUring::builder();
+            flags(&mut urb);
+            match RuntimeBuilder::<IoUringDriver>::new()
+                .with_entries(RING_ENTRIES)
+                .uring_builder(urb)
+                .enable_timer()
+                .build()
+            {
+                Ok(rt) => return Ok(Runtime::Uring(rt, name)),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if choice == IoDriver::IoUring {
+            return Err(last_err.unwrap_or_else(|| std::io::Error::other("io_uring unavailable")));
+        }
+    }
+    let rt = RuntimeBuilder::<LegacyDriver>::new()
+        .with_entries(RING_ENTRIES)
+        .enable_timer()
+        .build()?;
+    Ok(Runtime::Epoll(rt))
+}
+
+type FlagSet = (&'static str, fn(&mut io_uring::Builder));
+
+/// Measured in TECH.md: COOP_TASKRUN + SINGLE_ISSUER cuts a third of the kernel time per
+/// request. Both need 6.0; older 5.x kernels reject them with EINVAL, hence the ladder.
+const URING_FLAG_SETS: [FlagSet; 3] = [
+    ("coop_taskrun+single_issuer", |b| {
+        b.setup_coop_taskrun().setup_single_issuer();
+    }),
+    ("coop_taskrun", |b| {
+        b.setup_coop_taskrun();
+    }),
+    ("default", |_| {}),
+];
+
+/// A listener with SO_REUSEPORT, so every worker has its own accept queue on one port.
+/// Bound with socket2 because the main thread has no runtime: it binds the first one to
+/// learn the port (when 0 was asked) and hands it to worker 0.
+pub fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Result<Driver>)) {
+    let std_listener = match spec.listener {
+        Some(l) => Ok(l),
+        None => reuse_port_listener(spec.addr),
+    };
+    let listener = match std_listener.and_then(TcpListener::from_std) {
+        Ok(l) => l,
+        Err(e) => {
+            ready(Err(e));
+            return;
+        }
+    };
+    let ctx = Rc::new(WorkerCtx::new(
+        spec.id,
+        spec.config.clone(),
+        spec.board.clone(),
+    ));
+    match driver {
+        Driver::IoUring(flags) => info!("worker {} serving with io_uring ({flags})", spec.id),
+        Driver::Epoll => info!("worker {} serving with epoll", spec.id),
+    }
+    ready(Ok(driver));
+
+    accept_loop(&listener, &ctx, &spec.stop).await;
+    drop(listener);
+    drain(&ctx).await;
+}
+
+async fn accept_loop(listener: &TcpListener, ctx: &Rc<WorkerCtx>, stop: &AtomicBool) {
+    loop {
+        // The accept stays pinned across stop polls so no accepted socket is dropped.
+        let accept = listener.accept();
+        futures_pin(accept, ctx, stop).await;
+        if ctx.stopping.get() {
+            return;
+        }
+    }
+}
+
+/// Wait for one accept (spawning its task) or for the stop flag.
+async fn futures_pin<F>(accept: F, ctx: &Rc<WorkerCtx>, stop: &AtomicBool)
+where
+    F: std::future::Future<Output = std::io::Result<(monoio::net::TcpStream, SocketAddr)>>,
+{
+    let mut accept = std::pin::pin!(accept);
+    loop {
+        monoio::select! {
+            accepted = &mut accept => {
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let guard = ActiveGuard::new(ctx.clone());
+                        let ctx = ctx.clone();
+                        monoio::spawn(async move {
+                            crate::http::conn::serve(ctx, stream, peer).await;
+                            drop(guard);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        error!("worker {}: accept failed: {e}", ctx.id);
+                        monoio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                return;
+            }
+            _ = monoio::time::sleep(STOP_POLL) => {
+                if stop.load(Ordering::Relaxed) {
+                    ctx.stopping.set(true);
+                    ctx.stop_notify.notify();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Let in-flight requests finish within the shutdown timeout; idle keep-alive
+/// connections were woken by `stop_notify` and close themselves.
+async fn drain(ctx: &Rc<WorkerCtx>) {
+    ctx.pool.clear();
+    let deadline = std::time::Instant::now() + ctx.config.shutdown_timeout;
+    while ctx.active_connections() > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = ctx.active_connections();
+    if left > 0 {
+        warn!(
+            "worker {}: shutdown timeout, closing {left} connection(s)",
+            ctx.id
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! Tests of the binary as a process: start-up validation (exit 2), signals (exit 0),
+//! and bounded memory while 100 MiB bodies stream through in both directions.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn bad_config_exits_2_naming_the_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("OPR_PROXY_SECRET", "s")], "OPR_PROXY_EXECUTORS"),
+        (&[("OPR_PROXY_EXECUTORS", "a:1")], "OPR_PROXY_SECRET"),
+        (
+            &[
+                ("OPR_PROXY_EXECUTORS", "a:1"),
+                ("OPR_PROXY_SECRET", "s"),
+                ("OPR_PROXY_ALGORITHM", "fastest"),
+            ],
+            "OPR_PROXY_ALGORITHM",
+        ),
+        (
+            &[("OPR_PROXY_EXECUTORS", "a:1,,b"), ("OPR_PROXY_SECRET", "s")],
+            "OPR_PROXY_EXECUTORS",
+        ),
+        (
+            &[
+                ("OPR_PROXY_EXECUTORS", "a:1"),
+                ("OPR_PROXY_SECRET", "s"),
+                ("PORT", "http"),
+            ],
+            "PORT",
+        ),
+    ];
+    for (env, var) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_opr-proxy"))
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(var), "{var} not named in: {stderr}");
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_0() {
+    let a = mock("a");
+    let mut p = ProxyProcess::start(&[a.hostname()], &[]);
+    // A request in flight when SIGTERM arrives still gets its answer.
+    let addr = p.addr;
+    let slow = std::thread::spawn(move || {
+        Client::connect(addr).request(
+            "GET",
+            "/v1/sleep?ms=700",
+            &[("Authorization", &bearer())],
+            b"",
+        )
+    });
+    // The mock counts the request once its head and body arrived: it is now in flight.
+    assert!(eventually(Duration::from_secs(5), || a.requests() == 1));
+    p.signal("TERM");
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "log: {}",
+        p.log()
+    );
+}
+
+#[test]
+fn hundred_mib_streams_with_flat_memory() {
+    let a = mock("a");
+    let p = ProxyProcess::start(&[a.hostname()], &[("OPR_PROXY_MAX_BODY_SIZE", "0")]);
+    let len: u64 = 100 * 1024 * 1024;
+    let r = upload(p.addr, "/v1/upload", len, false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json_sha(), pattern_sha256(len));
+    let (status, got, sha, truncated) = download(p.addr, &format!("/v1/download?bytes={len}"));
+    assert_eq!((status, got, truncated), (200, len, false));
+    assert_eq!(sha, pattern_sha256(len));
+    let peak = p.status_kib("VmHWM");
+    assert!(
+        peak < 40 * 1024,
+        "peak RSS {peak} KiB: bodies must not be buffered"
+    );
+}
