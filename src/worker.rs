@@ -202,6 +202,9 @@ pub fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpLis
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
+    // The epoll driver needs a non-blocking socket; a blocking accept would stall the
+    // whole worker thread.
+    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
