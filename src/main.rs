@@ -9,6 +9,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // `opr-proxy healthcheck`: the container HEALTHCHECK, so the image needs no curl.
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        std::process::exit(healthcheck());
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -27,6 +31,13 @@ fn main() {
             "disabled"
         }
     );
+    if let Some(provider) = config.logging_provider {
+        // SPEC §8 error shipping is not built yet: say so instead of pretending.
+        opr_proxy::warn!(
+            "OPR_PROXY_LOGGING_PROVIDER={provider:?} is accepted but error shipping is not \
+             implemented in this version; errors are logged to stderr only"
+        );
+    }
     let shutdown_timeout = config.shutdown_timeout;
 
     // Signals are watched by a thread of their own so they work as PID 1 too (where the
@@ -89,6 +100,39 @@ fn main() {
                 "worker {id} stopped unexpectedly; exiting so the supervisor restarts the proxy"
             );
             std::process::exit(1);
+        }
+    }
+}
+
+/// GET /v1/proxy/health on this container's port; 0 when it answers 200.
+fn healthcheck() -> i32 {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let port = std::env::var("PORT").unwrap_or_else(|_| "80".into());
+    let addr = format!("127.0.0.1:{}", port.trim());
+    let timeout = Duration::from_secs(3);
+    let result = (|| -> std::io::Result<bool> {
+        let addr = addr
+            .parse()
+            .map_err(|_| std::io::Error::other("bad PORT"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(
+            b"GET /v1/proxy/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    })();
+    match result {
+        Ok(true) => 0,
+        Ok(false) => {
+            eprintln!("opr-proxy healthcheck: {addr} did not answer 200");
+            1
+        }
+        Err(e) => {
+            eprintln!("opr-proxy healthcheck: {addr}: {e}");
+            1
         }
     }
 }

@@ -104,9 +104,15 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
             }
         };
         let started = Instant::now();
+        // Opt-in: costs a small allocation per request, so only when asked for.
+        let line = ctx.config.access_log.then(|| request_line(&conn, &head));
         let (after, status) = handle(&ctx, &mut conn, &head, &headers, &mut out).await;
-        if ctx.config.access_log {
-            access_log(&ctx, &conn, &head, status, started);
+        if let Some(line) = line {
+            info!(
+                "access {} \"{line}\" {status} {:.3}ms",
+                conn.peer.ip(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
         }
         if after == After::Close || ctx.stopping.get() {
             return;
@@ -247,21 +253,11 @@ pub async fn answer_error(
     let _ = conn.write_out(out).await;
 }
 
-fn access_log(
-    ctx: &WorkerCtx,
-    conn: &ClientConn,
-    head: &RequestHead,
-    status: u16,
-    started: Instant,
-) {
-    // The head was consumed; its bytes are still in the buffer before `start` unless
-    // the buffer was reset, so log only what is cheap and safe to know.
-    let _ = head;
-    info!(
-        "worker {} {} {} {:.3}ms",
-        ctx.id,
-        conn.peer.ip(),
-        status,
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+/// `METHOD target` for the access log (target cut to 512 bytes, lossy UTF-8).
+fn request_line(conn: &ClientConn, head: &RequestHead) -> String {
+    let pending = conn.pending();
+    let method = String::from_utf8_lossy(&pending[head.method.clone()]);
+    let target = &pending[head.target.clone()];
+    let target = String::from_utf8_lossy(&target[..target.len().min(512)]);
+    format!("{method} {target}")
 }
