@@ -17,8 +17,8 @@ run: build
 	./target/release/mock-executor --port 8082 --name executor-2 & m2=$$!; \
 	trap 'kill $$m1 $$m2 2>/dev/null || true' EXIT; \
 	echo; \
-	echo "Try (requests alternate between executor-1 and executor-2):"; \
-	echo "  for i in 1 2 3 4; do curl -s -H 'Authorization: Bearer $(SECRET)' http://127.0.0.1:$(PORT)/v1/ping; echo; done"; \
+	echo "Try this (four requests on one keep-alive connection alternate between executor-1 and executor-2):"; \
+	echo "  curl -s -w '\\n' -H 'Authorization: Bearer $(SECRET)' 'http://127.0.0.1:$(PORT)/v1/ping?n=[1-4]'"; \
 	echo; \
 	PORT=$(PORT) OPR_PROXY_HOST=127.0.0.1 \
 	OPR_PROXY_EXECUTORS=127.0.0.1:8081,127.0.0.1:8082 \
