@@ -91,16 +91,20 @@ fn selection(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| picker.pick(&snap, Addressing::AnycastEfficient, None, |_| false))
             });
-            group.bench_with_input(BenchmarkId::new(format!("{name}+runtime"), n), &n, |b, _| {
-                b.iter(|| {
-                    picker.pick(
-                        &snap,
-                        Addressing::AnycastEfficient,
-                        Some(black_box("rt-7")),
-                        |_| false,
-                    )
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}+runtime"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        picker.pick(
+                            &snap,
+                            Addressing::AnycastEfficient,
+                            Some(black_box("rt-7")),
+                            |_| false,
+                        )
+                    })
+                },
+            );
         }
         // Every executor too busy: the tiers fall through to "online".
         let mut busy = snapshot(n);
@@ -129,7 +133,10 @@ fn health(c: &mut Criterion) {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&format!(r#""runtime-{i}":{{"status":"pass","usage":{}}}"#, i % 100));
+        body.push_str(&format!(
+            r#""runtime-{i}":{{"status":"pass","usage":{}}}"#,
+            i % 100
+        ));
     }
     body.push_str("}}");
     c.bench_function("health/parse 50 runtimes", |b| {
