@@ -44,7 +44,7 @@ unit:
 ## The integration suite on both io drivers.
 integration:
 	OPR_TEST_IO_DRIVER=io_uring $(CARGO) test --workspace --tests -- --test-threads=4
-	OPR_TEST_IO_DRIVER=epoll $(CARGO) test -p opr-proxy --test proxy -- --test-threads=4
+	OPR_TEST_IO_DRIVER=epoll $(CARGO) test -p opr-proxy --tests -- --test-threads=4
 
 bench-build:
 	$(CARGO) bench --workspace --no-run

@@ -39,6 +39,8 @@ pub const OPR_PROXY_POOL_SIZE: &str = "OPR_PROXY_POOL_SIZE";
 pub const OPR_PROXY_POOL_IDLE_TIMEOUT: &str = "OPR_PROXY_POOL_IDLE_TIMEOUT";
 pub const OPR_PROXY_SHUTDOWN_TIMEOUT: &str = "OPR_PROXY_SHUTDOWN_TIMEOUT";
 pub const OPR_PROXY_ACCESS_LOG: &str = "OPR_PROXY_ACCESS_LOG";
+pub const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
+pub const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
 
 /// 22 MiB, the original's request body limit.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
@@ -155,6 +157,10 @@ pub struct Config {
     pub pool_idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub access_log: bool,
+    /// Longest wait for the next bytes of a request body (slow or stalled uploads).
+    pub body_timeout: Duration,
+    /// Client connections one worker serves at once; at the cap it stops accepting.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -203,6 +209,9 @@ impl Config {
             pool_idle_timeout: src.seconds(OPR_PROXY_POOL_IDLE_TIMEOUT, 30, 1..=3_600)?,
             shutdown_timeout: src.seconds(OPR_PROXY_SHUTDOWN_TIMEOUT, 30, 0..=3_600)?,
             access_log: src.choice(OPR_PROXY_ACCESS_LOG, false, &ON_OFF)?,
+            body_timeout: src.seconds(OPR_PROXY_BODY_TIMEOUT, 60, 1..=86_400)?,
+            max_connections: src.number(OPR_PROXY_MAX_CONNECTIONS, 16_384, 1..=1_048_576, "")?
+                as usize,
         })
     }
 
@@ -248,6 +257,8 @@ impl fmt::Debug for Config {
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("access_log", &self.access_log)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -539,6 +550,8 @@ mod tests {
         assert_eq!(c.pool_idle_timeout, Duration::from_secs(30));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert!(!c.access_log);
+        assert_eq!(c.body_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 16_384);
     }
 
     #[test]

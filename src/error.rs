@@ -21,6 +21,8 @@ pub enum ProxyError {
     BodyTooLarge,
     /// The request head did not arrive within `OPR_PROXY_HEADER_TIMEOUT`.
     HeadTimeout,
+    /// The request body stalled longer than `OPR_PROXY_BODY_TIMEOUT`.
+    BodyTimeout,
     /// The executor failed before its response head; the detail is shown in dev mode only.
     BadGateway(String),
     /// The whole-request deadline passed before the executor's response head.
@@ -35,7 +37,7 @@ impl ProxyError {
             ProxyError::BadHead(e) => e.status(),
             ProxyError::BadChunk(_) => 400,
             ProxyError::BodyTooLarge => 413,
-            ProxyError::HeadTimeout => 408,
+            ProxyError::HeadTimeout | ProxyError::BodyTimeout => 408,
             ProxyError::BadGateway(_) => 502,
             ProxyError::GatewayTimeout => 504,
         }
@@ -49,6 +51,7 @@ impl ProxyError {
             ProxyError::BadChunk(_) => "Malformed chunked request body.",
             ProxyError::BodyTooLarge => "Request body is too large.",
             ProxyError::HeadTimeout => "Request head was not received in time.",
+            ProxyError::BodyTimeout => "Request body was not received in time.",
             ProxyError::BadGateway(_) => "Executor failed to answer the request.",
             ProxyError::GatewayTimeout => "Executor did not answer in time.",
         }

@@ -24,6 +24,8 @@ use crate::{error, info, warn};
 /// How often the accept loop looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 const RING_ENTRIES: u32 = 1024;
+/// How often a worker at its connection cap looks for a free slot.
+const CAP_POLL: Duration = Duration::from_millis(5);
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// Everything one worker owns; shared by its connection tasks through `Rc`.
@@ -237,7 +239,18 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
 }
 
 async fn accept_loop(listener: &TcpListener, ctx: &Rc<WorkerCtx>, stop: &AtomicBool) {
+    let cap = ctx.config.max_connections;
     loop {
+        // Backpressure: at the cap, stop accepting and let the kernel's backlog hold new
+        // clients until a connection closes (rather than accepting and failing them).
+        while ctx.active_connections() >= cap {
+            if stop.load(Ordering::Relaxed) {
+                ctx.stopping.set(true);
+                ctx.stop_notify.notify();
+                return;
+            }
+            monoio::time::sleep(CAP_POLL).await;
+        }
         // The accept stays pinned across stop polls so no accepted socket is dropped.
         let accept = listener.accept();
         futures_pin(accept, ctx, stop).await;

@@ -49,6 +49,21 @@ pub async fn read_into(
     res
 }
 
+/// Read the next bytes of a client's body into `buf[..want]`: `Ok(None)` when the client
+/// went away, `Err(())` when it sent nothing for `stall` (slow or stalled upload).
+pub async fn read_client_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    want: usize,
+    stall: std::time::Duration,
+) -> Result<Option<usize>, ()> {
+    match monoio::time::timeout(stall, read_into(stream, buf, want)).await {
+        Err(_) => Err(()),
+        Ok(Ok(0)) | Ok(Err(_)) => Ok(None),
+        Ok(Ok(n)) => Ok(Some(n)),
+    }
+}
+
 /// Append to `buf` after its current bytes, up to its capacity. `Ok(0)` is EOF (or full).
 pub async fn read_append(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     let owned = std::mem::take(buf);

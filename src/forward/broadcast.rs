@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use super::{connect, decode_chunks, read_into, read_response_head, write_keep, Failure};
+use super::{
+    connect, decode_chunks, read_client_body, read_into, read_response_head, write_keep, Failure,
+};
 use crate::buffers::BODY_BUF;
 use crate::error::ProxyError;
 use crate::http::chunked::ChunkedDecoder;
@@ -126,6 +128,7 @@ async fn read_body(
     limit: u64,
 ) -> Result<Vec<u8>, Option<ProxyError>> {
     let body_start = conn.start + head.head_len;
+    let stall = ctx.config.body_timeout;
     let mut body = Vec::new();
     match head.framing {
         RequestFraming::Empty => {}
@@ -139,9 +142,10 @@ async fn read_body(
             conn.buf.drain(body_start..body_start + have);
             let mut buf = ctx.bufs.get();
             while body.len() < n {
-                match read_into(&mut conn.stream, &mut buf, n - body.len()).await {
-                    Ok(0) | Err(_) => return Err(None),
-                    Ok(got) => body.extend_from_slice(&buf[..got]),
+                match read_client_body(&mut conn.stream, &mut buf, n - body.len(), stall).await {
+                    Ok(Some(got)) => body.extend_from_slice(&buf[..got]),
+                    Ok(None) => return Err(None),
+                    Err(()) => return Err(Some(ProxyError::BodyTimeout)),
                 }
             }
             ctx.bufs.put(buf);
@@ -163,12 +167,13 @@ async fn read_body(
                     conn.buf.extend_from_slice(&pending[consumed..]);
                     break;
                 }
-                match read_into(&mut conn.stream, &mut buf, BODY_BUF).await {
-                    Ok(0) | Err(_) => return Err(None),
-                    Ok(got) => {
+                match read_client_body(&mut conn.stream, &mut buf, BODY_BUF, stall).await {
+                    Ok(Some(got)) => {
                         pending.clear();
                         pending.extend_from_slice(&buf[..got]);
                     }
+                    Ok(None) => return Err(None),
+                    Err(()) => return Err(Some(ProxyError::BodyTimeout)),
                 }
             }
             ctx.bufs.put(buf);

@@ -25,7 +25,9 @@ use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::warn;
 use crate::worker::WorkerCtx;
 
-pub(crate) use body::{decode_chunks, read_append, read_into, write_keep, write_range};
+pub(crate) use body::{
+    decode_chunks, read_append, read_client_body, read_into, write_keep, write_range,
+};
 
 /// Where a request stands when the deadline fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,14 +406,16 @@ impl Exchange<'_> {
         buf: &mut Vec<u8>,
         body: &mut BodyState,
     ) -> Result<(), BodyError> {
+        let stall = self.ctx.config.body_timeout;
         match (self.head.framing, body.decoder.as_mut()) {
             (RequestFraming::Length(n), _) => {
                 let mut remaining = n - body.initial as u64;
                 while remaining > 0 {
                     let want = remaining.min(BODY_BUF as u64) as usize;
-                    let got = match read_into(&mut conn.stream, buf, want).await {
-                        Ok(0) | Err(_) => return Err(BodyError::ClientGone),
-                        Ok(got) => got,
+                    let got = match read_client_body(&mut conn.stream, buf, want, stall).await {
+                        Ok(Some(got)) => got,
+                        Ok(None) => return Err(BodyError::ClientGone),
+                        Err(()) => return Err(BodyError::Client(ProxyError::BodyTimeout)),
                     };
                     write_range(ex, buf, 0, got)
                         .await
@@ -422,9 +426,10 @@ impl Exchange<'_> {
             }
             (RequestFraming::Chunked, Some(dec)) => {
                 while !dec.is_done() {
-                    let got = match read_into(&mut conn.stream, buf, BODY_BUF).await {
-                        Ok(0) | Err(_) => return Err(BodyError::ClientGone),
-                        Ok(got) => got,
+                    let got = match read_client_body(&mut conn.stream, buf, BODY_BUF, stall).await {
+                        Ok(Some(got)) => got,
+                        Ok(None) => return Err(BodyError::ClientGone),
+                        Err(()) => return Err(BodyError::Client(ProxyError::BodyTimeout)),
                     };
                     let (consumed, _) = decode_chunks(dec, buf, 0, false)
                         .map_err(|e| BodyError::Client(ProxyError::BadChunk(e)))?;

@@ -143,12 +143,15 @@ async fn read_head(
                 if ctx.stopping.get() {
                     return Ok(None);
                 }
-                monoio::select! {
-                    r = monoio::time::timeout(ctx.config.idle_timeout, conn.read_more()) => match r {
-                        Ok(r) => r,
-                        Err(_) => return Ok(None),
-                    },
-                    _ = ctx.stop_notify.wait() => return Ok(None),
+                let read_or_stop = async {
+                    monoio::select! {
+                        r = conn.read_more() => Some(r),
+                        _ = ctx.stop_notify.wait() => None,
+                    }
+                };
+                match monoio::time::timeout(ctx.config.idle_timeout, read_or_stop).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => return Ok(None),
                 }
             }
             // Inside a head: the whole head must arrive before the header deadline.
