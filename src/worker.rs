@@ -139,7 +139,13 @@ pub fn run(spec: WorkerSpec, ready: impl FnOnce(std::io::Result<Driver>)) {
         Ok(Runtime::Uring(mut rt, flags)) => {
             rt.block_on(serve(spec, Driver::IoUring(flags), ready));
         }
-        Ok(Runtime::Epoll(mut rt)) => {
+        Ok(Runtime::Epoll(mut rt, why)) => {
+            if let Some(why) = why {
+                info!(
+                    "worker {}: io_uring refused ({why}); falling back to epoll",
+                    spec.id
+                );
+            }
             rt.block_on(serve(spec, Driver::Epoll, ready));
         }
         Err(e) => ready(Err(e)),
@@ -148,14 +154,18 @@ pub fn run(spec: WorkerSpec, ready: impl FnOnce(std::io::Result<Driver>)) {
 
 enum Runtime {
     Uring(monoio::Runtime<TimeDriver<IoUringDriver>>, &'static str),
-    Epoll(monoio::Runtime<TimeDriver<LegacyDriver>>),
+    /// With the reason io_uring was not used, when it was tried.
+    Epoll(
+        monoio::Runtime<TimeDriver<LegacyDriver>>,
+        Option<std::io::Error>,
+    ),
 }
 
 /// io_uring with the cheapest setup flags this kernel accepts, then plain io_uring,
 /// then epoll (Docker's default seccomp profile refuses io_uring).
 fn build_runtime(choice: IoDriver) -> std::io::Result<Runtime> {
+    let mut last_err = None;
     if choice != IoDriver::Epoll {
-        let mut last_err = None;
         for (name, flags) in URING_FLAG_SETS {
             let mut urb = io_uring::IoUring::builder();
             flags(&mut urb);
@@ -170,14 +180,15 @@ fn build_runtime(choice: IoDriver) -> std::io::Result<Runtime> {
             }
         }
         if choice == IoDriver::IoUring {
-            return Err(last_err.unwrap_or_else(|| std::io::Error::other("io_uring unavailable")));
+            let e = last_err.unwrap_or_else(|| std::io::Error::other("unavailable"));
+            return Err(std::io::Error::new(e.kind(), format!("io_uring: {e}")));
         }
     }
     let rt = RuntimeBuilder::<LegacyDriver>::new()
         .with_entries(RING_ENTRIES)
         .enable_timer()
         .build()?;
-    Ok(Runtime::Epoll(rt))
+    Ok(Runtime::Epoll(rt, last_err))
 }
 
 type FlagSet = (&'static str, fn(&mut io_uring::Builder));

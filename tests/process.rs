@@ -90,3 +90,62 @@ fn hundred_mib_streams_with_flat_memory() {
         "peak RSS {peak} KiB: bodies must not be buffered"
     );
 }
+
+/// Docker's default seccomp profile refuses io_uring: the proxy must start on epoll, say
+/// so, and serve; with `OPR_PROXY_IO_DRIVER=io_uring` it must refuse to start instead.
+#[test]
+fn io_uring_refused_falls_back_to_epoll() {
+    let a = mock("a");
+    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/no_uring.py");
+    let p = ProxyProcess::start_wrapped(
+        &["python3", wrapper],
+        &[a.hostname()],
+        &[("OPR_PROXY_IO_DRIVER", "auto")],
+    );
+    let r =
+        Client::connect(p.addr).request("GET", "/v1/ping", &[("Authorization", &bearer())], b"");
+    assert_eq!(r.status, 200);
+    let log = p.log();
+    assert!(log.contains("io_uring refused"), "{log}");
+    assert!(log.contains("worker 0 serving with epoll"), "{log}");
+
+    let out = std::process::Command::new("python3")
+        .arg(wrapper)
+        .arg(env!("CARGO_BIN_EXE_opr-proxy"))
+        .env_clear()
+        .envs([
+            ("PORT", "0"),
+            ("OPR_PROXY_HOST", "127.0.0.1"),
+            ("OPR_PROXY_EXECUTORS", a.hostname().as_str()),
+            ("OPR_PROXY_SECRET", "s"),
+            ("OPR_PROXY_IO_DRIVER", "io_uring"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("io_uring: Operation not permitted"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigint_exits_0_and_idle_connections_close() {
+    let a = mock("a");
+    let mut p = ProxyProcess::start(&[a.hostname()], &[("OPR_PROXY_IDLE_TIMEOUT", "600")]);
+    // An idle keep-alive connection must not hold the drain for its idle timeout.
+    let mut idle = Client::connect(p.addr);
+    let r = idle.request("GET", "/v1/ping", &[("Authorization", &bearer())], b"");
+    assert_eq!(r.status, 200);
+    let started = std::time::Instant::now();
+    p.signal("INT");
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "log: {}",
+        p.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(idle.is_closed());
+}

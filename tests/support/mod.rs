@@ -428,7 +428,24 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     pub fn start(executors: &[String], extra: &[(&str, &str)]) -> ProxyProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opr-proxy"));
+        ProxyProcess::start_wrapped(&[], executors, extra)
+    }
+
+    /// Start the binary behind a wrapper command (e.g. one that refuses io_uring).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        executors: &[String],
+        extra: &[(&str, &str)],
+    ) -> ProxyProcess {
+        let bin = env!("CARGO_BIN_EXE_opr-proxy");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.env_clear()
             .env("PORT", "0")
             .env("OPR_PROXY_HOST", "127.0.0.1")
