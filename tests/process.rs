@@ -149,3 +149,42 @@ fn sigint_exits_0_and_idle_connections_close() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(idle.is_closed());
 }
+
+/// As a container entrypoint the proxy is PID 1, where the kernel drops signals that have
+/// no handler: SIGTERM must still drain and exit 0. A new PID namespace makes it PID 1.
+#[test]
+fn sigterm_as_pid_1_exits_0() {
+    let a = mock("a");
+    let mut p = ProxyProcess::start_wrapped(
+        &["unshare", "--pid", "--fork", "--kill-child"],
+        &[a.hostname()],
+        &[],
+    );
+    let r =
+        Client::connect(p.addr).request("GET", "/v1/ping", &[("Authorization", &bearer())], b"");
+    assert_eq!(r.status, 200);
+    // The proxy is the only child of unshare; in its own namespace it is PID 1.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", p.pid())).unwrap();
+    let proxy_pid: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{proxy_pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(
+        nspid.trim_end().ends_with("\t1"),
+        "not PID 1 in its namespace: {nspid}"
+    );
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &proxy_pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    // unshare exits with its child's status.
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "log: {}",
+        p.log()
+    );
+    assert!(p.log().contains("SIGTERM received"));
+}
