@@ -193,18 +193,13 @@ impl Exchange<'_> {
             Ok(b) => b,
             Err(e) => return answer(ctx, conn, out, e, true).await,
         };
-        let runtime = head::find_header(conn.pending(), self.headers, "x-opr-runtime-id")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-
         // Try candidates until one takes the request; each refusal flags that executor
         // offline for every worker (nothing was sent, so moving on is safe).
         let (executor, addr, mut ex, mut reused) = loop {
             let flagged = |i| ctx.board.is_flagged_offline(i);
             let Some(i) = ctx
                 .picker
-                .pick(&snapshot, self.addressing, runtime.as_deref(), flagged)
+                .pick(&snapshot, self.addressing, self.runtime_id(conn), flagged)
             else {
                 let close = !head.keep_alive || !body.complete_with_head;
                 return answer(ctx, conn, out, ProxyError::NoOnlineExecutor, close).await;
@@ -217,7 +212,7 @@ impl Exchange<'_> {
             self.write_head(conn, out, &status.hostname, body.initial);
             match self.open_and_send(i, addr, out).await {
                 Ok((ex, reused)) => {
-                    if let Some(rt) = runtime.as_deref() {
+                    if let Some(rt) = self.runtime_id(conn) {
                         ctx.picker.mark_warm(&snapshot, i, rt);
                     }
                     break (i, addr, ex, reused);
@@ -301,6 +296,13 @@ impl Exchange<'_> {
             ctx.pool.put(executor, addr, ex);
         }
         (relayed.after, relayed.status)
+    }
+
+    /// `x-opr-runtime-id`, read from the head in place (no copy per request).
+    fn runtime_id<'c>(&self, conn: &'c ClientConn) -> Option<&'c str> {
+        head::find_header(conn.pending(), self.headers, "x-opr-runtime-id")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| !v.is_empty())
     }
 
     fn flag(&self, executor: usize, reason: &str) {
