@@ -62,6 +62,13 @@ impl Pool {
         });
     }
 
+    /// Close every idle connection to `executor` (they failed or are likely stale).
+    pub fn drop_idle(&self, executor: usize) {
+        if let Some(list) = self.idle.borrow_mut().get_mut(executor) {
+            list.clear();
+        }
+    }
+
     /// Idle connections currently held for `executor` (for tests and metrics).
     pub fn idle_count(&self, executor: usize) -> usize {
         self.idle.borrow().get(executor).map_or(0, VecDeque::len)

@@ -552,3 +552,64 @@ fn declared_body_over_limit_is_413() {
     assert_eq!(r.status, 413);
     assert_eq!(a.requests(), 0);
 }
+
+#[test]
+fn refused_executor_comes_back_after_a_passing_probe() {
+    let a = mock("a");
+    let b = mock("b");
+    let addr = a.addr();
+    let proxy = Proxy::start(
+        &[&a, &b],
+        &[
+            ("OPR_PROXY_ALGORITHM", "first"),
+            ("OPR_PROXY_HEALTHCHECK_INTERVAL", "300"),
+        ],
+    );
+    assert_eq!(proxy.get("/v1/ping").executor(), "a");
+    a.stop();
+    // The next request finds `a` refusing, flags it and is served by `b`.
+    assert_eq!(proxy.get("/v1/ping").executor(), "b");
+    // `a` returns on the same port; the checker's passing probe clears the flag.
+    let again = MockExecutor::start(MockOptions {
+        name: "a2".into(),
+        bind: addr,
+        ..MockOptions::default()
+    })
+    .expect("rebind the executor's port");
+    assert!(eventually(WAIT, || proxy.get("/v1/ping").executor() == "a2"));
+    assert!(!proxy.server().board().is_flagged_offline(0));
+    drop(again);
+}
+
+/// Regression: a 404 on a keep-alive connection used to leave the request unconsumed, so
+/// the proxy parsed it again and answered it forever.
+#[test]
+fn no_executor_404_keeps_connection_in_sync() {
+    let a = mock_with("a", HealthMode::Fail);
+    let proxy = Proxy::start(&[&a], &[]);
+    let mut c = proxy.client();
+    let auth = bearer();
+    for method in ["GET", "POST", "GET"] {
+        let r = c.request(method, "/v1/ping", &[("Authorization", &auth)], b"");
+        assert_eq!(r.status, 404);
+    }
+    let r = c.request(
+        "DELETE",
+        "/v1/x",
+        &[
+            ("Authorization", &auth),
+            ("x-opr-addressing-method", "broadcast"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    // Exactly four answers: nothing else is pending on the connection.
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(matches!(
+        std::io::Read::read(&mut c.stream, &mut byte),
+        Err(_)
+    ));
+}

@@ -47,6 +47,7 @@ pub async fn broadcast(
         .all_online(&snapshot, |i| ctx.board.is_flagged_offline(i));
     if targets.is_empty() {
         let close = !head.keep_alive;
+        conn.consume(head.head_len);
         return super::answer(ctx, conn, out, ProxyError::NoOnlineExecutor, close).await;
     }
 

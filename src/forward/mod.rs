@@ -193,85 +193,66 @@ impl Exchange<'_> {
             Ok(b) => b,
             Err(e) => return answer(ctx, conn, out, e, true).await,
         };
-        // Try candidates until one takes the request; each refusal flags that executor
-        // offline for every worker (nothing was sent, so moving on is safe).
-        let (executor, addr, mut ex, mut reused) = loop {
-            let flagged = |i| ctx.board.is_flagged_offline(i);
-            let Some(i) = ctx
-                .picker
-                .pick(&snapshot, self.addressing, self.runtime_id(conn), flagged)
-            else {
-                let close = !head.keep_alive || !body.complete_with_head;
-                return answer(ctx, conn, out, ProxyError::NoOnlineExecutor, close).await;
-            };
-            let status = &snapshot.executors[i];
-            let Some(&addr) = status.addrs.first() else {
-                self.flag(i, "its address did not resolve");
-                continue;
-            };
-            self.write_head(conn, out, &status.hostname, body.initial);
-            match self.open_and_send(i, addr, out).await {
-                Ok((ex, reused)) => {
-                    if let Some(rt) = self.runtime_id(conn) {
-                        ctx.picker.mark_warm(&snapshot, i, rt);
-                    }
-                    break (i, addr, ex, reused);
-                }
-                Err(Failure::Unreachable(reason)) => self.flag(i, &reason),
-                Err(Failure::Failed(reason)) => {
-                    return answer(ctx, conn, out, ProxyError::BadGateway(reason), true).await;
-                }
-            }
-        };
-
-        // Stream the rest of the request body.
         let mut eb = ctx.bufs.get();
-        let mut early_answer = false;
-        if !body.complete_with_head {
-            match self.send_body_rest(conn, &mut ex, &mut eb, &mut body).await {
-                Ok(()) => {}
-                Err(BodyError::ClientGone) => return (After::Close, 0),
-                Err(BodyError::Client(e)) => return answer(ctx, conn, out, e, true).await,
-                // The executor stopped reading; it may have answered early (e.g. 413).
-                Err(BodyError::ExecutorWrite) => early_answer = true,
-            }
-        }
-        conn.consume(head.head_len + body.initial);
-
-        // The response head. A pooled connection the executor had already closed is
-        // replaced once when the whole request is still in `out` (nothing is lost).
         let mut response_headers = std::mem::take(&mut conn.response_headers);
-        let response = loop {
+        let mut replayed = false;
+        let (executor, addr, mut ex, response, early_answer) = loop {
+            // Try candidates until one takes the request; each refusal flags that executor
+            // offline for every worker (nothing was sent, so moving on is safe).
+            let (executor, addr, mut ex, reused) = loop {
+                let flagged = |i| ctx.board.is_flagged_offline(i);
+                let Some(i) =
+                    ctx.picker
+                        .pick(&snapshot, self.addressing, self.runtime_id(conn), flagged)
+                else {
+                    let close = !head.keep_alive || !body.complete_with_head;
+                    // The request is answered: it must not be parsed again on keep-alive.
+                    conn.consume(head.head_len + body.initial);
+                    return answer(ctx, conn, out, ProxyError::NoOnlineExecutor, close).await;
+                };
+                let status = &snapshot.executors[i];
+                let Some(&addr) = status.addrs.first() else {
+                    self.flag(i, "its address did not resolve");
+                    continue;
+                };
+                self.write_head(conn, out, &status.hostname, body.initial);
+                match self.open_and_send(i, addr, out).await {
+                    Ok((ex, reused)) => {
+                        if let Some(rt) = self.runtime_id(conn) {
+                            ctx.picker.mark_warm(&snapshot, i, rt);
+                        }
+                        break (i, addr, ex, reused);
+                    }
+                    Err(Failure::Unreachable(reason)) => self.flag(i, &reason),
+                    Err(Failure::Failed(reason)) => {
+                        let e = ProxyError::BadGateway(reason);
+                        return answer(ctx, conn, out, e, true).await;
+                    }
+                }
+            };
+
+            // Stream the rest of the request body.
+            let mut early_answer = false;
+            if !body.complete_with_head {
+                match self.send_body_rest(conn, &mut ex, &mut eb, &mut body).await {
+                    Ok(()) => {}
+                    Err(BodyError::ClientGone) => return (After::Close, 0),
+                    Err(BodyError::Client(e)) => return answer(ctx, conn, out, e, true).await,
+                    // The executor stopped reading; it may have answered early (e.g. 413).
+                    Err(BodyError::ExecutorWrite) => early_answer = true,
+                }
+            }
+
             eb.clear();
             match read_response_head(&mut ex, &mut eb, is_head, &mut response_headers).await {
-                Ok(r) => break r,
-                Err(HeadFailure::Closed) if reused && body.complete_with_head => {
-                    reused = false;
-                    match connect(ctx, addr).await {
-                        Ok(mut fresh) => {
-                            if let Err(e) = write_keep(&mut fresh, out).await {
-                                let reason = format!("sending to executor failed: {e}");
-                                return answer(
-                                    ctx,
-                                    conn,
-                                    out,
-                                    ProxyError::BadGateway(reason),
-                                    true,
-                                )
-                                .await;
-                            }
-                            ex = fresh;
-                        }
-                        Err(Failure::Unreachable(reason)) => {
-                            self.flag(executor, &reason);
-                            return answer(ctx, conn, out, ProxyError::BadGateway(reason), true)
-                                .await;
-                        }
-                        Err(Failure::Failed(reason)) => {
-                            return answer(ctx, conn, out, ProxyError::BadGateway(reason), true)
-                                .await;
-                        }
-                    }
+                Ok(r) => break (executor, addr, ex, r, early_answer),
+                // A pooled connection the executor closed while it sat idle (restart, its
+                // own idle timeout). The whole request is still in `out`, so nothing is
+                // lost: drop that executor's other idle connections (likely stale too) and
+                // go through selection once more.
+                Err(HeadFailure::Closed) if reused && body.complete_with_head && !replayed => {
+                    replayed = true;
+                    ctx.pool.drop_idle(executor);
                 }
                 Err(e) => {
                     ctx.bufs.put(eb);
@@ -280,6 +261,8 @@ impl Exchange<'_> {
                 }
             }
         };
+        conn.consume(head.head_len + body.initial);
+
         let relayed = self
             .relay(
                 conn,
