@@ -51,3 +51,55 @@ bench-build:
 
 clean:
 	$(CARGO) clean
+
+## Coverage-guided fuzzing on stable Rust (fuzz/README.md): each target for FUZZ_SECONDS
+## seconds (default 60), seeded from fuzz/corpus/<target>/ plus fuzz/regressions/<target>/;
+## new inputs go to the git-ignored fuzz/target/fuzz-corpus/<target>/. Fails on a crash
+## (the input is left in fuzz/artifacts/<target>/). Installs cargo-fuzz when missing.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= request_head response_head chunked_decoder health_body
+FUZZ_FLAGS ?= -max_len=16384 -timeout=10
+
+.PHONY: fuzz
+fuzz:
+	@set -euo pipefail; \
+	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz; \
+	$(CARGO) fuzz build --sanitizer none; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/target/fuzz-corpus/$$t; \
+	  dirs="fuzz/target/fuzz-corpus/$$t fuzz/corpus/$$t"; \
+	  if [ -d fuzz/regressions/$$t ]; then dirs="$$dirs fuzz/regressions/$$t"; fi; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  $(CARGO) fuzz run --sanitizer none $$t $$dirs -- \
+	    -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) \
+	    || { echo "fuzz: $$t failed; the input is in fuzz/artifacts/$$t/ (fuzz/README.md)"; exit 1; }; \
+	done; \
+	echo "fuzz: $(FUZZ_TARGETS): no crash in $(FUZZ_SECONDS) s each"
+
+## Capacity report (loadtest/README.md): builds the release binaries, runs the default plan
+## (about 2 minutes on 2 cores) and writes $(LOADTEST_OUT)/loadtest-report.{md,svg}.
+## LOADTEST_ARGS adds options, e.g. LOADTEST_ARGS="--cores 2 --slo-p99 5" (loadtest --help).
+LOADTEST_OUT ?= target/loadtest
+LOADTEST_ARGS ?=
+
+.PHONY: loadtest compare
+loadtest:
+	$(CARGO) build --release -p opr-proxy --bin opr-proxy
+	$(CARGO) build --release -p opr-loadtest --bin loadtest --bin mock-executor
+	./target/release/loadtest --proxy-bin ./target/release/opr-proxy --out $(LOADTEST_OUT) $(LOADTEST_ARGS)
+
+## nginx, HAProxy and opr-proxy, 1 worker each on CPU 0, same scenarios (about 3 minutes);
+## installs nginx and haproxy with apt-get when missing. Env knobs: loadtest/scripts/compare.sh.
+compare:
+	bash loadtest/scripts/compare.sh
+
+## Soak (tests/soak.rs): SOAK_SECONDS (default 180) of mixed traffic through the release
+## binary from 8 client threads while a chaos thread stops and restarts the 3 mock executors
+## on their ports. Fails on any outcome SPEC does not allow, a hang, the proxy dying, RSS
+## growth over 16 MiB or fd growth past the pool. Prints a summary. Knobs in tests/soak.rs
+## (SOAK_SEED, SOAK_ONLY, SOAK_CHAOS); OPR_TEST_IO_DRIVER=epoll runs it on epoll.
+SOAK_SECONDS ?= 180
+
+.PHONY: soak
+soak:
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release -p opr-proxy --test soak -- --ignored --nocapture

@@ -1,8 +1,15 @@
-//! opr-loadtest: test and load tooling for opr-proxy. For now: the mock executor
-//! (`mock`), a std-threads HTTP/1.1 server used by integration tests, `make run` and load tests.
+//! opr-loadtest: test and load tooling for opr-proxy: mock executors (`mock`, `fastmock`),
+//! the load generator (`gen`), processes (`procs`), the capacity plan (`plan`) and report.
 
+pub mod cli;
+pub mod fastmock;
+pub mod gen;
 pub mod mock;
+pub mod plan;
+pub mod procs;
+pub mod report;
 
+pub use fastmock::FastMock;
 pub use mock::{
     pattern_byte, pattern_sha256, sha256_hex, HealthMode, MockExecutor, MockOptions,
     RecordedRequest,

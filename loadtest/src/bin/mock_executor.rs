@@ -1,13 +1,15 @@
 //! `mock-executor`: runs one mock executor from the command line (demo, manual and load
 //! tests) until killed.
 
-use opr_loadtest::{HealthMode, MockExecutor, MockOptions};
+use opr_loadtest::{FastMock, HealthMode, MockExecutor, MockOptions};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: mock-executor --port PORT [--host 127.0.0.1] [--name NAME] \
-                     [--health pass|text|newstyle|fail] [--usage N]";
+                     [--health pass|text|newstyle|fail] [--usage N] [--engine std|fast]\n\
+                     --engine fast: one monoio thread serving only the load-test routes \
+                     (health, ping, download, upload, echo), for load tests";
 
 struct Args {
     host: IpAddr,
@@ -15,6 +17,7 @@ struct Args {
     name: String,
     health: String,
     usage: Option<u8>,
+    fast: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -24,6 +27,7 @@ fn parse_args() -> Result<Args, String> {
         name: "mock-executor".to_string(),
         health: "pass".to_string(),
         usage: None,
+        fast: false,
     };
     let mut port = None;
     let mut it = std::env::args().skip(1);
@@ -57,6 +61,13 @@ fn parse_args() -> Result<Args, String> {
                 let v = value()?;
                 args.usage = Some(v.parse().map_err(|_| format!("invalid usage {v:?}"))?);
             }
+            "--engine" => {
+                args.fast = match value()?.as_str() {
+                    "std" => false,
+                    "fast" => true,
+                    v => return Err(format!("unknown engine {v:?}")),
+                }
+            }
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -79,6 +90,27 @@ fn main() -> ExitCode {
             };
         }
     };
+    if args.fast {
+        let mock = match FastMock::start(&args.name, SocketAddr::new(args.host, args.port)) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!(
+                    "mock-executor: cannot listen on {}:{}: {e}",
+                    args.host, args.port
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "mock executor {} (fast) listening on {}",
+            args.name,
+            mock.addr()
+        );
+        let _ = std::io::stdout().flush();
+        loop {
+            std::thread::park();
+        }
+    }
     let usage = args.usage.unwrap_or(0);
     let health = match args.health.as_str() {
         "pass" => HealthMode::Pass {

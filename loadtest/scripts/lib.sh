@@ -1,0 +1,176 @@
+# Shared helpers for validate.sh and compare.sh (sourced, not run): build, install
+# packages, CPU layout, start processes we track by PID, readiness, cleanup on exit.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="$ROOT/target/release"
+CARGO="${CARGO:-cargo}"
+# Every process this script starts, so cleanup stops exactly these (never by name).
+PIDS=()
+TMP=""
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Bounded wait; a process that ignores TERM gets KILL.
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+    if [[ -n "$TMP" && -d "$TMP" && -z "${KEEP_TMP:-}" ]]; then
+        rm -rf "$TMP"
+    fi
+}
+
+# Call once at the top of a script.
+setup() {
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    TMP="$(mktemp -d "${TMPDIR:-/tmp}/opr-loadtest.XXXXXX")"
+}
+
+# Stops the given PIDs now (and forgets them).
+stop_pids() {
+    local pid keep=()
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        [[ " $* " == *" $pid "* ]] || keep+=("$pid")
+    done
+    PIDS=("${keep[@]}")
+}
+
+build() {
+    if [[ -n "${NO_BUILD:-}" ]]; then return; fi
+    log "building release binaries (NO_BUILD=1 skips)..."
+    (cd "$ROOT" &&
+        "$CARGO" build --release -p opr-proxy --bin opr-proxy &&
+        "$CARGO" build --release -p opr-loadtest --bin loadtest --bin mock-executor) >&2 ||
+        die "cargo build failed"
+}
+
+# ensure_cmd COMMAND DEBIAN_PACKAGE: installs the package with apt-get when missing.
+ensure_cmd() {
+    local cmd="$1" pkg="$2" sudo=""
+    command -v "$cmd" >/dev/null 2>&1 && return
+    [[ "$(id -u)" == 0 ]] || sudo="sudo"
+    command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and apt-get is not available; install $pkg"
+    log "installing $pkg (apt-get)..."
+    $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >&2 ||
+        die "could not install $pkg"
+    command -v "$cmd" >/dev/null 2>&1 || die "$pkg installed but $cmd not on PATH"
+}
+
+# PROXY_CPU / CLIENT_CPU: the proxy alone on one CPU, everything else on another.
+cpu_layout() {
+    local n
+    n="$(nproc)"
+    if [[ -n "${PROXY_CPU:-}" && -n "${CLIENT_CPU:-}" ]]; then
+        :
+    elif ((n >= 2)); then
+        PROXY_CPU=0
+        CLIENT_CPU=1
+    else
+        log "warning: only $n CPU: nothing can be pinned apart; numbers include contention"
+        PROXY_CPU=0
+        CLIENT_CPU=0
+    fi
+    command -v taskset >/dev/null 2>&1 || ensure_cmd taskset util-linux
+}
+
+# Busy % of every CPU over one second, all processes (from /proc/stat): a shared machine
+# shows here before it shows in the results.
+cpu_busy() {
+    local a b
+    a="$(grep -E '^cpu[0-9]' /proc/stat)"
+    sleep 1
+    b="$(grep -E '^cpu[0-9]' /proc/stat)"
+    paste <(echo "$a") <(echo "$b") | awk '{
+        busy1 = $2 + $3 + $4 + $7 + $8 + $9; tot1 = busy1 + $5 + $6
+        busy2 = $13 + $14 + $15 + $18 + $19 + $20; tot2 = busy2 + $16 + $17
+        d = tot2 - tot1; if (d <= 0) d = 1
+        printf "%s%s %.0f %%", sep, $1, 100 * (busy2 - busy1) / d; sep = ", "
+    } END { print "" }'
+}
+
+# True when something accepts connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT PID WHAT: until PORT accepts, PID dies (error) or 20 s pass (error).
+wait_port() {
+    local port="$1" pid="$2" what="$3"
+    for _ in $(seq 200); do
+        port_open "$port" && return 0
+        kill -0 "$pid" 2>/dev/null || die "$what exited before listening on $port"
+        sleep 0.1
+    done
+    die "$what did not listen on $port within 20 s"
+}
+
+require_free() {
+    local port
+    for port in "$@"; do
+        port_open "$port" && die "port $port is busy (set BASE_PORT to another range)"
+    done
+    return 0
+}
+
+# start_mocks PORT...: fast mock executors on MOCK_CPU (default CLIENT_CPU);
+# MOCK_ENGINE=std for the std-threads mock.
+start_mocks() {
+    local port i=0
+    for port in "$@"; do
+        i=$((i + 1))
+        taskset -c "${MOCK_CPU:-$CLIENT_CPU}" "$BIN/mock-executor" --port "$port" --name "executor-$i" \
+            --engine "${MOCK_ENGINE:-fast}" >"$TMP/mock-$i.log" 2>&1 &
+        PIDS+=($!)
+        wait_port "$port" "$!" "mock executor $i"
+    done
+}
+
+# start_opr_proxy PORT SECRET EXECUTORS(comma list): one worker pinned to PROXY_CPU.
+# Sets OPR_PID.
+start_opr_proxy() {
+    local port="$1" secret="$2" executors="$3"
+    PORT="$port" OPR_PROXY_HOST=127.0.0.1 OPR_PROXY_EXECUTORS="$executors" \
+        OPR_PROXY_SECRET="$secret" OPR_PROXY_ALGORITHM=round-robin OPR_PROXY_CORES=1 \
+        OPR_PROXY_MAX_BODY_SIZE=0 OPR_PROXY_HEALTHCHECK_INTERVAL=5000 \
+        taskset -c "$PROXY_CPU" "$BIN/opr-proxy" >"$TMP/opr-proxy.log" 2>&1 &
+    OPR_PID=$!
+    PIDS+=("$OPR_PID")
+    wait_port "$port" "$OPR_PID" "opr-proxy"
+}
+
+# loadtest_closed URL SCENARIO CONNECTIONS DURATION [--proxy-pid LIST] : prints the RESULT line.
+loadtest_closed() {
+    local url="$1" scenario="$2" conns="$3" duration="$4"
+    shift 4
+    taskset -c "$CLIENT_CPU" "$BIN/loadtest" --mode closed --url "$url" --secret "${SECRET:-x}" \
+        --proxy-cpus "$PROXY_CPU" \
+        --scenario "$scenario" --connections "$conns" --duration "$duration" \
+        --warmup "${WARMUP:-1}" --timeout "${TIMEOUT:-10}" "$@" 2>>"$TMP/loadtest.log" |
+        grep '^RESULT' | tail -n 1
+}
+
+# field NAME "RESULT ... NAME=value ...": the value.
+field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p" | head -n 1; }
+
+# Median of numbers given as arguments.
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "NA"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }

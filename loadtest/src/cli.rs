@@ -1,0 +1,427 @@
+//! Command line of the `loadtest` binary: options, their defaults and validation (pure, so
+//! it is unit-tested; the binary only orchestrates).
+
+use crate::plan::{Scenario, DEFAULT_PLAN};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+loadtest: capacity planning for opr-proxy (load generator, capacity report)
+
+usage: loadtest [options]
+
+modes:
+  --mode plan          (default) per scenario: closed-loop probe, then open-loop steps
+                       until p99 passes the SLO or errors appear; writes
+                       loadtest-report.md and loadtest-report.svg
+  --mode closed        one closed-loop run per scenario and connection count
+  --mode open          one open-loop run at --rate per scenario and connection count
+
+target (default: 2 in-process mock executors and opr-proxy, all on 127.0.0.1):
+  --proxy-bin PATH     proxy binary [target/release/opr-proxy]
+  --cores N            proxy workers, OPR_PROXY_CORES [1]
+  --executors N        mock executors [2]
+  --mock fast|std      fast: monoio mock, one thread each; std: the std-threads
+                       MockExecutor (a thread per connection, costlier) [fast]
+  --proxy-env K=V      extra proxy environment (repeatable)
+  --pin auto|off       auto: proxy on the first --cores CPUs, generator and mocks on the
+                       others (taskset) [auto]
+  --proxy-cpus LIST    CPUs for the spawned proxy (e.g. 0 or 0-1); with --url: where the
+                       proxy runs, to report how busy those CPUs were
+  --direct             load the mock executors directly, no proxy (the client-side ceiling)
+  --url URL            load a running deployment instead (http://host:port)
+  --secret KEY         key sent as `Authorization: Bearer KEY` with --url
+  --proxy-pid PIDS     comma list of processes whose CPU time is the proxy's (with --url)
+  --allow-remote       permit a --url that is not loopback
+
+load:
+  --scenario LIST      comma list of ping, download-64k, download-1m, upload-1m, or all
+                       [plan: ping@256,1024 download-64k@256,1024 download-1m@256
+                       upload-1m@256; other modes: ping]
+  --connections LIST   comma list [plan: as above; other modes: 256]
+  --threads N          generator threads, one monoio runtime each [1]
+  --rate R             offered requests/s for --mode open
+  --duration SECS      measured window: per step in plan mode [2], per run otherwise [10]
+  --warmup SECS        load before each window [0.5]
+  --timeout SECS       per request [5]
+  --slo-p99 MS         latency objective for p99 [10]
+  --target-rps N       capacity asked about in the summary [100000]
+  --out DIR            where the report files go [.]
+  --no-baseline        plan mode: skip the client-side ceiling run
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Plan,
+    Closed,
+    Open,
+}
+
+/// Which mock executor serves the spawned set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MockKind {
+    /// `FastMock`: one monoio thread per mock.
+    Fast,
+    /// `MockExecutor`: std threads, one per connection.
+    Std,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Args {
+    pub mode: Mode,
+    pub scenarios: Option<Vec<Scenario>>,
+    pub connections: Option<Vec<usize>>,
+    pub threads: usize,
+    pub rate: Option<f64>,
+    pub duration: Option<Duration>,
+    pub warmup: Duration,
+    pub timeout: Duration,
+    pub slo_p99: Duration,
+    pub target_rps: f64,
+    pub proxy_bin: PathBuf,
+    pub cores: usize,
+    pub executors: usize,
+    pub mock: MockKind,
+    pub proxy_env: Vec<(String, String)>,
+    pub pin: bool,
+    pub proxy_cpus: Option<Vec<usize>>,
+    pub direct: bool,
+    pub url: Option<Url>,
+    pub secret: Option<String>,
+    pub proxy_pids: Vec<u32>,
+    pub allow_remote: bool,
+    pub out: PathBuf,
+    pub baseline: bool,
+}
+
+/// `http://host:port` of a running deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Url {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Result<Url, String> {
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--url {s:?}: only http:// is supported"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() {
+            return Err(format!("--url {s:?}: missing host"));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            // A bracketed IPv6 literal without a port has its last colon inside brackets.
+            Some((h, p)) if !p.contains(']') => {
+                (h, p.parse().map_err(|_| format!("--url {s:?}: bad port"))?)
+            }
+            _ => (authority, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("--url {s:?}: missing host"));
+        }
+        Ok(Url {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The Host header value.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Args {
+    /// (scenario, connections) pairs to run, in order.
+    pub fn combos(&self) -> Vec<(Scenario, usize)> {
+        match (&self.scenarios, &self.connections, self.mode) {
+            (None, None, Mode::Plan) => DEFAULT_PLAN.to_vec(),
+            (scenarios, connections, _) => {
+                let scenarios = scenarios.clone().unwrap_or_else(|| match self.mode {
+                    Mode::Plan => Scenario::ALL.to_vec(),
+                    _ => vec![Scenario::Ping],
+                });
+                let connections = connections.clone().unwrap_or_else(|| match self.mode {
+                    Mode::Plan => vec![256, 1024],
+                    _ => vec![256],
+                });
+                scenarios
+                    .iter()
+                    .flat_map(|&s| connections.iter().map(move |&c| (s, c)))
+                    .collect()
+            }
+        }
+    }
+
+    /// The measured window per step (plan) or per run.
+    pub fn window(&self) -> Duration {
+        self.duration.unwrap_or(match self.mode {
+            Mode::Plan => Duration::from_secs(2),
+            _ => Duration::from_secs(10),
+        })
+    }
+}
+
+/// Parses the arguments after the program name. `Err("")` means help was asked for.
+pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut a = Args {
+        mode: Mode::Plan,
+        scenarios: None,
+        connections: None,
+        threads: 1,
+        rate: None,
+        duration: None,
+        warmup: Duration::from_millis(500),
+        timeout: Duration::from_secs(5),
+        slo_p99: Duration::from_millis(10),
+        target_rps: 100_000.0,
+        proxy_bin: PathBuf::from("target/release/opr-proxy"),
+        cores: 1,
+        executors: 2,
+        mock: MockKind::Fast,
+        proxy_env: Vec::new(),
+        pin: true,
+        proxy_cpus: None,
+        direct: false,
+        url: None,
+        secret: None,
+        proxy_pids: Vec::new(),
+        allow_remote: false,
+        out: PathBuf::from("."),
+        baseline: true,
+    };
+    let mut it = argv.into_iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Err(String::new()),
+            "--mode" => {
+                a.mode = match value()?.as_str() {
+                    "plan" => Mode::Plan,
+                    "closed" => Mode::Closed,
+                    "open" => Mode::Open,
+                    m => return Err(format!("--mode {m:?}: expected plan, closed or open")),
+                }
+            }
+            "--scenario" => {
+                let v = value()?;
+                a.scenarios = Some(if v == "all" {
+                    Scenario::ALL.to_vec()
+                } else {
+                    list(&v, Scenario::parse)
+                        .ok_or_else(|| format!("--scenario {v:?}: expected a list of ping, download-64k, download-1m, upload-1m, or all"))?
+                });
+            }
+            "--connections" => {
+                let v = value()?;
+                a.connections = Some(
+                    list(&v, |s| {
+                        s.parse().ok().filter(|&n| (1..=100_000).contains(&n))
+                    })
+                    .ok_or_else(|| format!("--connections {v:?}: expected a list of 1..=100000"))?,
+                );
+            }
+            "--threads" => a.threads = number(&flag, &value()?, 1..=256)?,
+            "--cores" => a.cores = number(&flag, &value()?, 1..=1024)?,
+            "--executors" => a.executors = number(&flag, &value()?, 1..=64)?,
+            "--rate" => a.rate = Some(positive(&flag, &value()?)?),
+            "--target-rps" => a.target_rps = positive(&flag, &value()?)?,
+            "--duration" => a.duration = Some(seconds(&flag, &value()?, 0.1, 600.0)?),
+            "--warmup" => a.warmup = seconds(&flag, &value()?, 0.0, 60.0)?,
+            "--timeout" => a.timeout = seconds(&flag, &value()?, 0.01, 600.0)?,
+            "--slo-p99" => {
+                let v = value()?;
+                let ms = v.trim_end_matches("ms").parse::<f64>().ok();
+                let ms = ms
+                    .filter(|m| m.is_finite() && *m > 0.0 && *m <= 600_000.0)
+                    .ok_or_else(|| format!("--slo-p99 {v:?}: expected milliseconds"))?;
+                a.slo_p99 = Duration::from_secs_f64(ms / 1000.0);
+            }
+            "--proxy-bin" => a.proxy_bin = PathBuf::from(value()?),
+            "--proxy-env" => {
+                let v = value()?;
+                let (k, val) = v
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| format!("--proxy-env {v:?}: expected KEY=VALUE"))?;
+                a.proxy_env.push((k.to_string(), val.to_string()));
+            }
+            "--pin" => {
+                a.pin = match value()?.as_str() {
+                    "auto" => true,
+                    "off" => false,
+                    p => return Err(format!("--pin {p:?}: expected auto or off")),
+                }
+            }
+            "--mock" => {
+                a.mock = match value()?.as_str() {
+                    "fast" => MockKind::Fast,
+                    "std" => MockKind::Std,
+                    m => return Err(format!("--mock {m:?}: expected fast or std")),
+                }
+            }
+            "--proxy-cpus" => {
+                let v = value()?;
+                a.proxy_cpus = Some(
+                    crate::procs::parse_cpu_list(&v)
+                        .ok_or_else(|| format!("--proxy-cpus {v:?}: expected a CPU list"))?,
+                );
+            }
+            "--direct" => a.direct = true,
+            "--url" => a.url = Some(Url::parse(&value()?)?),
+            "--secret" => a.secret = Some(value()?),
+            "--proxy-pid" => {
+                let v = value()?;
+                a.proxy_pids = list(&v, |s| s.parse().ok())
+                    .ok_or_else(|| format!("--proxy-pid {v:?}: expected a list of PIDs"))?;
+            }
+            "--allow-remote" => a.allow_remote = true,
+            "--out" => a.out = PathBuf::from(value()?),
+            "--no-baseline" => a.baseline = false,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.mode == Mode::Open && a.rate.is_none() {
+        return Err("--mode open needs --rate".into());
+    }
+    if a.url.is_some() && a.direct {
+        return Err("--direct loads the spawned mocks; it cannot go with --url".into());
+    }
+    if a.url.is_none() && !a.proxy_pids.is_empty() {
+        return Err("--proxy-pid is for --url (a spawned proxy is measured anyway)".into());
+    }
+    Ok(a)
+}
+
+fn list<T>(v: &str, f: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    let items: Option<Vec<T>> = v.split(',').map(|s| f(s.trim())).collect();
+    items.filter(|i| !i.is_empty())
+}
+
+fn number(flag: &str, v: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize, String> {
+    v.parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| format!("{flag} {v:?}: expected {}..={}", range.start(), range.end()))
+}
+
+fn positive(flag: &str, v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .ok_or_else(|| format!("{flag} {v:?}: expected a positive number"))
+}
+
+/// `2`, `2s`, `1.5`, `500ms`.
+fn seconds(flag: &str, v: &str, min: f64, max: f64) -> Result<Duration, String> {
+    let secs = match v.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().ok().map(|m| m / 1000.0),
+        None => v.trim_end_matches('s').parse::<f64>().ok(),
+    };
+    secs.filter(|s| s.is_finite() && (min..=max).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{flag} {v:?}: expected seconds in {min}..={max}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Result<Args, String> {
+        parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn defaults_and_default_plan() {
+        let a = args("").expect("defaults");
+        assert_eq!(a.mode, Mode::Plan);
+        assert_eq!(a.combos(), DEFAULT_PLAN.to_vec());
+        assert_eq!(a.window(), Duration::from_secs(2));
+        assert_eq!(a.slo_p99, Duration::from_millis(10));
+        assert_eq!(a.threads, 1);
+        assert_eq!(a.mock, MockKind::Fast);
+        assert_eq!(args("--mock=std").map(|a| a.mock), Ok(MockKind::Std));
+        assert_eq!(a.proxy_bin, PathBuf::from("target/release/opr-proxy"));
+        let a = args("--mode closed").expect("closed");
+        assert_eq!(a.combos(), vec![(Scenario::Ping, 256)]);
+        assert_eq!(a.window(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn lists_and_values() {
+        let a = args("--scenario ping,upload-1m --connections=8,16 --duration 500ms --slo-p99 2.5ms --proxy-env A=b=c")
+            .expect("valid");
+        assert_eq!(
+            a.combos(),
+            vec![
+                (Scenario::Ping, 8),
+                (Scenario::Ping, 16),
+                (Scenario::Upload1m, 8),
+                (Scenario::Upload1m, 16)
+            ]
+        );
+        assert_eq!(a.window(), Duration::from_millis(500));
+        assert_eq!(a.slo_p99, Duration::from_micros(2500));
+        assert_eq!(a.proxy_env, vec![("A".into(), "b=c".into())]);
+        assert_eq!(
+            args("--scenario all --connections 4")
+                .expect("all")
+                .combos()
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        assert_eq!(args("--help"), Err(String::new()));
+        for bad in [
+            "--mode fast",
+            "--mode open",
+            "--scenario pong",
+            "--connections 0",
+            "--threads",
+            "--duration 1h",
+            "--rate -1",
+            "--url https://x",
+            "--url http://:80",
+            "--proxy-pid 12",
+            "--url http://h:1 --direct",
+            "--mock slow",
+            "--bogus",
+        ] {
+            assert!(args(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Url::parse("http://127.0.0.1:9800/x"),
+            Ok(Url {
+                host: "127.0.0.1".into(),
+                port: 9800
+            })
+        );
+        let u = Url::parse("http://[::1]:81").expect("v6");
+        assert_eq!((u.host.as_str(), u.port), ("::1", 81));
+        assert_eq!(u.authority(), "[::1]:81");
+        assert_eq!(Url::parse("http://proxy").map(|u| u.port), Ok(80));
+        assert!(Url::parse("http://h:99999").is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! The load generator end to end against in-process mock executors: closed and open loop,
+//! large and chunked bodies, uploads, and errors counted by kind when the target is gone.
+
+use opr_loadtest::gen::stats::Summary;
+use opr_loadtest::gen::{self, Load, Request, RunConfig};
+use opr_loadtest::{FastMock, MockExecutor};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn config(addrs: Vec<SocketAddr>, request: Request, connections: usize, load: Load) -> RunConfig {
+    RunConfig {
+        addrs,
+        request,
+        connections,
+        threads: 1,
+        load,
+        warmup: Duration::from_millis(100),
+        duration: Duration::from_millis(900),
+        timeout: Duration::from_secs(5),
+        stop: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+fn get(path: &str, host: &str) -> Request {
+    Request::new("GET", path, host, &[], 0)
+}
+
+#[test]
+fn closed_loop_against_the_mock_executor() {
+    let mock = MockExecutor::start_named("gen-test").expect("mock");
+    let cfg = config(
+        vec![mock.addr()],
+        get("/v1/ping", &mock.hostname()),
+        8,
+        Load::Closed,
+    );
+    let cpu = || vec![Some(Duration::from_millis(1)), None];
+    let r = gen::run(&cfg, Some(&cpu)).expect("run");
+    assert!(r.ok > 0, "no request completed");
+    assert_eq!(r.errors.total(), 0, "errors: {}", r.errors);
+    assert_eq!(r.window, cfg.duration);
+    assert!(mock.requests() >= r.ok);
+    let s = Summary::of(&r.latency);
+    assert!(s.count > 0 && s.p50 <= s.p99 && s.p99 <= s.max, "{s:?}");
+    // The sampler ran at both edges of the window (and its constant reading gives 0).
+    assert_eq!(r.cpu, vec![Some(Duration::ZERO), None]);
+    assert!(r.throughput() > 0.0);
+}
+
+#[test]
+fn open_loop_keeps_the_offered_rate() {
+    let mock = FastMock::start_named("gen-open").expect("mock");
+    let rate = 2_000.0;
+    let cfg = config(
+        vec![mock.addr()],
+        get("/v1/ping", &mock.hostname()),
+        16,
+        Load::Open { rate },
+    );
+    let r = gen::run(&cfg, None).expect("run");
+    assert_eq!(r.errors.total(), 0, "errors: {}", r.errors);
+    let expected = rate * cfg.duration.as_secs_f64();
+    assert!(
+        (r.sent as f64 - expected).abs() <= expected * 0.05,
+        "sent {} of {expected}",
+        r.sent
+    );
+    assert!(
+        (r.throughput() - rate).abs() <= rate * 0.1,
+        "{} req/s",
+        r.throughput()
+    );
+    // The 1 ms timer wheel: sends leave at most a few ms late on an idle machine.
+    assert!(Summary::of(&r.lag).p50 < 5_000);
+    assert!(r.cpu.is_empty());
+}
+
+#[test]
+fn large_chunked_and_upload_bodies() {
+    let std_mock = MockExecutor::start_named("gen-chunked").expect("mock");
+    let fast = FastMock::start_named("gen-fast").expect("mock");
+    let cases = [
+        (
+            std_mock.addr(),
+            get("/v1/download?bytes=300000&chunked=1&chunk=7000", "h"),
+            300_000,
+        ),
+        (fast.addr(), get("/v1/download?bytes=1048576", "h"), 1 << 20),
+        (
+            fast.addr(),
+            Request::new("POST", "/v1/upload", "h", &[], 1 << 20),
+            0,
+        ),
+    ];
+    for (addr, req, body) in cases {
+        let mut cfg = config(vec![addr], req, 2, Load::Closed);
+        cfg.warmup = Duration::ZERO;
+        cfg.duration = Duration::from_millis(400);
+        let r = gen::run(&cfg, None).expect("run");
+        assert!(r.ok > 0);
+        assert_eq!(r.errors.total(), 0, "errors: {}", r.errors);
+        if body > 0 {
+            assert_eq!(r.body_bytes % body, 0, "whole bodies only");
+            assert!(r.body_bytes >= body);
+        }
+    }
+    assert!(fast.requests() > 0);
+    // One blocking request, as the binary's smoke check does.
+    let resp = gen::once(
+        std_mock.addr(),
+        &get("/v1/status?code=503", "h"),
+        Duration::from_secs(5),
+    )
+    .expect("response");
+    assert_eq!(resp.status, 503);
+}
+
+#[test]
+fn errors_are_counted_by_kind() {
+    // Statuses: every response is a 404.
+    let mock = FastMock::start_named("gen-404").expect("mock");
+    let mut cfg = config(vec![mock.addr()], get("/nope", "h"), 2, Load::Closed);
+    cfg.warmup = Duration::ZERO;
+    cfg.duration = Duration::from_millis(300);
+    let r = gen::run(&cfg, None).expect("run");
+    assert_eq!(r.ok, 0);
+    assert!(
+        r.errors.status.get(&404).copied().unwrap_or(0) > 0,
+        "{}",
+        r.errors
+    );
+
+    // Connect: nothing listens any more.
+    let addr = mock.addr();
+    drop(mock);
+    let mut cfg = config(
+        vec![addr],
+        get("/v1/ping", "h"),
+        2,
+        Load::Open { rate: 200.0 },
+    );
+    cfg.warmup = Duration::ZERO;
+    cfg.duration = Duration::from_millis(300);
+    let started = Instant::now();
+    let r = gen::run(&cfg, None).expect("run");
+    assert_eq!(r.ok, 0);
+    assert!(r.errors.connect > 0, "{}", r.errors);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn timeouts_end_requests_and_stop_ends_runs() {
+    // /v1/sleep answers after 2 s; the timeout is 200 ms.
+    let mock = MockExecutor::start_named("gen-slow").expect("mock");
+    let mut cfg = config(
+        vec![mock.addr()],
+        get("/v1/sleep?ms=2000", "h"),
+        2,
+        Load::Closed,
+    );
+    cfg.warmup = Duration::ZERO;
+    cfg.duration = Duration::from_millis(500);
+    cfg.timeout = Duration::from_millis(200);
+    let started = Instant::now();
+    let r = gen::run(&cfg, None).expect("run");
+    assert!(r.errors.timeout >= 2, "{}", r.errors);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // A stop flag already set: the run returns at once with nothing sent.
+    cfg.stop = Arc::new(AtomicBool::new(true));
+    cfg.duration = Duration::from_secs(60);
+    let started = Instant::now();
+    let r = gen::run(&cfg, None).expect("run");
+    assert_eq!(r.sent, 0);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
