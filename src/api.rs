@@ -75,8 +75,5 @@ pub fn containers(
         .collect();
     let body = sonic_rs::to_string(&list).unwrap_or_else(|_| "[]".into());
     out.clear();
-    write_json_response(out, 200, &body, close);
-    if head_only {
-        out.truncate(out.len() - body.len());
-    }
+    write_json_response(out, 200, &body, close, head_only);
 }

@@ -76,10 +76,18 @@ impl ProxyError {
         )
     }
 
-    /// The whole response: status line, SPEC §7 headers and JSON body.
-    pub fn write_response(&self, out: &mut Vec<u8>, version: &str, dev: bool, close: bool) {
+    /// The whole response: status line, SPEC §7 headers and JSON body (no body bytes
+    /// when answering `HEAD`, RFC 9110 §9.3.2).
+    pub fn write_response(
+        &self,
+        out: &mut Vec<u8>,
+        version: &str,
+        dev: bool,
+        close: bool,
+        head_only: bool,
+    ) {
         let body = self.body(version, dev);
-        write_json_response(out, self.status(), &body, close);
+        write_json_response(out, self.status(), &body, close, head_only);
     }
 
     pub fn body(&self, version: &str, dev: bool) -> String {
@@ -110,7 +118,13 @@ impl std::fmt::Display for ProxyError {
 }
 
 /// A JSON response with the no-cache headers every proxy-made answer carries.
-pub fn write_json_response(out: &mut Vec<u8>, status: u16, body: &str, close: bool) {
+pub fn write_json_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &str,
+    close: bool,
+    head_only: bool,
+) {
     let reason = crate::http::rewrite::canonical_reason(status);
     let _ = write!(
         Adapter(out),
@@ -126,7 +140,9 @@ pub fn write_json_response(out: &mut Vec<u8>, status: u16, body: &str, close: bo
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
 }
 
 /// Append `s` as a JSON string literal.
@@ -164,7 +180,7 @@ mod tests {
 
     fn render(e: &ProxyError, dev: bool, close: bool) -> String {
         let mut out = Vec::new();
-        e.write_response(&mut out, "1.2.3", dev, close);
+        e.write_response(&mut out, "1.2.3", dev, close, false);
         String::from_utf8(out).unwrap()
     }
 
@@ -210,6 +226,15 @@ mod tests {
             ProxyError::BadHead(HeadError::UnsupportedTransferEncoding).status(),
             501
         );
+    }
+
+    #[test]
+    fn head_answers_have_headers_but_no_body() {
+        let mut out = Vec::new();
+        ProxyError::NoOnlineExecutor.write_response(&mut out, "1", false, false, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 63"), "{text}");
     }
 
     #[test]

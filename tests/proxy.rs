@@ -610,3 +610,20 @@ fn no_executor_404_keeps_connection_in_sync() {
     let mut byte = [0u8; 1];
     assert!(std::io::Read::read(&mut c.stream, &mut byte).is_err());
 }
+
+/// Regression (found by the soak): errors the proxy answered to `HEAD` carried a body,
+/// which a keep-alive client then read as the start of the next response.
+#[test]
+fn head_requests_get_error_answers_without_body() {
+    let a = mock_with("a", HealthMode::Fail);
+    let proxy = Proxy::start(&[&a], &[]);
+    let mut c = proxy.client();
+    let r = c.request("HEAD", "/v1/x", &[("Authorization", &bearer())], b"");
+    assert_eq!(r.status, 404);
+    assert!(r.header("content-length").is_some());
+    let r = c.request("HEAD", "/v1/x", &[("Authorization", "Bearer wrong")], b"");
+    assert_eq!(r.status, 401);
+    // The connection is still in sync: the next answer is a whole, fresh response.
+    let r = c.request("GET", "/v1/proxy/health", &[], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "OK"));
+}

@@ -109,7 +109,8 @@ async fn answer(
     close: bool,
 ) -> (After, u16) {
     out.clear();
-    e.write_response(out, &ctx.config.version, ctx.config.is_development(), close);
+    let dev = ctx.config.is_development();
+    e.write_response(out, &ctx.config.version, dev, close, conn.head_request);
     let ok = conn.write_out(out).await.is_ok();
     let after = if close || !ok {
         After::Close

@@ -36,6 +36,8 @@ pub struct ClientConn {
     pub start: usize,
     /// Reused for every response head on this connection (no allocation per request).
     pub response_headers: Vec<HeaderRef>,
+    /// The request in hand is `HEAD`: answers the proxy makes carry no body.
+    pub head_request: bool,
 }
 
 impl ClientConn {
@@ -91,6 +93,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
         buf: Vec::with_capacity(HEAD_BUF),
         start: 0,
         response_headers: Vec::with_capacity(32),
+        head_request: false,
     };
     let mut headers: Vec<HeaderRef> = Vec::with_capacity(32);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
@@ -99,10 +102,12 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(e) => {
+                conn.head_request = false;
                 answer_error(&ctx, &mut conn, &mut out, &e, true).await;
                 return;
             }
         };
+        conn.head_request = &conn.pending()[head.method.clone()] == b"HEAD";
         let started = Instant::now();
         // Opt-in: costs a small allocation per request, so only when asked for.
         let line = ctx.config.access_log.then(|| request_line(&conn, &head));
@@ -195,7 +200,8 @@ async fn handle(
     if !auth::is_authorized(authorization, ctx.config.secret.as_bytes()) {
         let e = ProxyError::Unauthorized;
         let close = !head.keep_alive || has_body(head);
-        e.write_response(out, &ctx.config.version, ctx.config.is_development(), close);
+        let dev = ctx.config.is_development();
+        e.write_response(out, &ctx.config.version, dev, close, method == b"HEAD");
         let after = if close {
             After::Close
         } else {
@@ -252,7 +258,8 @@ pub async fn answer_error(
     close: bool,
 ) {
     out.clear();
-    e.write_response(out, &ctx.config.version, ctx.config.is_development(), close);
+    let dev = ctx.config.is_development();
+    e.write_response(out, &ctx.config.version, dev, close, conn.head_request);
     let _ = conn.write_out(out).await;
 }
 
