@@ -159,21 +159,23 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b + 0 =
 echo
 echo "$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "each proxy: 1 worker on CPU $PROXY_CPU; 2 mock executors (${MOCK_ENGINE:-fast}) + loadtest (1 thread) on CPU $CLIENT_CPU; closed loop, ${DURATION} s"
-echo "CPU busy before the runs: $BUSY_BEFORE. Last column: CPU $PROXY_CPU busy during the run, all processes (the proxy's own share): a gap is other load on a shared machine."
+echo "CPU busy before the runs: $BUSY_BEFORE. Proxy CPU µs/req: utime+stime of the proxy's processes; CPU $PROXY_CPU µs/req: all time CPU $PROXY_CPU was busy (kernel threads and other load included). Last column: CPU $PROXY_CPU busy (the proxy's own share)."
 echo
-echo "| scenario | conns | proxy | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs/req | req/s vs nginx | CPU/req vs nginx | CPU $PROXY_CPU busy (proxy) |"
-echo "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+echo "| scenario | conns | proxy | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs/req | CPU $PROXY_CPU µs/req | req/s vs nginx | CPU/req vs nginx | CPU $PROXY_CPU busy (proxy) |"
+echo "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 for sc in $SCENARIOS; do
     scenario="${sc%%:*}" conns="${sc##*:}"
     base="${RES["nginx|$sc"]:-}"
     for proxy in $PROXIES; do
         line="${RES["$proxy|$sc"]}"
         rps="$(field rps "$line")" cpu="$(field proxy_cpu_us "$line")"
+        busy="$(field proxy_cpus_busy_pct "$line")"
         own="$(awk -v r="$rps" -v c="$cpu" 'BEGIN { if (r == "NA" || c == "NA") print "NA"; else printf "%.0f", r * c / 10000 }')"
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s %% (%s %%) |\n' \
+        all="$(awk -v r="$rps" -v b="$busy" 'BEGIN { if (r == "NA" || b == "NA" || r + 0 == 0) print "NA"; else printf "%.1f", b * 10000 / r }')"
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s %% (%s %%) |\n' \
             "$scenario" "$conns" "$proxy" "$rps" "$(field p50_ms "$line")" "$(field p99_ms "$line")" \
-            "$(field p999_ms "$line")" "$(field errors "$line")" "$cpu" \
+            "$(field p999_ms "$line")" "$(field errors "$line")" "$cpu" "$all" \
             "$(ratio "$rps" "$(field rps "$base")")" "$(ratio "$cpu" "$(field proxy_cpu_us "$base")")" \
-            "$(field proxy_cpus_busy_pct "$line")" "$own"
+            "$busy" "$own"
     done
 done
