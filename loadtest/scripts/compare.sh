@@ -159,7 +159,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b + 0 =
 echo
 echo "$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "each proxy: 1 worker on CPU $PROXY_CPU; 2 mock executors (${MOCK_ENGINE:-fast}) + loadtest (1 thread) on CPU $CLIENT_CPU; closed loop, ${DURATION} s"
-echo "CPU busy before the runs: $BUSY_BEFORE. Proxy CPU µs/req: utime+stime of the proxy's processes; CPU $PROXY_CPU µs/req: all time CPU $PROXY_CPU was busy (kernel threads and other load included). Last column: CPU $PROXY_CPU busy (the proxy's own share)."
+echo "CPU busy before the runs: $BUSY_BEFORE. Proxy CPU µs/req: utime+stime of the proxy's processes; CPU $PROXY_CPU µs/req: all time CPU $PROXY_CPU was busy (kernel threads, other processes and hypervisor steal included). Last column: CPU $PROXY_CPU busy (the proxy's own share)."
 echo
 echo "| scenario | conns | proxy | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs/req | CPU $PROXY_CPU µs/req | req/s vs nginx | CPU/req vs nginx | CPU $PROXY_CPU busy (proxy) |"
 echo "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"

@@ -79,8 +79,8 @@ pub fn parse_proc_stat(text: &str) -> Vec<(usize, u64, u64)> {
         .collect()
 }
 
-/// Busy time of a set of CPUs, whoever used them: shows when other processes compete with
-/// the pinned proxy or generator (a shared machine).
+/// Busy time of a set of CPUs, whoever used them (steal included): shows when other
+/// processes or a busy virtualisation host compete with the pinned proxy or generator.
 #[derive(Clone, Debug)]
 pub struct BusyMeter {
     cpus: Vec<usize>,

@@ -118,14 +118,15 @@ pub fn summary_line(run: &ScenarioRun, cores: usize, slo_p99_us: u64, target_rps
     }
 }
 
-/// Share of a CPU set (0..1) that other processes used: busy minus our own use.
+/// Share of a CPU set (0..1) busy with something else — other processes, kernel threads,
+/// or steal time taken by the hypervisor: busy minus our own use.
 pub fn other_load(own_cores: Option<f64>, set_size: usize, busy: Option<f64>) -> Option<f64> {
     let own = own_cores? / set_size.max(1) as f64;
     Some((busy? - own).max(0.0))
 }
 
 /// What limited the closed-loop probe: the CPU set that was (nearly) saturated, and how
-/// much of it other processes took. `cores`: proxy workers; `sets`: CPU set sizes.
+/// much of it went to something else. `cores`: proxy workers; `sets`: CPU set sizes.
 pub fn limited_by(probe: &Step, cores: usize, sets: CpuSets) -> String {
     // own: cores used; cap: cores it could use; set: CPUs its busy figure covers.
     let judge = |own: Option<f64>, cap: usize, set: usize, busy: Option<f64>, what: &str| {
@@ -137,7 +138,7 @@ pub fn limited_by(probe: &Step, cores: usize, sets: CpuSets) -> String {
         Some(
             match other_load(Some(own), set, busy).filter(|o| *o >= 0.1) {
                 Some(other) => format!(
-                    "{what} ({:.0} % of its CPUs used by other processes)",
+                    "{what} ({:.0} % of its CPUs busy with other work)",
                     other * 100.0
                 ),
                 None => what.to_string(),
@@ -268,7 +269,8 @@ pub fn markdown(r: &Report) -> String {
          (coordinated omission corrected); send lag is how late the generator itself sent \
          (1 ms timer) and should stay far below the SLO. Proxy / client CPU: what those \
          processes used (share of one core); busy: how busy their CPU sets were, every \
-         process counted — the difference is other load on a shared machine.\n"
+         process and the hypervisor's steal time counted — the difference is other work \
+         (a shared machine, kernel threads).\n"
     );
     let _ = writeln!(
         out,
@@ -430,7 +432,7 @@ pub(crate) mod tests {
         p.proxy_cpus_busy = Some(1.0);
         assert_eq!(
             limited_by(&p, 1, one),
-            "proxy CPU (50 % of its CPUs used by other processes)"
+            "proxy CPU (50 % of its CPUs busy with other work)"
         );
         p.proxy_util = Some(1.9);
         p.proxy_cpus_busy = Some(0.97);

@@ -578,9 +578,9 @@ fn note_findings(run: &ScenarioRun, slo_us: u64, sets: CpuSets, notes: &mut Vec<
         most(&|s| report::other_load(s.client_util, sets.client, s.client_cpus_busy));
     if other_proxy >= 0.15 || other_client >= 0.15 {
         notes.push(format!(
-            "{what}: other processes used up to {:.0} % of the proxy's CPUs and {:.0} % of the \
-             client's during these steps: the machine was shared, so these numbers are low \
-             and noisy.",
+            "{what}: up to {:.0} % of the proxy's CPUs and {:.0} % of the client's were busy \
+             with other work (other processes, kernel threads, hypervisor steal time) during \
+             these steps: these numbers are lower and noisier than on a dedicated machine.",
             other_proxy * 100.0,
             other_client * 100.0
         ));
