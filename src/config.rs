@@ -205,7 +205,7 @@ impl Config {
             io_driver: src.choice(OPR_PROXY_IO_DRIVER, IoDriver::Auto, &IO_DRIVERS)?,
             idle_timeout: src.seconds(OPR_PROXY_IDLE_TIMEOUT, 60, 1..=86_400)?,
             header_timeout: src.seconds(OPR_PROXY_HEADER_TIMEOUT, 30, 1..=3_600)?,
-            pool_size: src.number(OPR_PROXY_POOL_SIZE, 64, 0..=65_536, "")? as usize,
+            pool_size: src.number(OPR_PROXY_POOL_SIZE, 1024, 0..=65_536, "")? as usize,
             pool_idle_timeout: src.seconds(OPR_PROXY_POOL_IDLE_TIMEOUT, 30, 1..=3_600)?,
             shutdown_timeout: src.seconds(OPR_PROXY_SHUTDOWN_TIMEOUT, 30, 0..=3_600)?,
             access_log: src.choice(OPR_PROXY_ACCESS_LOG, false, &ON_OFF)?,
@@ -546,7 +546,7 @@ mod tests {
         assert_eq!((c.version.as_str(), c.io_driver), (VERSION, IoDriver::Auto));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.header_timeout, Duration::from_secs(30));
-        assert_eq!(c.pool_size, 64);
+        assert_eq!(c.pool_size, 1024);
         assert_eq!(c.pool_idle_timeout, Duration::from_secs(30));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert!(!c.access_log);

@@ -56,12 +56,12 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(3);
 /// Largest allowed VmRSS growth from the end of the warm-up to the end of the traffic.
 ///
-/// Why 16 MiB: in steady state the proxy holds, per connection in flight, a 64 KiB body
+/// Why 16 MiB: in steady state the proxy holds, per connection in flight, a 128 KiB body
 /// buffer per direction plus small head buffers; with 8 clients, the chaos thread and a
 /// pool of 4 × 3 executors × 2 workers, two instants differ by at most ~2–3 MiB of live
 /// buffers, and mimalloc keeps a few MiB of freed pages per thread (2 workers and the
 /// health checker) before returning them. Honest runs therefore move by a few MiB. A leak
-/// of one 64 KiB buffer per aborted or failed request (thousands per run) or of a few
+/// of one 128 KiB buffer per aborted or failed request (thousands per run) or of a few
 /// hundred bytes per request (~10^5 requests per run) exceeds 16 MiB.
 const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
 /// Sockets that may still be open at the end besides the pool: the health checker's
