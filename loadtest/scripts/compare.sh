@@ -7,6 +7,10 @@
 # Env: DURATION=10 (s per scenario per proxy) WARMUP=1 PROXIES="nginx haproxy opr-proxy"
 #      SCENARIOS="ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256"
 #      BASE_PORT=19280 NO_BUILD=1 MOCK_ENGINE=fast|std KEEP_TMP=1 (keep configs and logs)
+#      LATENCY_DURATION=5 (s per proxy for the light-load latency table; 0 skips it)
+#      POOL=1024 idle executor connections each proxy may keep (nginx `keepalive`,
+#      OPR_PROXY_POOL_SIZE; HAProxy keeps idle server connections without a limit). Below the
+#      connection count, nginx and opr-proxy close and reopen executor connections all the time.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -15,6 +19,7 @@ PROXIES="${PROXIES:-nginx haproxy opr-proxy}"
 SCENARIOS="${SCENARIOS:-ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256}"
 BASE_PORT="${BASE_PORT:-19280}"
 SECRET="compare-$$"
+POOL="${POOL:-1024}"
 
 setup
 build
@@ -56,7 +61,7 @@ http {
     upstream executors {
         server 127.0.0.1:$M1;
         server 127.0.0.1:$M2;
-        keepalive 64;
+        keepalive $POOL;
         keepalive_requests 10000000;
     }
     server {
@@ -128,18 +133,33 @@ start_proxy() {
         CPU_PIDS="${PROXY_PIDS[0]}"
         ;;
     opr-proxy)
-        start_opr_proxy "$P" "$SECRET" "127.0.0.1:$M1,127.0.0.1:$M2"
+        OPR_PROXY_POOL_SIZE="$POOL" start_opr_proxy "$P" "$SECRET" "127.0.0.1:$M1,127.0.0.1:$M2"
         PROXY_PIDS=("$OPR_PID")
         CPU_PIDS="$OPR_PID"
         ;;
     esac
 }
 
-declare -A RES
+LATENCY_DURATION="${LATENCY_DURATION:-5}"
+# Added latency under light load: one connection, one request at a time (no queueing),
+# small GETs; the same run straight at a mock executor is the baseline.
+latency_run() {
+    loadtest_closed "$1" ping 1 "$LATENCY_DURATION" "${@:2}" || true
+}
+
+declare -A RES LAT
 BUSY_BEFORE="$(cpu_busy)"
 echo "compare: closed loop, ${DURATION} s per scenario per proxy (after ${WARMUP:-1} s warm-up)" >&2
+if [[ "$LATENCY_DURATION" != 0 ]]; then
+    LAT[direct]="$(latency_run "http://127.0.0.1:$M1")"
+    log "  direct ping × 1: p50=$(field p50_us "${LAT[direct]}") µs p99=$(field p99_us "${LAT[direct]}") µs"
+fi
 for proxy in $PROXIES; do
     start_proxy "$proxy"
+    if [[ "$LATENCY_DURATION" != 0 ]]; then
+        LAT[$proxy]="$(latency_run "http://127.0.0.1:$P" --proxy-pid "$CPU_PIDS")"
+        log "  $proxy ping × 1: p50=$(field p50_us "${LAT[$proxy]}") µs p99=$(field p99_us "${LAT[$proxy]}") µs"
+    fi
     for sc in $SCENARIOS; do
         scenario="${sc%%:*}" conns="${sc##*:}"
         line="$(loadtest_closed "http://127.0.0.1:$P" "$scenario" "$conns" "$DURATION" --proxy-pid "$CPU_PIDS" || true)"
@@ -179,3 +199,20 @@ for sc in $SCENARIOS; do
             "$busy" "$own"
     done
 done
+
+if [[ "$LATENCY_DURATION" != 0 ]]; then
+    echo
+    echo "Light load: 1 connection, one small GET at a time, ${LATENCY_DURATION} s each; *direct* is the same generator straight at mock executor 1 (no proxy). Added = proxy p50 − direct p50."
+    echo
+    echo "| path | req/s | p50 µs | p99 µs | added p50 µs | proxy CPU µs/req |"
+    echo "|---|--:|--:|--:|--:|--:|"
+    d50="$(field p50_us "${LAT[direct]}")"
+    for k in direct $PROXIES; do
+        line="${LAT[$k]:-}"
+        p50="$(field p50_us "$line")"
+        added="$(awk -v a="$p50" -v b="$d50" 'BEGIN { if (a == "" || b == "") print "NA"; else print a - b }')"
+        cpu="$(field proxy_cpu_us "$line")"
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$k" "$(field rps "$line")" "${p50:-NA}" \
+            "$(field p99_us "$line")" "$([[ $k == direct ]] && echo – || echo "$added")" "${cpu:-NA}"
+    done
+fi

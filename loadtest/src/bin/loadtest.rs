@@ -452,7 +452,7 @@ fn print_run(scenario: Scenario, conns: usize, load: Load, r: &RunResult, runner
     println!(
         "RESULT scenario={scenario} connections={conns} mode={mode}{offered} rps={:.0} \
          p50_ms={} p90_ms={} p99_ms={} p999_ms={} max_ms={} errors={} proxy_cpu_us={} \
-         client_cpu_pct={} proxy_cpus_busy_pct={} client_cpus_busy_pct={}",
+         client_cpu_pct={} proxy_cpus_busy_pct={} client_cpus_busy_pct={} p50_us={} p99_us={}",
         r.throughput(),
         ms(s.p50),
         ms(s.p90),
@@ -465,6 +465,8 @@ fn print_run(scenario: Scenario, conns: usize, load: Load, r: &RunResult, runner
         pct_or_na(step.client_util),
         pct_or_na(step.proxy_cpus_busy),
         pct_or_na(step.client_cpus_busy),
+        s.p50,
+        s.p99,
     );
 }
 
