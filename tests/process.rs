@@ -91,6 +91,31 @@ fn hundred_mib_streams_with_flat_memory() {
     );
 }
 
+/// The process opts out of transparent huge pages (mimalloc's 2 MiB-aligned arenas would
+/// otherwise make every touched chunk 2 MiB of RSS), and 64 concurrent 4 MiB downloads
+/// stay within one body buffer each.
+#[test]
+fn no_huge_pages_and_small_rss_under_concurrency() {
+    let a = mock("a");
+    let p = ProxyProcess::start(&[a.hostname()], &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+    let len: u64 = 4 * 1024 * 1024;
+    let addr = p.addr;
+    let clients: Vec<_> = (0..64)
+        .map(|_| std::thread::spawn(move || download(addr, &format!("/v1/download?bytes={len}"))))
+        .collect();
+    for c in clients {
+        let (status, got, sha, truncated) = c.join().unwrap();
+        assert_eq!((status, got, truncated), (200, len, false));
+        assert_eq!(sha, pattern_sha256(len));
+    }
+    let peak = p.status_kib("VmHWM");
+    assert!(peak < 40 * 1024, "peak RSS {peak} KiB for 64 streams");
+}
+
 /// Docker's default seccomp profile refuses io_uring: the proxy must start on epoll, say
 /// so, and serve; with `OPR_PROXY_IO_DRIVER=io_uring` it must refuse to start instead.
 #[test]
