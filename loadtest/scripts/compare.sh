@@ -5,7 +5,7 @@
 # request (utime+stime of the proxy's processes) and ratios to nginx.
 #
 # Env: DURATION=10 (s per scenario per proxy) WARMUP=1 PROXIES="nginx haproxy opr-proxy"
-#      SCENARIOS="ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256"
+#      SCENARIOS="ping:64 ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256"
 #      BASE_PORT=19280 NO_BUILD=1 MOCK_ENGINE=fast|std KEEP_TMP=1 (keep configs and logs)
 #      LATENCY_DURATION=5 (s per proxy for the light-load latency table; 0 skips it)
 #      POOL=1024 idle executor connections each proxy may keep (nginx `keepalive`,
@@ -16,7 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION="${DURATION:-10}"
 PROXIES="${PROXIES:-nginx haproxy opr-proxy}"
-SCENARIOS="${SCENARIOS:-ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256}"
+SCENARIOS="${SCENARIOS:-ping:64 ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256}"
 BASE_PORT="${BASE_PORT:-19280}"
 SECRET="compare-$$"
 POOL="${POOL:-1024}"

@@ -108,11 +108,13 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
             }
         };
         conn.head_request = &conn.pending()[head.method.clone()] == b"HEAD";
-        let started = Instant::now();
-        // Opt-in: costs a small allocation per request, so only when asked for.
-        let line = ctx.config.access_log.then(|| request_line(&conn, &head));
+        // Opt-in: costs a small allocation and a clock read per request, so only when asked.
+        let line = ctx
+            .config
+            .access_log
+            .then(|| (request_line(&conn, &head), Instant::now()));
         let (after, status) = handle(&ctx, &mut conn, &head, &headers, &mut out).await;
-        if let Some(line) = line {
+        if let Some((line, started)) = line {
             info!(
                 "access {} \"{line}\" {status} {:.3}ms",
                 conn.peer.ip(),
