@@ -154,14 +154,22 @@ if [[ "$LATENCY_DURATION" != 0 ]]; then
     LAT[direct]="$(latency_run "http://127.0.0.1:$M1")"
     log "  direct ping × 1: p50=$(field p50_us "${LAT[direct]}") µs p99=$(field p99_us "${LAT[direct]}") µs"
 fi
-for proxy in $PROXIES; do
-    start_proxy "$proxy"
-    if [[ "$LATENCY_DURATION" != 0 ]]; then
+# Scenario-major order: every scenario runs each proxy back to back (a fresh process for
+# each row), so a noisy minute on this shared machine hits one scenario's rows alike
+# instead of one proxy's whole column.
+if [[ "$LATENCY_DURATION" != 0 ]]; then
+    for proxy in $PROXIES; do
+        start_proxy "$proxy"
         LAT[$proxy]="$(latency_run "http://127.0.0.1:$P" --proxy-pid "$CPU_PIDS")"
         log "  $proxy ping × 1: p50=$(field p50_us "${LAT[$proxy]}") µs p99=$(field p99_us "${LAT[$proxy]}") µs"
-    fi
-    for sc in $SCENARIOS; do
-        scenario="${sc%%:*}" conns="${sc##*:}"
+        stop_pids "${PROXY_PIDS[@]}"
+        sleep 1 # let sockets of the stopped proxy drain before the next one binds the port
+    done
+fi
+for sc in $SCENARIOS; do
+    scenario="${sc%%:*}" conns="${sc##*:}"
+    for proxy in $PROXIES; do
+        start_proxy "$proxy"
         line="$(loadtest_closed "http://127.0.0.1:$P" "$scenario" "$conns" "$DURATION" --proxy-pid "$CPU_PIDS" || true)"
         if [[ -z "$line" ]]; then
             log "  $proxy $scenario × $conns: no result (see loadtest.log; KEEP_TMP=1 keeps $TMP)"
@@ -169,9 +177,9 @@ for proxy in $PROXIES; do
         fi
         RES["$proxy|$sc"]="$line"
         log "  $proxy $scenario × $conns: rps=$(field rps "$line") p99=$(field p99_ms "$line") ms cpu=$(field proxy_cpu_us "$line") µs/req errors=$(field errors "$line")"
+        stop_pids "${PROXY_PIDS[@]}"
+        sleep 1
     done
-    stop_pids "${PROXY_PIDS[@]}"
-    sleep 1 # let sockets of the stopped proxy drain before the next one binds the port
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b + 0 == 0) print "–"; else printf "%.2f", a / b }'; }
