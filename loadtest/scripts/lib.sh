@@ -145,14 +145,15 @@ start_mocks() {
     done
 }
 
-# start_opr_proxy PORT SECRET EXECUTORS(comma list): one worker pinned to PROXY_CPU.
+# start_opr_proxy PORT SECRET EXECUTORS(comma list): one worker pinned to PROXY_CPU
+# (OPR_BIN: another opr-proxy binary than target/release/opr-proxy).
 # Sets OPR_PID.
 start_opr_proxy() {
     local port="$1" secret="$2" executors="$3"
     PORT="$port" OPR_PROXY_HOST=127.0.0.1 OPR_PROXY_EXECUTORS="$executors" \
         OPR_PROXY_SECRET="$secret" OPR_PROXY_ALGORITHM=round-robin OPR_PROXY_CORES=1 \
         OPR_PROXY_MAX_BODY_SIZE=0 OPR_PROXY_HEALTHCHECK_INTERVAL=5000 \
-        taskset -c "$PROXY_CPU" "$BIN/opr-proxy" >"$TMP/opr-proxy.log" 2>&1 &
+        taskset -c "$PROXY_CPU" "${OPR_BIN:-$BIN/opr-proxy}" >"$TMP/opr-proxy.log" 2>&1 &
     OPR_PID=$!
     PIDS+=("$OPR_PID")
     wait_port "$port" "$OPR_PID" "opr-proxy"
