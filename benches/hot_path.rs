@@ -50,9 +50,9 @@ fn head(c: &mut Criterion) {
 }
 
 fn snapshot(n: usize) -> Snapshot {
-    Snapshot {
-        generation: 1,
-        executors: (0..n)
+    Snapshot::new(
+        1,
+        (0..n)
             .map(|i| ExecutorStatus {
                 hostname: format!("10.0.{}.{}:80", i / 250, i % 250),
                 online: i % 7 != 3,
@@ -74,7 +74,7 @@ fn snapshot(n: usize) -> Snapshot {
                 last_error: None,
             })
             .collect(),
-    }
+    )
 }
 
 fn selection(c: &mut Criterion) {

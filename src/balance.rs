@@ -78,9 +78,20 @@ impl Picker {
                     |i: usize| online(i) && snapshot.executors[i].effective_usage() < WARM_USAGE;
                 // Tier 1: the runtime is warm on a low-usage executor.
                 if let Some(runtime) = runtime_id {
-                    fill(&mut candidates, snapshot, |i| {
-                        low_usage(i) && self.runtime_is_warm(snapshot, i, runtime)
-                    });
+                    // Reported warm (snapshot index) or just sent there (overlay); in
+                    // configuration order, as `first`/`last` need.
+                    candidates.clear();
+                    if let Some(list) = snapshot.warm.get(runtime) {
+                        candidates.extend(list.iter().copied().filter(|&i| low_usage(i)));
+                    }
+                    if let Some(list) = self.overlay.borrow().get(runtime) {
+                        let reported = candidates.len();
+                        candidates.extend(list.iter().copied().filter(|&i| low_usage(i)));
+                        if candidates.len() > reported {
+                            candidates.sort_unstable();
+                            candidates.dedup();
+                        }
+                    }
                     if let Some(i) = self.choose(&candidates) {
                         return Some(i);
                     }
@@ -122,19 +133,6 @@ impl Picker {
                 overlay.insert(runtime_id.into(), vec![executor]);
             }
         }
-    }
-
-    fn runtime_is_warm(&self, snapshot: &Snapshot, executor: usize, runtime: &str) -> bool {
-        let reported = snapshot.executors[executor]
-            .runtimes
-            .get(runtime)
-            .is_some_and(|r| r.is_warm());
-        reported
-            || self
-                .overlay
-                .borrow()
-                .get(runtime)
-                .is_some_and(|list| list.contains(&executor))
     }
 
     fn sync_overlay(&self, generation: u64) {
@@ -212,10 +210,7 @@ mod tests {
     }
 
     fn snap(executors: Vec<ExecutorStatus>) -> Snapshot {
-        Snapshot {
-            generation: 1,
-            executors,
-        }
+        Snapshot::new(1, executors)
     }
 
     fn none(_: usize) -> bool {
@@ -310,6 +305,31 @@ mod tests {
         assert_eq!(pick(&p, &s, Some("rt")), Some(0));
         s.generation = 2;
         assert_eq!(pick(&p, &s, Some("rt")), Some(1));
+    }
+
+    #[test]
+    fn reported_and_overlay_warm_merge_in_configuration_order() {
+        let s = snap(vec![
+            executor(true, Some(0), &[]),
+            executor(true, Some(0), &[]),
+            executor(true, Some(90), &[]), // busy: overlay must not lift it into tier 1
+            executor(true, Some(0), &[("rt", "pass", 0)]),
+        ]);
+        let first = Picker::new(Algorithm::First, 1);
+        let last = Picker::new(Algorithm::Last, 1);
+        for p in [&first, &last] {
+            p.mark_warm(&s, 3, "rt"); // already reported: no duplicate
+            p.mark_warm(&s, 1, "rt");
+            p.mark_warm(&s, 2, "rt");
+        }
+        assert_eq!(pick(&first, &s, Some("rt")), Some(1));
+        assert_eq!(pick(&last, &s, Some("rt")), Some(3));
+        let rr = Picker::new(Algorithm::RoundRobin, 1);
+        rr.mark_warm(&s, 3, "rt");
+        rr.mark_warm(&s, 1, "rt");
+        let got: Vec<_> = (0..4).map(|_| pick(&rr, &s, Some("rt")).unwrap()).collect();
+        assert_eq!(got, vec![1, 3, 1, 3], "each warm executor once per turn");
+        assert_eq!(s.warm.get("rt"), Some(&vec![3]));
     }
 
     #[test]

@@ -55,6 +55,28 @@ pub struct Snapshot {
     pub generation: u64,
     /// In `OPR_PROXY_EXECUTORS` order; the index is the executor's identity everywhere.
     pub executors: Vec<ExecutorStatus>,
+    /// Runtime id → executors (ascending) that report it warm: tier 1 of SPEC §4 costs one
+    /// lookup per request instead of one per executor. Built with the snapshot, off the
+    /// request path.
+    pub warm: HashMap<String, Vec<usize>>,
+}
+
+impl Snapshot {
+    pub fn new(generation: u64, executors: Vec<ExecutorStatus>) -> Snapshot {
+        let mut warm: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in executors.iter().enumerate() {
+            for (id, runtime) in &e.runtimes {
+                if runtime.is_warm() {
+                    warm.entry(id.clone()).or_default().push(i);
+                }
+            }
+        }
+        Snapshot {
+            generation,
+            executors,
+            warm,
+        }
+    }
 }
 
 /// The publication point: written by the checker, read by every worker.
@@ -154,9 +176,9 @@ mod tests {
     use super::*;
 
     fn snapshot(generation: u64, online: bool) -> Snapshot {
-        Snapshot {
+        Snapshot::new(
             generation,
-            executors: vec![ExecutorStatus {
+            vec![ExecutorStatus {
                 hostname: "a:80".into(),
                 online,
                 state_status: None,
@@ -166,7 +188,7 @@ mod tests {
                 last_check: None,
                 last_error: None,
             }],
-        }
+        )
     }
 
     #[test]

@@ -157,10 +157,7 @@ impl Checker {
                 .collect()
         });
         self.generation += 1;
-        let snapshot = Snapshot {
-            generation: self.generation,
-            executors,
-        };
+        let snapshot = Snapshot::new(self.generation, executors);
         for (online, line) in status_lines(self.previous.as_ref(), &snapshot) {
             if online {
                 info!("{line}");
@@ -534,10 +531,7 @@ mod tests {
         let mut before = failed(&checker.settings.targets[0], "old".to_string());
         before.online = true;
         before.addrs = vec![SocketAddr::from(([10, 0, 0, 7], 8080))];
-        checker.previous = Some(Snapshot {
-            generation: 4,
-            executors: vec![before.clone()],
-        });
+        checker.previous = Some(Snapshot::new(4, vec![before.clone()]));
         checker.generation = 4;
         let snapshot = checker.round();
         assert_eq!(snapshot.generation, 5);
