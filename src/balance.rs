@@ -81,13 +81,12 @@ impl Picker {
                     // Reported warm (snapshot index) or just sent there (overlay); in
                     // configuration order, as `first`/`last` need.
                     candidates.clear();
-                    if let Some(list) = snapshot.warm.get(runtime) {
-                        candidates.extend(list.iter().copied().filter(|&i| low_usage(i)));
-                    }
+                    let reported = snapshot.warm_on(runtime);
+                    candidates.extend(reported.iter().copied().filter(|&i| low_usage(i)));
                     if let Some(list) = self.overlay.borrow().get(runtime) {
-                        let reported = candidates.len();
+                        let before = candidates.len();
                         candidates.extend(list.iter().copied().filter(|&i| low_usage(i)));
-                        if candidates.len() > reported {
+                        if candidates.len() > before {
                             candidates.sort_unstable();
                             candidates.dedup();
                         }
@@ -329,7 +328,7 @@ mod tests {
         rr.mark_warm(&s, 1, "rt");
         let got: Vec<_> = (0..4).map(|_| pick(&rr, &s, Some("rt")).unwrap()).collect();
         assert_eq!(got, vec![1, 3, 1, 3], "each warm executor once per turn");
-        assert_eq!(s.warm.get("rt"), Some(&vec![3]));
+        assert_eq!(s.warm_on("rt"), &[3]);
     }
 
     #[test]

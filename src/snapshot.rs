@@ -56,9 +56,9 @@ pub struct Snapshot {
     /// In `OPR_PROXY_EXECUTORS` order; the index is the executor's identity everywhere.
     pub executors: Vec<ExecutorStatus>,
     /// Runtime id → executors (ascending) that report it warm: tier 1 of SPEC §4 costs one
-    /// lookup per request instead of one per executor. Built with the snapshot, off the
-    /// request path.
-    pub warm: HashMap<String, Vec<usize>>,
+    /// lookup per request instead of one per executor. Derived from `executors` in `new`,
+    /// off the request path; private so no snapshot can carry a stale index.
+    warm: HashMap<String, Vec<usize>>,
 }
 
 impl Snapshot {
@@ -76,6 +76,11 @@ impl Snapshot {
             executors,
             warm,
         }
+    }
+
+    /// Executors (ascending) that report `runtime` warm.
+    pub fn warm_on(&self, runtime: &str) -> &[usize] {
+        self.warm.get(runtime).map_or(&[], Vec::as_slice)
     }
 }
 

@@ -1073,22 +1073,11 @@ impl Client {
     }
 
     fn one(&mut self, kind: Kind) -> Raw {
-        self.seq += 1;
-        let rid = format!("{}-{}", self.id, self.seq);
         let close = self.rng.chance(25);
-        let mut req = Req {
-            method: "GET",
-            target: String::new(),
-            rid: rid.clone(),
-            http10: false,
-            close,
-            body: Body::None,
-            expect: Expect::Echo,
-            abort_upload_at: None,
-            abort_download_at: None,
-        };
+        let mut req = self.echo_get(close);
+        let rid = req.rid.clone();
         match kind {
-            Kind::SmallGet => return self.small_get(close),
+            Kind::SmallGet => return self.exchange(&req),
             Kind::Head => {
                 let n = self.body_size();
                 req.method = "HEAD";
@@ -1159,9 +1148,15 @@ impl Client {
 
     /// GET /v1/echo with a request id the answer must carry back.
     fn small_get(&mut self, close: bool) -> Raw {
+        let req = self.echo_get(close);
+        self.exchange(&req)
+    }
+
+    /// A GET /v1/echo under a fresh request id; `one` retargets it for the other kinds.
+    fn echo_get(&mut self, close: bool) -> Req {
         self.seq += 1;
         let rid = format!("{}-{}", self.id, self.seq);
-        let req = Req {
+        Req {
             method: "GET",
             target: format!("/v1/echo?rid={rid}"),
             rid,
@@ -1171,8 +1166,7 @@ impl Client {
             expect: Expect::Echo,
             abort_upload_at: None,
             abort_download_at: None,
-        };
-        self.exchange(&req)
+        }
     }
 
     /// A slow request whose client goes away before the answer's head.

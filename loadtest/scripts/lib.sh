@@ -12,20 +12,7 @@ log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        # Bounded wait; a process that ignores TERM gets KILL.
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
+    stop_pids "${PIDS[@]}"
     if [[ -n "$TMP" && -d "$TMP" && -z "${KEEP_TMP:-}" ]]; then
         rm -rf "$TMP"
     fi
@@ -39,7 +26,7 @@ setup() {
     TMP="$(mktemp -d "${TMPDIR:-/tmp}/opr-loadtest.XXXXXX")"
 }
 
-# Stops the given PIDs now (and forgets them).
+# Stops the given PIDs now (and forgets them): TERM, a bounded wait, then KILL.
 stop_pids() {
     local pid keep=()
     for pid in "$@"; do kill "$pid" 2>/dev/null || true; done

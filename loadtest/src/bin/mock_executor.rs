@@ -90,16 +90,15 @@ fn main() -> ExitCode {
             };
         }
     };
+    let bind = SocketAddr::new(args.host, args.port);
+    let cannot_listen = |e: std::io::Error| {
+        eprintln!("mock-executor: cannot listen on {bind}: {e}");
+        ExitCode::FAILURE
+    };
     if args.fast {
-        let mock = match FastMock::start(&args.name, SocketAddr::new(args.host, args.port)) {
+        let mock = match FastMock::start(&args.name, bind) {
             Ok(m) => m,
-            Err(e) => {
-                eprintln!(
-                    "mock-executor: cannot listen on {}:{}: {e}",
-                    args.host, args.port
-                );
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return cannot_listen(e),
         };
         println!(
             "mock executor {} (fast) listening on {}",
@@ -127,18 +126,12 @@ fn main() -> ExitCode {
     };
     let opts = MockOptions {
         name: args.name,
-        bind: SocketAddr::new(args.host, args.port),
+        bind,
         health,
     };
     let mock = match MockExecutor::start(opts) {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!(
-                "mock-executor: cannot listen on {}:{}: {e}",
-                args.host, args.port
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return cannot_listen(e),
     };
     println!("mock executor {} listening on {}", mock.name(), mock.addr());
     let _ = std::io::stdout().flush();
