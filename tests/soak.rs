@@ -1317,7 +1317,7 @@ impl Client {
                     head.status, check.got
                 ));
             }
-            proxy_error(&head, &check.kept)
+            proxy_error(&head, &check.kept, req.method == "HEAD")
         } else {
             match verify(req, &head, framing, &check, &end, &sha) {
                 Ok(r) => r,
@@ -1684,8 +1684,8 @@ fn verify_echo(req: &Req, from: &str, body: &[u8], sha: &Sha256) -> Result<Raw, 
     }
 }
 
-/// A non-200 answer must be the proxy's own JSON error.
-fn proxy_error(head: &Head, body: &[u8]) -> Raw {
+/// A non-200 answer must be the proxy's own JSON error (headers only for HEAD).
+fn proxy_error(head: &Head, body: &[u8], head_request: bool) -> Raw {
     let status = head.status;
     if let Some(m) = head.header("x-mock-name") {
         return Raw::Wrong(format!(
@@ -1700,6 +1700,16 @@ fn proxy_error(head: &Head, body: &[u8]) -> Raw {
             "error {status} without the error headers: {:?}",
             head.headers
         ));
+    }
+    if head_request {
+        // RFC 9110 §9.3.2: the same head as for GET, no body.
+        if !body.is_empty() {
+            return Raw::Wrong(format!(
+                "error {status} to HEAD with a body: {:?}",
+                lossy(body)
+            ));
+        }
+        return Raw::ProxyError(status, "(HEAD: no body)".into());
     }
     let Ok(v) = sonic_rs::from_slice::<sonic_rs::Value>(body) else {
         return Raw::Wrong(format!("error {status} body not JSON: {:?}", lossy(body)));
