@@ -82,6 +82,9 @@ pub enum HeadError {
     BadContentLength,
     UnsupportedTransferEncoding,
     TargetForm,
+    /// A CONNECT request: it takes an authority-form target (RFC 9112 §3.2.3), which we
+    /// refuse like every form but origin-form; in any other form it is malformed.
+    Connect,
     MissingHost,
     DuplicateHost,
 }
@@ -96,6 +99,7 @@ impl HeadError {
             | HeadError::ConflictingFraming
             | HeadError::BadContentLength
             | HeadError::TargetForm
+            | HeadError::Connect
             | HeadError::MissingHost
             | HeadError::DuplicateHost => 400,
         }
@@ -119,6 +123,9 @@ impl HeadError {
             }
             HeadError::TargetForm => {
                 "Request target must be a path (origin-form); absolute and authority forms are refused."
+            }
+            HeadError::Connect => {
+                "CONNECT is refused: it takes an authority-form target, which this proxy does not accept."
             }
             HeadError::MissingHost => "HTTP/1.1 request without a Host header.",
             HeadError::DuplicateHost => "More than one Host header.",
@@ -162,6 +169,11 @@ pub fn parse_request(
     // RFC 9112 §3.2: origin-form is the only form a server sends on; asterisk-form is
     // for OPTIONS only (§3.2.4). §3.2.2 asks servers to accept absolute-form, but we are
     // not a forward proxy (SPEC §5): absolute and authority forms are refused.
+    // §3.2.3: CONNECT takes authority-form only, so a CONNECT in any form is refused
+    // (in origin-form it is malformed, not a request for that path).
+    if method == "CONNECT" {
+        return Err(HeadError::Connect);
+    }
     let t = target.as_bytes();
     let origin_form = t.first() == Some(&b'/');
     let asterisk = t == b"*" && method == "OPTIONS";
@@ -276,7 +288,8 @@ pub fn parse_response(
     let no_body = request_method_is_head || status < 200 || status == 204 || status == 304;
     let framing = if no_body {
         // RFC 9112 §6.3 item 1: HEAD, 1xx, 204 and 304 end at the empty line whatever
-        // the fields say. TE is ignored (hop-by-hop, dropped on rewrite); CL is
+        // the fields say. TE is ignored, whatever codings it names (hop-by-hop, dropped
+        // on rewrite, and there is no body it could apply to); CL is
         // forwarded unchanged, so it must at least be valid.
         if fields.cl == ContentLength::Invalid {
             return Err(HeadError::BadContentLength);
@@ -299,8 +312,15 @@ pub fn parse_response(
                 "Transfer-Encoding lists chunked twice.",
             ));
         }
-        // RFC 9112 §6.3 item 4: chunked final → decode chunks; otherwise the body runs
-        // until the server closes.
+        // SPEC §5: a coding other than chunked is never stripped. Transfer-Encoding is
+        // hop-by-hop and the body is re-framed, so relaying it would hand the client
+        // coded bytes without their coding: refused (the caller answers 502). This
+        // includes chunked not final (RFC 9112 §6.3 item 4 would read until close).
+        if fields.te.other {
+            return Err(HeadError::UnsupportedTransferEncoding);
+        }
+        // Only chunked is left: decode chunks. A field naming no coding at all frames
+        // nothing (RFC 9112 §6.3 item 4: chunked is not final) → until close.
         if fields.te.last_chunked {
             ResponseFraming::Chunked
         } else {
@@ -886,10 +906,22 @@ mod tests {
             req_err(b"GET http://evil/x HTTP/1.1\r\nHost: a\r\n\r\n"),
             HeadError::TargetForm
         );
-        assert_eq!(
-            req_err(b"CONNECT host:443 HTTP/1.1\r\nHost: host:443\r\n\r\n"),
-            HeadError::TargetForm
-        );
+        // CONNECT (RFC 9112 §3.2.3): authority-form only, refused; in origin-form (or any
+        // other) it is malformed, never a request for that path.
+        for buf in [
+            &b"CONNECT host:443 HTTP/1.1\r\nHost: host:443\r\n\r\n"[..],
+            b"CONNECT /path HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT / HTTP/1.0\r\n\r\n",
+            b"CONNECT * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(req_err(buf), HeadError::Connect, "{buf:?}");
+        }
+        assert_eq!(HeadError::Connect.status(), 400);
+        assert!(HeadError::Connect.message().contains("CONNECT"));
+        // Methods are case-sensitive (RFC 9110 §9.1): `connect` is an extension method.
+        let buf = b"connect /path HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(&buf[req_ok(buf).target], b"/path");
         assert_eq!(
             req_err(b"GET x/y HTTP/1.1\r\nHost: a\r\n\r\n"),
             HeadError::TargetForm
@@ -1104,6 +1136,7 @@ mod tests {
             HeadError::BadContentLength,
             HeadError::UnsupportedTransferEncoding,
             HeadError::TargetForm,
+            HeadError::Connect,
             HeadError::MissingHost,
             HeadError::DuplicateHost,
         ] {
@@ -1245,19 +1278,35 @@ mod tests {
         );
         assert_eq!(
             f(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , Chunked ,\r\n\r\n",
                 false
             ),
             Ok(Chunked)
         );
-        // RFC 9112 §6.3 item 4: chunked not final → until close.
-        assert_eq!(
-            f(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-                false
-            ),
-            Ok(UntilClose)
-        );
+        // SPEC §5: any coding other than chunked is refused (502), never stripped:
+        // before chunked, after it (RFC 9112 §6.3 item 4 would read until close), alone,
+        // over several lines; also on HTTP/1.1 responses with a close.
+        for te in [
+            &b"Transfer-Encoding: gzip, chunked"[..],
+            b"Transfer-Encoding: gzip\r\nTransfer-Encoding: Chunked",
+            b"Transfer-Encoding: chunked, gzip",
+            b"Transfer-Encoding: gzip",
+            b"Transfer-Encoding: identity",
+            b"Transfer-Encoding: chunked\r\nTransfer-Encoding: br",
+            b"Transfer-Encoding: chunked;q=1",
+            b"Connection: close\r\nTransfer-Encoding: deflate, chunked",
+        ] {
+            let mut buf = b"HTTP/1.1 200 OK\r\n".to_vec();
+            buf.extend_from_slice(te);
+            buf.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(
+                f(&buf, false),
+                Err(HeadError::UnsupportedTransferEncoding),
+                "{te:?}"
+            );
+            // No body (HEAD): nothing to decode, TE is ignored.
+            assert_eq!(f(&buf, true), Ok(NoBody), "{te:?}");
+        }
         assert_eq!(
             f(b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\n", false),
             Ok(UntilClose)
@@ -1325,6 +1374,18 @@ mod tests {
             ),
             Ok(NoBody)
         );
+        // Other codings too: there is no body to decode.
+        for status in [
+            &b"100 Continue"[..],
+            b"103 Early Hints",
+            b"204 No Content",
+            b"304 Not Modified",
+        ] {
+            let mut buf = b"HTTP/1.1 ".to_vec();
+            buf.extend_from_slice(status);
+            buf.extend_from_slice(b"\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+            assert_eq!(f(&buf, false), Ok(NoBody), "{status:?}");
+        }
         assert_eq!(f(b"HTTP/1.1 100 Continue\r\n\r\n", false), Ok(NoBody));
         assert_eq!(
             f(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
