@@ -18,7 +18,8 @@ pub struct RequestRewrite<'a> {
     pub forwarded_for: IpAddr,
     /// `host:port` of the executor: the Host sent when the client sent none (HTTP/1.0).
     pub executor_host: &'a str,
-    /// Dev mode: add `x-opr-executor-hostname: <value>`.
+    /// Dev mode: add `x-opr-executor-hostname: <value>`. A client's field of that name is
+    /// dropped either way.
     pub dev_executor_hostname: Option<&'a str>,
     /// The proxy answered `100 Continue` itself: drop Expect.
     pub strip_expect: bool,
@@ -51,7 +52,6 @@ pub fn write_request_head(
 
     let connection = connection_fields(buf, headers);
     let listed = |name: &[u8]| connection_lists(buf, connection, name);
-    let dev = rw.dev_executor_hostname.is_some();
 
     // RFC 9112 §3.2: HTTP/1.1 needs Host; an HTTP/1.0 client may have sent none. RFC
     // 9110 §7.2: send it first.
@@ -92,7 +92,9 @@ pub fn write_request_head(
         if rw.strip_expect && name.eq_ignore_ascii_case(b"expect") {
             continue;
         }
-        if dev && name.eq_ignore_ascii_case(b"x-opr-executor-hostname") {
+        // Only we say which executor served the request: a client's copy is never
+        // forwarded (it would be spoofable), in production as in dev mode.
+        if name.eq_ignore_ascii_case(b"x-opr-executor-hostname") {
             continue;
         }
         if Some(i) == last_xff {
@@ -150,16 +152,18 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 
     let connection = connection_fields(buf, headers);
-    let no_body = rw.framing == ResponseFraming::NoBody;
+    // RFC 9110 §8.6: a Content-Length in a body-less answer to HEAD or in a 304 describes
+    // the representation and passes unchanged; 1xx and 204 never carry one ("MUST NOT
+    // send"), so it is dropped there. With a body it is re-emitted from the framing below.
+    let keep_content_length =
+        rw.framing == ResponseFraming::NoBody && head.status >= 200 && head.status != 204;
     for h in headers {
         let name = &buf[h.name.clone()];
         // RFC 9110 §7.6.1: hop-by-hop fields and the fields Connection names.
         if is_hop_by_hop(name) || connection_lists(buf, connection, name) {
             continue;
         }
-        // Without a body, Content-Length describes the representation (HEAD, 304:
-        // RFC 9110 §8.6) and passes unchanged; otherwise it is re-emitted below.
-        if !no_body && name.eq_ignore_ascii_case(b"content-length") {
+        if !keep_content_length && name.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
         field(out, name, &buf[h.value.clone()]);
@@ -586,10 +590,15 @@ Keep-Alive: 5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\
             request(input, &r),
             "GET / HTTP/1.1\r\nHost: h\r\nX: y\r\nAuthorization: Bearer s3cret\r\nX-Forwarded-For: 203.0.113.7\r\nx-opr-executor-hostname: exc1\r\n\r\n"
         );
-        // Production leaves the client's field alone.
+        // Production drops the client's field too (it must not be spoofable), every copy.
         assert_eq!(
             request(input, &rw()),
-            "GET / HTTP/1.1\r\nHost: h\r\nX-OPR-Executor-Hostname: spoofed\r\nX: y\r\nAuthorization: Bearer s3cret\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: h\r\nX: y\r\nAuthorization: Bearer s3cret\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
+        );
+        let input = b"GET / HTTP/1.1\r\nx-opr-executor-hostname: a\r\nHost: h\r\nx-opr-executor-hostname: b\r\n\r\n";
+        assert_eq!(
+            request(input, &rw()),
+            "GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer s3cret\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
         );
     }
 
@@ -657,7 +666,8 @@ Keep-Alive: 5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\
     }
 
     #[test]
-    fn response_no_body_keeps_content_length() {
+    fn response_no_body_content_length() {
+        // HEAD and 304: Content-Length describes the representation, kept unchanged.
         let input = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: \"x\"\r\n\r\n";
         assert_eq!(
             response(input, true, ResponseFraming::NoBody, false),
@@ -668,16 +678,41 @@ Keep-Alive: 5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\
             response(input, false, ResponseFraming::NoBody, false),
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n"
         );
+        assert_eq!(
+            response(input, true, ResponseFraming::NoBody, false),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n"
+        );
+        // RFC 9110 §8.6: 1xx and 204 carry none (SPEC §5), also in answer to HEAD.
         let input = b"HTTP/1.1 204 No Content\r\n\r\n";
         assert_eq!(
             response(input, false, ResponseFraming::NoBody, false),
             "HTTP/1.1 204 No Content\r\n\r\n"
         );
+        let input =
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX: 1\r\ncontent-length: 0\r\n\r\n";
+        for method_head in [false, true] {
+            assert_eq!(
+                response(input, method_head, ResponseFraming::NoBody, false),
+                "HTTP/1.1 204 No Content\r\nX: 1\r\n\r\n"
+            );
+        }
         let input = b"HTTP/1.1 100 Continue\r\n\r\n";
         assert_eq!(
             response(input, false, ResponseFraming::NoBody, false),
             "HTTP/1.1 100 Continue\r\n\r\n"
         );
+        for status in [
+            "100 Continue",
+            "101 Switching Protocols",
+            "103 Early Hints",
+            "199 X",
+        ] {
+            let input = format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n");
+            assert_eq!(
+                response(input.as_bytes(), false, ResponseFraming::NoBody, false),
+                format!("HTTP/1.1 {status}\r\nLink: </a>\r\n\r\n")
+            );
+        }
     }
 
     #[test]
