@@ -1,6 +1,7 @@
 //! Streaming decoder for the chunked transfer coding (RFC 9112 §7.1): validates size
-//! lines, extensions, CRLFs and trailers byte by byte, hands payload back as ranges of
-//! the caller's buffer, and never reads past the end of the message.
+//! lines, extensions, CRLFs and trailers byte by byte, hands payload (and trailer fields)
+//! back as ranges of the caller's buffer, and never reads past the end of the message.
+//! `decode_chunks` is the in-place buffer loop over it that the body pumps use.
 
 use std::ops::Range;
 
@@ -50,6 +51,11 @@ pub struct Decoded {
     pub consumed: usize,
     /// Payload within `input[..consumed]`; empty (`0..0`) when the call took only framing.
     pub data: Range<usize>,
+    /// Trailer-field bytes taken by this call, within `input[..consumed]`: whole or partial
+    /// trailer lines with their CRLFs, never the last-chunk line (`0[;ext]` CRLF) nor the
+    /// final CRLF. Contiguous (they come after all payload, just before the final CRLF);
+    /// empty (`0..0`) when the call took none, always so when `data` is not empty.
+    pub trailers: Range<usize>,
     /// The last chunk and the trailer section are complete.
     pub done: bool,
 }
@@ -137,6 +143,8 @@ impl ChunkedDecoder {
     /// when the message was already done. After an error every call returns that error.
     pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, ChunkedError> {
         let mut pos = 0;
+        // Trailer-field bytes seen by this call (start, end); contiguous, see `Decoded`.
+        let mut trailers: Option<(usize, usize)> = None;
         while pos < input.len() {
             match self.state {
                 State::Data(remaining) => {
@@ -152,18 +160,28 @@ impl ChunkedDecoder {
                     } else {
                         State::Data(remaining - take)
                     };
+                    // No trailer byte comes before a payload run in the same call.
+                    debug_assert!(trailers.is_none());
                     return Ok(Decoded {
                         consumed: pos,
                         data: start..pos,
+                        trailers: 0..0,
                         done: false,
                     });
                 }
                 State::Done => break,
                 State::Failed(e) => return Err(e),
                 _ => {
-                    if let Err(e) = self.step(input[pos]) {
+                    let b = input[pos];
+                    let trailer_byte = self.is_trailer_field_byte(b);
+                    if let Err(e) = self.step(b) {
                         self.state = State::Failed(e);
                         return Err(e);
+                    }
+                    if trailer_byte {
+                        let start = trailers.map_or(pos, |(start, _)| start);
+                        debug_assert!(trailers.is_none_or(|(_, end)| end == pos));
+                        trailers = Some((start, pos + 1));
                     }
                     pos += 1;
                 }
@@ -175,6 +193,7 @@ impl ChunkedDecoder {
         Ok(Decoded {
             consumed: pos,
             data: 0..0,
+            trailers: trailers.map_or(0..0, |(start, end)| start..end),
             done: self.is_done(),
         })
     }
@@ -311,6 +330,18 @@ impl ChunkedDecoder {
         )
     }
 
+    /// Whether `b`, read in the current state, belongs to a trailer field line (CRLF
+    /// included): anything in the trailer section but the final CRLF.
+    fn is_trailer_field_byte(&self, b: u8) -> bool {
+        use State::*;
+        match self.state {
+            TrailerName | TrailerValue | TrailerLf => true,
+            // CR here starts the final empty line.
+            TrailerStart => b != b'\r',
+            _ => false,
+        }
+    }
+
     fn in_trailers(&self) -> bool {
         use State::*;
         matches!(
@@ -318,6 +349,72 @@ impl ChunkedDecoder {
             TrailerStart | TrailerName | TrailerValue | TrailerLf | FinalLf
         )
     }
+}
+
+/// What `decode_chunks` leaves in the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkedOutput {
+    /// The validated bytes, unchanged.
+    Raw,
+    /// The validated bytes minus the trailer fields (SPEC §5: a request's trailers are not
+    /// forwarded): still a valid chunked body, ending `0[;ext]` CRLF CRLF (chunk extensions
+    /// are kept).
+    RawWithoutTrailers,
+    /// The payload only (for HTTP/1.0 clients, which cannot take chunked).
+    Payload,
+}
+
+/// Decodes `buf[from..]` with `dec`: the buffer-level loop shared by the body pumps and
+/// the fuzz harness. Returns `(consumed, kept)`: `consumed` bytes from `from` on were
+/// validated (all of `buf[from..]`, or up to the end of the message once `dec` is done)
+/// and the output chosen by `output` is compacted, in place, to `buf[from..from + kept]`.
+/// Bytes after `from + consumed` (the next message) are never touched, nor is
+/// `buf[..from]`. Feed a message in any pieces, split at any byte: the outputs of the
+/// calls, concatenated, are the output for the whole message. No allocation.
+///
+/// On an error the decoder keeps failing and `buf[from..]` is unspecified.
+pub fn decode_chunks(
+    dec: &mut ChunkedDecoder,
+    buf: &mut [u8],
+    from: usize,
+    output: ChunkedOutput,
+) -> Result<(usize, usize), ChunkedError> {
+    let mut pos = from;
+    // End of the output so far; never past `pos`, so copies only move bytes left.
+    let mut write = from;
+    while pos < buf.len() && !dec.is_done() {
+        let d = dec.decode(&buf[pos..])?;
+        match output {
+            ChunkedOutput::Raw => {}
+            ChunkedOutput::Payload => keep(buf, &mut write, pos + d.data.start, pos + d.data.end),
+            ChunkedOutput::RawWithoutTrailers => {
+                if d.trailers.is_empty() {
+                    keep(buf, &mut write, pos, pos + d.consumed);
+                } else {
+                    keep(buf, &mut write, pos, pos + d.trailers.start);
+                    keep(buf, &mut write, pos + d.trailers.end, pos + d.consumed);
+                }
+            }
+        }
+        if d.consumed == 0 {
+            break;
+        }
+        pos += d.consumed;
+    }
+    let consumed = pos - from;
+    let kept = match output {
+        ChunkedOutput::Raw => consumed,
+        _ => write - from,
+    };
+    Ok((consumed, kept))
+}
+
+/// Appends `buf[start..end]` to the output ending at `*write` (`*write <= start`).
+fn keep(buf: &mut [u8], write: &mut usize, start: usize, end: usize) {
+    if *write != start {
+        buf.copy_within(start..end, *write);
+    }
+    *write += end - start;
 }
 
 fn hex_value(b: u8) -> u8 {
@@ -431,6 +528,7 @@ mod tests {
             Ok(Decoded {
                 consumed: 6,
                 data: 3..6,
+                trailers: 0..0,
                 done: false
             })
         );
@@ -440,6 +538,7 @@ mod tests {
             Ok(Decoded {
                 consumed: 7,
                 data: 5..7,
+                trailers: 0..0,
                 done: false
             })
         );
@@ -449,6 +548,7 @@ mod tests {
             Ok(Decoded {
                 consumed: 7,
                 data: 0..0,
+                trailers: 0..0,
                 done: true
             })
         );
@@ -461,6 +561,7 @@ mod tests {
             Ok(Decoded {
                 consumed: 0,
                 data: 0..0,
+                trailers: 0..0,
                 done: true
             })
         );
@@ -471,6 +572,7 @@ mod tests {
             Ok(Decoded {
                 consumed: 0,
                 data: 0..0,
+                trailers: 0..0,
                 done: false
             })
         );
@@ -600,6 +702,7 @@ mod tests {
             Ok(Decoded {
                 consumed: input.len(),
                 data: 18..24,
+                trailers: 0..0,
                 done: false
             })
         );
@@ -722,6 +825,207 @@ mod tests {
                 assert!(p.len() <= used);
                 assert!(!done || used > 0);
             }
+        }
+    }
+
+    /// A short message with extensions (token and quoted, with `;` inside) and two
+    /// trailer lines; its payload; and the same message without the trailer lines.
+    fn small_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let head = b"3;a=1\r\nabc\r\n1 ; q=\"x;y\\\"\"\r\nd\r\n00;last\r\n".to_vec();
+        let trailers = b"T1: v\r\nX-Two:  w x \xff\r\n";
+        let mut msg = head.clone();
+        msg.extend_from_slice(trailers);
+        msg.extend_from_slice(b"\r\n");
+        let mut stripped = head;
+        stripped.extend_from_slice(b"\r\n");
+        (msg, b"abcd".to_vec(), stripped)
+    }
+
+    /// `sample()` without its two trailer lines.
+    fn sample_stripped() -> Vec<u8> {
+        let (msg, _) = sample();
+        let trailers: &[u8] = b"Expires: never\r\nX-Sum:  \t abc \xff\r\n";
+        let at = msg
+            .windows(trailers.len())
+            .position(|w| w == trailers)
+            .unwrap();
+        let mut out = msg[..at].to_vec();
+        out.extend_from_slice(&msg[at + trailers.len()..]);
+        assert!(out.ends_with(b"000;last=1\r\n\r\n"));
+        out
+    }
+
+    #[test]
+    fn trailer_ranges() {
+        let mut d = ChunkedDecoder::new();
+        let input = b"1\r\nx\r\n0;e=1\r\nA: b\r\nC:\r\n\r\nNEXT";
+        assert_eq!(d.decode(input).unwrap().data, 3..4);
+        let rest = &input[4..];
+        // `\r\n0;e=1\r\n` is framing, then the two trailer lines, then the final CRLF.
+        assert_eq!(
+            d.decode(rest),
+            Ok(Decoded {
+                consumed: rest.len() - 4,
+                data: 0..0,
+                trailers: 9..19,
+                done: true
+            })
+        );
+        assert_eq!(&rest[9..19], b"A: b\r\nC:\r\n");
+        // No trailers: empty range, also for the last-chunk line and the final CRLF.
+        let mut d = ChunkedDecoder::new();
+        let r = d.decode(b"0;t=\"A: b\"\r\n\r\n").unwrap();
+        assert!(r.done);
+        assert_eq!(r.trailers, 0..0);
+
+        // Split anywhere: the calls' trailer bytes, in order, are the trailer lines, and
+        // a call with payload has none.
+        let (msg, payload) = sample();
+        let want: &[u8] = b"Expires: never\r\nX-Sum:  \t abc \xff\r\n";
+        for cut in 0..=msg.len() {
+            let mut d = ChunkedDecoder::new();
+            let (mut got, mut data) = (Vec::new(), Vec::new());
+            for mut part in [&msg[..cut], &msg[cut..]] {
+                while !part.is_empty() {
+                    let r = d.decode(part).unwrap();
+                    assert!(r.trailers.end <= r.consumed);
+                    assert!(r.data.is_empty() || r.trailers.is_empty());
+                    got.extend_from_slice(&part[r.trailers.clone()]);
+                    data.extend_from_slice(&part[r.data.clone()]);
+                    part = &part[r.consumed..];
+                }
+            }
+            assert!(d.is_done());
+            assert_eq!(got, want, "cut {cut}");
+            assert_eq!(data, payload, "cut {cut}");
+        }
+        // Byte by byte: every trailer byte is reported exactly once, no other byte is.
+        let mut d = ChunkedDecoder::new();
+        let mut got = Vec::new();
+        for b in msg.chunks(1) {
+            let r = d.decode(b).unwrap();
+            assert_eq!(r.consumed, 1);
+            got.extend_from_slice(&b[r.trailers]);
+        }
+        assert!(d.is_done());
+        assert_eq!(got, want);
+    }
+
+    /// Feeds `msg` to `decode_chunks` in the pieces between `cuts`, each piece in its own
+    /// buffer behind a 3-byte prefix (`from` = 3) and, for the last one, followed by the
+    /// next message; checks consumed, the untouched bytes, and returns the concatenated
+    /// output.
+    fn drive_chunks(msg: &[u8], cuts: &[usize], output: ChunkedOutput) -> Vec<u8> {
+        const NEXT: &[u8] = b"GET / HTTP/1.1\r\n";
+        let mut dec = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(msg.len());
+        for (i, w) in bounds.windows(2).enumerate() {
+            let piece = &msg[w[0]..w[1]];
+            let mut buf = b"pre".to_vec();
+            buf.extend_from_slice(piece);
+            let last = i == bounds.len() - 2;
+            if last {
+                buf.extend_from_slice(NEXT);
+            }
+            let original = buf.clone();
+            let (consumed, kept) = decode_chunks(&mut dec, &mut buf, 3, output).unwrap();
+            assert_eq!(consumed, piece.len(), "{cuts:?} {output:?}");
+            assert!(kept <= consumed);
+            assert_eq!(&buf[..3], b"pre");
+            assert_eq!(&buf[3 + consumed..], &original[3 + consumed..]);
+            out.extend_from_slice(&buf[3..3 + kept]);
+            // Done exactly when the message's last byte was fed.
+            assert_eq!(dec.is_done(), w[1] == msg.len());
+        }
+        out
+    }
+
+    #[test]
+    fn decode_chunks_at_every_split() {
+        use ChunkedOutput::*;
+        let (msg, payload, stripped) = small_sample();
+        let outputs = [
+            (Raw, &msg),
+            (RawWithoutTrailers, &stripped),
+            (Payload, &payload),
+        ];
+        for (output, want) in outputs {
+            assert_eq!(&drive_chunks(&msg, &[], output), want, "{output:?}");
+            // Every split into two and three pieces (a trailer line or a CRLF split
+            // over two buffers, a piece holding only part of a trailer, ...).
+            for a in 0..=msg.len() {
+                assert_eq!(&drive_chunks(&msg, &[a], output), want, "{output:?} {a}");
+                for b in a..=msg.len() {
+                    let got = drive_chunks(&msg, &[a, b], output);
+                    assert_eq!(&got, want, "{output:?} {a} {b}");
+                }
+            }
+            let bytes: Vec<usize> = (1..msg.len()).collect();
+            assert_eq!(&drive_chunks(&msg, &bytes, output), want, "{output:?}");
+        }
+        // The longer sample (300-byte chunk, BWS, quoted pairs): every split in two.
+        let (msg, payload) = sample();
+        let stripped = sample_stripped();
+        let outputs = [
+            (Raw, &msg),
+            (RawWithoutTrailers, &stripped),
+            (Payload, &payload),
+        ];
+        for (output, want) in outputs {
+            for a in 0..=msg.len() {
+                assert_eq!(&drive_chunks(&msg, &[a], output), want, "{output:?} {a}");
+            }
+        }
+        // Without trailers, RawWithoutTrailers is Raw.
+        let plain = b"2;x\r\nab\r\n0\r\n\r\n";
+        assert_eq!(drive_chunks(plain, &[7], RawWithoutTrailers), plain);
+    }
+
+    #[test]
+    fn decode_chunks_output_without_trailers_is_a_valid_body() {
+        let stripped = sample_stripped();
+        let (_, payload) = sample();
+        let mut d = ChunkedDecoder::new();
+        let mut pos = 0;
+        let mut got = Vec::new();
+        while !d.is_done() {
+            let r = d.decode(&stripped[pos..]).unwrap();
+            assert!(r.trailers.is_empty());
+            got.extend_from_slice(&stripped[pos + r.data.start..pos + r.data.end]);
+            pos += r.consumed;
+        }
+        assert_eq!(pos, stripped.len());
+        assert_eq!(got, payload);
+    }
+
+    #[test]
+    fn decode_chunks_edges() {
+        // Done before the call: nothing consumed, nothing kept, nothing touched.
+        let mut dec = ChunkedDecoder::new();
+        let mut buf = b"0\r\nT: 1\r\n\r\nNEXT".to_vec();
+        let r = decode_chunks(&mut dec, &mut buf, 0, ChunkedOutput::RawWithoutTrailers);
+        assert_eq!(r, Ok((11, 5)));
+        assert_eq!(&buf[..5], b"0\r\n\r\n");
+        assert_eq!(&buf[11..], b"NEXT");
+        let r = decode_chunks(&mut dec, &mut buf, 11, ChunkedOutput::Payload);
+        assert_eq!(r, Ok((0, 0)));
+        assert_eq!(&buf[11..], b"NEXT");
+        // Empty input; `from` at the end.
+        let mut dec = ChunkedDecoder::new();
+        assert_eq!(
+            decode_chunks(&mut dec, &mut buf, 15, ChunkedOutput::Raw),
+            Ok((0, 0))
+        );
+        // Errors come back (and stay).
+        let mut buf = b"2\r\nabX".to_vec();
+        for output in [ChunkedOutput::Raw, ChunkedOutput::Payload] {
+            assert_eq!(
+                decode_chunks(&mut dec, &mut buf, 0, output),
+                Err(ChunkedError::MissingCrlf)
+            );
         }
     }
 
