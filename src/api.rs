@@ -3,14 +3,14 @@
 
 use serde::Serialize;
 
+use crate::ctx::WorkerCtx;
 use crate::error::write_json_response;
-use crate::http::conn::After;
+use crate::http::client::After;
 use crate::logging::rfc3339;
 use crate::snapshot::Snapshot;
-use crate::worker::WorkerCtx;
 
 /// `200 OK` with body `OK`, as the original answers.
-pub fn health(close: bool, head_only: bool, out: &mut Vec<u8>) -> After {
+pub(crate) fn health(close: bool, head_only: bool, out: &mut Vec<u8>) -> After {
     out.clear();
     out.extend_from_slice(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: no-cache, no-store, must-revalidate\r\nContent-Length: 2\r\n",
@@ -43,7 +43,7 @@ struct Container<'a> {
 }
 
 /// The executors in configuration order, as the checker and the workers see them now.
-pub fn containers(
+pub(crate) fn containers(
     snapshot: &Snapshot,
     ctx: &WorkerCtx,
     head_only: bool,

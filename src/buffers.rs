@@ -11,17 +11,26 @@ pub const BODY_BUF: usize = 128 * 1024;
 const KEEP: usize = 128;
 
 #[derive(Default)]
-pub struct BufPool {
+pub(crate) struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
 }
 
 impl BufPool {
-    pub fn new() -> BufPool {
+    pub(crate) fn new() -> BufPool {
         BufPool::default()
     }
 
+    /// An empty buffer with `BODY_BUF` capacity that goes back to the pool when dropped,
+    /// on every path (errors included).
+    pub(crate) fn take(&self) -> PooledBuf<'_> {
+        PooledBuf {
+            pool: self,
+            buf: self.get(),
+        }
+    }
+
     /// An empty buffer with `BODY_BUF` capacity.
-    pub fn get(&self) -> Vec<u8> {
+    fn get(&self) -> Vec<u8> {
         self.free
             .borrow_mut()
             .pop()
@@ -29,7 +38,7 @@ impl BufPool {
     }
 
     /// Return a buffer; ones that were resized or lost their capacity are dropped.
-    pub fn put(&self, mut buf: Vec<u8>) {
+    fn put(&self, mut buf: Vec<u8>) {
         if buf.capacity() != BODY_BUF {
             return;
         }
@@ -38,5 +47,30 @@ impl BufPool {
         if free.len() < KEEP {
             free.push(buf);
         }
+    }
+}
+
+/// A body buffer on loan from the worker's pool.
+pub(crate) struct PooledBuf<'a> {
+    pool: &'a BufPool,
+    buf: Vec<u8>,
+}
+
+impl std::ops::Deref for PooledBuf<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for PooledBuf<'_> {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
     }
 }

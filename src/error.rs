@@ -2,12 +2,57 @@
 //! JSON shape with the no-cache headers of SPEC §7, rendered in one place.
 
 use std::fmt::Write as _;
+use std::io;
 
 use crate::http::chunked::ChunkedError;
 use crate::http::head::HeadError;
 
+/// Why an exchange with an executor failed before its response head (a `502`): typed and
+/// `Copy`, so failing costs no allocation; shown in dev-mode bodies and in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Connecting failed for a reason that does not make the executor unreachable.
+    Connect(io::ErrorKind),
+    /// Writing the request failed.
+    Send(io::ErrorKind),
+    /// EOF or reset before any byte of a response, on a fresh connection.
+    ClosedBeforeAnswer,
+    /// The same on a pooled connection, for a request that must not be sent twice
+    /// (RFC 9110 §9.2.2), or after a byte (even `1xx`) had come back.
+    ClosedNotReplayed,
+    /// EOF in the middle of the response head.
+    ClosedMidHead,
+    /// Reading the response failed.
+    Read(io::ErrorKind),
+    /// The response head broke a rule (RFC 9112).
+    MalformedHead(HeadError),
+    /// The chunked response body broke RFC 9112 §7.1 before anything was relayed.
+    MalformedBody(ChunkedError),
+    /// `101 Switching Protocols`: not relayed.
+    Upgrade,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Connect(kind) => write!(f, "connecting to the executor failed: {kind}"),
+            Cause::Send(kind) => write!(f, "sending the request to the executor failed: {kind}"),
+            Cause::ClosedBeforeAnswer => f.write_str("executor closed the connection before answering"),
+            Cause::ClosedNotReplayed => f.write_str(
+                "executor closed a reused connection before answering; the request is not replayed \
+                 (not idempotent, or part of an answer had arrived)",
+            ),
+            Cause::ClosedMidHead => f.write_str("executor closed the connection inside its response head"),
+            Cause::Read(kind) => write!(f, "reading the executor's response failed: {kind}"),
+            Cause::MalformedHead(e) => write!(f, "malformed response head from executor: {}", e.message()),
+            Cause::MalformedBody(e) => write!(f, "malformed chunked body from executor: {}", e.message()),
+            Cause::Upgrade => f.write_str("executor switched protocols, which the proxy does not relay"),
+        }
+    }
+}
+
 /// An error answered by the proxy (never by an executor).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ProxyError {
     /// Missing or wrong key in `Authorization`.
     Unauthorized,
@@ -23,8 +68,8 @@ pub enum ProxyError {
     HeadTimeout,
     /// The request body stalled longer than `OPR_PROXY_BODY_TIMEOUT`.
     BodyTimeout,
-    /// The executor failed before its response head; the detail is shown in dev mode only.
-    BadGateway(String),
+    /// The executor failed before its response head; the cause is shown in dev mode only.
+    BadGateway(Cause),
     /// The whole-request deadline passed before the executor's response head.
     GatewayTimeout,
 }
@@ -57,18 +102,26 @@ impl ProxyError {
         }
     }
 
-    /// Extra detail shown only in dev mode (may name executors).
-    fn detail(&self) -> Option<String> {
+    /// Extra detail shown only in dev mode.
+    fn detail(&self, f: &mut dyn std::fmt::Write) -> std::fmt::Result {
         match self {
-            ProxyError::BadGateway(cause) => Some(cause.clone()),
-            ProxyError::BadChunk(e) => Some(format!("{e:?}")),
-            ProxyError::BadHead(e) => Some(format!("{e:?}")),
-            _ => None,
+            ProxyError::BadGateway(cause) => write!(f, "{cause}"),
+            ProxyError::BadChunk(e) => write!(f, "{e:?}"),
+            ProxyError::BadHead(e) => write!(f, "{e:?}"),
+            _ => Ok(()),
         }
     }
 
+    fn has_detail(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadGateway(_) | ProxyError::BadChunk(_) | ProxyError::BadHead(_)
+        )
+    }
+
     /// After answering this error the client connection must close: the rest of the
-    /// request (its body) was not read, or the stream is out of sync.
+    /// request (its body) was not read, or the stream is out of sync. The two that do
+    /// not are answered after the request was read whole (or had no body).
     pub fn closes_connection(&self) -> bool {
         !matches!(
             self,
@@ -77,7 +130,8 @@ impl ProxyError {
     }
 
     /// The whole response: status line, SPEC §7 headers and JSON body (no body bytes
-    /// when answering `HEAD`, RFC 9110 §9.3.2).
+    /// when answering `HEAD`, RFC 9110 §9.3.2). Appends to `out`; allocates nothing
+    /// unless `out` must grow.
     pub fn write_response(
         &self,
         out: &mut Vec<u8>,
@@ -86,34 +140,52 @@ impl ProxyError {
         close: bool,
         head_only: bool,
     ) {
-        let body = self.body(version, dev);
-        write_json_response(out, self.status(), &body, close, head_only);
+        let mut counter = Counter(0);
+        let _ = self.write_body(&mut counter, version, dev);
+        write_json_head(out, self.status(), counter.0, close);
+        if !head_only {
+            let _ = self.write_body(&mut Adapter(out), version, dev);
+        }
     }
 
+    /// The JSON body of SPEC §7 (with `detail` in dev mode), as a String (tests, logs).
     pub fn body(&self, version: &str, dev: bool) -> String {
-        let mut body = String::with_capacity(96);
-        body.push_str("{\"message\":");
-        push_json_string(&mut body, self.message());
-        let _ = write!(body, ",\"code\":{}", self.status());
-        body.push_str(",\"version\":");
-        push_json_string(&mut body, version);
-        if dev {
-            if let Some(detail) = self.detail() {
-                body.push_str(",\"detail\":");
-                push_json_string(&mut body, &detail);
-            }
-        }
-        body.push('}');
+        let mut body = String::new();
+        let _ = self.write_body(&mut body, version, dev);
         body
+    }
+
+    fn write_body(
+        &self,
+        w: &mut dyn std::fmt::Write,
+        version: &str,
+        dev: bool,
+    ) -> std::fmt::Result {
+        w.write_str("{\"message\":")?;
+        write_json_string(w, self.message())?;
+        write!(w, ",\"code\":{}", self.status())?;
+        w.write_str(",\"version\":")?;
+        write_json_string(w, version)?;
+        if dev && self.has_detail() {
+            w.write_str(",\"detail\":")?;
+            let mut escaped = JsonEscape(w);
+            escaped.0.write_char('"')?;
+            self.detail(&mut escaped)?;
+            escaped.0.write_char('"')?;
+        }
+        w.write_char('}')
     }
 }
 
 impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.detail() {
-            Some(d) => write!(f, "{} ({d})", self.message()),
-            None => f.write_str(self.message()),
+        f.write_str(self.message())?;
+        if self.has_detail() {
+            f.write_str(" (")?;
+            self.detail(f)?;
+            f.write_str(")")?;
         }
+        Ok(())
     }
 }
 
@@ -125,6 +197,13 @@ pub fn write_json_response(
     close: bool,
     head_only: bool,
 ) {
+    write_json_head(out, status, body.len(), close);
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
+fn write_json_head(out: &mut Vec<u8>, status: u16, body_len: usize, close: bool) {
     let reason = crate::http::rewrite::canonical_reason(status);
     let _ = write!(
         Adapter(out),
@@ -133,35 +212,53 @@ pub fn write_json_response(
          Cache-Control: no-cache, no-store, must-revalidate\r\n\
          Expires: 0\r\n\
          Pragma: no-cache\r\n\
-         Content-Length: {}\r\n",
-        body.len()
+         Content-Length: {body_len}\r\n"
     );
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
 }
 
 /// Append `s` as a JSON string literal.
 pub fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    let _ = write_json_string(out, s);
+}
+
+fn write_json_string(w: &mut dyn std::fmt::Write, s: &str) -> std::fmt::Result {
+    w.write_char('"')?;
+    JsonEscape(w).write_str(s)?;
+    w.write_char('"')
+}
+
+/// Escapes what is written through it as the inside of a JSON string.
+struct JsonEscape<'a>(&'a mut dyn std::fmt::Write);
+
+impl std::fmt::Write for JsonEscape<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for c in s.chars() {
+            match c {
+                '"' => self.0.write_str("\\\"")?,
+                '\\' => self.0.write_str("\\\\")?,
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c if (c as u32) < 0x20 => write!(self.0, "\\u{:04x}", c as u32)?,
+                c => self.0.write_char(c)?,
             }
-            c => out.push(c),
         }
+        Ok(())
     }
-    out.push('"');
+}
+
+/// Counts the bytes a body will take, so its Content-Length is known before writing.
+struct Counter(usize);
+
+impl std::fmt::Write for Counter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
 }
 
 /// `fmt::Write` into a byte buffer without an intermediate String.
@@ -207,10 +304,16 @@ mod tests {
 
     #[test]
     fn detail_only_in_dev_mode() {
-        let e = ProxyError::BadGateway("connection reset by 10.0.0.7:80".into());
-        assert!(!render(&e, false, true).contains("10.0.0.7"));
+        let e = ProxyError::BadGateway(Cause::ClosedBeforeAnswer);
+        assert!(!render(&e, false, true).contains("detail"));
         let dev = render(&e, true, true);
-        assert!(dev.contains(r#""detail":"connection reset by 10.0.0.7:80""#));
+        assert!(dev.contains(r#""detail":"executor closed the connection before answering""#));
+        let (head, body) = dev.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{dev}"
+        );
+        assert_eq!(body, e.body("1.2.3", true));
         assert!(dev.contains("Connection: close"));
         assert!(dev.starts_with("HTTP/1.1 502 Bad Gateway"));
     }

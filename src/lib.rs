@@ -1,20 +1,23 @@
 //! opr-proxy: a thread-per-core io_uring drop-in replacement for Open Runtimes Proxy.
 //! `run(Config)` is the one entry for main, tests and benches.
 
-pub mod api;
+mod api;
 pub mod auth;
 pub mod balance;
-pub mod buffers;
+mod buffers;
 pub mod config;
+mod conn;
+mod ctx;
 pub mod error;
-pub mod forward;
+mod forward;
 pub mod health;
 pub mod http;
 pub mod logging;
-pub mod notify;
-pub mod pool;
+mod notify;
+mod pool;
 pub mod snapshot;
-pub mod worker;
+mod socket;
+mod worker;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -31,10 +31,6 @@ impl LocalNotify {
         }
     }
 
-    pub fn is_fired(&self) -> bool {
-        self.fired.get()
-    }
-
     pub fn wait(&self) -> Wait<'_> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
@@ -42,6 +38,7 @@ impl LocalNotify {
     }
 
     /// Registered waiters (for tests).
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.waiters.borrow().len()
     }

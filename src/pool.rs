@@ -1,5 +1,6 @@
 //! One worker's idle keep-alive connections to executors, per executor. Connections are
-//! checked in explicitly, only after a clean and complete exchange; stale ones expire.
+//! checked in only when `forward::reuse` said so, and checked out only when nothing
+//! arrived on them while idle (no bytes, no EOF); stale ones expire.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::socket::{self, Waiting};
+
 struct Idle {
     stream: TcpStream,
     addr: SocketAddr,
@@ -15,14 +18,14 @@ struct Idle {
 }
 
 /// `!Send`: owned by one worker, touched only by its tasks.
-pub struct Pool {
+pub(crate) struct Pool {
     idle: RefCell<Vec<VecDeque<Idle>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl Pool {
-    pub fn new(executors: usize, max_idle: usize, idle_timeout: Duration) -> Pool {
+    pub(crate) fn new(executors: usize, max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
             idle: RefCell::new((0..executors).map(|_| VecDeque::new()).collect()),
             max_idle,
@@ -30,19 +33,26 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection to `addr` of `executor`, if one is fresh.
-    /// Most recent first: it is the least likely to have been closed by the executor.
-    pub fn take(&self, executor: usize, addr: SocketAddr) -> Option<TcpStream> {
+    /// The most recently used idle connection to `addr` of `executor` that is still
+    /// clean. Most recent first: it is the least likely to have been closed by the
+    /// executor. One that received bytes (a late answer, a stray response) or EOF while
+    /// idle is closed: its bytes would reach the next client as its answer.
+    pub(crate) fn take(&self, executor: usize, addr: SocketAddr) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(executor)?;
         let now = Instant::now();
         expire(list, now, self.idle_timeout);
-        let pos = list.iter().rposition(|c| c.addr == addr)?;
-        list.remove(pos).map(|c| c.stream)
+        while let Some(pos) = list.iter().rposition(|c| c.addr == addr) {
+            let conn = list.remove(pos)?;
+            if socket::peek(&conn.stream) == Waiting::Nothing {
+                return Some(conn.stream);
+            }
+        }
+        None
     }
 
     /// Check a connection in after a clean exchange; dropped when the pool is full.
-    pub fn put(&self, executor: usize, addr: SocketAddr, stream: TcpStream) {
+    pub(crate) fn put(&self, executor: usize, addr: SocketAddr, stream: TcpStream) {
         if self.max_idle == 0 {
             return;
         }
@@ -63,19 +73,14 @@ impl Pool {
     }
 
     /// Close every idle connection to `executor` (they failed or are likely stale).
-    pub fn drop_idle(&self, executor: usize) {
+    pub(crate) fn drop_idle(&self, executor: usize) {
         if let Some(list) = self.idle.borrow_mut().get_mut(executor) {
             list.clear();
         }
     }
 
-    /// Idle connections currently held for `executor` (for tests and metrics).
-    pub fn idle_count(&self, executor: usize) -> usize {
-        self.idle.borrow().get(executor).map_or(0, VecDeque::len)
-    }
-
     /// Close every idle connection (shutdown).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         for list in self.idle.borrow_mut().iter_mut() {
             list.clear();
         }

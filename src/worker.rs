@@ -2,7 +2,6 @@
 //! flags, falling back to epoll), its own SO_REUSEPORT listener, picker, pool and
 //! buffers; the accept loop and the drain on stop.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,12 +12,9 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::balance::Picker;
-use crate::buffers::BufPool;
 use crate::config::{Config, IoDriver};
-use crate::notify::LocalNotify;
-use crate::pool::Pool;
-use crate::snapshot::{Board, Snapshot, SnapshotReader};
+use crate::ctx::{ActiveGuard, WorkerCtx};
+use crate::snapshot::Board;
 use crate::{error, info, warn};
 
 /// How often the accept loop looks at the process-wide stop flag.
@@ -27,86 +23,6 @@ const RING_ENTRIES: u32 = 1024;
 /// How often a worker at its connection cap looks for a free slot.
 const CAP_POLL: Duration = Duration::from_millis(5);
 const LISTEN_BACKLOG: i32 = 4096;
-
-/// Everything one worker owns; shared by its connection tasks through `Rc`.
-pub struct WorkerCtx {
-    pub id: usize,
-    pub config: Arc<Config>,
-    pub board: Arc<Board>,
-    reader: RefCell<SnapshotReader>,
-    /// A worker-local copy of the current snapshot, so taking it per request is a
-    /// non-atomic `Rc` clone instead of an atomic on a cache line every core shares.
-    local: RefCell<Rc<Snapshot>>,
-    pub picker: Picker,
-    pub pool: Pool,
-    pub bufs: BufPool,
-    /// `Bearer <OPR_PROXY_EXECUTOR_SECRET>`, built once.
-    pub executor_authorization: Box<[u8]>,
-    /// Set when the process is stopping: answer the request in hand, then close.
-    pub stopping: Cell<bool>,
-    pub stop_notify: LocalNotify,
-    active: Cell<usize>,
-}
-
-impl WorkerCtx {
-    pub fn new(id: usize, config: Arc<Config>, board: Arc<Board>) -> WorkerCtx {
-        let mut reader = SnapshotReader::new(board.clone());
-        let local = Rc::new(Snapshot::clone(reader.current()));
-        let executors = config.executors.len();
-        let seed = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as u64;
-        WorkerCtx {
-            id,
-            picker: Picker::new(config.algorithm, seed),
-            pool: Pool::new(executors, config.pool_size, config.pool_idle_timeout),
-            bufs: BufPool::new(),
-            executor_authorization: format!("Bearer {}", config.executor_secret)
-                .into_bytes()
-                .into_boxed_slice(),
-            stopping: Cell::new(false),
-            stop_notify: LocalNotify::new(),
-            active: Cell::new(0),
-            reader: RefCell::new(reader),
-            local: RefCell::new(local),
-            config,
-            board,
-        }
-    }
-
-    /// The newest snapshot: one atomic load, plus one copy per health round.
-    pub fn snapshot(&self) -> Rc<Snapshot> {
-        let mut reader = self.reader.borrow_mut();
-        let current = reader.current();
-        let mut local = self.local.borrow_mut();
-        if local.generation != current.generation {
-            *local = Rc::new(Snapshot::clone(current));
-        }
-        local.clone()
-    }
-
-    pub fn active_connections(&self) -> usize {
-        self.active.get()
-    }
-}
-
-/// Counts a connection task as active for the drain; decrements on drop (also on panic).
-pub struct ActiveGuard(Rc<WorkerCtx>);
-
-impl ActiveGuard {
-    pub fn new(ctx: Rc<WorkerCtx>) -> ActiveGuard {
-        ctx.active.set(ctx.active.get() + 1);
-        ActiveGuard(ctx)
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.set(self.0.active.get() - 1);
-    }
-}
 
 /// What a worker thread needs from the process.
 pub struct WorkerSpec {
@@ -286,7 +202,7 @@ where
                         let guard = ActiveGuard::new(ctx.clone());
                         let ctx = ctx.clone();
                         monoio::spawn(async move {
-                            crate::http::conn::serve(ctx, stream, peer).await;
+                            crate::conn::serve(ctx, stream, peer).await;
                             drop(guard);
                         });
                     }

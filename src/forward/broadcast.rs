@@ -1,54 +1,51 @@
 //! `x-opr-addressing-method: broadcast`: send the request to every online executor at
-//! once, answer `204` when all have answered; failures are logged, not returned.
+//! once, answer `204` when all have answered; failures are logged, not returned. Built
+//! from the same parts as anycast: the pump, `exchange::open` (pool cleanliness, offline
+//! flagging), the replay and reuse rules.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use monoio::net::TcpStream;
-
-use super::{
-    connect, decode_chunks, read_client_body, read_into, read_response_head, write_keep, Failure,
-};
-use crate::buffers::BODY_BUF;
-use crate::error::ProxyError;
+use super::exchange::{self, HeadFailure, OpenError};
+use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
+use super::reuse::{self, ResponseEnd, Reuse, Silence};
+use crate::ctx::WorkerCtx;
+use crate::error::{Cause, ProxyError};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::conn::{After, ClientConn};
-use crate::http::head::{HeaderRef, RequestFraming, RequestHead, ResponseFraming};
+use crate::http::client::{After, ClientConn};
+use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite::{self, RequestRewrite};
 use crate::warn;
-use crate::worker::WorkerCtx;
 
 /// The body is copied to every executor, so it is held in memory: bounded by this (or
 /// by `OPR_PROXY_MAX_BODY_SIZE` when smaller). Appwrite broadcasts body-less deletions.
-pub const BROADCAST_MAX_BODY: u64 = 1024 * 1024;
+pub(crate) const BROADCAST_MAX_BODY: u64 = 1024 * 1024;
 
-pub async fn broadcast(
+pub(super) async fn broadcast(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,
     head: &RequestHead,
     headers: &[HeaderRef],
     out: &mut Vec<u8>,
+    limit: Option<u64>,
 ) -> (After, u16) {
-    let limit = ctx
-        .config
-        .max_body_size
-        .map_or(BROADCAST_MAX_BODY, |m| m.min(BROADCAST_MAX_BODY));
     let deadline = Instant::now() + ctx.config.max_timeout;
-    let body =
-        match monoio::time::timeout_at(deadline.into(), read_body(ctx, conn, head, limit)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(Some(e))) => return super::answer(ctx, conn, out, e, true).await,
-            Ok(Err(None)) | Err(_) => return (After::Close, 0),
-        };
+    let read = monoio::time::timeout_at(deadline.into(), read_body(ctx, conn, head, limit));
+    let body = match read.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(Some(e))) => return ctx.answer(conn, out, e, false).await,
+        Ok(Err(None)) | Err(_) => return (After::Close, 0),
+    };
 
     let snapshot = ctx.snapshot();
     let targets = ctx
         .picker
         .all_online(&snapshot, |i| ctx.board.is_flagged_offline(i));
     if targets.is_empty() {
-        let close = !head.keep_alive;
         conn.consume(head.head_len);
-        return super::answer(ctx, conn, out, ProxyError::NoOnlineExecutor, close).await;
+        let e = ProxyError::NoOnlineExecutor;
+        return ctx.answer(conn, out, e, head.keep_alive).await;
     }
 
     // Every executor gets the body with a Content-Length, whatever the client used.
@@ -58,15 +55,14 @@ pub async fn broadcast(
     } else {
         RequestFraming::Length(body.len() as u64)
     };
-    let is_head = &conn.pending()[head.method.clone()] == b"HEAD";
+    let method = &conn.pending()[head.method.clone()];
+    let idempotent = reuse::is_idempotent(method);
+    let is_head = method == b"HEAD";
     let mut tasks = Vec::with_capacity(targets.len());
     for &i in &targets {
         let status = &snapshot.executors[i];
         let Some(&addr) = status.addrs.first() else {
-            warn!(
-                "Broadcast to executor \"{}\" skipped: address not resolved",
-                status.hostname
-            );
+            ctx.flag_offline(i, &"its address did not resolve");
             continue;
         };
         let mut request = Vec::with_capacity(1024 + body.len());
@@ -85,14 +81,17 @@ pub async fn broadcast(
         let ctx = ctx.clone();
         let hostname = status.hostname.clone();
         tasks.push(monoio::spawn(async move {
-            let result = monoio::time::timeout_at(
-                deadline.into(),
-                send_one(&ctx, i, addr, request, is_head),
-            )
-            .await;
-            match result {
+            let one = Delivery {
+                ctx: &ctx,
+                executor: i,
+                addr,
+                is_head,
+                idempotent,
+            };
+            match monoio::time::timeout_at(deadline.into(), one.send(request)).await {
                 Ok(Ok(_status)) => {}
-                Ok(Err(reason)) => warn!("Broadcast to executor \"{hostname}\" failed: {reason}"),
+                Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
+                Ok(Err(why)) => warn!("Broadcast to executor \"{hostname}\" failed: {why}"),
                 Err(_) => warn!("Broadcast to executor \"{hostname}\" failed: timed out"),
             }
         }));
@@ -109,149 +108,145 @@ pub async fn broadcast(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let ok = conn.write_out(out).await.is_ok();
-    (
-        if close || !ok {
-            After::Close
-        } else {
-            After::KeepAlive
-        },
-        204,
-    )
+    let ok = conn
+        .write_answer(out, ctx.config.body_timeout)
+        .await
+        .is_ok();
+    (After::close_if(close || !ok), 204)
 }
 
-/// Read the whole (bounded) request body. `Err(None)`: the client went away.
-/// The head stays pending; body bytes are consumed.
+/// Read the whole (bounded) request body, decoded. `Err(None)`: the client went away.
+/// The head stays pending; the body's bytes are taken out of the client's buffer.
 async fn read_body(
     ctx: &WorkerCtx,
     conn: &mut ClientConn,
     head: &RequestHead,
-    limit: u64,
+    limit: Option<u64>,
 ) -> Result<Vec<u8>, Option<ProxyError>> {
-    let body_start = conn.start + head.head_len;
-    let stall = ctx.config.body_timeout;
-    let mut body = Vec::new();
-    match head.framing {
-        RequestFraming::Empty => {}
-        RequestFraming::Length(n) => {
-            if n > limit {
-                return Err(Some(ProxyError::BodyTooLarge));
-            }
-            let n = n as usize;
-            let have = (conn.buf.len() - body_start).min(n);
-            body.extend_from_slice(&conn.buf[body_start..body_start + have]);
-            conn.buf.drain(body_start..body_start + have);
-            let mut buf = ctx.bufs.get();
-            while body.len() < n {
-                match read_client_body(&mut conn.stream, &mut buf, n - body.len(), stall).await {
-                    Ok(Some(got)) => body.extend_from_slice(&buf[..got]),
-                    Ok(None) => return Err(None),
-                    Err(()) => return Err(Some(ProxyError::BodyTimeout)),
-                }
-            }
-            ctx.bufs.put(buf);
-        }
-        RequestFraming::Chunked => {
-            let mut dec = ChunkedDecoder::new();
-            // Decode what is buffered, then keep reading; payload is compacted in place.
-            let mut pending = conn.buf.split_off(body_start);
-            let mut buf = ctx.bufs.get();
-            loop {
-                let (consumed, kept) = decode_chunks(&mut dec, &mut pending, 0, true)
-                    .map_err(|e| Some(ProxyError::BadChunk(e)))?;
-                body.extend_from_slice(&pending[..kept]);
-                if body.len() as u64 > limit {
-                    return Err(Some(ProxyError::BodyTooLarge));
-                }
-                if dec.is_done() {
-                    // Pipelined bytes after the body go back behind the head.
-                    conn.buf.extend_from_slice(&pending[consumed..]);
-                    break;
-                }
-                match read_client_body(&mut conn.stream, &mut buf, BODY_BUF, stall).await {
-                    Ok(Some(got)) => {
-                        pending.clear();
-                        pending.extend_from_slice(&buf[..got]);
-                    }
-                    Ok(None) => return Err(None),
-                    Err(()) => return Err(Some(ProxyError::BodyTimeout)),
-                }
-            }
-            ctx.bufs.put(buf);
-        }
+    let delimit = match head.framing {
+        RequestFraming::Empty => return Ok(Vec::new()),
+        RequestFraming::Length(n) => Delimit::Length(n),
+        RequestFraming::Chunked => Delimit::Chunked(ChunkedDecoder::new()),
+    };
+    let mut body = Body::new(delimit, Emit::Payload, limit);
+    let mut collected = Vec::new();
+    let from = conn.start + head.head_len;
+    let to = conn.buf.len();
+    let (kept, consumed) = body.frame(&mut conn.buf, from, to).map_err(client_error)?;
+    collected.extend_from_slice(&conn.buf[from..from + kept]);
+    // Keep the head (it is rewritten for every executor) and what follows the body.
+    conn.buf.drain(from..from + consumed);
+    if !body.is_done() {
+        let mut buf = ctx.bufs.take();
+        let stall = Some(ctx.config.body_timeout);
+        let sink = Sink::Collect(&mut collected);
+        let after = body
+            .pump(&mut conn.stream, sink, &mut buf, stall)
+            .await
+            .map_err(client_error)?;
+        conn.buf.extend_from_slice(&buf[after]);
     }
-    Ok(body)
+    Ok(collected)
 }
 
-/// Deliver one copy and read (and discard) the executor's whole answer.
-async fn send_one(
-    ctx: &WorkerCtx,
+fn client_error(e: PumpError) -> Option<ProxyError> {
+    match e {
+        PumpError::SourceClosed | PumpError::Sink => None,
+        PumpError::Stalled => Some(ProxyError::BodyTimeout),
+        PumpError::Chunk(e) => Some(ProxyError::BadChunk(e)),
+        PumpError::TooLarge => Some(ProxyError::BodyTooLarge),
+    }
+}
+
+/// Why one copy did not get an answer.
+enum Failed {
+    /// Refused or unreachable: flagged offline (and logged) by `exchange::open`.
+    Unreachable,
+    Exchange(Cause),
+    Body(PumpError),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Unreachable => f.write_str("executor unreachable"),
+            Failed::Exchange(cause) => write!(f, "{cause}"),
+            Failed::Body(e) => write!(f, "response body: {e:?}"),
+        }
+    }
+}
+
+/// One copy of the request to one executor.
+struct Delivery<'a> {
+    ctx: &'a WorkerCtx,
     executor: usize,
-    addr: std::net::SocketAddr,
-    mut request: Vec<u8>,
+    addr: SocketAddr,
     is_head: bool,
-) -> Result<u16, String> {
-    let pooled = ctx.pool.take(executor, addr);
-    let mut ex: TcpStream = match pooled {
-        Some(ex) => ex,
-        None => match connect(ctx, addr).await {
-            Ok(ex) => ex,
-            Err(Failure::Unreachable(reason)) | Err(Failure::Failed(reason)) => return Err(reason),
-        },
-    };
-    write_keep(&mut ex, &mut request)
-        .await
-        .map_err(|e| format!("sending failed: {e}"))?;
-    let mut eb = ctx.bufs.get();
-    let mut headers = Vec::new();
-    let response = read_response_head(&mut ex, &mut eb, is_head, &mut headers)
-        .await
-        .map_err(|e| e.describe())?;
-    let mut clean = response.keep_alive;
-    let avail = eb.len() - response.head_len;
-    match response.framing {
-        ResponseFraming::NoBody => clean &= avail == 0,
-        ResponseFraming::Length(n) => {
-            let mut remaining = n.saturating_sub(avail as u64);
-            clean &= avail as u64 <= n;
-            while remaining > 0 {
-                match read_into(&mut ex, &mut eb, remaining.min(BODY_BUF as u64) as usize).await {
-                    Ok(0) | Err(_) => return Err("executor closed mid-body".into()),
-                    Ok(got) => remaining -= got as u64,
+    idempotent: bool,
+}
+
+impl Delivery<'_> {
+    /// Deliver the copy and read (and drop) the executor's whole answer; a stale pooled
+    /// connection is replaced once when the request may be replayed.
+    async fn send(&self, mut request: Vec<u8>) -> Result<u16, Failed> {
+        let ctx = self.ctx;
+        let mut replayed = false;
+        loop {
+            let mut ex = match exchange::open(ctx, self.executor, self.addr, !replayed).await {
+                Ok(ex) => ex,
+                Err(OpenError::Unreachable) => return Err(Failed::Unreachable),
+                Err(OpenError::Failed(cause)) => return Err(Failed::Exchange(cause)),
+            };
+            let silence =
+                |replayed| reuse::after_silence(self.idempotent, ex.reused, replayed, true);
+            if let Err(e) = pump::write_keep(&mut ex.stream, &mut request).await {
+                match silence(replayed) {
+                    Silence::Replay => {
+                        replayed = true;
+                        continue;
+                    }
+                    Silence::Fail(_) => return Err(Failed::Exchange(Cause::Send(e.kind()))),
                 }
             }
-        }
-        ResponseFraming::Chunked => {
-            let mut dec = ChunkedDecoder::new();
+            let mut eb = ctx.bufs.take();
+            let mut headers = Vec::new();
+            let response = match exchange::read_response_head(
+                &mut ex.stream,
+                &mut eb,
+                self.is_head,
+                &mut headers,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(HeadFailure::Silent) => match silence(replayed) {
+                    Silence::Replay => {
+                        replayed = true;
+                        continue;
+                    }
+                    Silence::Fail(cause) => return Err(Failed::Exchange(cause)),
+                },
+                Err(HeadFailure::Failed(cause)) => return Err(Failed::Exchange(cause)),
+            };
+            let (mut body, _) = exchange::response_body(response.framing, false);
             let from = response.head_len;
-            let (consumed, _) =
-                decode_chunks(&mut dec, &mut eb, from, false).map_err(|e| format!("{e:?}"))?;
-            let mut extra = avail - consumed;
-            while !dec.is_done() {
-                let got = match read_into(&mut ex, &mut eb, BODY_BUF).await {
-                    Ok(0) | Err(_) => return Err("executor closed mid-body".into()),
-                    Ok(got) => got,
+            let mut end = exchange::frame_first_bytes(body.as_mut(), &mut eb, from, None)
+                .map_err(Failed::Body)?;
+            if let (ResponseEnd::Unfinished, Some(body)) = (end, body.as_mut()) {
+                let after = body
+                    .pump(&mut ex.stream, Sink::Discard, &mut eb, None)
+                    .await
+                    .map_err(Failed::Body)?;
+                end = if after.is_empty() {
+                    ResponseEnd::Clean
+                } else {
+                    ResponseEnd::Leftover
                 };
-                let (consumed, _) =
-                    decode_chunks(&mut dec, &mut eb, 0, false).map_err(|e| format!("{e:?}"))?;
-                extra = got - consumed;
             }
-            clean &= extra == 0;
-        }
-        ResponseFraming::UntilClose => {
-            clean = false;
-            loop {
-                match read_into(&mut ex, &mut eb, BODY_BUF).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("reading failed: {e}")),
-                }
+            if reuse::after_exchange(&response, true, end) == Reuse::Reusable {
+                ctx.pool.put(self.executor, self.addr, ex.stream);
             }
+            return Ok(response.status);
         }
     }
-    ctx.bufs.put(eb);
-    if clean {
-        ctx.pool.put(executor, addr, ex);
-    }
-    Ok(response.status)
 }

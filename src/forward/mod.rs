@@ -1,33 +1,37 @@
-//! One client request forwarded to one executor: pick, connect (pool or new), send the
-//! rewritten head and stream the body, relay the response, release or drop the
-//! executor connection. The whole-request deadline wraps all of it.
+//! One client request forwarded: the body limit and `100-continue`, then anycast (pick
+//! one executor, stream the request, relay the answer) or broadcast. The whole-request
+//! deadline wraps it. Framing goes through `pump`, reuse and replay through `reuse`.
 
-mod body;
-pub mod broadcast;
+mod broadcast;
+mod exchange;
+mod pump;
+mod reuse;
 
 use std::cell::Cell;
-use std::io;
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
 use crate::balance::Addressing;
-use crate::buffers::BODY_BUF;
-use crate::error::ProxyError;
+use crate::ctx::WorkerCtx;
+use crate::error::{Cause, ProxyError};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::conn::{After, ClientConn};
+use crate::http::client::{After, ClientConn};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
-use crate::warn;
-use crate::worker::WorkerCtx;
+use exchange::{HeadFailure, OpenError};
+use pump::{Body, Delimit, Emit, PumpError, Sink};
+use reuse::{ResponseEnd, Reuse, Silence};
 
-pub(crate) use body::{
-    decode_chunks, read_append, read_client_body, read_into, write_keep, write_range,
-};
+pub(crate) use broadcast::BROADCAST_MAX_BODY;
+
+/// How long the executor may work on a request before the proxy starts watching the
+/// client for a close (SPEC §5: a client that leaves abandons its request). Most answers
+/// come sooner, so they cost no extra poll.
+const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(5);
 
 /// Where a request stands when the deadline fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +43,7 @@ enum Phase {
 }
 
 /// Forward one request (anycast or broadcast) and answer the client.
-pub async fn forward(
+pub(crate) async fn forward(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,
     head: &RequestHead,
@@ -47,46 +51,58 @@ pub async fn forward(
     out: &mut Vec<u8>,
 ) -> (After, u16) {
     let config = &ctx.config;
-    // RFC 9110 §15.5.14: a declared length over the limit is refused before reading it.
-    if let (RequestFraming::Length(n), Some(max)) = (head.framing, config.max_body_size) {
-        if n > max {
-            return answer(ctx, conn, out, ProxyError::BodyTooLarge, true).await;
-        }
-    }
     let addressing = Addressing::from_header(head::find_header(
         conn.pending(),
         headers,
         "x-opr-addressing-method",
     ));
-    if addressing == Addressing::Broadcast {
-        return broadcast::broadcast(ctx, conn, head, headers, out).await;
+    let limit = match addressing {
+        Addressing::Broadcast => Some(
+            config
+                .max_body_size
+                .map_or(BROADCAST_MAX_BODY, |m| m.min(BROADCAST_MAX_BODY)),
+        ),
+        _ => config.max_body_size,
+    };
+    // RFC 9110 §15.5.14: a declared length over the limit is refused before reading it.
+    if let (RequestFraming::Length(n), Some(max)) = (head.framing, limit) {
+        if n > max {
+            return ctx.answer(conn, out, ProxyError::BodyTooLarge, false).await;
+        }
     }
-
     // RFC 9110 §10.1.1: answer 100-continue ourselves so the client starts sending; the
     // executor never sees Expect (the rewrite drops it).
     if head.expect_continue && has_body(head) && conn.pending().len() == head.head_len {
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        if conn.write_out(out).await.is_err() {
+        if conn.write_answer(out, config.body_timeout).await.is_err() {
             return (After::Close, 0);
         }
+    }
+    if addressing == Addressing::Broadcast {
+        return broadcast::broadcast(ctx, conn, head, headers, out, limit).await;
     }
 
     let phase = Cell::new(Phase::BeforeHead);
     let deadline = Instant::now() + config.max_timeout;
-    let exchange = Exchange {
+    let anycast = Anycast {
         ctx,
         head,
         headers,
         addressing,
+        limit,
         phase: &phase,
     };
-    match monoio::time::timeout_at(deadline.into(), exchange.run(conn, out)).await {
+    let mut response_headers = std::mem::take(&mut conn.response_headers);
+    let run = anycast.run(conn, out, &mut response_headers);
+    let result = monoio::time::timeout_at(deadline.into(), run).await;
+    conn.response_headers = response_headers;
+    match result {
         Ok(result) => result,
         Err(_) => match phase.get() {
             Phase::BeforeHead => {
-                let mut out = Vec::new();
-                answer(ctx, conn, &mut out, ProxyError::GatewayTimeout, true).await
+                ctx.answer(conn, out, ProxyError::GatewayTimeout, false)
+                    .await
             }
             Phase::HeadSent(status) => (After::Close, status),
         },
@@ -100,186 +116,144 @@ fn has_body(head: &RequestHead) -> bool {
     )
 }
 
-/// Answer an error made by the proxy.
-async fn answer(
-    ctx: &WorkerCtx,
-    conn: &mut ClientConn,
-    out: &mut Vec<u8>,
-    e: ProxyError,
-    close: bool,
-) -> (After, u16) {
-    out.clear();
-    let dev = ctx.config.is_development();
-    e.write_response(out, &ctx.config.version, dev, close, conn.head_request);
-    let ok = conn.write_out(out).await.is_ok();
-    let after = if close || !ok {
-        After::Close
-    } else {
-        After::KeepAlive
-    };
-    (after, e.status())
+/// The request body as far as it came with the head.
+struct FirstBytes {
+    /// The rest of the body, when it did not all come with the head.
+    rest: Option<Body>,
+    /// Body bytes of the client's buffer taken (framing included).
+    consumed: usize,
+    /// Of those, the bytes to send (`buf[..sent]` after the head; trailers removed).
+    sent: usize,
 }
 
-/// Why an executor could not be used.
-pub(crate) enum Failure {
-    /// Refused / unreachable / connect timeout: nothing was sent, try another executor.
-    Unreachable(String),
-    /// Anything else before the response head: 502.
-    Failed(String),
-}
-
-/// How the request body stands after the head was sent.
-struct BodyState {
-    /// Body bytes that were already buffered with the head (and went out with it).
-    initial: usize,
-    /// The whole body went out with the head: the request can be replayed on a fresh
-    /// connection if a pooled one turns out to be dead.
-    complete_with_head: bool,
-    decoder: Option<ChunkedDecoder>,
-}
-
-struct Exchange<'a> {
+/// One anycast request.
+struct Anycast<'a> {
     ctx: &'a Rc<WorkerCtx>,
     head: &'a RequestHead,
     headers: &'a [HeaderRef],
     addressing: Addressing,
+    limit: Option<u64>,
     phase: &'a Cell<Phase>,
 }
 
-enum BodyError {
-    /// The client closed or reset mid-body: nobody to answer.
-    ClientGone,
-    /// The client's body broke a rule (framing, size): answer it and close.
-    Client(ProxyError),
-    /// Writing to the executor failed.
-    ExecutorWrite,
-}
-
-enum HeadFailure {
-    /// EOF or reset before any response byte.
-    Closed,
-    Io(io::Error),
-    Malformed(head::HeadError),
-    Upgrade,
-}
-
-impl HeadFailure {
-    fn describe(&self) -> String {
-        match self {
-            HeadFailure::Closed => "executor closed the connection before answering".into(),
-            HeadFailure::Io(e) => format!("reading the executor's response failed: {e}"),
-            HeadFailure::Malformed(e) => format!("malformed response head from executor: {e:?}"),
-            HeadFailure::Upgrade => {
-                "executor switched protocols, which the proxy does not relay".into()
-            }
-        }
-    }
-}
-
-/// How the response relay ended.
-struct Relayed {
-    after: After,
-    status: u16,
-    executor_reusable: bool,
-}
-
-impl Exchange<'_> {
-    async fn run(&self, conn: &mut ClientConn, out: &mut Vec<u8>) -> (After, u16) {
+impl Anycast<'_> {
+    async fn run(
+        &self,
+        conn: &mut ClientConn,
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+    ) -> (After, u16) {
         let ctx = self.ctx;
         let head = self.head;
         let snapshot = ctx.snapshot();
-        let is_head = &conn.pending()[head.method.clone()] == b"HEAD";
-
-        let mut body = match self.buffered_body(conn) {
-            Ok(b) => b,
-            Err(e) => return answer(ctx, conn, out, e, true).await,
+        let is_head = conn.head_request;
+        let idempotent = reuse::is_idempotent(&conn.pending()[head.method.clone()]);
+        let mut first = match self.first_bytes(conn) {
+            Ok(first) => first,
+            Err(e) => return ctx.answer(conn, out, e, false).await,
         };
-        let mut eb = ctx.bufs.get();
-        let mut response_headers = std::mem::take(&mut conn.response_headers);
+        let in_hand = first.rest.is_none();
+        let mut eb = ctx.bufs.take();
         let mut replayed = false;
-        let (executor, addr, mut ex, response, early_answer) = loop {
-            // Try candidates until one takes the request; each refusal flags that executor
-            // offline for every worker (nothing was sent, so moving on is safe).
-            let (executor, addr, mut ex, reused) = loop {
-                let flagged = |i| ctx.board.is_flagged_offline(i);
-                let Some(i) =
-                    ctx.picker
-                        .pick(&snapshot, self.addressing, self.runtime_id(conn), flagged)
-                else {
-                    let close = !head.keep_alive || !body.complete_with_head;
-                    // The request is answered: it must not be parsed again on keep-alive.
-                    conn.consume(head.head_len + body.initial);
-                    return answer(ctx, conn, out, ProxyError::NoOnlineExecutor, close).await;
-                };
-                let status = &snapshot.executors[i];
-                let Some(&addr) = status.addrs.first() else {
-                    self.flag(i, "its address did not resolve");
-                    continue;
-                };
-                self.write_head(conn, out, &status.hostname, body.initial);
-                match self.open_and_send(i, addr, out).await {
-                    Ok((ex, reused)) => {
-                        if let Some(rt) = self.runtime_id(conn) {
-                            ctx.picker.mark_warm(&snapshot, i, rt);
-                        }
-                        break (i, addr, ex, reused);
-                    }
-                    Err(Failure::Unreachable(reason)) => self.flag(i, &reason),
-                    Err(Failure::Failed(reason)) => {
-                        let e = ProxyError::BadGateway(reason);
-                        return answer(ctx, conn, out, e, true).await;
-                    }
-                }
-            };
 
-            // Stream the rest of the request body.
+        let (executor, addr, mut ex, response, early_answer) = loop {
+            // Selection: every refusal flags that executor offline for every worker and
+            // moves on (nothing was sent).
+            let flagged = |i| ctx.board.is_flagged_offline(i);
+            let runtime = self.runtime_id(conn);
+            let Some(i) = ctx
+                .picker
+                .pick(&snapshot, self.addressing, runtime, flagged)
+            else {
+                // The request is answered: it must not be parsed again on keep-alive.
+                conn.consume(head.head_len + first.consumed);
+                let keep = head.keep_alive && in_hand;
+                return ctx
+                    .answer(conn, out, ProxyError::NoOnlineExecutor, keep)
+                    .await;
+            };
+            let status = &snapshot.executors[i];
+            let Some(&addr) = status.addrs.first() else {
+                ctx.flag_offline(i, &"its address did not resolve");
+                continue;
+            };
+            self.write_head(conn, out, &status.hostname, first.sent);
+            let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
+                Ok(ex) => ex,
+                Err(OpenError::Unreachable) => continue,
+                Err(OpenError::Failed(cause)) => return self.fail(conn, out, cause).await,
+            };
+            if let Some(rt) = self.runtime_id(conn) {
+                ctx.picker.mark_warm(&snapshot, i, rt);
+            }
+            if let Err(e) = pump::write_keep(&mut ex.stream, out).await {
+                match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
+                    Silence::Replay => {
+                        replayed = true;
+                        ctx.pool.drop_idle(i);
+                        continue;
+                    }
+                    Silence::Fail(_) => return self.fail(conn, out, Cause::Send(e.kind())).await,
+                }
+            }
+
+            // The rest of the request body.
             let mut early_answer = false;
-            if !body.complete_with_head {
-                match self.send_body_rest(conn, &mut ex, &mut eb, &mut body).await {
-                    Ok(()) => {}
-                    Err(BodyError::ClientGone) => return (After::Close, 0),
-                    Err(BodyError::Client(e)) => return answer(ctx, conn, out, e, true).await,
+            if let Some(rest) = first.rest.as_mut() {
+                let stall = Some(ctx.config.body_timeout);
+                let sink = Sink::Socket(&mut ex.stream);
+                match rest.pump(&mut conn.stream, sink, &mut eb, stall).await {
+                    // Pipelined bytes of the next request: keep them for the client loop.
+                    Ok(after) => conn.buf.extend_from_slice(&eb[after]),
+                    Err(PumpError::SourceClosed) => return (After::Close, 0),
+                    Err(PumpError::Stalled) => {
+                        return ctx.answer(conn, out, ProxyError::BodyTimeout, false).await
+                    }
+                    Err(PumpError::Chunk(e)) => {
+                        return ctx.answer(conn, out, ProxyError::BadChunk(e), false).await
+                    }
+                    Err(PumpError::TooLarge) => {
+                        return ctx.answer(conn, out, ProxyError::BodyTooLarge, false).await
+                    }
                     // The executor stopped reading; it may have answered early (e.g. 413).
-                    Err(BodyError::ExecutorWrite) => early_answer = true,
+                    Err(PumpError::Sink) => early_answer = true,
                 }
             }
 
             eb.clear();
-            match read_response_head(&mut ex, &mut eb, is_head, &mut response_headers).await {
-                Ok(r) => break (executor, addr, ex, r, early_answer),
-                // A pooled connection the executor closed while it sat idle (restart, its
-                // own idle timeout). The whole request is still in `out`, so nothing is
-                // lost: drop that executor's other idle connections (likely stale too) and
-                // go through selection once more.
-                Err(HeadFailure::Closed) if reused && body.complete_with_head && !replayed => {
-                    replayed = true;
-                    ctx.pool.drop_idle(executor);
+            match wait_head(conn, &mut ex.stream, &mut eb, is_head, response_headers).await {
+                None => return (After::Close, 0),
+                Some(Ok(r)) => break (i, addr, ex, r, early_answer),
+                Some(Err(HeadFailure::Silent)) => {
+                    match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
+                        // A pooled connection the executor closed just as it was taken:
+                        // its other idle ones are likely stale too.
+                        Silence::Replay => {
+                            replayed = true;
+                            ctx.pool.drop_idle(i);
+                        }
+                        Silence::Fail(cause) => return self.fail(conn, out, cause).await,
+                    }
                 }
-                Err(e) => {
-                    ctx.bufs.put(eb);
-                    let e = ProxyError::BadGateway(e.describe());
-                    return answer(ctx, conn, out, e, true).await;
-                }
+                Some(Err(HeadFailure::Failed(cause))) => return self.fail(conn, out, cause).await,
             }
         };
-        conn.consume(head.head_len + body.initial);
+        conn.consume(head.head_len + first.consumed);
 
-        let relayed = self
+        let (after, status, reuse) = self
             .relay(
                 conn,
-                &mut ex,
+                &mut ex.stream,
                 &mut eb,
                 out,
-                (&response, &response_headers),
+                (&response, response_headers),
                 early_answer,
             )
             .await;
-        conn.response_headers = response_headers;
-        ctx.bufs.put(eb);
-        if relayed.executor_reusable {
-            ctx.pool.put(executor, addr, ex);
+        if reuse == Reuse::Reusable {
+            ctx.pool.put(executor, addr, ex.stream);
         }
-        (relayed.after, relayed.status)
+        (after, status)
     }
 
     /// `x-opr-runtime-id`, read from the head in place (no copy per request).
@@ -289,65 +263,43 @@ impl Exchange<'_> {
             .filter(|v| !v.is_empty())
     }
 
-    fn flag(&self, executor: usize, reason: &str) {
-        let ctx = self.ctx;
-        if !ctx.board.is_flagged_offline(executor) {
-            ctx.board.flag_offline(executor);
-            let snapshot = ctx.snapshot();
-            let name = snapshot
-                .executors
-                .get(executor)
-                .map_or("?", |e| e.hostname.as_str());
-            warn!(
-                "Executor \"{name}\" went offline: {reason} (flagged by worker {})",
-                ctx.id
-            );
-        }
+    async fn fail(&self, conn: &mut ClientConn, out: &mut Vec<u8>, cause: Cause) -> (After, u16) {
+        self.ctx
+            .answer(conn, out, ProxyError::BadGateway(cause), false)
+            .await
     }
 
-    /// Body bytes that arrived with the head, validated; decides whether the whole body
-    /// is already in hand.
-    fn buffered_body(&self, conn: &mut ClientConn) -> Result<BodyState, ProxyError> {
+    /// Frame the body bytes that arrived with the head (in place: trailer fields are
+    /// removed) and decide whether the whole body is in hand.
+    fn first_bytes(&self, conn: &mut ClientConn) -> Result<FirstBytes, ProxyError> {
         let head = self.head;
-        let available = conn.pending().len() - head.head_len;
-        Ok(match head.framing {
-            RequestFraming::Empty => BodyState {
-                initial: 0,
-                complete_with_head: true,
-                decoder: None,
-            },
-            RequestFraming::Length(n) => {
-                let initial = (n.min(available as u64)) as usize;
-                BodyState {
-                    initial,
-                    complete_with_head: initial as u64 == n,
-                    decoder: None,
-                }
+        let delimit = match head.framing {
+            RequestFraming::Empty => {
+                return Ok(FirstBytes {
+                    rest: None,
+                    consumed: 0,
+                    sent: 0,
+                })
             }
-            RequestFraming::Chunked => {
-                let mut dec = ChunkedDecoder::new();
-                let from = conn.start + head.head_len;
-                let (consumed, _) = decode_chunks(&mut dec, &mut conn.buf, from, false)
-                    .map_err(ProxyError::BadChunk)?;
-                self.check_size(dec.body_len())?;
-                BodyState {
-                    initial: consumed,
-                    complete_with_head: dec.is_done(),
-                    decoder: Some(dec),
-                }
-            }
+            RequestFraming::Length(n) => Delimit::Length(n),
+            RequestFraming::Chunked => Delimit::Chunked(ChunkedDecoder::new()),
+        };
+        let mut body = Body::new(delimit, Emit::RawWithoutTrailers, self.limit);
+        let from = conn.start + head.head_len;
+        let to = conn.buf.len();
+        let (sent, consumed) = body.frame(&mut conn.buf, from, to).map_err(|e| match e {
+            PumpError::Chunk(e) => ProxyError::BadChunk(e),
+            _ => ProxyError::BodyTooLarge,
+        })?;
+        Ok(FirstBytes {
+            rest: (!body.is_done()).then_some(body),
+            consumed,
+            sent,
         })
     }
 
-    fn check_size(&self, len: u64) -> Result<(), ProxyError> {
-        match self.ctx.config.max_body_size {
-            Some(max) if len > max => Err(ProxyError::BodyTooLarge),
-            _ => Ok(()),
-        }
-    }
-
     /// The rewritten head followed by the body bytes already buffered.
-    fn write_head(&self, conn: &ClientConn, out: &mut Vec<u8>, hostname: &str, initial: usize) {
+    fn write_head(&self, conn: &ClientConn, out: &mut Vec<u8>, hostname: &str, sent: usize) {
         let ctx = self.ctx;
         let pending = conn.pending();
         out.clear();
@@ -360,81 +312,11 @@ impl Exchange<'_> {
         };
         rewrite::write_request_head(out, pending, self.head, self.headers, &rw);
         let start = self.head.head_len;
-        out.extend_from_slice(&pending[start..start + initial]);
+        out.extend_from_slice(&pending[start..start + sent]);
     }
 
-    /// A pooled connection, or a new one; a pooled one that fails the first write is
-    /// replaced by a new one (the executor closed it while idle; nothing was delivered).
-    async fn open_and_send(
-        &self,
-        executor: usize,
-        addr: SocketAddr,
-        out: &mut Vec<u8>,
-    ) -> Result<(TcpStream, bool), Failure> {
-        let ctx = self.ctx;
-        if let Some(mut ex) = ctx.pool.take(executor, addr) {
-            if write_keep(&mut ex, out).await.is_ok() {
-                return Ok((ex, true));
-            }
-        }
-        let mut ex = connect(ctx, addr).await?;
-        match write_keep(&mut ex, out).await {
-            Ok(()) => Ok((ex, false)),
-            Err(e) => Err(Failure::Failed(format!("sending to executor failed: {e}"))),
-        }
-    }
-
-    /// Stream the part of the request body that was not buffered with the head.
-    async fn send_body_rest(
-        &self,
-        conn: &mut ClientConn,
-        ex: &mut TcpStream,
-        buf: &mut Vec<u8>,
-        body: &mut BodyState,
-    ) -> Result<(), BodyError> {
-        let stall = self.ctx.config.body_timeout;
-        match (self.head.framing, body.decoder.as_mut()) {
-            (RequestFraming::Length(n), _) => {
-                let mut remaining = n - body.initial as u64;
-                while remaining > 0 {
-                    let want = remaining.min(BODY_BUF as u64) as usize;
-                    let got = match read_client_body(&mut conn.stream, buf, want, stall).await {
-                        Ok(Some(got)) => got,
-                        Ok(None) => return Err(BodyError::ClientGone),
-                        Err(()) => return Err(BodyError::Client(ProxyError::BodyTimeout)),
-                    };
-                    write_range(ex, buf, 0, got)
-                        .await
-                        .map_err(|_| BodyError::ExecutorWrite)?;
-                    remaining -= got as u64;
-                }
-                Ok(())
-            }
-            (RequestFraming::Chunked, Some(dec)) => {
-                while !dec.is_done() {
-                    let got = match read_client_body(&mut conn.stream, buf, BODY_BUF, stall).await {
-                        Ok(Some(got)) => got,
-                        Ok(None) => return Err(BodyError::ClientGone),
-                        Err(()) => return Err(BodyError::Client(ProxyError::BodyTimeout)),
-                    };
-                    let (consumed, _) = decode_chunks(dec, buf, 0, false)
-                        .map_err(|e| BodyError::Client(ProxyError::BadChunk(e)))?;
-                    self.check_size(dec.body_len()).map_err(BodyError::Client)?;
-                    write_range(ex, buf, 0, consumed)
-                        .await
-                        .map_err(|_| BodyError::ExecutorWrite)?;
-                    if consumed < got {
-                        // Pipelined bytes of the next request: keep them for the client loop.
-                        conn.buf.extend_from_slice(&buf[consumed..got]);
-                    }
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Send the response head and stream the body to the client.
+    /// Send the response head and stream the body to the client. Returns what happens to
+    /// the client connection, the status, and whether the executor connection is reusable.
     async fn relay(
         &self,
         conn: &mut ClientConn,
@@ -443,14 +325,9 @@ impl Exchange<'_> {
         out: &mut Vec<u8>,
         (response, response_headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
-    ) -> Relayed {
+    ) -> (After, u16, Reuse) {
         let client_http10 = self.head.minor_version == 0;
-        // What the client gets: chunked only to HTTP/1.1 clients; HTTP/1.0 gets the
-        // payload delimited by close (RFC 9112 §7.1: no chunked to 1.0).
-        let (framing, strip) = match response.framing {
-            ResponseFraming::Chunked if client_http10 => (ResponseFraming::UntilClose, true),
-            f => (f, false),
-        };
+        let (mut body, framing) = exchange::response_body(response.framing, client_http10);
         let close = !self.head.keep_alive
             || framing == ResponseFraming::UntilClose
             || early_answer
@@ -459,172 +336,65 @@ impl Exchange<'_> {
         let rw = ResponseRewrite { framing, close };
         rewrite::write_response_head(out, eb, response, response_headers, &rw);
         let status = response.status;
-        let after = if close {
-            After::Close
-        } else {
-            After::KeepAlive
-        };
-        let failed = |reusable: bool| Relayed {
-            after: After::Close,
-            status,
-            executor_reusable: reusable,
-        };
+        let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
 
-        // Body bytes that came with the head.
-        let from = response.head_len;
-        let mut executor_clean = response.keep_alive && !early_answer;
-        let mut remaining = 0u64;
-        let mut decoder = ChunkedDecoder::new();
-        let avail = eb.len() - from;
-        match response.framing {
-            ResponseFraming::NoBody => executor_clean &= avail == 0,
-            ResponseFraming::Length(n) => {
-                let take = (n.min(avail as u64)) as usize;
-                out.extend_from_slice(&eb[from..from + take]);
-                executor_clean &= take == avail;
-                remaining = n - take as u64;
+        let end = match exchange::frame_first_bytes(body.as_mut(), eb, response.head_len, Some(out))
+        {
+            Ok(end) => end,
+            Err(e) => {
+                // The head is not sent yet: a clean 502 is still possible.
+                let cause = match e {
+                    PumpError::Chunk(e) => Cause::MalformedBody(e),
+                    _ => Cause::ClosedMidHead,
+                };
+                let (after, status) = self.fail(conn, out, cause).await;
+                return (after, status, broken);
             }
-            ResponseFraming::Chunked => match decode_chunks(&mut decoder, eb, from, strip) {
-                Ok((consumed, kept)) => {
-                    out.extend_from_slice(&eb[from..from + kept]);
-                    if decoder.is_done() {
-                        executor_clean &= consumed == avail;
-                    }
-                }
-                Err(_) => {
-                    // The head is not sent yet: a clean 502 is still possible.
-                    let e = ProxyError::BadGateway("malformed chunked body from executor".into());
-                    let (after, status) = answer(self.ctx, conn, out, e, true).await;
-                    return Relayed {
-                        after,
-                        status,
-                        executor_reusable: false,
-                    };
-                }
-            },
-            ResponseFraming::UntilClose => {
-                out.extend_from_slice(&eb[from..]);
-                executor_clean = false;
-            }
-        }
+        };
         self.phase.set(Phase::HeadSent(status));
         if conn.write_out(out).await.is_err() {
-            return failed(false);
+            return (After::Close, status, broken);
         }
-
-        // The rest of the body.
-        match response.framing {
-            ResponseFraming::NoBody => {}
-            ResponseFraming::Length(_) => {
-                while remaining > 0 {
-                    let want = remaining.min(BODY_BUF as u64) as usize;
-                    let got = match read_into(ex, eb, want).await {
-                        Ok(0) | Err(_) => return failed(false), // truncated: the client must see it
-                        Ok(got) => got,
-                    };
-                    if write_range(&mut conn.stream, eb, 0, got).await.is_err() {
-                        return failed(false);
-                    }
-                    remaining -= got as u64;
+        let end = match (end, body.as_mut()) {
+            (ResponseEnd::Unfinished, Some(body)) => {
+                match body
+                    .pump(ex, Sink::Socket(&mut conn.stream), eb, None)
+                    .await
+                {
+                    Ok(after) if after.is_empty() => ResponseEnd::Clean,
+                    Ok(_) => ResponseEnd::Leftover,
+                    // Truncated or malformed: the client must see it (close), and a client
+                    // that left takes the executor connection with it.
+                    Err(_) => return (After::Close, status, broken),
                 }
             }
-            ResponseFraming::Chunked => {
-                while !decoder.is_done() {
-                    let got = match read_into(ex, eb, BODY_BUF).await {
-                        Ok(0) | Err(_) => return failed(false),
-                        Ok(got) => got,
-                    };
-                    let (consumed, kept) = match decode_chunks(&mut decoder, eb, 0, strip) {
-                        Ok(v) => v,
-                        Err(_) => return failed(false),
-                    };
-                    if decoder.is_done() {
-                        executor_clean &= consumed == got;
-                    }
-                    if write_range(&mut conn.stream, eb, 0, kept).await.is_err() {
-                        return failed(false);
-                    }
-                }
-            }
-            ResponseFraming::UntilClose => loop {
-                match read_into(ex, eb, BODY_BUF).await {
-                    Ok(0) => break,
-                    Ok(got) => {
-                        if write_range(&mut conn.stream, eb, 0, got).await.is_err() {
-                            return failed(false);
-                        }
-                    }
-                    Err(_) => return failed(false),
-                }
-            },
-        }
-        Relayed {
+            (end, _) => end,
+        };
+        let after = After::close_if(close);
+        (
             after,
             status,
-            executor_reusable: executor_clean,
-        }
+            reuse::after_exchange(response, !early_answer, end),
+        )
     }
 }
 
-/// Read until a final response head is in `eb`; interim 1xx heads are skipped.
-async fn read_response_head(
+/// Wait for the response head; once the executor has worked for `WATCH_CLIENT_AFTER`,
+/// also watch the client. `None`: the client left, so the request is abandoned and its
+/// executor connection closed (SPEC §5).
+async fn wait_head(
+    conn: &ClientConn,
     ex: &mut TcpStream,
     eb: &mut Vec<u8>,
     is_head: bool,
     headers: &mut Vec<HeaderRef>,
-) -> Result<ResponseHead, HeadFailure> {
-    loop {
-        if !eb.is_empty() {
-            match head::parse_response(eb, is_head, headers) {
-                Ok(Some(r)) if r.status == 101 => return Err(HeadFailure::Upgrade),
-                // RFC 9110 §15.2: interim responses; the proxy answered 100-continue itself.
-                Ok(Some(r)) if r.status < 200 => {
-                    eb.drain(..r.head_len);
-                    continue;
-                }
-                Ok(Some(r)) => return Ok(r),
-                Ok(None) => {}
-                Err(e) => return Err(HeadFailure::Malformed(e)),
-            }
-        }
-        let before = eb.len();
-        match read_append(ex, eb).await {
-            Ok(0) if before == 0 => return Err(HeadFailure::Closed),
-            Ok(0) => {
-                // Full buffer (head over 64 KiB) or EOF mid-head.
-                if eb.len() == eb.capacity() {
-                    return Err(HeadFailure::Malformed(head::HeadError::HeadTooLarge));
-                }
-                return Err(HeadFailure::Io(io::ErrorKind::UnexpectedEof.into()));
-            }
-            Ok(_) => {}
-            Err(e) if before == 0 && e.kind() == io::ErrorKind::ConnectionReset => {
-                return Err(HeadFailure::Closed)
-            }
-            Err(e) => return Err(HeadFailure::Io(e)),
-        }
+) -> Option<Result<ResponseHead, HeadFailure>> {
+    let mut read = std::pin::pin!(exchange::read_response_head(ex, eb, is_head, headers));
+    if let Ok(r) = monoio::time::timeout(WATCH_CLIENT_AFTER, read.as_mut()).await {
+        return Some(r);
     }
-}
-
-/// Connect within the connect timeout; classify failures that make the executor
-/// unreachable (try another) apart from the rest (502).
-pub(crate) async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, Failure> {
-    match monoio::time::timeout(ctx.config.connect_timeout, TcpStream::connect_addr(addr)).await {
-        Err(_) => Err(Failure::Unreachable(format!(
-            "connect timed out after {} s",
-            ctx.config.connect_timeout.as_secs()
-        ))),
-        Ok(Err(e)) => match e.kind() {
-            io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-            | io::ErrorKind::AddrNotAvailable
-            | io::ErrorKind::TimedOut => Err(Failure::Unreachable(e.to_string())),
-            _ => Err(Failure::Failed(format!("connect failed: {e}"))),
-        },
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
+    monoio::select! {
+        r = read.as_mut() => Some(r),
+        _ = conn.gone() => None,
     }
 }

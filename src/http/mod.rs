@@ -1,7 +1,7 @@
-//! HTTP/1.1 on the client side: the connection lifetime (`conn`), head parsing and
-//! framing rules (`head`, `chunked`, RFC 9112) and the pure header rewrites (`rewrite`).
+//! HTTP/1.1 framing and I/O: head parsing and framing rules (`head`, `chunked`, RFC
+//! 9112), the pure header rewrites (`rewrite`) and the client side's I/O (`client`).
 
 pub mod chunked;
-pub mod conn;
+pub(crate) mod client;
 pub mod head;
 pub mod rewrite;

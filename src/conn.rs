@@ -2,99 +2,21 @@
 //! (proxy API or forwarding), keep the connection alive only while both halves of every
 //! exchange finished cleanly.
 
-use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::head::{self, HeaderRef, RequestFraming, RequestHead};
+use crate::ctx::WorkerCtx;
 use crate::error::ProxyError;
-use crate::worker::WorkerCtx;
+use crate::http::client::{After, ClientConn};
+use crate::http::head::{self, HeaderRef, RequestFraming, RequestHead};
 use crate::{api, auth, forward, info};
 
-/// Initial capacity of a connection's head buffer; grows (up to the head limit) only for
-/// unusually large heads.
-const HEAD_BUF: usize = 8 * 1024;
-
-/// Whether the client connection may carry another request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum After {
-    KeepAlive,
-    Close,
-}
-
-/// The client side of a connection: the socket and the bytes read but not yet used.
-pub struct ClientConn {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-    /// Unconsumed bytes are `buf[start..]`.
-    pub buf: Vec<u8>,
-    pub start: usize,
-    /// Reused for every response head on this connection (no allocation per request).
-    pub response_headers: Vec<HeaderRef>,
-    /// The request in hand is `HEAD`: answers the proxy makes carry no body.
-    pub head_request: bool,
-}
-
-impl ClientConn {
-    pub fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    pub fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start >= self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-    }
-
-    /// Read more bytes after the pending ones. `Ok(0)` is EOF.
-    pub async fn read_more(&mut self) -> io::Result<usize> {
-        if self.start > 0 && self.buf.len() == self.buf.capacity() {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        if self.buf.len() == self.buf.capacity() {
-            // Only reached while a head is incomplete; the head limits bound the growth.
-            self.buf.reserve(self.buf.capacity().max(HEAD_BUF));
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
-        self.buf = slice.into_inner();
-        res
-    }
-
-    /// Write all of `out`; `out` comes back cleared (or empty if the write was cancelled).
-    pub async fn write_out(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        write_vec(&mut self.stream, out).await
-    }
-}
-
-/// Write a whole Vec on any stream and hand the (cleared) Vec back.
-pub async fn write_vec(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
-    let owned = std::mem::take(out);
-    let (res, mut owned) = stream.write_all(owned).await;
-    owned.clear();
-    *out = owned;
-    res.map(|_| ())
-}
-
 /// Serve one accepted connection until it closes.
-pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
-    let mut conn = ClientConn {
-        stream,
-        peer,
-        buf: Vec::with_capacity(HEAD_BUF),
-        start: 0,
-        response_headers: Vec::with_capacity(32),
-        head_request: false,
-    };
+pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
+    let mut conn = ClientConn::new(stream, peer);
     let mut headers: Vec<HeaderRef> = Vec::with_capacity(32);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     loop {
@@ -103,7 +25,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
             Ok(None) => return,
             Err(e) => {
                 conn.head_request = false;
-                answer_error(&ctx, &mut conn, &mut out, &e, true).await;
+                ctx.answer(&mut conn, &mut out, e, false).await;
                 return;
             }
         };
@@ -195,33 +117,24 @@ async fn handle(
     if is_get && path == b"/v1/proxy/health" {
         let close = !head.keep_alive || has_body(head);
         let after = api::health(close, method == b"HEAD", out);
-        return finish_local(conn, head, out, after, 200).await;
+        return finish_local(ctx, conn, head, out, after, 200).await;
     }
 
     let authorization = head::find_header(pending, headers, "authorization");
     if !auth::is_authorized(authorization, ctx.config.secret.as_bytes()) {
-        let e = ProxyError::Unauthorized;
-        let close = !head.keep_alive || has_body(head);
-        let dev = ctx.config.is_development();
-        e.write_response(out, &ctx.config.version, dev, close, method == b"HEAD");
-        let after = if close {
-            After::Close
-        } else {
-            After::KeepAlive
-        };
-        return finish_local(conn, head, out, after, e.status()).await;
+        // The body (if any) is not read: the answer closes and lingers.
+        let keep_alive = head.keep_alive && !has_body(head);
+        conn.consume(head.head_len);
+        return ctx
+            .answer(conn, out, ProxyError::Unauthorized, keep_alive)
+            .await;
     }
 
     if is_get && path == b"/v1/proxy/containers" {
         let snapshot = ctx.snapshot();
         let close = !head.keep_alive || has_body(head);
         api::containers(&snapshot, ctx, method == b"HEAD", close, out);
-        let after = if close {
-            After::Close
-        } else {
-            After::KeepAlive
-        };
-        return finish_local(conn, head, out, after, 200).await;
+        return finish_local(ctx, conn, head, out, After::close_if(close), 200).await;
     }
 
     forward::forward(ctx, conn, head, headers, out).await
@@ -236,8 +149,10 @@ fn has_body(head: &RequestHead) -> bool {
     )
 }
 
-/// Send a response the proxy made itself and consume the request head.
+/// Send a response the proxy made itself (within the answer deadline) and consume the
+/// request head.
 async fn finish_local(
+    ctx: &WorkerCtx,
     conn: &mut ClientConn,
     head: &RequestHead,
     out: &mut Vec<u8>,
@@ -245,24 +160,14 @@ async fn finish_local(
     status: u16,
 ) -> (After, u16) {
     conn.consume(head.head_len);
-    if conn.write_out(out).await.is_err() {
+    if conn
+        .write_answer(out, ctx.config.body_timeout)
+        .await
+        .is_err()
+    {
         return (After::Close, status);
     }
     (after, status)
-}
-
-/// Answer an error that ends the connection (bad head, head timeout).
-pub async fn answer_error(
-    ctx: &WorkerCtx,
-    conn: &mut ClientConn,
-    out: &mut Vec<u8>,
-    e: &ProxyError,
-    close: bool,
-) {
-    out.clear();
-    let dev = ctx.config.is_development();
-    e.write_response(out, &ctx.config.version, dev, close, conn.head_request);
-    let _ = conn.write_out(out).await;
 }
 
 /// `METHOD target` for the access log (target cut to 512 bytes, lossy UTF-8).

@@ -1,0 +1,140 @@
+//! What one worker's connection tasks share: config, the snapshot reader, picker, pool,
+//! buffers, the stop signal and the count of active connections. `!Send` by design.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::balance::Picker;
+use crate::buffers::BufPool;
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::http::client::{After, ClientConn};
+use crate::notify::LocalNotify;
+use crate::pool::Pool;
+use crate::snapshot::{Board, Snapshot, SnapshotReader};
+use crate::warn;
+
+/// Everything one worker owns; shared by its connection tasks through `Rc`.
+pub struct WorkerCtx {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub board: Arc<Board>,
+    reader: RefCell<SnapshotReader>,
+    /// A worker-local copy of the current snapshot, so taking it per request is a
+    /// non-atomic `Rc` clone instead of an atomic on a cache line every core shares.
+    local: RefCell<Rc<Snapshot>>,
+    pub picker: Picker,
+    pub pool: Pool,
+    pub bufs: BufPool,
+    /// `Bearer <OPR_PROXY_EXECUTOR_SECRET>`, built once.
+    pub executor_authorization: Box<[u8]>,
+    /// Set when the process is stopping: answer the request in hand, then close.
+    pub stopping: Cell<bool>,
+    pub stop_notify: LocalNotify,
+    active: Cell<usize>,
+}
+
+impl WorkerCtx {
+    pub fn new(id: usize, config: Arc<Config>, board: Arc<Board>) -> WorkerCtx {
+        let mut reader = SnapshotReader::new(board.clone());
+        let local = Rc::new(Snapshot::clone(reader.current()));
+        let executors = config.executors.len();
+        let seed = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+        WorkerCtx {
+            id,
+            picker: Picker::new(config.algorithm, seed),
+            pool: Pool::new(executors, config.pool_size, config.pool_idle_timeout),
+            bufs: BufPool::new(),
+            executor_authorization: format!("Bearer {}", config.executor_secret)
+                .into_bytes()
+                .into_boxed_slice(),
+            stopping: Cell::new(false),
+            stop_notify: LocalNotify::new(),
+            active: Cell::new(0),
+            reader: RefCell::new(reader),
+            local: RefCell::new(local),
+            config,
+            board,
+        }
+    }
+
+    /// The newest snapshot: one atomic load, plus one copy per health round.
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        let mut reader = self.reader.borrow_mut();
+        let current = reader.current();
+        let mut local = self.local.borrow_mut();
+        if local.generation != current.generation {
+            *local = Rc::new(Snapshot::clone(current));
+        }
+        local.clone()
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.active.get()
+    }
+
+    /// Answer an error the proxy makes itself (SPEC §7) and return what happens to the
+    /// connection and the status sent. `keep_alive`: the request was read whole and its
+    /// client allows another; errors that leave the stream out of step close anyway
+    /// (`ProxyError::closes_connection`). A closing answer lingers, so a client still
+    /// sending its body reads the answer instead of a reset.
+    pub(crate) async fn answer(
+        &self,
+        conn: &mut ClientConn,
+        out: &mut Vec<u8>,
+        e: ProxyError,
+        keep_alive: bool,
+    ) -> (After, u16) {
+        let close = !keep_alive || e.closes_connection() || self.stopping.get();
+        out.clear();
+        let dev = self.config.is_development();
+        e.write_response(out, &self.config.version, dev, close, conn.head_request);
+        let written = conn
+            .write_answer(out, self.config.body_timeout)
+            .await
+            .is_ok();
+        if close && written {
+            conn.linger_close().await;
+        }
+        (After::close_if(close || !written), e.status())
+    }
+
+    /// The executor refused or did not answer a connection: every worker skips it until
+    /// the checker sees a probe pass. Logged once, by the worker that flagged it.
+    pub fn flag_offline(&self, executor: usize, reason: &dyn std::fmt::Display) {
+        if self.board.is_flagged_offline(executor) {
+            return;
+        }
+        self.board.flag_offline(executor);
+        let snapshot = self.snapshot();
+        let name = snapshot
+            .executors
+            .get(executor)
+            .map_or("?", |e| e.hostname.as_str());
+        warn!(
+            "Executor \"{name}\" went offline: {reason} (flagged by worker {})",
+            self.id
+        );
+    }
+}
+
+/// Counts a connection task as active for the drain; decrements on drop (also on panic).
+pub struct ActiveGuard(Rc<WorkerCtx>);
+
+impl ActiveGuard {
+    pub fn new(ctx: Rc<WorkerCtx>) -> ActiveGuard {
+        ctx.active.set(ctx.active.get() + 1);
+        ActiveGuard(ctx)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}

@@ -1,0 +1,211 @@
+//! The parts of an exchange with an executor that anycast and broadcast share: opening a
+//! connection (a clean pooled one, or a new one; an unreachable executor is flagged
+//! offline for every worker), reading the response head, and the response body's framing
+//! on the way out.
+
+use std::io;
+use std::net::SocketAddr;
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+use monoio::net::TcpStream;
+
+use super::pump::{Body, Delimit, Emit, PumpError};
+use super::reuse::ResponseEnd;
+use crate::ctx::WorkerCtx;
+use crate::error::Cause;
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::head::{self, HeaderRef, ResponseFraming, ResponseHead};
+
+/// A connection to an executor, and whether it came from the pool.
+pub(crate) struct ExecutorConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) reused: bool,
+}
+
+/// Why no connection could be had.
+pub(crate) enum OpenError {
+    /// Refused, unreachable or timed out: nothing was sent, the executor is flagged
+    /// offline, another one may be tried.
+    Unreachable,
+    /// Anything else: 502.
+    Failed(Cause),
+}
+
+/// A clean pooled connection to `executor` (when `pooled` allows), else a new one within
+/// the connect timeout.
+pub(crate) async fn open(
+    ctx: &WorkerCtx,
+    executor: usize,
+    addr: SocketAddr,
+    pooled: bool,
+) -> Result<ExecutorConn, OpenError> {
+    if pooled {
+        if let Some(stream) = ctx.pool.take(executor, addr) {
+            return Ok(ExecutorConn {
+                stream,
+                reused: true,
+            });
+        }
+    }
+    let timeout = ctx.config.connect_timeout;
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Err(_) => {
+            let reason = format_args!("connect timed out after {} s", timeout.as_secs());
+            ctx.flag_offline(executor, &reason);
+            Err(OpenError::Unreachable)
+        }
+        Ok(Err(e)) => match e.kind() {
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::TimedOut => {
+                ctx.flag_offline(executor, &e);
+                Err(OpenError::Unreachable)
+            }
+            kind => Err(OpenError::Failed(Cause::Connect(kind))),
+        },
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(ExecutorConn {
+                stream,
+                reused: false,
+            })
+        }
+    }
+}
+
+/// Why no response head could be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeadFailure {
+    /// EOF or reset before any byte came back: the request may be replayed
+    /// (`reuse::after_silence` decides).
+    Silent,
+    Failed(Cause),
+}
+
+/// Read until a final response head is in `eb`; interim `1xx` heads are skipped (the
+/// proxy answers `100-continue` itself), but they count as an answer for replays.
+pub(crate) async fn read_response_head(
+    ex: &mut TcpStream,
+    eb: &mut Vec<u8>,
+    is_head: bool,
+    headers: &mut Vec<HeaderRef>,
+) -> Result<ResponseHead, HeadFailure> {
+    let mut answered = false;
+    loop {
+        if !eb.is_empty() {
+            match head::parse_response(eb, is_head, headers) {
+                Ok(Some(r)) if r.status == 101 => return Err(HeadFailure::Failed(Cause::Upgrade)),
+                // RFC 9110 §15.2: interim responses are not relayed.
+                Ok(Some(r)) if r.status < 200 => {
+                    eb.drain(..r.head_len);
+                    continue;
+                }
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => return Err(HeadFailure::Failed(Cause::MalformedHead(e))),
+            }
+        }
+        match read_append(ex, eb).await {
+            Ok(0) if !answered => return Err(HeadFailure::Silent),
+            Ok(0) if eb.is_empty() => return Err(HeadFailure::Failed(Cause::ClosedBeforeAnswer)),
+            Ok(0) if eb.len() == eb.capacity() => {
+                return Err(HeadFailure::Failed(Cause::MalformedHead(
+                    head::HeadError::HeadTooLarge,
+                )))
+            }
+            Ok(0) => return Err(HeadFailure::Failed(Cause::ClosedMidHead)),
+            Ok(_) => answered = true,
+            Err(e)
+                if !answered
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Err(HeadFailure::Silent)
+            }
+            Err(e) => return Err(HeadFailure::Failed(Cause::Read(e.kind()))),
+        }
+    }
+}
+
+/// Append to `buf` after its current bytes, up to its capacity. `Ok(0)` is EOF (or full).
+async fn read_append(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let owned = std::mem::take(buf);
+    let len = owned.len();
+    if len == owned.capacity() {
+        *buf = owned;
+        return Ok(0);
+    }
+    let (res, slice) = stream.read(owned.slice_mut(len..)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+/// The response body as the pump reads it, and the framing the client gets: lengths are
+/// kept; chunked passes through to HTTP/1.1 clients, HTTP/1.0 clients get the payload
+/// delimited by close (RFC 9112 §7.1: no chunked to 1.0); a close-delimited body is
+/// re-framed as chunks for HTTP/1.1 clients so their connection stays usable (SPEC §5).
+pub(crate) fn response_body(
+    framing: ResponseFraming,
+    client_http10: bool,
+) -> (Option<Body>, ResponseFraming) {
+    let chunked = || Delimit::Chunked(ChunkedDecoder::new());
+    match (framing, client_http10) {
+        (ResponseFraming::NoBody, _) => (None, ResponseFraming::NoBody),
+        (ResponseFraming::Length(n), _) => (
+            Some(Body::new(Delimit::Length(n), Emit::Raw, None)),
+            ResponseFraming::Length(n),
+        ),
+        (ResponseFraming::Chunked, false) => (
+            Some(Body::new(chunked(), Emit::Raw, None)),
+            ResponseFraming::Chunked,
+        ),
+        (ResponseFraming::Chunked, true) => (
+            Some(Body::new(chunked(), Emit::Payload, None)),
+            ResponseFraming::UntilClose,
+        ),
+        (ResponseFraming::UntilClose, false) => (
+            Some(Body::new(Delimit::Close, Emit::AsChunks, None)),
+            ResponseFraming::Chunked,
+        ),
+        (ResponseFraming::UntilClose, true) => (
+            Some(Body::new(Delimit::Close, Emit::Raw, None)),
+            ResponseFraming::UntilClose,
+        ),
+    }
+}
+
+/// Frame the body bytes that came with the response head (`eb[from..]`) and append what
+/// the client gets to `out`. Returns how the response stands: `Clean` when the body is
+/// complete with nothing after it, `Leftover` when bytes follow its end, `Unfinished`
+/// when more body is to come.
+pub(crate) fn frame_first_bytes(
+    body: Option<&mut Body>,
+    eb: &mut [u8],
+    from: usize,
+    out: Option<&mut Vec<u8>>,
+) -> Result<ResponseEnd, PumpError> {
+    let avail = eb.len() - from;
+    let Some(body) = body else {
+        return Ok(if avail == 0 {
+            ResponseEnd::Clean
+        } else {
+            ResponseEnd::Leftover
+        });
+    };
+    let (emitted, consumed) = body.frame(eb, from, eb.len())?;
+    if let Some(out) = out {
+        body.push_framed(out, &eb[from..from + emitted]);
+    }
+    Ok(if !body.is_done() {
+        ResponseEnd::Unfinished
+    } else if consumed < avail {
+        ResponseEnd::Leftover
+    } else {
+        ResponseEnd::Clean
+    })
+}

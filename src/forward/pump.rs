@@ -1,0 +1,348 @@
+//! The one body pump: how a message body is delimited (RFC 9112 §6.3) and how it leaves
+//! (as received, without trailer fields, payload only, or re-framed as chunks). Used for
+//! request bodies (client → executor), response bodies (executor → client) and broadcast
+//! answers (executor → nowhere). Fixed buffers, exact lengths, framing checked as it flows.
+
+use std::io;
+use std::ops::Range;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedOutput};
+
+/// Room kept before the data of each read for a chunk-size line, and after it for the
+/// CRLF, when a close-delimited body is re-framed as chunks: the size of one read
+/// (≤ 128 KiB, `20000` in hex) and CRLF fit in 8 bytes.
+const CHUNK_ROOM: usize = 8;
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How the body ends (RFC 9112 §6.3).
+#[derive(Clone, Debug)]
+pub(crate) enum Delimit {
+    /// This many bytes remain.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the sender closes (responses only).
+    Close,
+}
+
+/// What the pump writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Emit {
+    /// The bytes as received (after validation).
+    Raw,
+    /// Chunked framing without the trailer fields (requests: SPEC §5).
+    RawWithoutTrailers,
+    /// Only the payload of a chunked body (for HTTP/1.0 clients: delimited by close).
+    Payload,
+    /// A close-delimited body re-framed as chunks (for HTTP/1.1 clients, so their
+    /// connection stays usable).
+    AsChunks,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PumpError {
+    /// The source closed or failed before the end of the body.
+    SourceClosed,
+    /// The source sent nothing for the stall limit.
+    Stalled,
+    /// The chunked framing broke RFC 9112 §7.1.
+    Chunk(ChunkedError),
+    /// The payload grew past the limit.
+    TooLarge,
+    /// Writing to the destination failed.
+    Sink,
+}
+
+/// Where the pump puts the body.
+pub(crate) enum Sink<'a> {
+    Socket(&'a mut TcpStream),
+    /// Kept in memory (a broadcast body, bounded by the body's limit).
+    Collect(&'a mut Vec<u8>),
+    /// Read and dropped (a broadcast's answers).
+    Discard,
+}
+
+impl Sink<'_> {
+    async fn write(&mut self, buf: &mut Vec<u8>, from: usize, to: usize) -> Result<(), PumpError> {
+        match self {
+            Sink::Socket(stream) => write_range(stream, buf, from, to)
+                .await
+                .map_err(|_| PumpError::Sink),
+            Sink::Collect(body) => {
+                body.extend_from_slice(&buf[from..to]);
+                Ok(())
+            }
+            Sink::Discard => Ok(()),
+        }
+    }
+}
+
+/// One body in flight.
+pub(crate) struct Body {
+    delimit: Delimit,
+    emit: Emit,
+    /// Largest payload allowed (request bodies).
+    limit: Option<u64>,
+}
+
+impl Body {
+    pub(crate) fn new(delimit: Delimit, emit: Emit, limit: Option<u64>) -> Body {
+        Body {
+            delimit,
+            emit,
+            limit,
+        }
+    }
+
+    /// The whole body has been framed.
+    pub(crate) fn is_done(&self) -> bool {
+        match &self.delimit {
+            Delimit::Length(n) => *n == 0,
+            Delimit::Chunked(dec) => dec.is_done(),
+            Delimit::Close => false,
+        }
+    }
+
+    /// Frame `buf[from..to]` in place: returns `(emitted, consumed)`, the output being
+    /// `buf[from..from + emitted]` (without chunk framing for `AsChunks`; see
+    /// `push_framed`). Bytes after `from + consumed` belong to what follows the body.
+    pub(crate) fn frame(
+        &mut self,
+        buf: &mut [u8],
+        from: usize,
+        to: usize,
+    ) -> Result<(usize, usize), PumpError> {
+        match &mut self.delimit {
+            Delimit::Length(remaining) => {
+                let take = (to - from).min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                *remaining -= take as u64;
+                Ok((take, take))
+            }
+            Delimit::Chunked(dec) => {
+                let output = match self.emit {
+                    Emit::RawWithoutTrailers => ChunkedOutput::RawWithoutTrailers,
+                    Emit::Payload => ChunkedOutput::Payload,
+                    Emit::Raw | Emit::AsChunks => ChunkedOutput::Raw,
+                };
+                let (consumed, kept) =
+                    decode_chunks(dec, &mut buf[..to], from, output).map_err(PumpError::Chunk)?;
+                if self.limit.is_some_and(|max| dec.body_len() > max) {
+                    return Err(PumpError::TooLarge);
+                }
+                Ok((kept, consumed))
+            }
+            Delimit::Close => Ok((to - from, to - from)),
+        }
+    }
+
+    /// Append `data` to `out` as this body emits it (chunk framing for `AsChunks`).
+    pub(crate) fn push_framed(&self, out: &mut Vec<u8>, data: &[u8]) {
+        if self.emit == Emit::AsChunks {
+            if !data.is_empty() {
+                push_chunk_size(out, data.len());
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+            }
+        } else {
+            out.extend_from_slice(data);
+        }
+    }
+
+    /// Read the rest of the body from `src` and write it to `dst`, through
+    /// `buf`. `stall` bounds each read (client bodies). Returns the bytes read past the
+    /// end of the body (`buf[range]`, empty when none): pipelined client bytes, or
+    /// leftovers that make an executor connection unusable.
+    pub(crate) async fn pump(
+        &mut self,
+        src: &mut TcpStream,
+        mut dst: Sink<'_>,
+        buf: &mut Vec<u8>,
+        stall: Option<Duration>,
+    ) -> Result<Range<usize>, PumpError> {
+        let room = if self.emit == Emit::AsChunks {
+            CHUNK_ROOM
+        } else {
+            0
+        };
+        while !self.is_done() {
+            let space = buf.capacity() - 2 * room;
+            let want = match self.delimit {
+                Delimit::Length(n) => space.min(usize::try_from(n).unwrap_or(usize::MAX)),
+                _ => space,
+            };
+            let n = read_at(src, buf, room, want, stall).await?;
+            if n == 0 {
+                if !matches!(self.delimit, Delimit::Close) {
+                    return Err(PumpError::SourceClosed);
+                }
+                if self.emit == Emit::AsChunks {
+                    if let Sink::Socket(stream) = &mut dst {
+                        let (res, _) = stream.write_all(LAST_CHUNK).await;
+                        res.map_err(|_| PumpError::Sink)?;
+                    }
+                }
+                return Ok(0..0);
+            }
+            let (emitted, consumed) = self.frame(buf, room, room + n)?;
+            let (start, end) = if self.emit == Emit::AsChunks {
+                frame_in_place(buf, room, emitted)
+            } else {
+                (room, room + emitted)
+            };
+            dst.write(buf, start, end).await?;
+            if consumed < n {
+                return Ok(room + consumed..room + n);
+            }
+        }
+        Ok(0..0)
+    }
+}
+
+/// Read at most `want` bytes into `buf[at..]` (`buf` is reset to `at` zero bytes first).
+async fn read_at(
+    src: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    at: usize,
+    want: usize,
+    stall: Option<Duration>,
+) -> Result<usize, PumpError> {
+    let mut owned = std::mem::take(buf);
+    owned.clear();
+    owned.resize(at, 0);
+    let end = at + want.min(owned.capacity() - at);
+    let read = src.read(owned.slice_mut(at..end));
+    let (res, slice) = match stall {
+        Some(limit) => match monoio::time::timeout(limit, read).await {
+            Ok(r) => r,
+            Err(_) => return Err(PumpError::Stalled),
+        },
+        None => read.await,
+    };
+    *buf = slice.into_inner();
+    match res {
+        Ok(n) => Ok(n),
+        Err(_) => Err(PumpError::SourceClosed),
+    }
+}
+
+/// Put the chunk-size line before `buf[at..at + len]` and CRLF after it; returns the
+/// range to write. `len == 0` gives an empty range (a zero-size chunk would end the body).
+fn frame_in_place(buf: &mut Vec<u8>, at: usize, len: usize) -> (usize, usize) {
+    if len == 0 {
+        return (at, at);
+    }
+    let mut line = [0u8; CHUNK_ROOM];
+    let n = chunk_size_line(&mut line, len);
+    let start = at - n;
+    buf[start..at].copy_from_slice(&line[..n]);
+    buf.truncate(at + len);
+    buf.extend_from_slice(b"\r\n");
+    (start, at + len + 2)
+}
+
+fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
+    let mut line = [0u8; 20];
+    let n = chunk_size_line(&mut line, len);
+    out.extend_from_slice(&line[..n]);
+}
+
+/// `<hex len>\r\n` into `line`; returns its length.
+fn chunk_size_line(line: &mut [u8], len: usize) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - len.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for i in 0..digits {
+        line[digits - 1 - i] = HEX[(len >> (4 * i)) & 15];
+    }
+    line[digits] = b'\r';
+    line[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Write `buf[from..to]` whole; `buf` comes back unchanged.
+pub(crate) async fn write_range(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    from: usize,
+    to: usize,
+) -> io::Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    let owned = std::mem::take(buf);
+    let (res, slice) = stream.write_all(owned.slice(from..to)).await;
+    *buf = slice.into_inner();
+    res.map(|_| ())
+}
+
+/// Write `buf` whole without clearing it (it may be needed again for a replay).
+pub(crate) async fn write_keep(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    let owned = std::mem::take(buf);
+    let (res, owned) = stream.write_all(owned).await;
+    *buf = owned;
+    res.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut line = [0u8; 20];
+        for (len, want) in [
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (0x20000, "20000\r\n"),
+        ] {
+            let n = chunk_size_line(&mut line, len);
+            assert_eq!(&line[..n], want.as_bytes());
+        }
+        let n = chunk_size_line(&mut line, 128 * 1024);
+        assert!(n <= CHUNK_ROOM);
+    }
+
+    #[test]
+    fn as_chunks_frames_in_place_and_in_out() {
+        let mut buf = Vec::with_capacity(64);
+        buf.resize(CHUNK_ROOM, 0);
+        buf.extend_from_slice(b"hello");
+        let (s, e) = frame_in_place(&mut buf, CHUNK_ROOM, 5);
+        assert_eq!(&buf[s..e], b"5\r\nhello\r\n");
+        let body = Body::new(Delimit::Close, Emit::AsChunks, None);
+        let mut out = b"HEAD".to_vec();
+        body.push_framed(&mut out, b"abc");
+        body.push_framed(&mut out, b"");
+        assert_eq!(out, b"HEAD3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn length_frames_only_its_bytes() {
+        let mut body = Body::new(Delimit::Length(3), Emit::Raw, None);
+        let mut buf = b"abcdef".to_vec();
+        assert_eq!(body.frame(&mut buf, 0, 6), Ok((3, 3)));
+        assert!(body.is_done());
+    }
+
+    #[test]
+    fn chunked_request_limit_and_trailers() {
+        let mut body = Body::new(
+            Delimit::Chunked(ChunkedDecoder::new()),
+            Emit::RawWithoutTrailers,
+            Some(4),
+        );
+        let mut buf = b"3\r\nabc\r\n0\r\nAuthorization: x\r\n\r\nNEXT".to_vec();
+        let len = buf.len();
+        let (kept, consumed) = body.frame(&mut buf, 0, len).unwrap();
+        assert!(body.is_done());
+        assert_eq!(&buf[..kept], b"3\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(&buf[consumed..len], b"NEXT");
+        let mut big = Body::new(Delimit::Chunked(ChunkedDecoder::new()), Emit::Raw, Some(4));
+        let mut buf = b"5\r\nabcde\r\n".to_vec();
+        assert_eq!(big.frame(&mut buf, 0, 10), Err(PumpError::TooLarge));
+    }
+}

@@ -1,0 +1,188 @@
+//! The two decisions that keep one client's exchange from leaking into another's: may an
+//! executor connection go back to the pool, and may a request be sent again after an
+//! executor closed without answering. Every exchange path asks these, nothing else does.
+
+use crate::error::Cause;
+use crate::http::head::{ResponseFraming, ResponseHead};
+
+/// Whether an executor connection may carry another request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    Reusable,
+    Discard(Discard),
+}
+
+/// Why an executor connection was closed instead of pooled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Discard {
+    /// The executor said `Connection: close`, or spoke HTTP/1.0.
+    ExecutorClose,
+    /// The response body ran until the executor closed.
+    CloseDelimited,
+    /// The executor answered before the request body was sent whole.
+    RequestUnfinished,
+    /// Bytes arrived after the end of the response: a late or stray answer that would
+    /// reach the next client as its own.
+    Leftover,
+    /// The response did not end cleanly (truncated, malformed, or its client left).
+    Unfinished,
+}
+
+/// How the response ended, as far as the executor connection is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResponseEnd {
+    /// The body ended exactly at the end of what was read.
+    Clean,
+    /// More bytes followed the end of the response.
+    Leftover,
+    /// The relay stopped before the end of the body.
+    Unfinished,
+}
+
+/// The one reuse rule (RFC 9112 §9.3): both directions finished at a message boundary,
+/// nothing unread, and neither side asked to close. Whether the connection stayed clean
+/// while idle is checked again when it is taken from the pool.
+pub(crate) fn after_exchange(
+    response: &ResponseHead,
+    request_sent_whole: bool,
+    end: ResponseEnd,
+) -> Reuse {
+    let discard = if end == ResponseEnd::Unfinished {
+        Discard::Unfinished
+    } else if end == ResponseEnd::Leftover {
+        Discard::Leftover
+    } else if !request_sent_whole {
+        Discard::RequestUnfinished
+    } else if response.framing == ResponseFraming::UntilClose {
+        Discard::CloseDelimited
+    } else if !response.keep_alive {
+        Discard::ExecutorClose
+    } else {
+        return Reuse::Reusable;
+    };
+    Reuse::Discard(discard)
+}
+
+/// After an executor closed a connection without a byte of an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Silence {
+    /// Send the request again on a fresh connection.
+    Replay,
+    /// Answer 502.
+    Fail(Cause),
+}
+
+/// RFC 9110 §9.2.2: a request is replayed only when its method is idempotent, nothing of
+/// an answer came back (not even `1xx`: the caller reports that as an answer), it was
+/// sent on a reused connection (a pooled one the executor had closed: a fresh one
+/// failing is the executor's answer), it was not replayed already, and the whole
+/// request is still in hand.
+pub(crate) fn after_silence(
+    idempotent: bool,
+    reused: bool,
+    replayed: bool,
+    in_hand: bool,
+) -> Silence {
+    if !reused {
+        return Silence::Fail(Cause::ClosedBeforeAnswer);
+    }
+    if idempotent && !replayed && in_hand {
+        Silence::Replay
+    } else {
+        Silence::Fail(Cause::ClosedNotReplayed)
+    }
+}
+
+/// RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT and DELETE.
+pub(crate) fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(framing: ResponseFraming, keep_alive: bool) -> ResponseHead {
+        ResponseHead {
+            status: 200,
+            reason: 0..0,
+            minor_version: 1,
+            head_len: 0,
+            framing,
+            keep_alive,
+        }
+    }
+
+    #[test]
+    fn only_a_clean_finished_keep_alive_exchange_is_reusable() {
+        let ok = response(ResponseFraming::Length(2), true);
+        assert_eq!(
+            after_exchange(&ok, true, ResponseEnd::Clean),
+            Reuse::Reusable
+        );
+        let cases = [
+            (ok.clone(), true, ResponseEnd::Leftover, Discard::Leftover),
+            (
+                ok.clone(),
+                true,
+                ResponseEnd::Unfinished,
+                Discard::Unfinished,
+            ),
+            (
+                ok.clone(),
+                false,
+                ResponseEnd::Clean,
+                Discard::RequestUnfinished,
+            ),
+            (
+                response(ResponseFraming::UntilClose, true),
+                true,
+                ResponseEnd::Clean,
+                Discard::CloseDelimited,
+            ),
+            (
+                response(ResponseFraming::NoBody, false),
+                true,
+                ResponseEnd::Clean,
+                Discard::ExecutorClose,
+            ),
+        ];
+        for (r, whole, end, why) in cases {
+            assert_eq!(after_exchange(&r, whole, end), Reuse::Discard(why));
+        }
+    }
+
+    #[test]
+    fn only_idempotent_requests_on_reused_connections_are_replayed_once() {
+        assert_eq!(after_silence(true, true, false, true), Silence::Replay);
+        assert_eq!(
+            after_silence(is_idempotent(b"DELETE"), true, false, true),
+            Silence::Replay
+        );
+        assert_eq!(
+            after_silence(is_idempotent(b"POST"), true, false, true),
+            Silence::Fail(Cause::ClosedNotReplayed)
+        );
+        assert_eq!(
+            after_silence(is_idempotent(b"PATCH"), true, false, true),
+            Silence::Fail(Cause::ClosedNotReplayed)
+        );
+        assert_eq!(
+            after_silence(true, true, true, true),
+            Silence::Fail(Cause::ClosedNotReplayed)
+        );
+        assert_eq!(
+            after_silence(true, true, false, false),
+            Silence::Fail(Cause::ClosedNotReplayed)
+        );
+        assert_eq!(
+            after_silence(true, false, false, true),
+            Silence::Fail(Cause::ClosedBeforeAnswer)
+        );
+        // Methods are case-sensitive (RFC 9110 §9.1).
+        assert!(!is_idempotent(b"get"));
+    }
+}

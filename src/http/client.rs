@@ -1,0 +1,160 @@
+//! The client side of a connection as the request path uses it: the socket, the bytes
+//! read but not yet used, and the I/O on it — reads, answers written under a deadline,
+//! noticing a client that leaves, and the lingering close after an error.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::head::HeaderRef;
+use crate::socket::{self, Waiting};
+
+/// Initial capacity of a connection's head buffer; grows (up to the head limit) only for
+/// unusually large heads.
+pub(crate) const HEAD_BUF: usize = 8 * 1024;
+/// How long a closing connection keeps reading what the client still sends after an
+/// error answer (RFC 9112 §9.6), so the close does not reset the answer away.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Whether the client connection may carry another request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    KeepAlive,
+    Close,
+}
+
+impl After {
+    pub(crate) fn close_if(close: bool) -> After {
+        if close {
+            After::Close
+        } else {
+            After::KeepAlive
+        }
+    }
+}
+
+/// The client side of a connection: the socket and the bytes read but not yet used.
+pub(crate) struct ClientConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// Unconsumed bytes are `buf[start..]`.
+    pub(crate) buf: Vec<u8>,
+    pub(crate) start: usize,
+    /// Reused for every response head on this connection (no allocation per request).
+    pub(crate) response_headers: Vec<HeaderRef>,
+    /// The request in hand is `HEAD`: answers the proxy makes carry no body.
+    pub(crate) head_request: bool,
+}
+
+impl ClientConn {
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr) -> ClientConn {
+        ClientConn {
+            stream,
+            peer,
+            buf: Vec::with_capacity(HEAD_BUF),
+            start: 0,
+            response_headers: Vec::with_capacity(32),
+            head_request: false,
+        }
+    }
+
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Read more bytes after the pending ones. `Ok(0)` is EOF.
+    pub(crate) async fn read_more(&mut self) -> io::Result<usize> {
+        if self.start > 0 && self.buf.len() == self.buf.capacity() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.len() == self.buf.capacity() {
+            // Only reached while a head is incomplete; the head limits bound the growth.
+            self.buf.reserve(self.buf.capacity().max(HEAD_BUF));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// Write all of `out` (a relayed response: the whole-request deadline bounds it);
+    /// `out` comes back cleared.
+    pub(crate) async fn write_out(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        write_vec(&mut self.stream, out).await
+    }
+
+    /// Write an answer the proxy made itself within `limit`: a client that does not take
+    /// it in time is given up on (the caller closes the connection).
+    pub(crate) async fn write_answer(
+        &mut self,
+        out: &mut Vec<u8>,
+        limit: Duration,
+    ) -> io::Result<()> {
+        match monoio::time::timeout(limit, write_vec(&mut self.stream, out)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Completes only when the client closed or reset its connection; pipelined bytes of
+    /// a next request are left where they are (and then this never completes).
+    pub(crate) async fn gone(&self) {
+        loop {
+            if self.stream.readable(false).await.is_err() {
+                return;
+            }
+            match socket::peek(&self.stream) {
+                Waiting::Eof | Waiting::Error => return,
+                Waiting::Bytes => std::future::pending::<()>().await,
+                Waiting::Nothing => {}
+            }
+        }
+    }
+
+    /// Close after an error answer while the client may still be sending (a body the
+    /// proxy did not read): shut our side down so the client reads the whole answer, then
+    /// discard what still arrives until EOF or `LINGER`. Closing at once with unread data
+    /// would send a reset, and a reset can destroy the answer before the client reads it.
+    pub(crate) async fn linger_close(&mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
+        self.buf.clear();
+        self.start = 0;
+        loop {
+            let buf = std::mem::take(&mut self.buf);
+            let read = monoio::time::timeout_at(deadline.into(), self.stream.read(buf)).await;
+            match read {
+                Ok((Ok(n), mut buf)) if n > 0 => {
+                    buf.clear();
+                    self.buf = buf;
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Write a whole Vec on any stream and hand the (cleared) Vec back.
+pub(crate) async fn write_vec(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    let owned = std::mem::take(out);
+    let (res, mut owned) = stream.write_all(owned).await;
+    owned.clear();
+    *out = owned;
+    res.map(|_| ())
+}

@@ -1,0 +1,72 @@
+//! The one raw socket call monoio does not offer: a non-blocking `MSG_PEEK` that tells
+//! whether anything (bytes or EOF) is waiting on a socket without taking it.
+
+use std::os::fd::AsRawFd;
+
+/// What is waiting on a socket right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Nothing: the socket is quiet (EAGAIN).
+    Nothing,
+    /// Unread bytes.
+    Bytes,
+    /// The peer closed its side (EOF).
+    Eof,
+    /// An error is pending (reset, …).
+    Error,
+}
+
+/// One `recv(fd, 1 byte, MSG_PEEK | MSG_DONTWAIT)`: never blocks, consumes nothing.
+#[allow(unsafe_code)]
+pub(crate) fn peek(socket: &impl AsRawFd) -> Waiting {
+    let mut byte = 0u8;
+    // SAFETY: `socket` is borrowed, so the fd stays open for the call; the pointer and
+    // length describe one writable byte on our stack; MSG_PEEK leaves the data queued.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Waiting::Eof,
+        n if n > 0 => Waiting::Bytes,
+        _ => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Waiting::Nothing,
+            _ => Waiting::Error,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    #[test]
+    fn tells_quiet_bytes_and_eof_apart_without_consuming() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        assert_eq!(peek(&b), Waiting::Nothing);
+        a.write_all(b"x").unwrap();
+        let bytes = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            peek(&b) == Waiting::Bytes
+        });
+        assert!(bytes);
+        // Still there: peeking took nothing.
+        assert_eq!(peek(&b), Waiting::Bytes);
+        let mut one = [0u8; 1];
+        std::io::Read::read_exact(&mut &b, &mut one).unwrap();
+        a.shutdown(Shutdown::Write).unwrap();
+        let eof = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            peek(&b) == Waiting::Eof
+        });
+        assert!(eof);
+    }
+}
