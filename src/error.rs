@@ -120,12 +120,15 @@ impl ProxyError {
     }
 
     /// After answering this error the client connection must close: the rest of the
-    /// request (its body) was not read, or the stream is out of sync. The two that do
-    /// not are answered after the request was read whole (or had no body).
+    /// request was not read, or the stream is out of step. The others close only when
+    /// the caller says the request was not read whole.
     pub fn closes_connection(&self) -> bool {
         !matches!(
             self,
-            ProxyError::Unauthorized | ProxyError::NoOnlineExecutor
+            ProxyError::Unauthorized
+                | ProxyError::NoOnlineExecutor
+                | ProxyError::BadGateway(_)
+                | ProxyError::GatewayTimeout
         )
     }
 

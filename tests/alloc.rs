@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use support::*;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
 
 struct Counting;
 
@@ -22,14 +23,17 @@ struct Counting;
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
         System.alloc(layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
         System.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
         System.realloc(ptr, layout, new_size)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -81,8 +85,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// One keep-alive GET and its 2-byte answer, into `buf` (no allocation).
-fn round_trip(c: &mut TcpStream, request: &[u8], buf: &mut [u8]) {
+/// One keep-alive GET and its whole answer (Content-Length framed), into `buf` (no
+/// allocation); returns the status line's first bytes checked against `status`.
+fn round_trip(c: &mut TcpStream, request: &[u8], buf: &mut [u8], status: &[u8]) {
     c.write_all(request).unwrap();
     let mut len = 0;
     loop {
@@ -90,22 +95,33 @@ fn round_trip(c: &mut TcpStream, request: &[u8], buf: &mut [u8]) {
         assert!(n > 0, "proxy closed the connection");
         len += n;
         if let Some(end) = find(&buf[..len], b"\r\n\r\n") {
-            assert!(buf.starts_with(b"HTTP/1.1 200"), "not a 200");
-            if len >= end + 4 + 2 {
-                assert_eq!(&buf[end + 4..len], b"ok");
+            assert!(
+                buf[9..12] == *status,
+                "expected {}: {}",
+                String::from_utf8_lossy(status),
+                String::from_utf8_lossy(&buf[..len])
+            );
+            let body = content_length(&buf[..end]);
+            if len >= end + 4 + body {
+                assert_eq!(len, end + 4 + body, "more than one answer");
                 return;
             }
         }
     }
 }
 
-fn allocations_per_request(path: &str, extra: &[(&str, &str)]) -> f64 {
-    let executor = fixed_executor().to_string();
-    let mut env = vec![("OPR_PROXY_HEALTHCHECK", "disabled")];
-    env.extend_from_slice(extra);
-    let proxy = Proxy::start_hosts(&[executor], &env);
+fn content_length(head: &[u8]) -> usize {
+    let at = find(head, b"Content-Length: ").expect("Content-Length") + 16;
+    let digits = head[at..].iter().take_while(|b| b.is_ascii_digit());
+    digits.fold(0, |n, d| n * 10 + usize::from(d - b'0'))
+}
+
+/// Allocations and allocated bytes per request while `N` requests flow through one
+/// keep-alive client connection to `executor`, each answered with `status`.
+fn per_request(executor: SocketAddr, env: &[(&str, &str)], status: &[u8]) -> (f64, f64) {
+    let proxy = Proxy::start_hosts(&[executor.to_string()], env);
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nUser-Agent: t\r\n\
+        "GET /v1/ping HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nUser-Agent: t\r\n\
          Accept: */*\r\nx-opr-runtime-id: rt-1\r\n\r\n",
         bearer()
     )
@@ -115,30 +131,90 @@ fn allocations_per_request(path: &str, extra: &[(&str, &str)]) -> f64 {
     let mut buf = [0u8; 4096];
     // Warm-up: pools, buffers and the executor connection are set up once.
     for _ in 0..500 {
-        round_trip(&mut c, &request, &mut buf);
+        round_trip(&mut c, &request, &mut buf, status);
     }
     const N: u64 = 5000;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
     for _ in 0..N {
-        round_trip(&mut c, &request, &mut buf);
+        round_trip(&mut c, &request, &mut buf, status);
     }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
-    (after - before) as f64 / N as f64
+    let after = (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    (
+        (after.0 - before.0) as f64 / N as f64,
+        (after.1 - before.1) as f64 / N as f64,
+    )
 }
 
-/// One test, not two: the counter is process-wide, so measurements must not overlap.
+/// An executor that serves one connection at a time from one thread without allocating:
+/// it reads a request head, answers `answer` and closes.
+fn closing_executor(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut len = 0;
+            while find(&buf[..len], b"\r\n\r\n").is_none() && len < buf.len() {
+                match s.read(&mut buf[len..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => len += n,
+                }
+            }
+            let _ = s.write_all(answer);
+        }
+    });
+    addr
+}
+
+/// One test, not several: the counter is process-wide, so measurements must not overlap.
 #[test]
-fn forwarding_a_request_does_not_allocate() {
-    let per_request = allocations_per_request("/v1/ping", &[]);
-    eprintln!("allocations per forwarded request: {per_request:.4}");
+fn forwarding_and_error_answers_do_not_allocate() {
+    let disabled = [("OPR_PROXY_HEALTHCHECK", "disabled")];
+    let (per_request_200, _) = per_request(fixed_executor(), &disabled, b"200");
+    eprintln!("allocations per forwarded request: {per_request_200:.4}");
     // Not exactly zero: the worker's accept loop wakes every 100 ms to check the stop flag
     // and timers may grow their wheel; anything per request shows up as >= 1.
     assert!(
-        per_request < 0.05,
-        "{per_request:.3} allocations per forwarded request"
+        per_request_200 < 0.05,
+        "{per_request_200:.3} allocations per forwarded request"
     );
+
+    // 404: every executor is offline (the only one refuses connections).
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (per_404, _) = per_request(dead, &[], b"404");
+    eprintln!("allocations per 404 answer: {per_404:.4}");
+    assert!(per_404 < 0.05, "{per_404:.3} allocations per 404");
+
+    // 502: the executor answers with two different Content-Lengths and closes. The
+    // executor connection cannot be reused, so each request opens one: monoio's connect
+    // costs three small allocations (the fd's `Rc`, the address, the op; ~90 bytes in
+    // all). The answer itself, the error body, its cause and the body buffer must cost
+    // nothing: a formatted cause or a fresh 128 KiB buffer shows up here.
+    let bad =
+        closing_executor(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok");
+    let (per_502, bytes_502) = per_request(bad, &disabled, b"502");
+    eprintln!("allocations per 502 answer: {per_502:.4} ({bytes_502:.0} bytes)");
+    assert!(
+        per_502 <= 3.05 && bytes_502 < 256.0,
+        "{per_502:.3} allocations ({bytes_502:.0} bytes) per 502"
+    );
+
     // The meter itself: the opt-in access log formats a line per request, which must show.
-    let logged = allocations_per_request("/v1/ping", &[("OPR_PROXY_ACCESS_LOG", "enabled")]);
+    let logged_env = [
+        ("OPR_PROXY_HEALTHCHECK", "disabled"),
+        ("OPR_PROXY_ACCESS_LOG", "enabled"),
+    ];
+    let (logged, _) = per_request(fixed_executor(), &logged_env, b"200");
     eprintln!("with the access log on: {logged:.4}");
     assert!(
         logged >= 1.0,

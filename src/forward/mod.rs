@@ -155,6 +155,9 @@ impl Anycast<'_> {
         let in_hand = first.rest.is_none();
         let mut eb = ctx.bufs.take();
         let mut replayed = false;
+        // Pending request bytes to consume when the request turns out to be read whole.
+        let request_len = head.head_len + first.consumed;
+        let mut read_whole = in_hand.then_some(request_len);
 
         let (executor, addr, mut ex, response, early_answer) = loop {
             // Selection: every refusal flags that executor offline for every worker and
@@ -166,7 +169,7 @@ impl Anycast<'_> {
                 .pick(&snapshot, self.addressing, runtime, flagged)
             else {
                 // The request is answered: it must not be parsed again on keep-alive.
-                conn.consume(head.head_len + first.consumed);
+                conn.consume(request_len);
                 let keep = head.keep_alive && in_hand;
                 return ctx
                     .answer(conn, out, ProxyError::NoOnlineExecutor, keep)
@@ -181,7 +184,9 @@ impl Anycast<'_> {
             let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
                 Ok(ex) => ex,
                 Err(OpenError::Unreachable) => continue,
-                Err(OpenError::Failed(cause)) => return self.fail(conn, out, cause).await,
+                Err(OpenError::Failed(cause)) => {
+                    return self.fail(conn, out, cause, read_whole).await
+                }
             };
             if let Some(rt) = self.runtime_id(conn) {
                 ctx.picker.mark_warm(&snapshot, i, rt);
@@ -193,7 +198,10 @@ impl Anycast<'_> {
                         ctx.pool.drop_idle(i);
                         continue;
                     }
-                    Silence::Fail(_) => return self.fail(conn, out, Cause::Send(e.kind())).await,
+                    Silence::Fail(_) => {
+                        let cause = Cause::Send(e.kind());
+                        return self.fail(conn, out, cause, read_whole).await;
+                    }
                 }
             }
 
@@ -204,7 +212,10 @@ impl Anycast<'_> {
                 let sink = Sink::Socket(&mut ex.stream);
                 match rest.pump(&mut conn.stream, sink, &mut eb, stall).await {
                     // Pipelined bytes of the next request: keep them for the client loop.
-                    Ok(after) => conn.buf.extend_from_slice(&eb[after]),
+                    Ok(after) => {
+                        conn.buf.extend_from_slice(&eb[after]);
+                        read_whole = Some(request_len);
+                    }
                     Err(PumpError::SourceClosed) => return (After::Close, 0),
                     Err(PumpError::Stalled) => {
                         return ctx.answer(conn, out, ProxyError::BodyTimeout, false).await
@@ -232,13 +243,17 @@ impl Anycast<'_> {
                             replayed = true;
                             ctx.pool.drop_idle(i);
                         }
-                        Silence::Fail(cause) => return self.fail(conn, out, cause).await,
+                        Silence::Fail(cause) => {
+                            return self.fail(conn, out, cause, read_whole).await
+                        }
                     }
                 }
-                Some(Err(HeadFailure::Failed(cause))) => return self.fail(conn, out, cause).await,
+                Some(Err(HeadFailure::Failed(cause))) => {
+                    return self.fail(conn, out, cause, read_whole).await
+                }
             }
         };
-        conn.consume(head.head_len + first.consumed);
+        conn.consume(request_len);
 
         let (after, status, reuse) = self
             .relay(
@@ -263,9 +278,22 @@ impl Anycast<'_> {
             .filter(|v| !v.is_empty())
     }
 
-    async fn fail(&self, conn: &mut ClientConn, out: &mut Vec<u8>, cause: Cause) -> (After, u16) {
+    /// Answer 502. The client connection stays open only when its request was read whole
+    /// (`read_whole`: its bytes still pending in the client's buffer, then consumed) and
+    /// the client allows it.
+    async fn fail(
+        &self,
+        conn: &mut ClientConn,
+        out: &mut Vec<u8>,
+        cause: Cause,
+        read_whole: Option<usize>,
+    ) -> (After, u16) {
+        let keep_alive = self.head.keep_alive && read_whole.is_some();
+        if let Some(n) = read_whole {
+            conn.consume(n);
+        }
         self.ctx
-            .answer(conn, out, ProxyError::BadGateway(cause), false)
+            .answer(conn, out, ProxyError::BadGateway(cause), keep_alive)
             .await
     }
 
@@ -347,7 +375,8 @@ impl Anycast<'_> {
                     PumpError::Chunk(e) => Cause::MalformedBody(e),
                     _ => Cause::ClosedMidHead,
                 };
-                let (after, status) = self.fail(conn, out, cause).await;
+                let read_whole = (!early_answer).then_some(0);
+                let (after, status) = self.fail(conn, out, cause, read_whole).await;
                 return (after, status, broken);
             }
         };
