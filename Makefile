@@ -4,7 +4,7 @@ CARGO ?= cargo
 PORT ?= 9800
 SECRET ?= proxy-secret-key
 
-.PHONY: run test ci fmt clippy unit integration bench-build build clean
+.PHONY: run test ci fmt clippy unit integration bench-build fuzz-replay build clean
 
 build:
 	$(CARGO) build --release --bin opr-proxy -p opr-proxy
@@ -30,10 +30,11 @@ run: build
 ## Everything CI runs.
 test: ci
 
-ci: fmt clippy unit integration bench-build
+ci: fmt clippy unit integration bench-build fuzz-replay
 
 fmt:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --all -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -48,6 +49,14 @@ integration:
 
 bench-build:
 	$(CARGO) bench --workspace --no-run
+
+## The fuzz crate (its own workspace, fuzz/README.md) on stable, without libFuzzer running:
+## its checks replay fuzz/corpus/ and fuzz/regressions/ as unit tests, and the four targets
+## still build, so neither rots between fuzzing runs. About 45 s from a clean fuzz/target
+## on 2 cores, under a second once built.
+fuzz-replay:
+	$(CARGO) test --manifest-path fuzz/Cargo.toml --lib
+	$(CARGO) build --manifest-path fuzz/Cargo.toml --bins
 
 clean:
 	$(CARGO) clean

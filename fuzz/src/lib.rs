@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use opr_proxy::health::probe::{parse_health, ProbeResult};
-use opr_proxy::http::chunked::{ChunkedDecoder, ChunkedError};
+use opr_proxy::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedOutput};
 use opr_proxy::http::head::{
     parse_request, parse_response, HeadError, HeaderRef, RequestFraming, RequestHead,
     ResponseFraming, ResponseHead, MAX_HEAD, MAX_HEADERS,
@@ -27,6 +27,17 @@ const MAX_PREFIXES: usize = 48;
 /// RFC 9110 §5.6.2 tchar.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Strips SP and HTAB at both ends (RFC 9110 §5.6.3 OWS).
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
 }
 
 fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -243,6 +254,8 @@ fn check_request_head(buf: &[u8], h: &RequestHead, hs: &[HeaderRef]) {
         target.first() == Some(&b'/') || (target == b"*" && method == b"OPTIONS"),
         "target form {target:?} {method:?}"
     );
+    // CONNECT takes authority-form only (RFC 9112 §3.2.3): refused in every form.
+    assert_ne!(method, b"CONNECT", "CONNECT accepted");
     assert!(
         !target.iter().any(|&b| b <= b' ' || b == 0x7f),
         "control byte or SP in target {target:?}"
@@ -347,9 +360,12 @@ fn check_request_rewrite(buf: &[u8], head: &RequestHead, hs: &[HeaderRef]) {
                 "Expect kept although answered: {out:?}"
             );
         }
+        // Ours once in dev mode; a client's copy never (it must not be spoofable).
         if let Some(dev) = rw.dev_executor_hostname {
             assert_eq!(count(b"x-opr-executor-hostname"), 1, "{out:?}");
             assert_eq!(value(b"x-opr-executor-hostname"), Some(dev.as_bytes()));
+        } else {
+            assert_eq!(count(b"x-opr-executor-hostname"), 0, "{out:?}");
         }
         let (cl, te) = (count(b"content-length"), count(b"transfer-encoding"));
         match head.framing {
@@ -487,6 +503,23 @@ fn check_response_head(buf: &[u8], is_head: bool, r: &ResponseHead, hs: &[Header
         }
         ResponseFraming::UntilClose => assert_eq!(cl, 0, "UntilClose with Content-Length"),
     }
+    // SPEC §5: a body's transfer codings other than chunked are refused, never stripped
+    // (the TE field is dropped on rewrite). Without a body they are ignored.
+    if r.framing != ResponseFraming::NoBody {
+        for f in hs {
+            if !buf[f.name.clone()].eq_ignore_ascii_case(b"transfer-encoding") {
+                continue;
+            }
+            for item in buf[f.value.clone()].split(|&b| b == b',') {
+                let coding = trim_ows(item);
+                assert!(
+                    coding.is_empty() || coding.eq_ignore_ascii_case(b"chunked"),
+                    "transfer coding {coding:?} accepted for {:?}",
+                    r.framing
+                );
+            }
+        }
+    }
     if r.keep_alive {
         assert_eq!(r.minor_version, 1, "keep-alive on HTTP/1.0");
     }
@@ -541,6 +574,10 @@ fn check_response_rewrite(buf: &[u8], is_head: bool, r: &ResponseHead, hs: &[Hea
             ResponseFraming::Length(_) => assert!(cl == 1 && te == 0, "{out:?}"),
             ResponseFraming::Chunked => assert!(cl == 0 && te == 1, "{out:?}"),
         }
+        // RFC 9110 §8.6: never a Content-Length in 1xx and 204 (HEAD and 304 keep theirs).
+        if r.status < 200 || r.status == 204 {
+            assert_eq!(cl, 0, "Content-Length in a {} answer: {out:?}", r.status);
+        }
 
         let mut hs2 = Vec::new();
         if fields.len() > MAX_HEADERS || out.len() > MAX_HEAD {
@@ -582,6 +619,9 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Feed {
     pub payload: Vec<u8>,
+    /// Trailer-field bytes reported (`Decoded::trailers`), in order; empty after an error
+    /// (the failing call reports none, so what came before depends on the split).
+    pub trailers: Vec<u8>,
     /// Bytes of the input taken until done or the input's end (0 after an error).
     pub consumed: usize,
     pub outcome: Outcome,
@@ -592,6 +632,7 @@ pub struct Feed {
 /// checks the contract of `decode` on every call.
 pub fn drive(dec: &mut ChunkedDecoder, input: &[u8], pieces: &[usize]) -> Feed {
     let mut payload = Vec::new();
+    let mut trailers = Vec::new();
     let mut pos = 0;
     let mut piece = 0;
     while pos < input.len() {
@@ -619,6 +660,7 @@ pub fn drive(dec: &mut ChunkedDecoder, input: &[u8], pieces: &[usize]) -> Feed {
                     // so `consumed` is not comparable across splits: 0.
                     return Feed {
                         payload,
+                        trailers: Vec::new(),
                         consumed: 0,
                         outcome: Outcome::Failed(e),
                     };
@@ -632,6 +674,23 @@ pub fn drive(dec: &mut ChunkedDecoder, input: &[u8], pieces: &[usize]) -> Feed {
                         d.data,
                         d.consumed
                     );
+                    let t = &d.trailers;
+                    assert!(
+                        t.start <= t.end && t.end <= d.consumed,
+                        "trailers {t:?} outside consumed {}",
+                        d.consumed
+                    );
+                    assert!(
+                        t.is_empty() || d.data.is_empty(),
+                        "trailers {t:?} and data {:?} in one call",
+                        d.data
+                    );
+                    assert!(t.end > t.start || *t == (0..0), "empty trailers {t:?}");
+                    // Trailer lines never start with the final CRLF's CR.
+                    if !t.is_empty() && trailers.last().is_none_or(|&b| b == b'\n') {
+                        assert_ne!(chunk[at + t.start], b'\r', "final CRLF reported as trailer");
+                    }
+                    trailers.extend_from_slice(&chunk[at + t.start..at + t.end]);
                     assert_eq!(d.done, dec.is_done());
                     assert_eq!(
                         dec.body_len() - before,
@@ -654,8 +713,14 @@ pub fn drive(dec: &mut ChunkedDecoder, input: &[u8], pieces: &[usize]) -> Feed {
                         assert!(after.done && after.data.is_empty());
                         let after = dec.decode(b"5\r\nhello\r\n0\r\n\r\n").expect("done");
                         assert_eq!((after.consumed, after.done), (0, true));
+                        // Whole trailer lines: each ends with CRLF.
+                        assert!(
+                            trailers.is_empty() || trailers.ends_with(b"\r\n"),
+                            "trailers {trailers:?}"
+                        );
                         return Feed {
                             payload,
+                            trailers,
                             consumed: pos + at,
                             outcome: Outcome::Done,
                         };
@@ -676,31 +741,101 @@ pub fn drive(dec: &mut ChunkedDecoder, input: &[u8], pieces: &[usize]) -> Feed {
     };
     Feed {
         payload,
+        trailers,
         consumed: pos,
         outcome,
     }
 }
 
-/// The pump's loop (`forward::body::decode_chunks`, private there), with `strip`:
-/// payload compacted to the front of the buffer in place.
-fn decode_chunks_strip(
-    dec: &mut ChunkedDecoder,
-    buf: &mut [u8],
-) -> Result<(usize, usize), ChunkedError> {
+/// Runs the product's buffer driver (`http::chunked::decode_chunks`) over `input` fed in
+/// pieces whose lengths cycle through `pieces` (the whole input at once when empty), each
+/// piece in its own buffer behind a prefix and followed by sentinel bytes, as a pump's
+/// read buffer would be. Checks the untouched bytes on every call; returns the bytes
+/// consumed and the concatenated output.
+fn drive_buffer(
+    input: &[u8],
+    pieces: &[usize],
+    output: ChunkedOutput,
+) -> Result<(usize, Vec<u8>), ChunkedError> {
+    const PREFIX: &[u8] = b"<from>";
+    const AFTER: &[u8] = b"GET /next HTTP/1.1\r\n";
+    let mut dec = ChunkedDecoder::new();
+    let mut out = Vec::new();
     let mut pos = 0;
-    let mut write = 0;
-    while pos < buf.len() && !dec.is_done() {
-        let d = dec.decode(&buf[pos..])?;
-        if !d.data.is_empty() {
-            buf.copy_within(pos + d.data.start..pos + d.data.end, write);
-            write += d.data.len();
+    let mut piece = 0;
+    let mut buf = Vec::new();
+    while pos < input.len() && !dec.is_done() {
+        let len = if pieces.is_empty() {
+            input.len() - pos
+        } else {
+            let l = pieces[piece % pieces.len()].max(1);
+            piece += 1;
+            l.min(input.len() - pos)
+        };
+        buf.clear();
+        buf.extend_from_slice(PREFIX);
+        buf.extend_from_slice(&input[pos..pos + len]);
+        buf.extend_from_slice(AFTER);
+        let original = buf.clone();
+        let from = PREFIX.len();
+        // The sentinel is not part of the input: give the driver only the piece.
+        let end = from + len;
+        let (consumed, kept) = decode_chunks(&mut dec, &mut buf[..end], from, output)?;
+        assert!(consumed <= len, "consumed {consumed} of {len}");
+        assert!(
+            consumed == len || dec.is_done(),
+            "stopped at {consumed} of {len}"
+        );
+        assert!(kept <= consumed, "kept {kept} of {consumed}");
+        if output == ChunkedOutput::Raw {
+            assert_eq!(kept, consumed);
         }
-        if d.consumed == 0 {
-            break;
-        }
-        pos += d.consumed;
+        assert_eq!(&buf[..from], PREFIX, "bytes before `from` changed");
+        assert_eq!(
+            &buf[from + consumed..],
+            &original[from + consumed..],
+            "bytes after the consumed ones changed"
+        );
+        out.extend_from_slice(&buf[from..from + kept]);
+        pos += consumed;
     }
-    Ok((pos, write))
+    Ok((pos, out))
+}
+
+/// `RawWithoutTrailers` output for a body that `drive` fed as `whole`: the validated
+/// bytes minus exactly the trailer fields, a chunked body that decodes to the same
+/// payload with no trailer field, ending `0[;ext]` CRLF CRLF once the message is done.
+fn check_without_trailers(out: &[u8], whole: &Feed) {
+    assert_eq!(
+        out.len() + whole.trailers.len(),
+        whole.consumed,
+        "not exactly the trailer fields removed"
+    );
+    let again = drive(&mut ChunkedDecoder::new(), out, &[]);
+    assert_eq!(again.payload, whole.payload, "payload changed");
+    assert!(again.trailers.is_empty(), "trailer fields left: {out:?}");
+    assert_eq!(again.consumed, out.len());
+    match whole.outcome {
+        Outcome::Done => {
+            assert_eq!(again.outcome, Outcome::Done, "not a complete body: {out:?}");
+            // The last-chunk line, then the final CRLF and nothing else.
+            let body = out
+                .strip_suffix(b"\r\n\r\n")
+                .unwrap_or_else(|| panic!("does not end with CRLF CRLF: {out:?}"));
+            let line_start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let line = &body[line_start..];
+            let size_end = line
+                .iter()
+                .position(|b| !b.is_ascii_hexdigit())
+                .unwrap_or(line.len());
+            assert!(
+                size_end > 0 && line[..size_end].iter().all(|&b| b == b'0'),
+                "last line is not a last-chunk: {line:?}"
+            );
+        }
+        Outcome::NeedMore => assert_eq!(again.outcome, Outcome::NeedMore),
+        Outcome::Failed(_) => unreachable!("no output for a failed body"),
+    }
 }
 
 /// Input layout: byte 0 = `k` (mod 16), then `k` piece lengths (1..=256), then the
@@ -726,16 +861,34 @@ pub fn check_chunked(data: &[u8]) {
         assert_eq!(whole.consumed, body.len());
     }
 
-    // The in-place stripping loop of the pumps yields the same payload.
-    let mut buf = body.to_vec();
-    let mut dec = ChunkedDecoder::new();
-    match (decode_chunks_strip(&mut dec, &mut buf), &whole.outcome) {
-        (Ok((consumed, kept)), Outcome::Done | Outcome::NeedMore) => {
-            assert_eq!(consumed, whole.consumed);
-            assert_eq!(&buf[..kept], &whole.payload[..]);
+    // The pumps' in-place buffer driver, for each output, at once and in the pieces.
+    for output in [
+        ChunkedOutput::Raw,
+        ChunkedOutput::RawWithoutTrailers,
+        ChunkedOutput::Payload,
+    ] {
+        let at_once = drive_buffer(body, &[], output);
+        if !pieces.is_empty() {
+            let split = drive_buffer(body, &pieces, output);
+            assert_eq!(at_once, split, "{output:?}: at once vs pieces {pieces:?}");
         }
-        (Err(e), Outcome::Failed(f)) => assert_eq!(e, *f),
-        (r, o) => panic!("pump loop {r:?} vs driver {o:?}"),
+        assert_eq!(
+            at_once,
+            drive_buffer(body, &[1], output),
+            "{output:?}: at once vs byte by byte"
+        );
+        match (at_once, &whole.outcome) {
+            (Ok((consumed, out)), Outcome::Done | Outcome::NeedMore) => {
+                assert_eq!(consumed, whole.consumed, "{output:?}");
+                match output {
+                    ChunkedOutput::Raw => assert_eq!(out, &body[..consumed]),
+                    ChunkedOutput::Payload => assert_eq!(out, whole.payload),
+                    ChunkedOutput::RawWithoutTrailers => check_without_trailers(&out, &whole),
+                }
+            }
+            (Err(e), Outcome::Failed(f)) => assert_eq!(e, *f, "{output:?}"),
+            (r, o) => panic!("{output:?}: buffer driver {r:?} vs decoder {o:?}"),
+        }
     }
 
     check_chunked_roundtrip(body, &pieces, lens.first().copied().unwrap_or(0));
@@ -777,14 +930,18 @@ fn check_chunked_roundtrip(payload: &[u8], sizes: &[usize], style: u8) {
         enc.extend_from_slice(b";last");
     }
     enc.extend_from_slice(b"\r\n");
-    if style & 8 != 0 {
-        enc.extend_from_slice(b"Server-Timing: total;dur=12\r\nX-Checksum:\r\n");
-    }
+    let trailers: &[u8] = if style & 8 != 0 {
+        b"Server-Timing: total;dur=12\r\nX-Checksum:\r\n"
+    } else {
+        b""
+    };
+    enc.extend_from_slice(trailers);
     enc.extend_from_slice(b"\r\n");
     let mut next = enc.clone();
     next.extend_from_slice(b"GET / HTTP/1.1\r\n");
     for pieces in [&[][..], sizes] {
         let fed = drive(&mut ChunkedDecoder::new(), &next, pieces);
+        assert_eq!(fed.trailers, trailers, "trailer fields reported");
         assert_eq!(
             fed.outcome,
             Outcome::Done,
