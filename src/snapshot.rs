@@ -123,17 +123,20 @@ impl Board {
     }
 
     /// A worker saw the executor refuse or time out a connection: every worker skips it
-    /// until the checker sees a probe pass.
-    pub fn flag_offline(&self, executor: usize) {
-        if let Some(flag) = self.offline.get(executor) {
-            flag.store(true, Ordering::Relaxed);
-        }
+    /// until the checker sees a probe pass. Returns whether this call raised the flag
+    /// (it was not set), so that only one worker logs the change.
+    pub fn flag_offline(&self, executor: usize) -> bool {
+        self.offline
+            .get(executor)
+            .is_some_and(|flag| !flag.swap(true, Ordering::Relaxed))
     }
 
-    pub fn clear_offline(&self, executor: usize) {
-        if let Some(flag) = self.offline.get(executor) {
-            flag.store(false, Ordering::Relaxed);
-        }
+    /// The checker saw the executor's probe pass. Returns whether the flag was set, i.e.
+    /// whether a worker had taken the executor offline (and logged it).
+    pub fn clear_offline(&self, executor: usize) -> bool {
+        self.offline
+            .get(executor)
+            .is_some_and(|flag| flag.swap(false, Ordering::Relaxed))
     }
 
     pub fn is_flagged_offline(&self, executor: usize) -> bool {
@@ -210,10 +213,14 @@ mod tests {
     fn offline_flags_are_per_executor() {
         let board = Board::new(snapshot(1, true));
         assert!(!board.is_flagged_offline(0));
-        board.flag_offline(0);
+        assert!(board.flag_offline(0), "raised by this call");
         assert!(board.is_flagged_offline(0));
-        board.flag_offline(7); // out of range is ignored
-        board.clear_offline(0);
+        assert!(!board.flag_offline(0), "already set");
+        assert!(!board.flag_offline(7), "out of range is ignored");
+        assert!(!board.is_flagged_offline(7));
+        assert!(board.clear_offline(0), "was set");
         assert!(!board.is_flagged_offline(0));
+        assert!(!board.clear_offline(0), "was not set");
+        assert!(!board.clear_offline(7));
     }
 }

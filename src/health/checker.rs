@@ -77,7 +77,7 @@ impl Checker {
     /// One round: resolve and probe every executor in parallel, build the next snapshot,
     /// log changes, then call the healthcheck URL if every executor is online.
     pub fn round(&mut self) -> Snapshot {
-        let snapshot = self.check();
+        let (snapshot, _) = self.check();
         self.notify(&snapshot);
         snapshot
     }
@@ -110,23 +110,22 @@ impl Checker {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
             }
             next = Instant::now() + interval;
-            let snapshot = self.check();
+            let (snapshot, previous) = self.check();
             // Stopped while probing: publish nothing, call nothing.
             if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
                 return;
             }
             board.publish(snapshot.clone());
-            for (index, executor) in snapshot.executors.iter().enumerate() {
-                if executor.online {
-                    board.clear_offline(index);
-                }
+            for line in clear_flags(board, previous.as_ref(), &snapshot) {
+                info!("{line}");
             }
             self.notify(&snapshot);
         }
     }
 
     /// Resolve and probe every executor (one thread each), number the snapshot and log.
-    fn check(&mut self) -> Snapshot {
+    /// Returns the new snapshot and the one before it (what the logged changes are from).
+    fn check(&mut self) -> (Snapshot, Option<Snapshot>) {
         let previous = self.previous.as_ref();
         let settings = &self.settings;
         let agent = &self.agent;
@@ -165,8 +164,8 @@ impl Checker {
                 warn!("{line}");
             }
         }
-        self.previous = Some(snapshot.clone());
-        snapshot
+        let previous = self.previous.replace(snapshot.clone());
+        (snapshot, previous)
     }
 
     /// GET the healthcheck URL after a round in which every executor passed its probe.
@@ -291,7 +290,7 @@ fn status_lines(previous: Option<&Snapshot>, next: &Snapshot) -> Vec<(bool, Stri
     next.executors
         .iter()
         .enumerate()
-        .filter(|(index, e)| previous.executors.get(*index).map(|p| p.online) != Some(e.online))
+        .filter(|(index, e)| changed(previous, *index, e))
         .map(|(_, e)| {
             if e.online {
                 (true, format!("Executor \"{}\" went online", e.hostname))
@@ -303,6 +302,32 @@ fn status_lines(previous: Option<&Snapshot>, next: &Snapshot) -> Vec<(bool, Stri
             }
         })
         .collect()
+}
+
+/// Whether the transition lines for `next` (`status_lines`) report executor `index`
+/// changing status since `previous`, which is every status of the first round.
+fn changed(previous: &Snapshot, index: usize, next: &ExecutorStatus) -> bool {
+    previous.executors.get(index).map(|p| p.online) != Some(next.online)
+}
+
+/// After `next` is published: clears the worker flag of every executor that passed, and
+/// returns a `went online` line (info, like the transition lines) for each flag that was
+/// set — a worker took the executor offline and logged it — unless this round's
+/// transition lines from `previous` already said it went online. Without this, an
+/// executor flagged between two passing rounds would come back silently (SPEC §6: every
+/// change is logged).
+fn clear_flags(board: &Board, previous: Option<&Snapshot>, next: &Snapshot) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (index, e) in next.executors.iter().enumerate() {
+        if !e.online || !board.clear_offline(index) {
+            continue;
+        }
+        let logged = previous.is_some_and(|p| changed(p, index, e));
+        if !logged {
+            lines.push(format!("Executor \"{}\" went online", e.hostname));
+        }
+    }
+    lines
 }
 
 /// Stops the checker thread.
@@ -489,6 +514,67 @@ mod tests {
         );
         assert!(status_lines(Some(&third), &third).is_empty());
         assert_eq!(up.hits(), 3);
+    }
+
+    fn status(hostname: &str, online: bool) -> ExecutorStatus {
+        let target = Target {
+            host: hostname.to_string(),
+            port: 80,
+            hostname: hostname.to_string(),
+        };
+        let mut status = failed(&target, "connection refused".to_string());
+        status.online = online;
+        status
+    }
+
+    #[test]
+    fn cleared_worker_flags_are_logged_once() {
+        let snapshot = |generation, online: [bool; 4]| {
+            let names = ["a:80", "b:80", "c:80", "d:80"];
+            Snapshot::new(
+                generation,
+                names
+                    .iter()
+                    .zip(online)
+                    .map(|(n, o)| status(n, o))
+                    .collect(),
+            )
+        };
+        let previous = snapshot(1, [true, false, true, true]);
+        let next = snapshot(2, [true, true, false, true]);
+        let board = Board::new(previous.clone());
+        // a: flagged by a worker between two passing rounds, the checker saw no change.
+        // b: flagged, and the round's own transition line says it went online.
+        // c: flagged and still failing. d: never flagged.
+        for index in 0..3 {
+            assert!(board.flag_offline(index));
+        }
+        assert_eq!(
+            status_lines(Some(&previous), &next),
+            vec![
+                (true, "Executor \"b:80\" went online".to_string()),
+                (
+                    false,
+                    "Executor \"c:80\" went offline: connection refused".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            clear_flags(&board, Some(&previous), &next),
+            vec!["Executor \"a:80\" went online".to_string()]
+        );
+        assert!(!board.is_flagged_offline(0));
+        assert!(!board.is_flagged_offline(1));
+        assert!(board.is_flagged_offline(2), "still offline: flag kept");
+        assert!(!board.is_flagged_offline(3));
+        // Cleared once: the next round says nothing more.
+        assert!(clear_flags(&board, Some(&next), &next).is_empty());
+        // The checker's first round (no previous) lists statuses, not changes.
+        board.flag_offline(3);
+        assert_eq!(
+            clear_flags(&board, None, &next),
+            vec!["Executor \"d:80\" went online".to_string()]
+        );
     }
 
     #[test]
