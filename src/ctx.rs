@@ -106,11 +106,11 @@ impl WorkerCtx {
 
     /// The executor refused or did not answer a connection: every worker skips it until
     /// the checker sees a probe pass. Logged once, by the worker that flagged it.
-    pub fn flag_offline(&self, executor: usize, reason: &dyn std::fmt::Display) {
-        if self.board.is_flagged_offline(executor) {
+    pub(crate) fn flag_offline(&self, executor: usize, reason: &dyn std::fmt::Display) {
+        // Raised by this call only once, however many workers see the refusal.
+        if !self.board.flag_offline(executor) {
             return;
         }
-        self.board.flag_offline(executor);
         let snapshot = self.snapshot();
         let name = snapshot
             .executors
