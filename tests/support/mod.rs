@@ -14,6 +14,8 @@ use opr_proxy::config::Config;
 use opr_proxy::Server;
 use sha2::{Digest, Sha256};
 
+pub mod scripted;
+
 pub const SECRET: &str = "proxy-secret";
 pub const EXECUTOR_SECRET: &str = "executor-secret";
 
