@@ -173,10 +173,6 @@ impl SnapshotReader {
         }
         &self.cached
     }
-
-    pub fn board(&self) -> &Arc<Board> {
-        &self.board
-    }
 }
 
 #[cfg(test)]
