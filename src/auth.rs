@@ -2,7 +2,7 @@
 //! space and the rest must equal `OPR_PROXY_SECRET`, compared in constant time.
 
 /// True when `authorization` (the raw header value, if any) carries `secret`.
-pub fn is_authorized(authorization: Option<&[u8]>, secret: &[u8]) -> bool {
+pub(crate) fn is_authorized(authorization: Option<&[u8]>, secret: &[u8]) -> bool {
     let Some(value) = authorization else {
         return false;
     };

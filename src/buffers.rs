@@ -6,7 +6,7 @@ use std::cell::RefCell;
 /// Size of one body read/write step. Measured (loadtest/README.md, "Body step size"):
 /// 128 KiB cuts the proxy's CPU per 1 MiB upload by about a third and per 1 MiB download
 /// by a quarter against 64 KiB (fewer ops, fewer small segments); 256 KiB gains nothing more.
-pub const BODY_BUF: usize = 128 * 1024;
+pub(crate) const BODY_BUF: usize = 128 * 1024;
 /// Buffers kept for reuse (16 MiB at most); more in flight at once are allocated and freed.
 const KEEP: usize = 128;
 

@@ -16,7 +16,7 @@ use crate::snapshot::{Board, Snapshot, SnapshotReader};
 use crate::warn;
 
 /// Everything one worker owns; shared by its connection tasks through `Rc`.
-pub struct WorkerCtx {
+pub(crate) struct WorkerCtx {
     pub id: usize,
     pub config: Arc<Config>,
     pub board: Arc<Board>,
@@ -36,7 +36,7 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    pub fn new(id: usize, config: Arc<Config>, board: Arc<Board>) -> WorkerCtx {
+    pub(crate) fn new(id: usize, config: Arc<Config>, board: Arc<Board>) -> WorkerCtx {
         let mut reader = SnapshotReader::new(board.clone());
         let local = Rc::new(Snapshot::clone(reader.current()));
         let executors = config.executors.len();
@@ -64,7 +64,7 @@ impl WorkerCtx {
     }
 
     /// The newest snapshot: one atomic load, plus one copy per health round.
-    pub fn snapshot(&self) -> Rc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Rc<Snapshot> {
         let mut reader = self.reader.borrow_mut();
         let current = reader.current();
         let mut local = self.local.borrow_mut();
@@ -74,7 +74,7 @@ impl WorkerCtx {
         local.clone()
     }
 
-    pub fn active_connections(&self) -> usize {
+    pub(crate) fn active_connections(&self) -> usize {
         self.active.get()
     }
 
@@ -124,10 +124,10 @@ impl WorkerCtx {
 }
 
 /// Counts a connection task as active for the drain; decrements on drop (also on panic).
-pub struct ActiveGuard(Rc<WorkerCtx>);
+pub(crate) struct ActiveGuard(Rc<WorkerCtx>);
 
 impl ActiveGuard {
-    pub fn new(ctx: Rc<WorkerCtx>) -> ActiveGuard {
+    pub(crate) fn new(ctx: Rc<WorkerCtx>) -> ActiveGuard {
         ctx.active.set(ctx.active.get() + 1);
         ActiveGuard(ctx)
     }

@@ -10,7 +10,7 @@ use crate::http::head::HeadError;
 /// Why an exchange with an executor failed before its response head (a `502`): typed and
 /// `Copy`, so failing costs no allocation; shown in dev-mode bodies and in logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cause {
+pub(crate) enum Cause {
     /// Connecting failed for a reason that does not make the executor unreachable.
     Connect(io::ErrorKind),
     /// Writing the request failed.
@@ -53,7 +53,7 @@ impl std::fmt::Display for Cause {
 
 /// An error answered by the proxy (never by an executor).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// Missing or wrong key in `Authorization`.
     Unauthorized,
     /// No executor in any tier.
@@ -75,7 +75,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             ProxyError::Unauthorized => 401,
             ProxyError::NoOnlineExecutor => 404,
@@ -88,7 +88,7 @@ impl ProxyError {
         }
     }
 
-    pub fn message(&self) -> &'static str {
+    pub(crate) fn message(&self) -> &'static str {
         match self {
             ProxyError::Unauthorized => "Incorrect proxy key.",
             ProxyError::NoOnlineExecutor => "No online executor found",
@@ -122,7 +122,7 @@ impl ProxyError {
     /// After answering this error the client connection must close: the rest of the
     /// request was not read, or the stream is out of step. The others close only when
     /// the caller says the request was not read whole.
-    pub fn closes_connection(&self) -> bool {
+    pub(crate) fn closes_connection(&self) -> bool {
         !matches!(
             self,
             ProxyError::Unauthorized
@@ -135,7 +135,7 @@ impl ProxyError {
     /// The whole response: status line, SPEC §7 headers and JSON body (no body bytes
     /// when answering `HEAD`, RFC 9110 §9.3.2). Appends to `out`; allocates nothing
     /// unless `out` must grow.
-    pub fn write_response(
+    pub(crate) fn write_response(
         &self,
         out: &mut Vec<u8>,
         version: &str,
@@ -151,8 +151,9 @@ impl ProxyError {
         }
     }
 
-    /// The JSON body of SPEC §7 (with `detail` in dev mode), as a String (tests, logs).
-    pub fn body(&self, version: &str, dev: bool) -> String {
+    /// The JSON body of SPEC §7 (with `detail` in dev mode), as a String.
+    #[cfg(test)]
+    pub(crate) fn body(&self, version: &str, dev: bool) -> String {
         let mut body = String::new();
         let _ = self.write_body(&mut body, version, dev);
         body
@@ -193,7 +194,7 @@ impl std::fmt::Display for ProxyError {
 }
 
 /// A JSON response with the no-cache headers every proxy-made answer carries.
-pub fn write_json_response(
+pub(crate) fn write_json_response(
     out: &mut Vec<u8>,
     status: u16,
     body: &str,
@@ -221,11 +222,6 @@ fn write_json_head(out: &mut Vec<u8>, status: u16, body_len: usize, close: bool)
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Append `s` as a JSON string literal.
-pub fn push_json_string(out: &mut String, s: &str) {
-    let _ = write_json_string(out, s);
 }
 
 fn write_json_string(w: &mut dyn std::fmt::Write, s: &str) -> std::fmt::Result {
@@ -346,7 +342,7 @@ mod tests {
     #[test]
     fn json_strings_are_escaped() {
         let mut s = String::new();
-        push_json_string(&mut s, "a\"b\\c\n\u{1}é");
+        let _ = write_json_string(&mut s, "a\"b\\c\n\u{1}é");
         assert_eq!(s, r#""a\"b\\c\n\u0001é""#);
     }
 }

@@ -2,13 +2,13 @@
 //! `run(Config)` is the one entry for main, tests and benches.
 
 mod api;
-pub mod auth;
+mod auth;
 pub mod balance;
 mod buffers;
 pub mod config;
 mod conn;
 mod ctx;
-pub mod error;
+mod error;
 mod forward;
 pub mod health;
 pub mod http;

@@ -11,19 +11,19 @@ use std::task::{Context, Poll, Waker};
 /// and every connection waits here between requests (a leak of each finished task
 /// otherwise, found by the soak test).
 #[derive(Default)]
-pub struct LocalNotify {
+pub(crate) struct LocalNotify {
     fired: Cell<bool>,
     next_id: Cell<u64>,
     waiters: RefCell<HashMap<u64, Waker>>,
 }
 
 impl LocalNotify {
-    pub fn new() -> LocalNotify {
+    pub(crate) fn new() -> LocalNotify {
         LocalNotify::default()
     }
 
     /// Fire once; every current and future `wait()` completes.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.fired.set(true);
         let waiters: Vec<Waker> = self.waiters.borrow_mut().drain().map(|(_, w)| w).collect();
         for waker in waiters {
@@ -31,7 +31,7 @@ impl LocalNotify {
         }
     }
 
-    pub fn wait(&self) -> Wait<'_> {
+    pub(crate) fn wait(&self) -> Wait<'_> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
         Wait { notify: self, id }
@@ -39,12 +39,12 @@ impl LocalNotify {
 
     /// Registered waiters (for tests).
     #[cfg(test)]
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.waiters.borrow().len()
     }
 }
 
-pub struct Wait<'a> {
+pub(crate) struct Wait<'a> {
     notify: &'a LocalNotify,
     id: u64,
 }

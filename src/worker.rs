@@ -25,7 +25,7 @@ const CAP_POLL: Duration = Duration::from_millis(5);
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// What a worker thread needs from the process.
-pub struct WorkerSpec {
+pub(crate) struct WorkerSpec {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
     pub addr: SocketAddr,
@@ -45,7 +45,7 @@ pub enum Driver {
 
 /// Build the runtime and serve until stopped. Runs on the worker's own thread.
 /// `ready` is called once the listener is bound, with the driver chosen.
-pub fn run(spec: WorkerSpec, ready: impl FnOnce(std::io::Result<Driver>)) {
+pub(crate) fn run(spec: WorkerSpec, ready: impl FnOnce(std::io::Result<Driver>)) {
     if let Some(core) = spec.core {
         if !core_affinity::set_for_current(core) {
             warn!("worker {}: could not pin to core {}", spec.id, core.id);
@@ -124,7 +124,7 @@ const URING_FLAG_SETS: [FlagSet; 3] = [
 /// A listener with SO_REUSEPORT, so every worker has its own accept queue on one port.
 /// Bound with socket2 because the main thread has no runtime: it binds the first one to
 /// learn the port (when 0 was asked) and hands it to worker 0.
-pub fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;

@@ -606,7 +606,12 @@ fn item6_stray_bytes_after_broadcast_do_not_poison_the_pool() {
     thread::sleep(Duration::from_millis(600));
 
     let mut c = proxy.client();
-    let rb = assert_genuine(&ex, "/next", &get(&mut c, "/next"), "anycast after broadcast");
+    let rb = assert_genuine(
+        &ex,
+        "/next",
+        &get(&mut c, "/next"),
+        "anycast after broadcast",
+    );
     assert_ne!(
         rb.conn,
         ex.requests_to("/bc")[0].conn,

@@ -1,7 +1,7 @@
 //! Test fixtures: start the real proxy (in-process via `opr_proxy::run`, or as a child
 //! process), mock executors on 127.0.0.1, and a raw HTTP/1.1 client over std sockets.
 
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
