@@ -43,12 +43,19 @@ fn broadcast(c: &mut Client, method: &str, target: &str) -> Response {
 /// (`conn-<i>-req-<j>` of that very exchange, not of another one).
 fn assert_genuine(ex: &ScriptedExecutor, target: &str, r: &Response, what: &str) -> RecordedRaw {
     assert_eq!(r.status, 200, "{what}: {}", r.text());
+    assert!(
+        r.text().starts_with("conn-"),
+        "{what}: the client got bytes no exchange of its own produced: {:?}",
+        r.text()
+    );
     let recorded = ex.requests_to(target);
+    let seen: Vec<_> = recorded.iter().map(|r| (r.conn, r.index)).collect();
     assert_eq!(
         recorded.len(),
         1,
-        "{what}: the executor saw {target} {} times",
-        recorded.len()
+        "{what}: the executor saw {target} {} times (conn, request) {seen:?}; answer {:?}",
+        recorded.len(),
+        r.text()
     );
     let rec = recorded[0].clone();
     assert_eq!(

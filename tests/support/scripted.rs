@@ -162,11 +162,11 @@ impl ScriptedExecutor {
         self.shared.lock().requests.clone()
     }
 
-    /// The requests whose target starts with `prefix`.
-    pub fn requests_to(&self, prefix: &str) -> Vec<RecordedRaw> {
+    /// The requests whose target is exactly `target`.
+    pub fn requests_to(&self, target: &str) -> Vec<RecordedRaw> {
         self.requests()
             .into_iter()
-            .filter(|r| r.target().starts_with(prefix))
+            .filter(|r| r.target() == target)
             .collect()
     }
 
