@@ -786,7 +786,9 @@ fn item7_connect_is_400() {
 }
 
 /// Send a head announcing a 5 MB body, keep writing body bytes from another thread
-/// (errors ignored), and read the whole answer on this thread.
+/// (errors ignored), and read the whole answer on this thread; then the connection must
+/// end with a clean EOF (the proxy shut its side down and drains the body), not a reset
+/// (closing with unread bytes, which on a real network can destroy the answer in flight).
 fn answer_while_uploading(proxy: &Proxy, authorization: &str) -> Response {
     let mut c = proxy.client();
     c.send(
@@ -807,9 +809,15 @@ fn answer_while_uploading(proxy: &Proxy, authorization: &str) -> Response {
         }
     });
     let r = c.read_response(false);
+    let after = c.stream.read(&mut [0u8; 1]);
     let _ = c.stream.shutdown(std::net::Shutdown::Both);
     let _ = uploader.join();
-    r.unwrap_or_else(|e| panic!("no complete answer while the body was still coming: {e}"))
+    let r = r.unwrap_or_else(|e| panic!("no complete answer while the body was still coming: {e}"));
+    assert!(
+        matches!(after, Ok(0)),
+        "after the answer: {after:?} instead of a clean EOF (no lingering close)"
+    );
+    r
 }
 
 /// Issue 8 item 7 (d): lingering close. A request refused before its body was read

@@ -1668,14 +1668,11 @@ fn verify_echo(req: &Req, from: &str, body: &[u8], sha: &Sha256) -> Result<Raw, 
             "framing sent to the executor: transfer-encoding {te:?}, content-length {cl:?}"
         ));
     }
-    if chunked {
-        let trailers = pairs("trailers");
-        if !trailers
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("x-soak-trailer") && *v == req.rid)
-        {
-            errs.push(format!("trailer missing: {trailers:?}"));
-        }
+    // SPEC §5: trailer fields of a chunked request are not forwarded (one could carry
+    // the client's key).
+    let trailers = pairs("trailers");
+    if !trailers.is_empty() {
+        errs.push(format!("trailer forwarded: {trailers:?}"));
     }
     if errs.is_empty() {
         Ok(Raw::Ok)
