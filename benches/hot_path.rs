@@ -72,6 +72,7 @@ fn snapshot(n: usize) -> Snapshot {
                 addrs: vec![],
                 last_check: None,
                 last_error: None,
+                ..ExecutorStatus::default()
             })
             .collect(),
     )

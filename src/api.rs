@@ -1,5 +1,6 @@
-//! The proxy's own endpoints: `/v1/proxy/health` (liveness, no key) and
-//! `/v1/proxy/containers` (executor states, key needed).
+//! The proxy's own endpoints: `/v1/proxy/health` (liveness, no key),
+//! `/v1/proxy/containers` (executor states) and `/v1/proxy/metrics` (Prometheus), the
+//! last two with the key.
 
 use serde::Serialize;
 
@@ -7,6 +8,7 @@ use crate::ctx::WorkerCtx;
 use crate::error::write_json_response;
 use crate::http::client::After;
 use crate::logging::rfc3339;
+use crate::metrics::ReportCounts;
 use crate::snapshot::Snapshot;
 
 /// `200 OK` with body `OK`, as the original answers.
@@ -76,4 +78,29 @@ pub(crate) fn containers(
     let body = sonic_rs::to_string(&list).unwrap_or_else(|_| "[]".into());
     out.clear();
     write_json_response(out, 200, &body, close, head_only);
+}
+
+/// Every metric in the Prometheus text format (version 0.0.4).
+pub(crate) fn metrics(
+    snapshot: &Snapshot,
+    ctx: &WorkerCtx,
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
+    let mut body = String::with_capacity(16 * 1024);
+    let flagged = |i| ctx.board.is_flagged_offline(i);
+    let reports = ReportCounts::default();
+    ctx.metrics
+        .render(&mut body, snapshot, flagged, &ctx.config.version, reports);
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nCache-Control: no-cache, no-store, must-revalidate\r\n");
+    let _ = std::io::Write::write_fmt(out, format_args!("Content-Length: {}\r\n", body.len()));
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
 }

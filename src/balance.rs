@@ -29,6 +29,16 @@ impl Addressing {
     }
 }
 
+/// The executor chosen for a request, with the tier and reason (for the access log and
+/// `x-opr-route`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub executor: usize,
+    /// SPEC §4 tier 1–3; 0 for `anycast-fast` (no tiers).
+    pub tier: u8,
+    pub reason: &'static str,
+}
+
 /// One worker's selection state: round-robin counter, random generator, the
 /// optimistic runtime overlay and a reusable candidate buffer. `!Sync` by design.
 pub struct Picker {
@@ -56,8 +66,7 @@ impl Picker {
         }
     }
 
-    /// Choose one executor for an anycast request. `unavailable(i)` excludes executors a
-    /// worker flagged offline or that this request already failed on.
+    /// Choose one executor for an anycast request (see `select`).
     pub fn pick(
         &self,
         snapshot: &Snapshot,
@@ -65,6 +74,24 @@ impl Picker {
         runtime_id: Option<&str>,
         unavailable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
+        self.select(snapshot, addressing, runtime_id, unavailable)
+            .map(|c| c.executor)
+    }
+
+    /// Choose one executor for an anycast request, and say why. `unavailable(i)`
+    /// excludes executors a worker flagged offline or that this request already failed on.
+    pub fn select(
+        &self,
+        snapshot: &Snapshot,
+        addressing: Addressing,
+        runtime_id: Option<&str>,
+        unavailable: impl Fn(usize) -> bool,
+    ) -> Option<Choice> {
+        let choice = |executor, tier, reason| Choice {
+            executor,
+            tier,
+            reason,
+        };
         self.sync_overlay(snapshot.generation);
         let mut candidates = self.candidates.borrow_mut();
         let online = |i: usize| snapshot.executors[i].online && !unavailable(i);
@@ -72,6 +99,7 @@ impl Picker {
             Addressing::AnycastFast => {
                 fill(&mut candidates, snapshot, online);
                 self.random(&candidates)
+                    .map(|i| choice(i, 0, "anycast-fast"))
             }
             Addressing::AnycastEfficient | Addressing::Broadcast => {
                 let low_usage =
@@ -92,16 +120,20 @@ impl Picker {
                         }
                     }
                     if let Some(i) = self.choose(&candidates) {
-                        return Some(i);
+                        return Some(choice(i, 1, "runtime warm"));
                     }
                 }
-                // Tier 2: low usage. Tier 3: online.
+                // Tier 2: low usage (tier 1 when no runtime was asked for). Tier 3: online.
                 fill(&mut candidates, snapshot, low_usage);
                 if let Some(i) = self.choose(&candidates) {
-                    return Some(i);
+                    return Some(match runtime_id {
+                        Some(_) => choice(i, 2, "usage < 80, runtime not warm"),
+                        None => choice(i, 1, "usage < 80"),
+                    });
                 }
                 fill(&mut candidates, snapshot, online);
                 self.choose(&candidates)
+                    .map(|i| choice(i, 3, "fallback: all busy"))
             }
         }
     }
@@ -205,6 +237,7 @@ mod tests {
             addrs: vec![],
             last_check: None,
             last_error: None,
+            ..ExecutorStatus::default()
         }
     }
 

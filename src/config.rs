@@ -39,6 +39,7 @@ pub const OPR_PROXY_POOL_SIZE: &str = "OPR_PROXY_POOL_SIZE";
 pub const OPR_PROXY_POOL_IDLE_TIMEOUT: &str = "OPR_PROXY_POOL_IDLE_TIMEOUT";
 pub const OPR_PROXY_SHUTDOWN_TIMEOUT: &str = "OPR_PROXY_SHUTDOWN_TIMEOUT";
 pub const OPR_PROXY_ACCESS_LOG: &str = "OPR_PROXY_ACCESS_LOG";
+pub const OPR_PROXY_ACCESS_LOG_FORMAT: &str = "OPR_PROXY_ACCESS_LOG_FORMAT";
 pub const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
 pub const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
 
@@ -69,6 +70,19 @@ pub enum Env {
 const ENVS: [(&str, Env); 2] = [
     ("production", Env::Production),
     ("development", Env::Development),
+];
+
+/// How access log lines are written (`OPR_PROXY_ACCESS_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+const ACCESS_LOG_FORMATS: [(&str, AccessLogFormat); 2] = [
+    ("text", AccessLogFormat::Text),
+    ("json", AccessLogFormat::Json),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +171,7 @@ pub struct Config {
     pub pool_idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub access_log: bool,
+    pub access_log_format: AccessLogFormat,
     /// Longest wait for the next bytes of a request body (slow or stalled uploads).
     pub body_timeout: Duration,
     /// Client connections one worker serves at once; at the cap it stops accepting.
@@ -209,6 +224,11 @@ impl Config {
             pool_idle_timeout: src.seconds(OPR_PROXY_POOL_IDLE_TIMEOUT, 30, 1..=3_600)?,
             shutdown_timeout: src.seconds(OPR_PROXY_SHUTDOWN_TIMEOUT, 30, 0..=3_600)?,
             access_log: src.choice(OPR_PROXY_ACCESS_LOG, false, &ON_OFF)?,
+            access_log_format: src.choice(
+                OPR_PROXY_ACCESS_LOG_FORMAT,
+                AccessLogFormat::Text,
+                &ACCESS_LOG_FORMATS,
+            )?,
             body_timeout: src.seconds(OPR_PROXY_BODY_TIMEOUT, 60, 1..=86_400)?,
             max_connections: src.number(OPR_PROXY_MAX_CONNECTIONS, 16_384, 1..=1_048_576, "")?
                 as usize,
@@ -257,6 +277,7 @@ impl fmt::Debug for Config {
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("access_log", &self.access_log)
+            .field("access_log_format", &self.access_log_format)
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
             .finish()
@@ -550,6 +571,7 @@ mod tests {
         assert_eq!(c.pool_idle_timeout, Duration::from_secs(30));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert!(!c.access_log);
+        assert_eq!(c.access_log_format, AccessLogFormat::Text);
         assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 16_384);
     }

@@ -10,59 +10,95 @@ use monoio::net::TcpStream;
 
 use crate::ctx::WorkerCtx;
 use crate::error::ProxyError;
+use crate::forward::{self, Served};
 use crate::http::client::{After, ClientConn};
 use crate::http::head::{self, HeaderRef, RequestFraming, RequestHead};
-use crate::{api, auth, forward, info};
+use crate::metrics::ClientClose;
+use crate::{access_log, api, auth};
 
 /// Serve one accepted connection until it closes.
 pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
+    ctx.m().client_opened();
     let mut conn = ClientConn::new(stream, peer);
+    let why = serve_requests(&ctx, &mut conn).await;
+    ctx.m().client_closed(why);
+}
+
+async fn serve_requests(ctx: &Rc<WorkerCtx>, conn: &mut ClientConn) -> ClientClose {
     let mut headers: Vec<HeaderRef> = Vec::with_capacity(32);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     loop {
-        let head = match read_head(&ctx, &mut conn, &mut headers).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(e) => {
+        let head = match read_head(ctx, conn, &mut headers).await {
+            Ok(head) => head,
+            Err(Ended::Quietly(why)) => return why,
+            Err(Ended::Badly(e)) => {
                 conn.head_request = false;
-                ctx.answer(&mut conn, &mut out, e, false).await;
-                return;
+                ctx.answer(conn, &mut out, e, false).await;
+                return match e {
+                    ProxyError::HeadTimeout => ClientClose::HeaderTimeout,
+                    _ => ClientClose::Closed,
+                };
             }
         };
+        let started = Instant::now();
+        let (in_before, out_before) = (conn.bytes_in, conn.bytes_out);
         conn.head_request = &conn.pending()[head.method.clone()] == b"HEAD";
-        // Opt-in: costs a small allocation and a clock read per request, so only when asked.
-        let line = ctx
-            .config
-            .access_log
-            .then(|| (request_line(&conn, &head), Instant::now()));
-        let (after, status) = handle(&ctx, &mut conn, &head, &headers, &mut out).await;
-        if let Some((line, started)) = line {
-            info!(
-                "access {} \"{line}\" {status} {:.3}ms",
-                conn.peer.ip(),
-                started.elapsed().as_secs_f64() * 1000.0
-            );
+        if ctx.access_log.is_some() {
+            keep_request_line(conn, &head);
         }
-        if after == After::Close || ctx.stopping.get() {
-            return;
+        ctx.m().request_started();
+        let served = handle(ctx, conn, &head, &headers, &mut out).await;
+        let took = started.elapsed();
+        let (bytes_in, bytes_out) = (conn.bytes_in - in_before, conn.bytes_out - out_before);
+        let executor = served.choice.map(|c| c.executor);
+        ctx.m()
+            .request_done(executor, served.status, took, bytes_in, bytes_out);
+        if let Some(log) = &ctx.access_log {
+            let snapshot = ctx.snapshot();
+            let entry = access_log::Entry {
+                client: conn.peer.ip(),
+                request_line: &conn.request_line,
+                status: served.status,
+                executor: executor
+                    .and_then(|i| snapshot.executors.get(i))
+                    .map(|e| e.hostname.as_str()),
+                tier: served.choice.map(|c| c.tier),
+                bytes_in,
+                bytes_out,
+                duration: took,
+            };
+            log.write(&entry, ctx.m());
+        }
+        if served.after == After::Close {
+            return ClientClose::Closed;
+        }
+        if ctx.stopping.get() {
+            return ClientClose::Drain;
         }
     }
 }
 
-/// Read until a complete head is pending. `Ok(None)`: the client closed, went idle past
-/// the idle timeout, or the worker is stopping between requests.
+/// Why no request head came.
+enum Ended {
+    /// Closed, idle or draining between requests: nothing to answer.
+    Quietly(ClientClose),
+    /// A bad or late head: answer it, then close.
+    Badly(ProxyError),
+}
+
+/// Read until a complete head is pending.
 async fn read_head(
     ctx: &WorkerCtx,
     conn: &mut ClientConn,
     headers: &mut Vec<HeaderRef>,
-) -> Result<Option<RequestHead>, ProxyError> {
+) -> Result<RequestHead, Ended> {
     let mut deadline = None;
     loop {
         if !conn.pending().is_empty() {
             match head::parse_request(conn.pending(), headers) {
-                Ok(Some(head)) => return Ok(Some(head)),
+                Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
-                Err(e) => return Err(ProxyError::BadHead(e)),
+                Err(e) => return Err(Ended::Badly(ProxyError::BadHead(e))),
             }
             deadline.get_or_insert_with(|| Instant::now() + ctx.config.header_timeout);
         }
@@ -70,7 +106,7 @@ async fn read_head(
             // Between requests: wait for the first byte, idle timeout, or stop.
             None => {
                 if ctx.stopping.get() {
-                    return Ok(None);
+                    return Err(Ended::Quietly(ClientClose::Drain));
                 }
                 let read_or_stop = async {
                     monoio::select! {
@@ -80,17 +116,18 @@ async fn read_head(
                 };
                 match monoio::time::timeout(ctx.config.idle_timeout, read_or_stop).await {
                     Ok(Some(r)) => r,
-                    Ok(None) | Err(_) => return Ok(None),
+                    Ok(None) => return Err(Ended::Quietly(ClientClose::Drain)),
+                    Err(_) => return Err(Ended::Quietly(ClientClose::Idle)),
                 }
             }
             // Inside a head: the whole head must arrive before the header deadline.
             Some(at) => match monoio::time::timeout_at(at.into(), conn.read_more()).await {
                 Ok(r) => r,
-                Err(_) => return Err(ProxyError::HeadTimeout),
+                Err(_) => return Err(Ended::Badly(ProxyError::HeadTimeout)),
             },
         };
         match read {
-            Ok(0) | Err(_) => return Ok(None),
+            Ok(0) | Err(_) => return Err(Ended::Quietly(ClientClose::Client)),
             Ok(_) => {
                 if deadline.is_none() {
                     deadline = Some(Instant::now() + ctx.config.header_timeout);
@@ -100,14 +137,27 @@ async fn read_head(
     }
 }
 
-/// Route one request. Returns what happens to the connection and the status sent.
+/// Keep `METHOD target` for the access log: the head's bytes may be gone by the time
+/// the line is written. The buffer is reused, so this allocates only while it grows.
+fn keep_request_line(conn: &mut ClientConn, head: &RequestHead) {
+    let pending = &conn.buf[conn.start..];
+    conn.request_line.clear();
+    conn.request_line
+        .extend_from_slice(&pending[head.method.clone()]);
+    conn.request_line.push(b' ');
+    let target = &pending[head.target.clone()];
+    conn.request_line
+        .extend_from_slice(&target[..target.len().min(4096)]);
+}
+
+/// Route one request.
 async fn handle(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,
     head: &RequestHead,
     headers: &[HeaderRef],
     out: &mut Vec<u8>,
-) -> (After, u16) {
+) -> Served {
     let pending = conn.pending();
     let method = &pending[head.method.clone()];
     let path = head::path_of(&pending[head.target.clone()]);
@@ -117,7 +167,7 @@ async fn handle(
     if is_get && path == b"/v1/proxy/health" {
         let close = !head.keep_alive || has_body(head);
         let after = api::health(close, method == b"HEAD", out);
-        return finish_local(ctx, conn, head, out, after, 200).await;
+        return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
     }
 
     let authorization = head::find_header(pending, headers, "authorization");
@@ -125,16 +175,24 @@ async fn handle(
         // The body (if any) is not read: the answer closes and lingers.
         let keep_alive = head.keep_alive && !has_body(head);
         conn.consume(head.head_len);
-        return ctx
-            .answer(conn, out, ProxyError::Unauthorized, keep_alive)
-            .await;
+        let e = ProxyError::Unauthorized;
+        return Served::local(ctx.answer(conn, out, e, keep_alive).await);
     }
 
     if is_get && path == b"/v1/proxy/containers" {
         let snapshot = ctx.snapshot();
         let close = !head.keep_alive || has_body(head);
         api::containers(&snapshot, ctx, method == b"HEAD", close, out);
-        return finish_local(ctx, conn, head, out, After::close_if(close), 200).await;
+        let after = After::close_if(close);
+        return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
+    }
+
+    if is_get && path == b"/v1/proxy/metrics" {
+        let snapshot = ctx.snapshot();
+        let close = !head.keep_alive || has_body(head);
+        api::metrics(&snapshot, ctx, method == b"HEAD", close, out);
+        let after = After::close_if(close);
+        return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
     }
 
     forward::forward(ctx, conn, head, headers, out).await
@@ -168,13 +226,4 @@ async fn finish_local(
         return (After::Close, status);
     }
     (after, status)
-}
-
-/// `METHOD target` for the access log (target cut to 512 bytes, lossy UTF-8).
-fn request_line(conn: &ClientConn, head: &RequestHead) -> String {
-    let pending = conn.pending();
-    let method = String::from_utf8_lossy(&pending[head.method.clone()]);
-    let target = &pending[head.target.clone()];
-    let target = String::from_utf8_lossy(&target[..target.len().min(512)]);
-    format!("{method} {target}")
 }

@@ -5,11 +5,13 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::balance::Picker;
 use crate::buffers::BufPool;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::client::{After, ClientConn};
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::notify::LocalNotify;
 use crate::pool::Pool;
 use crate::snapshot::{Board, Snapshot, SnapshotReader};
@@ -33,10 +35,20 @@ pub(crate) struct WorkerCtx {
     pub stopping: Cell<bool>,
     pub stop_notify: LocalNotify,
     active: Cell<usize>,
+    /// Every worker's counters; this worker writes only its own (`m()`).
+    pub metrics: Arc<Metrics>,
+    /// This worker's access log buffer (`OPR_PROXY_ACCESS_LOG=enabled`).
+    pub access_log: Option<AccessLog>,
 }
 
 impl WorkerCtx {
-    pub(crate) fn new(id: usize, config: Arc<Config>, board: Arc<Board>) -> WorkerCtx {
+    pub(crate) fn new(
+        id: usize,
+        config: Arc<Config>,
+        board: Arc<Board>,
+        metrics: Arc<Metrics>,
+        access_log: Option<AccessLog>,
+    ) -> WorkerCtx {
         let mut reader = SnapshotReader::new(board.clone());
         let local = Rc::new(Snapshot::clone(reader.current()));
         let executors = config.executors.len();
@@ -60,7 +72,15 @@ impl WorkerCtx {
             local: RefCell::new(local),
             config,
             board,
+            metrics,
+            access_log,
         }
+    }
+
+    /// This worker's counters.
+    #[inline]
+    pub(crate) fn m(&self) -> &WorkerMetrics {
+        self.metrics.worker(self.id)
     }
 
     /// The newest snapshot: one atomic load, plus one copy per health round.

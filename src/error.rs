@@ -147,7 +147,7 @@ impl ProxyError {
         let _ = self.write_body(&mut counter, version, dev);
         write_json_head(out, self.status(), counter.0, close);
         if !head_only {
-            let _ = self.write_body(&mut Adapter(out), version, dev);
+            let _ = self.write_body(&mut VecWriter(out), version, dev);
         }
     }
 
@@ -210,7 +210,7 @@ pub(crate) fn write_json_response(
 fn write_json_head(out: &mut Vec<u8>, status: u16, body_len: usize, close: bool) {
     let reason = crate::http::rewrite::canonical_reason(status);
     let _ = write!(
-        Adapter(out),
+        VecWriter(out),
         "HTTP/1.1 {status} {reason}\r\n\
          Content-Type: application/json\r\n\
          Cache-Control: no-cache, no-store, must-revalidate\r\n\
@@ -231,7 +231,7 @@ fn write_json_string(w: &mut dyn std::fmt::Write, s: &str) -> std::fmt::Result {
 }
 
 /// Escapes what is written through it as the inside of a JSON string.
-struct JsonEscape<'a>(&'a mut dyn std::fmt::Write);
+pub(crate) struct JsonEscape<'a>(pub(crate) &'a mut dyn std::fmt::Write);
 
 impl std::fmt::Write for JsonEscape<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
@@ -261,9 +261,9 @@ impl std::fmt::Write for Counter {
 }
 
 /// `fmt::Write` into a byte buffer without an intermediate String.
-struct Adapter<'a>(&'a mut Vec<u8>);
+pub(crate) struct VecWriter<'a>(pub(crate) &'a mut Vec<u8>);
 
-impl std::fmt::Write for Adapter<'_> {
+impl std::fmt::Write for VecWriter<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())

@@ -1,6 +1,7 @@
 //! opr-proxy: a thread-per-core io_uring drop-in replacement for Open Runtimes Proxy.
 //! `run(Config)` is the one entry for main, tests and benches.
 
+mod access_log;
 mod api;
 mod auth;
 pub mod balance;
@@ -13,6 +14,7 @@ mod forward;
 pub mod health;
 pub mod http;
 pub mod logging;
+mod metrics;
 mod notify;
 mod pool;
 pub mod snapshot;
@@ -70,6 +72,7 @@ pub struct Server {
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
     board: Arc<Board>,
+    access_writer: Option<access_log::Writer>,
 }
 
 /// Start the proxy: the checker's first round (before accepting), then one pinned worker
@@ -82,6 +85,12 @@ pub fn run(config: Config) -> Result<Server, StartError> {
 
     let cores = worker_cores(&config);
     let count = cores.len().max(1) * config.worker_per_core;
+    let metrics = Arc::new(metrics::Metrics::new(count, config.executors.len()));
+    let access_writer = if config.access_log {
+        Some(access_log::Writer::start().map_err(StartError::Thread)?)
+    } else {
+        None
+    };
     let wanted = SocketAddr::new(config.host, config.port);
     let first = worker::reuse_port_listener(wanted).map_err(|e| StartError::Bind(wanted, e))?;
     let addr = first
@@ -101,6 +110,10 @@ pub fn run(config: Config) -> Result<Server, StartError> {
             listener: first.take(),
             config: config.clone(),
             board: board.clone(),
+            metrics: metrics.clone(),
+            access_log: access_writer
+                .as_ref()
+                .map(|w| w.log(config.access_log_format)),
             stop: stop.clone(),
         };
         let ready_tx = ready_tx.clone();
@@ -148,6 +161,7 @@ pub fn run(config: Config) -> Result<Server, StartError> {
         events_tx,
         events_rx,
         board,
+        access_writer,
     };
     match failure {
         Some(e) => {
@@ -226,6 +240,10 @@ impl Server {
         }
         if let Some(checker) = self.checker.take() {
             checker.stop();
+        }
+        // Every worker flushed its lines when it stopped; write them out.
+        if let Some(writer) = self.access_writer.take() {
+            writer.finish();
         }
     }
 }

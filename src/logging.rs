@@ -48,11 +48,19 @@ pub fn rfc3339_now() -> String {
 }
 
 pub fn rfc3339(time: SystemTime) -> String {
+    let mut s = String::with_capacity(24);
+    let _ = write_rfc3339(&mut s, time);
+    s
+}
+
+/// `rfc3339` into any writer, without allocating.
+pub fn write_rfc3339(w: &mut dyn std::fmt::Write, time: SystemTime) -> std::fmt::Result {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
+    write!(
+        w,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
         (rem / 60) % 60,

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::forward::Discard;
+use crate::metrics::WorkerMetrics;
 use crate::socket::{self, Waiting};
 
 struct Idle {
@@ -37,23 +39,39 @@ impl Pool {
     /// clean. Most recent first: it is the least likely to have been closed by the
     /// executor. One that received bytes (a late answer, a stray response) or EOF while
     /// idle is closed: its bytes would reach the next client as its answer.
-    pub(crate) fn take(&self, executor: usize, addr: SocketAddr) -> Option<TcpStream> {
+    pub(crate) fn take(
+        &self,
+        executor: usize,
+        addr: SocketAddr,
+        m: &WorkerMetrics,
+    ) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(executor)?;
         let now = Instant::now();
-        expire(list, now, self.idle_timeout);
+        expire(list, now, self.idle_timeout, executor, m);
         while let Some(pos) = list.iter().rposition(|c| c.addr == addr) {
             let conn = list.remove(pos)?;
-            if socket::peek(&conn.stream) == Waiting::Nothing {
-                return Some(conn.stream);
+            match socket::peek(&conn.stream) {
+                Waiting::Nothing => return Some(conn.stream),
+                Waiting::Bytes => m.executor_discarded(executor, Discard::IdleBytes),
+                Waiting::Eof | Waiting::Error => {
+                    m.executor_discarded(executor, Discard::IdleClosed)
+                }
             }
         }
         None
     }
 
     /// Check a connection in after a clean exchange; dropped when the pool is full.
-    pub(crate) fn put(&self, executor: usize, addr: SocketAddr, stream: TcpStream) {
+    pub(crate) fn put(
+        &self,
+        executor: usize,
+        addr: SocketAddr,
+        stream: TcpStream,
+        m: &WorkerMetrics,
+    ) {
         if self.max_idle == 0 {
+            m.executor_discarded(executor, Discard::PoolFull);
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -61,9 +79,10 @@ impl Pool {
             return;
         };
         let now = Instant::now();
-        expire(list, now, self.idle_timeout);
+        expire(list, now, self.idle_timeout, executor, m);
         if list.len() >= self.max_idle {
             list.pop_front();
+            m.executor_discarded(executor, Discard::PoolFull);
         }
         list.push_back(Idle {
             stream,
@@ -88,11 +107,18 @@ impl Pool {
 }
 
 /// Oldest entries are at the front; drop those idle for too long.
-fn expire(list: &mut VecDeque<Idle>, now: Instant, timeout: Duration) {
+fn expire(
+    list: &mut VecDeque<Idle>,
+    now: Instant,
+    timeout: Duration,
+    executor: usize,
+    m: &WorkerMetrics,
+) {
     while list
         .front()
         .is_some_and(|c| now.duration_since(c.since) >= timeout)
     {
         list.pop_front();
+        m.executor_discarded(executor, Discard::Expired);
     }
 }

@@ -24,7 +24,7 @@ impl RuntimeState {
 }
 
 /// What the checker knows about one executor after a round.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExecutorStatus {
     /// As configured, normalised to `host:port`.
     pub hostname: String,
@@ -39,6 +39,10 @@ pub struct ExecutorStatus {
     pub last_check: Option<SystemTime>,
     /// Why the executor is offline (kept for `/v1/proxy/containers` and the logs).
     pub last_error: Option<String>,
+    /// How long the last health probe took (DNS included), in seconds (metrics).
+    pub probe_seconds: f64,
+    /// Probes that found the executor offline since start (metrics).
+    pub probe_failures: u64,
 }
 
 impl ExecutorStatus {
@@ -191,6 +195,7 @@ mod tests {
                 addrs: vec![],
                 last_check: None,
                 last_error: None,
+                ..ExecutorStatus::default()
             }],
         )
     }

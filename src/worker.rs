@@ -12,8 +12,10 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+use crate::access_log::{self, AccessLog};
 use crate::config::{Config, IoDriver};
 use crate::ctx::{ActiveGuard, WorkerCtx};
+use crate::metrics::Metrics;
 use crate::snapshot::Board;
 use crate::{error, info, warn};
 
@@ -33,6 +35,8 @@ pub(crate) struct WorkerSpec {
     pub listener: Option<std::net::TcpListener>,
     pub config: Arc<Config>,
     pub board: Arc<Board>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: Option<AccessLog>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -153,11 +157,26 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
         spec.id,
         spec.config.clone(),
         spec.board.clone(),
+        spec.metrics.clone(),
+        spec.access_log,
     ));
-    match driver {
-        Driver::IoUring(flags) => info!("worker {} serving with io_uring ({flags})", spec.id),
-        Driver::Epoll => info!("worker {} serving with epoll", spec.id),
+    if ctx.access_log.is_some() {
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(access_log::FLUSH).await;
+                if let Some(log) = &ctx.access_log {
+                    log.flush(ctx.m());
+                }
+            }
+        });
     }
+    let driver_name = match driver {
+        Driver::IoUring(flags) => format!("io_uring ({flags})"),
+        Driver::Epoll => "epoll".to_string(),
+    };
+    info!("worker {} serving with {driver_name}", spec.id);
+    ctx.m().set_driver(driver_name);
     ready(Ok(driver));
 
     accept_loop(&listener, &ctx, &spec.stop).await;
@@ -239,5 +258,8 @@ async fn drain(ctx: &Rc<WorkerCtx>) {
             "worker {}: shutdown timeout, closing {left} connection(s)",
             ctx.id
         );
+    }
+    if let Some(log) = &ctx.access_log {
+        log.close(ctx.m());
     }
 }

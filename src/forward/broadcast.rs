@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::exchange::{self, HeadFailure, OpenError};
 use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
-use super::reuse::{self, ResponseEnd, Reuse, Silence};
+use super::reuse::{self, ResponseEnd, Silence};
 use crate::ctx::WorkerCtx;
 use crate::error::{Cause, ProxyError};
 use crate::http::chunked::ChunkedDecoder;
@@ -136,6 +136,7 @@ async fn read_body(
     collected.extend_from_slice(&conn.buf[from..from + kept]);
     // Keep the head (it is rewritten for every executor) and what follows the body.
     conn.buf.drain(from..from + consumed);
+    conn.bytes_in += consumed as u64;
     if !body.is_done() {
         let mut buf = ctx.bufs.take();
         let stall = Some(ctx.config.body_timeout);
@@ -144,6 +145,7 @@ async fn read_body(
             .pump(&mut conn.stream, sink, &mut buf, stall)
             .await
             .map_err(client_error)?;
+        conn.bytes_in += body.read - after.len() as u64;
         conn.buf.extend_from_slice(&buf[after]);
     }
     Ok(collected)
@@ -194,12 +196,12 @@ impl Delivery<'_> {
         loop {
             let mut ex = match exchange::open(ctx, self.executor, self.addr, !replayed).await {
                 Ok(ex) => ex,
-                Err(OpenError::Unreachable) => return Err(Failed::Unreachable),
+                Err(OpenError::Unreachable(_)) => return Err(Failed::Unreachable),
                 Err(OpenError::Failed(cause)) => return Err(Failed::Exchange(cause)),
             };
-            let silence =
-                |replayed| reuse::after_silence(self.idempotent, ex.reused, replayed, true);
-            if let Err(e) = pump::write_keep(&mut ex.stream, &mut request).await {
+            let reused = ex.reused;
+            let silence = |replayed| reuse::after_silence(self.idempotent, reused, replayed, true);
+            if let Err(e) = pump::write_keep(ex.stream(), &mut request).await {
                 match silence(replayed) {
                     Silence::Replay => {
                         replayed = true;
@@ -211,7 +213,7 @@ impl Delivery<'_> {
             let mut eb = ctx.bufs.take();
             let mut headers = Vec::new();
             let response = match exchange::read_response_head(
-                &mut ex.stream,
+                ex.stream(),
                 &mut eb,
                 self.is_head,
                 &mut headers,
@@ -234,7 +236,7 @@ impl Delivery<'_> {
                 .map_err(Failed::Body)?;
             if let (ResponseEnd::Unfinished, Some(body)) = (end, body.as_mut()) {
                 let after = body
-                    .pump(&mut ex.stream, Sink::Discard, &mut eb, None)
+                    .pump(ex.stream(), Sink::Discard, &mut eb, None)
                     .await
                     .map_err(Failed::Body)?;
                 end = if after.is_empty() {
@@ -243,9 +245,7 @@ impl Delivery<'_> {
                     ResponseEnd::Leftover
                 };
             }
-            if reuse::after_exchange(&response, true, end) == Reuse::Reusable {
-                ctx.pool.put(self.executor, self.addr, ex.stream);
-            }
+            ex.release(reuse::after_exchange(&response, true, end));
             return Ok(response.status);
         }
     }

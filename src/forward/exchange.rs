@@ -11,23 +11,59 @@ use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use super::pump::{Body, Delimit, Emit, PumpError};
-use super::reuse::ResponseEnd;
+use super::reuse::{Discard, ResponseEnd, Reuse};
 use crate::ctx::WorkerCtx;
 use crate::error::Cause;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, HeaderRef, ResponseFraming, ResponseHead};
 
-/// A connection to an executor, and whether it came from the pool.
-pub(crate) struct ExecutorConn {
-    pub(crate) stream: TcpStream,
+/// A connection to an executor, and whether it came from the pool. It goes back to the
+/// pool only through `release` with `Reuse::Reusable`; dropped any other way it is
+/// closed and counted as a failed exchange.
+pub(crate) struct ExecutorConn<'a> {
+    stream: Option<TcpStream>,
     pub(crate) reused: bool,
+    executor: usize,
+    addr: SocketAddr,
+    ctx: &'a WorkerCtx,
+}
+
+impl ExecutorConn<'_> {
+    pub(crate) fn stream(&mut self) -> &mut TcpStream {
+        // Present from `open` until `release` consumes the connection.
+        self.stream
+            .as_mut()
+            .expect("executor stream is present until released")
+    }
+
+    /// The exchange ended: pool the connection or close it, as `reuse` says.
+    pub(crate) fn release(mut self, reuse: Reuse) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        let m = self.ctx.m();
+        match reuse {
+            Reuse::Reusable => self.ctx.pool.put(self.executor, self.addr, stream, m),
+            Reuse::Discard(why) => m.executor_discarded(self.executor, why),
+        }
+    }
+}
+
+impl Drop for ExecutorConn<'_> {
+    fn drop(&mut self) {
+        if self.stream.is_some() {
+            self.ctx
+                .m()
+                .executor_discarded(self.executor, Discard::Failed);
+        }
+    }
 }
 
 /// Why no connection could be had.
 pub(crate) enum OpenError {
-    /// Refused, unreachable or timed out: nothing was sent, the executor is flagged
-    /// offline, another one may be tried.
-    Unreachable,
+    /// Refused, unreachable or timed out (which one): nothing was sent, the executor is
+    /// flagged offline, another one may be tried.
+    Unreachable(&'static str),
     /// Anything else: 502.
     Failed(Cause),
 }
@@ -39,13 +75,18 @@ pub(crate) async fn open(
     executor: usize,
     addr: SocketAddr,
     pooled: bool,
-) -> Result<ExecutorConn, OpenError> {
+) -> Result<ExecutorConn<'_>, OpenError> {
+    let conn = |stream, reused| ExecutorConn {
+        stream: Some(stream),
+        reused,
+        executor,
+        addr,
+        ctx,
+    };
     if pooled {
-        if let Some(stream) = ctx.pool.take(executor, addr) {
-            return Ok(ExecutorConn {
-                stream,
-                reused: true,
-            });
+        if let Some(stream) = ctx.pool.take(executor, addr, ctx.m()) {
+            ctx.m().executor_reused(executor);
+            return Ok(conn(stream, true));
         }
     }
     let timeout = ctx.config.connect_timeout;
@@ -53,7 +94,7 @@ pub(crate) async fn open(
         Err(_) => {
             let reason = format_args!("connect timed out after {} s", timeout.as_secs());
             ctx.flag_offline(executor, &reason);
-            Err(OpenError::Unreachable)
+            Err(OpenError::Unreachable("timed out"))
         }
         Ok(Err(e)) => match e.kind() {
             io::ErrorKind::ConnectionRefused
@@ -62,16 +103,19 @@ pub(crate) async fn open(
             | io::ErrorKind::AddrNotAvailable
             | io::ErrorKind::TimedOut => {
                 ctx.flag_offline(executor, &e);
-                Err(OpenError::Unreachable)
+                let why = match e.kind() {
+                    io::ErrorKind::ConnectionRefused => "refused",
+                    io::ErrorKind::TimedOut => "timed out",
+                    _ => "unreachable",
+                };
+                Err(OpenError::Unreachable(why))
             }
             kind => Err(OpenError::Failed(Cause::Connect(kind))),
         },
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(ExecutorConn {
-                stream,
-                reused: false,
-            })
+            ctx.m().executor_opened(executor);
+            Ok(conn(stream, false))
         }
     }
 }

@@ -8,12 +8,13 @@ mod pump;
 mod reuse;
 
 use std::cell::Cell;
+use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::balance::Addressing;
+use crate::balance::{Addressing, Choice};
 use crate::ctx::WorkerCtx;
 use crate::error::{Cause, ProxyError};
 use crate::http::chunked::ChunkedDecoder;
@@ -27,6 +28,7 @@ use pump::{Body, Delimit, Emit, PumpError, Sink};
 use reuse::{ResponseEnd, Reuse, Silence};
 
 pub(crate) use broadcast::BROADCAST_MAX_BODY;
+pub(crate) use reuse::Discard;
 
 /// How long the executor may work on a request before the proxy starts watching the
 /// client for a close (SPEC §5: a client that leaves abandons its request). Most answers
@@ -42,6 +44,25 @@ enum Phase {
     HeadSent(u16),
 }
 
+/// How one request was served: what happens to the client connection, the status sent,
+/// and the executor chosen (for metrics, the access log and `x-opr-route`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Served {
+    pub(crate) after: After,
+    pub(crate) status: u16,
+    pub(crate) choice: Option<Choice>,
+}
+
+impl Served {
+    pub(crate) fn local((after, status): (After, u16)) -> Served {
+        Served {
+            after,
+            status,
+            choice: None,
+        }
+    }
+}
+
 /// Forward one request (anycast or broadcast) and answer the client.
 pub(crate) async fn forward(
     ctx: &Rc<WorkerCtx>,
@@ -49,6 +70,23 @@ pub(crate) async fn forward(
     head: &RequestHead,
     headers: &[HeaderRef],
     out: &mut Vec<u8>,
+) -> Served {
+    let choice = Cell::new(None);
+    let (after, status) = forward_request(ctx, conn, head, headers, out, &choice).await;
+    Served {
+        after,
+        status,
+        choice: choice.get(),
+    }
+}
+
+async fn forward_request(
+    ctx: &Rc<WorkerCtx>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    headers: &[HeaderRef],
+    out: &mut Vec<u8>,
+    choice: &Cell<Option<Choice>>,
 ) -> (After, u16) {
     let config = &ctx.config;
     let addressing = Addressing::from_header(head::find_header(
@@ -85,6 +123,8 @@ pub(crate) async fn forward(
 
     let phase = Cell::new(Phase::BeforeHead);
     let deadline = Instant::now() + config.max_timeout;
+    let debug = config.is_development()
+        || head::find_header(conn.pending(), headers, "x-opr-debug") == Some(b"1");
     let anycast = Anycast {
         ctx,
         head,
@@ -92,6 +132,9 @@ pub(crate) async fn forward(
         addressing,
         limit,
         phase: &phase,
+        choice,
+        failover: Cell::new(None),
+        debug,
     };
     let mut response_headers = std::mem::take(&mut conn.response_headers);
     let run = anycast.run(conn, out, &mut response_headers);
@@ -134,6 +177,12 @@ struct Anycast<'a> {
     addressing: Addressing,
     limit: Option<u64>,
     phase: &'a Cell<Phase>,
+    /// The executor the request went to, and why.
+    choice: &'a Cell<Option<Choice>>,
+    /// The first executor that could not be reached, and how (for `x-opr-route`).
+    failover: Cell<Option<(usize, &'static str)>>,
+    /// Explain the choice in `x-opr-route` (dev mode, or `x-opr-debug: 1`).
+    debug: bool,
 }
 
 impl Anycast<'_> {
@@ -159,14 +208,14 @@ impl Anycast<'_> {
         let request_len = head.head_len + first.consumed;
         let mut read_whole = in_hand.then_some(request_len);
 
-        let (executor, addr, mut ex, response, early_answer) = loop {
+        let (mut ex, response, early_answer) = loop {
             // Selection: every refusal flags that executor offline for every worker and
             // moves on (nothing was sent).
             let flagged = |i| ctx.board.is_flagged_offline(i);
             let runtime = self.runtime_id(conn);
-            let Some(i) = ctx
+            let Some(choice) = ctx
                 .picker
-                .pick(&snapshot, self.addressing, runtime, flagged)
+                .select(&snapshot, self.addressing, runtime, flagged)
             else {
                 // The request is answered: it must not be parsed again on keep-alive.
                 conn.consume(request_len);
@@ -175,15 +224,21 @@ impl Anycast<'_> {
                     .answer(conn, out, ProxyError::NoOnlineExecutor, keep)
                     .await;
             };
+            let i = choice.executor;
+            self.choice.set(Some(choice));
             let status = &snapshot.executors[i];
             let Some(&addr) = status.addrs.first() else {
                 ctx.flag_offline(i, &"its address did not resolve");
+                self.failed_over(i, "unresolved");
                 continue;
             };
             self.write_head(conn, out, &status.hostname, first.sent);
             let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
                 Ok(ex) => ex,
-                Err(OpenError::Unreachable) => continue,
+                Err(OpenError::Unreachable(why)) => {
+                    self.failed_over(i, why);
+                    continue;
+                }
                 Err(OpenError::Failed(cause)) => {
                     return self.fail(conn, out, cause, read_whole).await
                 }
@@ -191,7 +246,7 @@ impl Anycast<'_> {
             if let Some(rt) = self.runtime_id(conn) {
                 ctx.picker.mark_warm(&snapshot, i, rt);
             }
-            if let Err(e) = pump::write_keep(&mut ex.stream, out).await {
+            if let Err(e) = pump::write_keep(ex.stream(), out).await {
                 match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
                     Silence::Replay => {
                         replayed = true;
@@ -209,10 +264,11 @@ impl Anycast<'_> {
             let mut early_answer = false;
             if let Some(rest) = first.rest.as_mut() {
                 let stall = Some(ctx.config.body_timeout);
-                let sink = Sink::Socket(&mut ex.stream);
+                let sink = Sink::Socket(ex.stream());
                 match rest.pump(&mut conn.stream, sink, &mut eb, stall).await {
                     // Pipelined bytes of the next request: keep them for the client loop.
                     Ok(after) => {
+                        conn.bytes_in += rest.read - after.len() as u64;
                         conn.buf.extend_from_slice(&eb[after]);
                         read_whole = Some(request_len);
                     }
@@ -232,9 +288,9 @@ impl Anycast<'_> {
             }
 
             eb.clear();
-            match wait_head(conn, &mut ex.stream, &mut eb, is_head, response_headers).await {
+            match wait_head(conn, ex.stream(), &mut eb, is_head, response_headers).await {
                 None => return (After::Close, 0),
-                Some(Ok(r)) => break (i, addr, ex, r, early_answer),
+                Some(Ok(r)) => break (ex, r, early_answer),
                 Some(Err(HeadFailure::Silent)) => {
                     match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
                         // A pooled connection the executor closed just as it was taken:
@@ -258,17 +314,21 @@ impl Anycast<'_> {
         let (after, status, reuse) = self
             .relay(
                 conn,
-                &mut ex.stream,
+                ex.stream(),
                 &mut eb,
                 out,
                 (&response, response_headers),
                 early_answer,
             )
             .await;
-        if reuse == Reuse::Reusable {
-            ctx.pool.put(executor, addr, ex.stream);
-        }
+        ex.release(reuse);
         (after, status)
+    }
+
+    fn failed_over(&self, executor: usize, why: &'static str) {
+        if self.failover.get().is_none() {
+            self.failover.set(Some((executor, why)));
+        }
     }
 
     /// `x-opr-runtime-id`, read from the head in place (no copy per request).
@@ -363,6 +423,9 @@ impl Anycast<'_> {
         out.clear();
         let rw = ResponseRewrite { framing, close };
         rewrite::write_response_head(out, eb, response, response_headers, &rw);
+        if self.debug {
+            self.explain(out);
+        }
         let status = response.status;
         let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
 
@@ -386,10 +449,11 @@ impl Anycast<'_> {
         }
         let end = match (end, body.as_mut()) {
             (ResponseEnd::Unfinished, Some(body)) => {
-                match body
+                let pumped = body
                     .pump(ex, Sink::Socket(&mut conn.stream), eb, None)
-                    .await
-                {
+                    .await;
+                conn.bytes_out += body.written;
+                match pumped {
                     Ok(after) if after.is_empty() => ResponseEnd::Clean,
                     Ok(_) => ResponseEnd::Leftover,
                     // Truncated or malformed: the client must see it (close), and a client
@@ -405,6 +469,35 @@ impl Anycast<'_> {
             status,
             reuse::after_exchange(response, !early_answer, end),
         )
+    }
+}
+
+impl Anycast<'_> {
+    /// Add `x-opr-route: executor=<host>; tier=<n>; reason=<why>[; failover from <host>:
+    /// <how>]` to the response head in `out` (it ends with the empty line).
+    fn explain(&self, out: &mut Vec<u8>) {
+        let Some(choice) = self.choice.get() else {
+            return;
+        };
+        let snapshot = self.ctx.snapshot();
+        let host = |i: usize| {
+            snapshot
+                .executors
+                .get(i)
+                .map_or("?", |e| e.hostname.as_str())
+        };
+        out.truncate(out.len() - 2);
+        let mut w = crate::error::VecWriter(out);
+        let _ = write!(w, "x-opr-route: executor={}; tier=", host(choice.executor));
+        let _ = match choice.tier {
+            0 => write!(w, "none"),
+            n => write!(w, "{n}"),
+        };
+        let _ = write!(w, "; reason={}", choice.reason);
+        if let Some((from, why)) = self.failover.get() {
+            let _ = write!(w, "; failover from {}: {why}", host(from));
+        }
+        out.extend_from_slice(b"\r\n\r\n");
     }
 }
 

@@ -87,6 +87,9 @@ pub(crate) struct Body {
     emit: Emit,
     /// Largest payload allowed (request bodies).
     limit: Option<u64>,
+    /// Bytes `pump` read from its source and wrote to its sink (metrics, access log).
+    pub(crate) read: u64,
+    pub(crate) written: u64,
 }
 
 impl Body {
@@ -95,6 +98,8 @@ impl Body {
             delimit,
             emit,
             limit,
+            read: 0,
+            written: 0,
         }
     }
 
@@ -183,10 +188,12 @@ impl Body {
                     if let Sink::Socket(stream) = &mut dst {
                         let (res, _) = stream.write_all(LAST_CHUNK).await;
                         res.map_err(|_| PumpError::Sink)?;
+                        self.written += LAST_CHUNK.len() as u64;
                     }
                 }
                 return Ok(0..0);
             }
+            self.read += n as u64;
             let (emitted, consumed) = self.frame(buf, room, room + n)?;
             let (start, end) = if self.emit == Emit::AsChunks {
                 frame_in_place(buf, room, emitted)
@@ -194,6 +201,7 @@ impl Body {
                 (room, room + emitted)
             };
             dst.write(buf, start, end).await?;
+            self.written += (end - start) as u64;
             if consumed < n {
                 return Ok(room + consumed..room + n);
             }

@@ -26,6 +26,16 @@ pub(crate) enum Discard {
     Leftover,
     /// The response did not end cleanly (truncated, malformed, or its client left).
     Unfinished,
+    /// Bytes arrived while it sat in the pool (checked when taken).
+    IdleBytes,
+    /// The executor closed it while it sat in the pool.
+    IdleClosed,
+    /// Idle longer than `OPR_PROXY_POOL_IDLE_TIMEOUT`.
+    Expired,
+    /// The pool was full (`OPR_PROXY_POOL_SIZE`).
+    PoolFull,
+    /// The exchange failed (an error, a timeout, or the client left before an answer).
+    Failed,
 }
 
 /// How the response ended, as far as the executor connection is concerned.

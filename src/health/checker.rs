@@ -201,6 +201,20 @@ fn check_one(
     target: &Target,
     previous: Option<&ExecutorStatus>,
 ) -> ExecutorStatus {
+    let started = Instant::now();
+    let mut status = probe_one(settings, agent, target, previous);
+    status.probe_seconds = started.elapsed().as_secs_f64();
+    status.probe_failures = previous.map_or(0, |p| p.probe_failures) + u64::from(!status.online);
+    status
+}
+
+/// Resolve and probe one executor.
+fn probe_one(
+    settings: &Settings,
+    agent: &ureq::Agent,
+    target: &Target,
+    previous: Option<&ExecutorStatus>,
+) -> ExecutorStatus {
     let addrs = match resolve(target) {
         Ok(addrs) => addrs,
         Err(reason) => {
@@ -224,6 +238,7 @@ fn check_one(
         addrs,
         last_check: Some(SystemTime::now()),
         last_error: result.error,
+        ..ExecutorStatus::default()
     }
 }
 
@@ -258,6 +273,7 @@ fn failed(target: &Target, reason: String) -> ExecutorStatus {
         addrs: Vec::new(),
         last_check: Some(SystemTime::now()),
         last_error: Some(reason),
+        ..ExecutorStatus::default()
     }
 }
 

@@ -48,6 +48,12 @@ pub(crate) struct ClientConn {
     pub(crate) response_headers: Vec<HeaderRef>,
     /// The request in hand is `HEAD`: answers the proxy makes carry no body.
     pub(crate) head_request: bool,
+    /// Request bytes taken (heads and bodies) and response bytes written, since the
+    /// connection opened (metrics and the access log take differences).
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    /// `METHOD target` of the request in hand, kept for the access log (reused buffer).
+    pub(crate) request_line: Vec<u8>,
 }
 
 impl ClientConn {
@@ -59,6 +65,9 @@ impl ClientConn {
             start: 0,
             response_headers: Vec::with_capacity(32),
             head_request: false,
+            bytes_in: 0,
+            bytes_out: 0,
+            request_line: Vec::new(),
         }
     }
 
@@ -67,6 +76,7 @@ impl ClientConn {
     }
 
     pub(crate) fn consume(&mut self, n: usize) {
+        self.bytes_in += n as u64;
         self.start += n;
         if self.start >= self.buf.len() {
             self.buf.clear();
@@ -94,6 +104,7 @@ impl ClientConn {
     /// Write all of `out` (a relayed response: the whole-request deadline bounds it);
     /// `out` comes back cleared.
     pub(crate) async fn write_out(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        self.bytes_out += out.len() as u64;
         write_vec(&mut self.stream, out).await
     }
 
@@ -104,6 +115,7 @@ impl ClientConn {
         out: &mut Vec<u8>,
         limit: Duration,
     ) -> io::Result<()> {
+        self.bytes_out += out.len() as u64;
         match monoio::time::timeout(limit, write_vec(&mut self.stream, out)).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
