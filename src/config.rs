@@ -30,6 +30,7 @@ pub const OPR_PROXY_SECRET: &str = "OPR_PROXY_SECRET";
 pub const OPR_PROXY_EXECUTOR_SECRET: &str = "OPR_PROXY_EXECUTOR_SECRET";
 pub const OPR_PROXY_LOGGING_PROVIDER: &str = "OPR_PROXY_LOGGING_PROVIDER";
 pub const OPR_PROXY_LOGGING_CONFIG: &str = "OPR_PROXY_LOGGING_CONFIG";
+pub const OPR_PROXY_LOGGING_ENDPOINT: &str = "OPR_PROXY_LOGGING_ENDPOINT";
 pub const OPR_PROXY_MAX_BODY_SIZE: &str = "OPR_PROXY_MAX_BODY_SIZE";
 pub const OPR_PROXY_VERSION: &str = "OPR_PROXY_VERSION";
 pub const OPR_PROXY_IO_DRIVER: &str = "OPR_PROXY_IO_DRIVER";
@@ -106,6 +107,47 @@ pub enum LoggingProvider {
     LogOwl,
 }
 
+impl LoggingProvider {
+    /// The `OPR_PROXY_LOGGING_PROVIDER` word, which is also its DSN scheme.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoggingProvider::Sentry => "sentry",
+            LoggingProvider::AppSignal => "appsignal",
+            LoggingProvider::Raygun => "raygun",
+            LoggingProvider::LogOwl => "logowl",
+        }
+    }
+}
+
+/// Where error reports go (SPEC §8), from `OPR_PROXY_LOGGING_PROVIDER`,
+/// `OPR_PROXY_LOGGING_CONFIG` and `OPR_PROXY_LOGGING_ENDPOINT`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReportingConfig {
+    pub provider: LoggingProvider,
+    /// Sentry key, AppSignal or Raygun API key, LogOwl ticket.
+    pub key: String,
+    /// Sentry only.
+    pub project_id: Option<String>,
+    /// `host` or `host:port` from a sentry or logowl DSN, reached over https; `None` = the
+    /// provider's own.
+    pub host: Option<String>,
+    /// `OPR_PROXY_LOGGING_ENDPOINT` without a trailing `/`: replaces the provider's base URL.
+    pub endpoint: Option<String>,
+}
+
+// Written out so that logging the config never prints the key.
+impl fmt::Debug for ReportingConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReportingConfig")
+            .field("provider", &self.provider)
+            .field("key", &"<redacted>")
+            .field("project_id", &self.project_id)
+            .field("host", &self.host)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
 // Empty means no provider, so the words map to `Some`.
 const PROVIDERS: [(&str, Option<LoggingProvider>); 4] = [
     ("sentry", Some(LoggingProvider::Sentry)),
@@ -158,8 +200,8 @@ pub struct Config {
     pub env: Env,
     pub secret: String,
     pub executor_secret: String,
-    pub logging_provider: Option<LoggingProvider>,
-    pub logging_config: String,
+    /// `None` = no error reporting.
+    pub reporting: Option<ReportingConfig>,
     /// `None` = no limit (`OPR_PROXY_MAX_BODY_SIZE=0`).
     pub max_body_size: Option<u64>,
     pub version: String,
@@ -209,8 +251,7 @@ impl Config {
             env: src.choice(OPR_PROXY_ENV, Env::Production, &ENVS)?,
             secret: src.required(OPR_PROXY_SECRET, "set it to the key clients must send")?,
             executor_secret: src.get(OPR_PROXY_EXECUTOR_SECRET).unwrap_or_default(),
-            logging_provider: src.choice(OPR_PROXY_LOGGING_PROVIDER, None, &PROVIDERS)?,
-            logging_config: src.get(OPR_PROXY_LOGGING_CONFIG).unwrap_or_default(),
+            reporting: src.reporting()?,
             max_body_size: match src.optional(OPR_PROXY_MAX_BODY_SIZE, 0..=u64::MAX, BODY_UNIT)? {
                 None => Some(DEFAULT_MAX_BODY_SIZE),
                 Some(0) => None,
@@ -266,8 +307,7 @@ impl fmt::Debug for Config {
             .field("env", &self.env)
             .field("secret", &redact(&self.secret))
             .field("executor_secret", &redact(&self.executor_secret))
-            .field("logging_provider", &self.logging_provider)
-            .field("logging_config", &redact(&self.logging_config))
+            .field("reporting", &self.reporting)
             .field("max_body_size", &self.max_body_size)
             .field("version", &self.version)
             .field("io_driver", &self.io_driver)
@@ -420,6 +460,50 @@ impl Source<'_> {
         Ok(executors)
     }
 
+    /// `OPR_PROXY_LOGGING_CONFIG` is first read as a DSN (the provider is its scheme), else
+    /// in the older form for `OPR_PROXY_LOGGING_PROVIDER` (SPEC §1). Errors never show the
+    /// key: the value they name is masked.
+    fn reporting(&self) -> Parsed<Option<ReportingConfig>> {
+        let named = self.choice(OPR_PROXY_LOGGING_PROVIDER, None, &PROVIDERS)?;
+        let reporting = match (self.get(OPR_PROXY_LOGGING_CONFIG), named) {
+            (None, None) => None,
+            (None, Some(provider)) => {
+                let allowed = format!(
+                    "OPR_PROXY_LOGGING_PROVIDER={} needs it: {}",
+                    provider.name(),
+                    logging_forms(provider)
+                );
+                return Err(ConfigError::new(OPR_PROXY_LOGGING_CONFIG, "", allowed));
+            }
+            (Some(config), named) if config.contains("://") => Some(parse_dsn(&config, named)?),
+            (Some(_), None) => {
+                let allowed = "OPR_PROXY_LOGGING_CONFIG is not a DSN (scheme://...), so it \
+                    needs a provider: sentry, appsignal, raygun or logowl";
+                return Err(ConfigError::new(OPR_PROXY_LOGGING_PROVIDER, "", allowed));
+            }
+            (Some(config), Some(provider)) => Some(parse_older(&config, provider)?),
+        };
+        let Some(url) = self.get(OPR_PROXY_LOGGING_ENDPOINT) else {
+            return Ok(reporting);
+        };
+        let Some(mut reporting) = reporting else {
+            let allowed = "it replaces the error reporting provider's base URL, so it needs \
+                OPR_PROXY_LOGGING_CONFIG (and a provider)";
+            return Err(ConfigError::new(OPR_PROXY_LOGGING_ENDPOINT, &url, allowed));
+        };
+        let authority = url
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        if !valid_http_url(&url) || url.contains(['?', '#']) || authority.contains('@') {
+            let allowed = "allowed values are http:// or https:// base URLs (host, optional \
+                port and path prefix; no user info, query or fragment), or empty for the \
+                provider's own";
+            return Err(ConfigError::new(OPR_PROXY_LOGGING_ENDPOINT, &url, allowed));
+        }
+        reporting.endpoint = Some(url.trim_end_matches('/').to_string());
+        Ok(Some(reporting))
+    }
+
     fn healthcheck_url(&self) -> Parsed<Option<String>> {
         match self.get(OPR_PROXY_HEALTHCHECK_URL) {
             Some(url) if !valid_http_url(&url) => {
@@ -489,6 +573,144 @@ fn parse_executor(item: &str) -> Result<ExecutorAddr, String> {
     };
     let host = host.to_string();
     Ok(ExecutorAddr { host, port })
+}
+
+/// The forms `OPR_PROXY_LOGGING_CONFIG` takes for `provider`, for error messages.
+fn logging_forms(provider: LoggingProvider) -> &'static str {
+    match provider {
+        LoggingProvider::Sentry => "<key>;<projectId> or sentry://<projectId>:<key>@<host>",
+        LoggingProvider::AppSignal => "<key> or appsignal://<key>",
+        LoggingProvider::Raygun => "<key> or raygun://<key>",
+        LoggingProvider::LogOwl => "<ticket> or logowl://<ticket>@<host>",
+    }
+}
+
+const DSN_FORMS: &str = "allowed DSNs are sentry://<projectId>:<key>@<host>, \
+    logowl://<ticket>@<host>, raygun://<key> and appsignal://<key>";
+
+/// A value holding a key: never printed (blanks or control characters are rejected too,
+/// since no key has them and they cannot go into a header).
+fn printable(value: &str) -> bool {
+    value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `<provider>://...` (SPEC §1). `named`: `OPR_PROXY_LOGGING_PROVIDER`, which must then
+/// be empty or the same provider.
+fn parse_dsn(value: &str, named: Option<LoggingProvider>) -> Parsed<ReportingConfig> {
+    let (scheme, rest) = value.split_once("://").unwrap_or((value, ""));
+    let shown_scheme = if scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        scheme
+    } else {
+        "<redacted>"
+    };
+    let masked = format!("{shown_scheme}://<redacted>");
+    let bad = |why: &str| {
+        let allowed = format!("{why}; {DSN_FORMS}");
+        ConfigError::new(OPR_PROXY_LOGGING_CONFIG, &masked, allowed)
+    };
+    let found = PROVIDERS
+        .iter()
+        .find(|(word, _)| word.eq_ignore_ascii_case(scheme));
+    let Some(&(_, Some(provider))) = found else {
+        return Err(bad(&format!(
+            "{shown_scheme}:// is not a provider (a Sentry project DSN \
+             https://<key>@<host>/<projectId> is written sentry://<projectId>:<key>@<host>)"
+        )));
+    };
+    if let Some(named) = named.filter(|n| *n != provider) {
+        let allowed = format!(
+            "OPR_PROXY_LOGGING_CONFIG is a {0}:// DSN: leave the provider empty or set it to {0}",
+            provider.name()
+        );
+        return Err(ConfigError::new(
+            OPR_PROXY_LOGGING_PROVIDER,
+            named.name(),
+            allowed,
+        ));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if !printable(rest) {
+        return Err(bad("blanks and control characters are not allowed"));
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err(bad("a path, query or fragment is not allowed"));
+    }
+    let (key, project_id, host) = match provider {
+        LoggingProvider::Sentry => {
+            let (user, host) = rest
+                .rsplit_once('@')
+                .ok_or_else(|| bad("the sentry DSN has no @<host>"))?;
+            let (project, key) = user
+                .split_once(':')
+                .ok_or_else(|| bad("the sentry DSN needs <projectId>:<key> before the @"))?;
+            if project.is_empty() {
+                return Err(bad("the sentry project id is empty"));
+            }
+            (key, Some(project), Some(host))
+        }
+        LoggingProvider::LogOwl => {
+            let (ticket, host) = rest
+                .rsplit_once('@')
+                .ok_or_else(|| bad("the logowl DSN has no @<host>"))?;
+            (ticket, None, Some(host))
+        }
+        LoggingProvider::AppSignal | LoggingProvider::Raygun => {
+            if rest.contains(['@', ':']) {
+                return Err(bad("the key may not hold @ or :"));
+            }
+            (rest, None, None)
+        }
+    };
+    if key.is_empty() {
+        return Err(bad("the key is empty"));
+    }
+    if let Some(host) = host {
+        // The same rules as an executor's host[:port] (no scheme: `/` is refused above).
+        if let Err(why) = parse_executor(host) {
+            return Err(bad(&format!("bad host: {why}")));
+        }
+    }
+    Ok(ReportingConfig {
+        provider,
+        key: key.to_string(),
+        project_id: project_id.map(str::to_string),
+        host: host.map(str::to_string),
+        endpoint: None,
+    })
+}
+
+/// The form before DSNs: sentry `<key>;<projectId>`, the others the whole value as key.
+fn parse_older(value: &str, provider: LoggingProvider) -> Parsed<ReportingConfig> {
+    let bad = |why: &str| {
+        let allowed = format!(
+            "{why}; for {} the allowed forms are {}",
+            provider.name(),
+            logging_forms(provider)
+        );
+        ConfigError::new(OPR_PROXY_LOGGING_CONFIG, "<redacted>", allowed)
+    };
+    if !printable(value) {
+        return Err(bad("blanks and control characters are not allowed"));
+    }
+    let (key, project_id) = match provider {
+        LoggingProvider::Sentry => match value.split_once(';') {
+            Some((key, project)) if !key.is_empty() && !project.is_empty() => {
+                if project.contains(';') {
+                    return Err(bad("expected one ; between the key and the project id"));
+                }
+                (key, Some(project.to_string()))
+            }
+            _ => return Err(bad("expected <key>;<projectId>, both non-empty")),
+        },
+        _ => (value, None),
+    };
+    Ok(ReportingConfig {
+        provider,
+        key: key.to_string(),
+        project_id,
+        host: None,
+        endpoint: None,
+    })
 }
 
 /// `http://` or `https://`, a non-empty host, and no blanks or control characters.
@@ -562,7 +784,7 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_secs(10));
         assert!(c.env == Env::Production && !c.is_development());
         assert_eq!((c.secret.as_str(), c.executor_secret.as_str()), ("key", ""));
-        assert_eq!((c.logging_provider, c.logging_config.as_str()), (None, ""));
+        assert_eq!(c.reporting, None);
         assert_eq!(c.max_body_size, Some(23_068_672));
         assert_eq!((c.version.as_str(), c.io_driver), (VERSION, IoDriver::Auto));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
@@ -629,10 +851,6 @@ mod tests {
             (OPR_PROXY_CONNECT_TIMEOUT, "3600", "3600s"),
             (OPR_PROXY_ENV, "production", "Production"),
             (OPR_PROXY_ENV, "development", "Development"),
-            (OPR_PROXY_LOGGING_PROVIDER, "sentry", "Some(Sentry)"),
-            (OPR_PROXY_LOGGING_PROVIDER, "appsignal", "Some(AppSignal)"),
-            (OPR_PROXY_LOGGING_PROVIDER, "raygun", "Some(Raygun)"),
-            (OPR_PROXY_LOGGING_PROVIDER, "logowl", "Some(LogOwl)"),
             (OPR_PROXY_MAX_BODY_SIZE, "1024", "Some(1024)"),
             (OPR_PROXY_MAX_BODY_SIZE, "0", "None"),
             (
@@ -667,13 +885,13 @@ mod tests {
         let c = ok(&[
             (OPR_PROXY_SECRET, " s3cret "),
             (OPR_PROXY_EXECUTOR_SECRET, "exec-secret"),
-            (OPR_PROXY_LOGGING_CONFIG, "sentry://KEY@host/1"),
+            (OPR_PROXY_LOGGING_CONFIG, "sentry://1:KEY@host"),
         ]);
         assert_eq!(
             (c.secret.as_str(), c.executor_secret.as_str()),
             ("s3cret", "exec-secret")
         );
-        assert_eq!(c.logging_config, "sentry://KEY@host/1");
+        assert_eq!(c.reporting.as_ref().map(|r| r.key.as_str()), Some("KEY"));
         let debug = format!("{c:?}");
         assert!(
             !debug.contains("s3cret") && !debug.contains("exec-secret") && !debug.contains("KEY")
@@ -812,6 +1030,320 @@ mod tests {
             let e = executors(list).unwrap_err();
             assert_eq!((e.variable, e.value.as_str()), (OPR_PROXY_EXECUTORS, list));
             assert!(e.allowed.contains("empty item"), "{e}");
+        }
+    }
+
+    /// Variable/value pairs for one case.
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    fn reporting(pairs: &[(&str, &str)]) -> Option<ReportingConfig> {
+        ok(pairs).reporting
+    }
+
+    fn reported(
+        provider: LoggingProvider,
+        key: &str,
+        project_id: Option<&str>,
+        host: Option<&str>,
+    ) -> Option<ReportingConfig> {
+        Some(ReportingConfig {
+            provider,
+            key: key.into(),
+            project_id: project_id.map(Into::into),
+            host: host.map(Into::into),
+            endpoint: None,
+        })
+    }
+
+    #[test]
+    fn reporting_forms() {
+        use LoggingProvider::*;
+        const P: &str = OPR_PROXY_LOGGING_PROVIDER;
+        const C: &str = OPR_PROXY_LOGGING_CONFIG;
+        let cases: &[(Pairs, Option<ReportingConfig>)] = &[
+            (&[], None),
+            (&[(P, ""), (C, " ")], None),
+            // DSNs: the provider comes from the scheme (named too, or not at all).
+            (
+                &[(C, "sentry://42:abc123@sentry.example.com")],
+                reported(Sentry, "abc123", Some("42"), Some("sentry.example.com")),
+            ),
+            (
+                &[
+                    (P, "sentry"),
+                    (C, "sentry://42:abc@o1.ingest.sentry.io:8443/"),
+                ],
+                reported(Sentry, "abc", Some("42"), Some("o1.ingest.sentry.io:8443")),
+            ),
+            (
+                &[(C, "logowl://T-1@logowl.example.com")],
+                reported(LogOwl, "T-1", None, Some("logowl.example.com")),
+            ),
+            (
+                &[(C, "raygun://RG-KEY")],
+                reported(Raygun, "RG-KEY", None, None),
+            ),
+            (
+                &[(P, "appsignal"), (C, "AppSignal://as-key")],
+                reported(AppSignal, "as-key", None, None),
+            ),
+            // The older form: the provider is named, the host is the provider's own.
+            (
+                &[(P, "sentry"), (C, "abc123;42")],
+                reported(Sentry, "abc123", Some("42"), None),
+            ),
+            (
+                &[(P, "logowl"), (C, "ticket-1")],
+                reported(LogOwl, "ticket-1", None, None),
+            ),
+            (
+                &[(P, "raygun"), (C, " rg;key ")],
+                reported(Raygun, "rg;key", None, None),
+            ),
+            (
+                &[(P, "appsignal"), (C, "as-key")],
+                reported(AppSignal, "as-key", None, None),
+            ),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(reporting(pairs), *want, "{pairs:?}");
+        }
+        // The endpoint replaces the base URL; a trailing slash is dropped.
+        let endpoints = [
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+            (
+                "https://relay.internal/sentry/",
+                "https://relay.internal/sentry",
+            ),
+            ("HTTP://[::1]:8080/", "HTTP://[::1]:8080"),
+        ];
+        for (url, want) in endpoints {
+            let pairs = [(C, "raygun://k"), (OPR_PROXY_LOGGING_ENDPOINT, url)];
+            let endpoint = reporting(&pairs).and_then(|r| r.endpoint);
+            assert_eq!(endpoint.as_deref(), Some(want), "{url}");
+        }
+    }
+
+    #[test]
+    fn reporting_errors_name_their_variable() {
+        const P: &str = OPR_PROXY_LOGGING_PROVIDER;
+        const C: &str = OPR_PROXY_LOGGING_CONFIG;
+        const E: &str = OPR_PROXY_LOGGING_ENDPOINT;
+        // (pairs, variable, value as shown, a phrase of the reason)
+        let cases: &[(Pairs, &str, &str, &str)] = &[
+            (&[(P, "datadog")], P, "datadog", "allowed values are sentry"),
+            // A provider without its key, a key without a provider.
+            (&[(P, "sentry")], C, "", "<key>;<projectId> or sentry://"),
+            (&[(P, "raygun"), (C, " ")], C, "", "<key> or raygun://<key>"),
+            (&[(C, "abc123;42")], P, "", "is not a DSN"),
+            // DSNs.
+            (
+                &[(C, "datadog://k")],
+                C,
+                "datadog://<redacted>",
+                "is not a provider",
+            ),
+            (
+                &[(C, "https://k@o1.ingest.sentry.io/42")],
+                C,
+                "https://<redacted>",
+                "sentry://<projectId>:<key>@<host>",
+            ),
+            (
+                &[(C, "a;b://k")],
+                C,
+                "<redacted>://<redacted>",
+                "is not a provider",
+            ),
+            (
+                &[(P, "raygun"), (C, "sentry://1:k@h")],
+                P,
+                "raygun",
+                "leave the provider empty or set it to sentry",
+            ),
+            (
+                &[(C, "sentry://k@h")],
+                C,
+                "sentry://<redacted>",
+                "<projectId>:<key> before the @",
+            ),
+            (
+                &[(C, "sentry://1:k")],
+                C,
+                "sentry://<redacted>",
+                "no @<host>",
+            ),
+            (
+                &[(C, "sentry://:k@h")],
+                C,
+                "sentry://<redacted>",
+                "project id is empty",
+            ),
+            (
+                &[(C, "sentry://1:@h")],
+                C,
+                "sentry://<redacted>",
+                "key is empty",
+            ),
+            (
+                &[(C, "sentry://1:k@")],
+                C,
+                "sentry://<redacted>",
+                "bad host: the host is empty",
+            ),
+            (
+                &[(C, "sentry://1:k@h/42")],
+                C,
+                "sentry://<redacted>",
+                "path, query or fragment",
+            ),
+            (
+                &[(C, "sentry://1:k@h:0")],
+                C,
+                "sentry://<redacted>",
+                "bad host: port",
+            ),
+            (
+                &[(C, "sentry://1:k@h?x")],
+                C,
+                "sentry://<redacted>",
+                "path, query or fragment",
+            ),
+            (&[(C, "logowl://h")], C, "logowl://<redacted>", "no @<host>"),
+            (
+                &[(C, "logowl://@h")],
+                C,
+                "logowl://<redacted>",
+                "key is empty",
+            ),
+            (
+                &[(C, "logowl://t@bad host")],
+                C,
+                "logowl://<redacted>",
+                "blanks",
+            ),
+            (
+                &[(C, "raygun://")],
+                C,
+                "raygun://<redacted>",
+                "key is empty",
+            ),
+            (
+                &[(C, "raygun://u@k")],
+                C,
+                "raygun://<redacted>",
+                "may not hold @ or :",
+            ),
+            (
+                &[(C, "appsignal://k:1")],
+                C,
+                "appsignal://<redacted>",
+                "may not hold @ or :",
+            ),
+            // The older form.
+            (
+                &[(P, "sentry"), (C, "abc123")],
+                C,
+                "<redacted>",
+                "expected <key>;<projectId>",
+            ),
+            (
+                &[(P, "sentry"), (C, ";42")],
+                C,
+                "<redacted>",
+                "both non-empty",
+            ),
+            (
+                &[(P, "sentry"), (C, "abc;")],
+                C,
+                "<redacted>",
+                "both non-empty",
+            ),
+            (&[(P, "sentry"), (C, "a;4;2")], C, "<redacted>", "one ;"),
+            (
+                &[(P, "appsignal"), (C, "as key")],
+                C,
+                "<redacted>",
+                "blanks",
+            ),
+            (
+                &[(P, "logowl"), (C, "t\u{7f}")],
+                C,
+                "<redacted>",
+                "control characters",
+            ),
+            // The endpoint.
+            (
+                &[(E, "http://127.0.0.1:9")],
+                E,
+                "http://127.0.0.1:9",
+                "needs OPR_PROXY_LOGGING_CONFIG",
+            ),
+            (
+                &[(C, "raygun://k"), (E, "127.0.0.1:9")],
+                E,
+                "127.0.0.1:9",
+                "base URLs",
+            ),
+            (
+                &[(C, "raygun://k"), (E, "ftp://h")],
+                E,
+                "ftp://h",
+                "base URLs",
+            ),
+            (
+                &[(C, "raygun://k"), (E, "http://h/?a=1")],
+                E,
+                "http://h/?a=1",
+                "no user info, query",
+            ),
+            (
+                &[(C, "raygun://k"), (E, "http://h#x")],
+                E,
+                "http://h#x",
+                "no user info, query",
+            ),
+            (
+                &[(C, "raygun://k"), (E, "http://u:p@h")],
+                E,
+                "http://u:p@h",
+                "no user info",
+            ),
+        ];
+        for (pairs, variable, value, phrase) in cases {
+            let e = err(pairs);
+            let line = e.to_string();
+            assert_eq!(
+                (e.variable, e.value.as_str()),
+                (*variable, *value),
+                "{line}"
+            );
+            assert!(
+                line.contains(phrase),
+                "{pairs:?}: {line:?} lacks {phrase:?}"
+            );
+            assert_eq!(line.lines().count(), 1, "{line}");
+        }
+    }
+
+    #[test]
+    fn reporting_keys_never_appear_in_errors_or_debug() {
+        const C: &str = OPR_PROXY_LOGGING_CONFIG;
+        let bad = [
+            "sentry://1:SeCrEt@",
+            "sentry://SeCrEt@h",
+            "raygun://SeCrEt:x",
+            "https://SeCrEt@o1.ingest.sentry.io/1",
+            "SeCrEt;x;y",
+        ];
+        for config in bad {
+            let e = err(&[(OPR_PROXY_LOGGING_PROVIDER, "sentry"), (C, config)]);
+            assert!(!e.to_string().contains("SeCrEt"), "{e}");
+        }
+        for config in ["sentry://1:SeCrEt@h", "SeCrEt;1"] {
+            let c = ok(&[(OPR_PROXY_LOGGING_PROVIDER, "sentry"), (C, config)]);
+            assert!(c.reporting.is_some());
+            assert!(!format!("{c:?}").contains("SeCrEt"), "{c:?}");
         }
     }
 
