@@ -11,9 +11,11 @@ use crate::buffers::BufPool;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::client::{After, ClientConn};
+use crate::http::head::{self, RequestHead};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::notify::LocalNotify;
 use crate::pool::Pool;
+use crate::report::{Report, Reporter};
 use crate::snapshot::{Board, Snapshot, SnapshotReader};
 use crate::warn;
 
@@ -34,6 +36,8 @@ pub(crate) struct WorkerCtx {
     /// Set when the process is stopping: answer the request in hand, then close.
     pub stopping: Cell<bool>,
     pub stop_notify: LocalNotify,
+    /// Error reports (SPEC §8): a 502/504 answered, an executor flagged offline.
+    pub reporter: Reporter,
     active: Cell<usize>,
     /// Every worker's counters; this worker writes only its own (`m()`).
     pub metrics: Arc<Metrics>,
@@ -48,6 +52,7 @@ impl WorkerCtx {
         board: Arc<Board>,
         metrics: Arc<Metrics>,
         access_log: Option<AccessLog>,
+        reporter: Reporter,
     ) -> WorkerCtx {
         let mut reader = SnapshotReader::new(board.clone());
         let local = Rc::new(Snapshot::clone(reader.current()));
@@ -67,6 +72,7 @@ impl WorkerCtx {
                 .into_boxed_slice(),
             stopping: Cell::new(false),
             stop_notify: LocalNotify::new(),
+            reporter,
             active: Cell::new(0),
             reader: RefCell::new(reader),
             local: RefCell::new(local),
@@ -110,6 +116,23 @@ impl WorkerCtx {
         e: ProxyError,
         keep_alive: bool,
     ) -> (After, u16) {
+        self.answer_forwarded(conn, out, e, keep_alive, None).await
+    }
+
+    /// `answer` for a request being forwarded. A `502` or `504` is also reported (SPEC §8)
+    /// with the request's method and path, read from `request`'s head (its bytes must
+    /// still be pending in `conn`), and the executor it went to last.
+    pub(crate) async fn answer_forwarded(
+        &self,
+        conn: &mut ClientConn,
+        out: &mut Vec<u8>,
+        e: ProxyError,
+        keep_alive: bool,
+        request: Option<(&RequestHead, Option<usize>)>,
+    ) -> (After, u16) {
+        if matches!(e, ProxyError::BadGateway(_) | ProxyError::GatewayTimeout) {
+            self.report_http_error(conn, &e, request);
+        }
         let close = !keep_alive || e.closes_connection() || self.stopping.get();
         out.clear();
         let dev = self.config.is_development();
@@ -122,6 +145,42 @@ impl WorkerCtx {
             conn.linger_close().await;
         }
         (After::close_if(close || !written), e.status())
+    }
+
+    /// Queue the report of an error answer (only on that path, and only when reporting is
+    /// on: the allocations here never touch a request that succeeds).
+    fn report_http_error(
+        &self,
+        conn: &ClientConn,
+        e: &ProxyError,
+        request: Option<(&RequestHead, Option<usize>)>,
+    ) {
+        if !self.reporter.is_enabled() {
+            return;
+        }
+        let pending = conn.pending();
+        let text =
+            |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
+        let (method, path, executor) = match request {
+            Some((head, executor)) => {
+                let method = pending.get(head.method.clone());
+                let target = pending.get(head.target.clone());
+                let executor = executor.and_then(|i| {
+                    let snapshot = self.snapshot();
+                    snapshot.executors.get(i).map(|e| e.hostname.clone())
+                });
+                (text(method), text(target.map(head::path_of)), executor)
+            }
+            None => (String::new(), String::new(), None),
+        };
+        self.reporter.report(Report::HttpError {
+            status: e.status(),
+            method,
+            path,
+            executor,
+            cause: e.to_string(),
+            worker: self.id,
+        });
     }
 
     /// The executor refused or did not answer a connection: every worker skips it until
@@ -140,6 +199,13 @@ impl WorkerCtx {
             "Executor \"{name}\" went offline: {reason} (flagged by worker {})",
             self.id
         );
+        if self.reporter.is_enabled() {
+            self.reporter.report(Report::HealthCheckError {
+                executor: name.to_string(),
+                reason: reason.to_string(),
+                worker: Some(self.id),
+            });
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod logging;
 mod metrics;
 mod notify;
 mod pool;
+mod report;
 pub mod snapshot;
 mod socket;
 mod worker;
@@ -29,6 +30,8 @@ use std::thread::JoinHandle;
 
 use config::Config;
 use health::checker::{Checker, CheckerHandle};
+pub use report::ReportStats;
+use report::{Reporter, ReporterThread};
 use snapshot::Board;
 pub use worker::Driver;
 
@@ -69,17 +72,21 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     checker: Option<CheckerHandle>,
+    reporter: Reporter,
+    reporter_thread: Option<ReporterThread>,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
     board: Arc<Board>,
     access_writer: Option<access_log::Writer>,
 }
 
-/// Start the proxy: the checker's first round (before accepting), then one pinned worker
-/// per core (times `OPR_PROXY_WORKER_PER_CORE`), each with its own listener.
+/// Start the proxy: the error reporter (when a provider is configured), the checker's
+/// first round (before accepting), then one pinned worker per core (times
+/// `OPR_PROXY_WORKER_PER_CORE`), each with its own listener.
 pub fn run(config: Config) -> Result<Server, StartError> {
     let config = Arc::new(config);
-    let mut checker = Checker::new(config.clone());
+    let (reporter, reporter_thread) = report::start(&config).map_err(StartError::Thread)?;
+    let mut checker = Checker::new(config.clone(), reporter.clone());
     let board = Board::new(checker.round());
     let checker = checker.spawn(board.clone());
 
@@ -115,6 +122,7 @@ pub fn run(config: Config) -> Result<Server, StartError> {
                 .as_ref()
                 .map(|w| w.log(config.access_log_format)),
             stop: stop.clone(),
+            reporter: reporter.clone(),
         };
         let ready_tx = ready_tx.clone();
         let exit_tx = events_tx.clone();
@@ -158,6 +166,8 @@ pub fn run(config: Config) -> Result<Server, StartError> {
         stop,
         workers,
         checker: Some(checker),
+        reporter,
+        reporter_thread,
         events_tx,
         events_rx,
         board,
@@ -227,6 +237,11 @@ impl Server {
         &self.board
     }
 
+    /// Error reports sent, failed and dropped so far (all zero without a provider).
+    pub fn report_stats(&self) -> ReportStats {
+        self.reporter.stats()
+    }
+
     /// Stop accepting, let in-flight requests finish (bounded by
     /// `OPR_PROXY_SHUTDOWN_TIMEOUT`), stop the checker. Returns when every thread ended.
     pub fn shutdown(mut self) {
@@ -244,6 +259,10 @@ impl Server {
         // Every worker flushed its lines when it stopped; write them out.
         if let Some(writer) = self.access_writer.take() {
             writer.finish();
+        }
+        // Last, so reports from the drain and the checker's last round go out too.
+        if let Some(reporter) = self.reporter_thread.take() {
+            reporter.stop();
         }
     }
 }

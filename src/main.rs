@@ -44,14 +44,6 @@ fn main() {
             "disabled"
         }
     );
-    if let Some(reporting) = &config.reporting {
-        // SPEC §8 error shipping is not built yet: say so instead of pretending.
-        opr_proxy::warn!(
-            "OPR_PROXY_LOGGING_PROVIDER={:?} is accepted but error shipping is not \
-             implemented in this version; errors are logged to stderr only",
-            reporting.provider
-        );
-    }
     let shutdown_timeout = config.shutdown_timeout;
 
     // Signals are watched by a thread of their own so they work as PID 1 too (where the

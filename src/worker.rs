@@ -38,6 +38,7 @@ pub(crate) struct WorkerSpec {
     pub metrics: Arc<Metrics>,
     pub access_log: Option<AccessLog>,
     pub stop: Arc<AtomicBool>,
+    pub reporter: crate::report::Reporter,
 }
 
 /// Which io driver a worker ended up with (logged once per worker).
@@ -159,6 +160,7 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
         spec.board.clone(),
         spec.metrics.clone(),
         spec.access_log,
+        spec.reporter.clone(),
     ));
     if ctx.access_log.is_some() {
         let ctx = ctx.clone();

@@ -144,8 +144,9 @@ async fn forward_request(
         Ok(result) => result,
         Err(_) => match phase.get() {
             Phase::BeforeHead => {
-                ctx.answer(conn, out, ProxyError::GatewayTimeout, false)
-                    .await
+                let request = Some((head, choice.get().map(|c| c.executor)));
+                let e = ProxyError::GatewayTimeout;
+                ctx.answer_forwarded(conn, out, e, false, request).await
             }
             Phase::HeadSent(status) => (After::Close, status),
         },
@@ -309,8 +310,6 @@ impl Anycast<'_> {
                 }
             }
         };
-        conn.consume(request_len);
-
         let (after, status, reuse) = self
             .relay(
                 conn,
@@ -321,6 +320,8 @@ impl Anycast<'_> {
                 early_answer,
             )
             .await;
+        // After the relay: a 502 it answers reports the request's method and path.
+        conn.consume(request_len);
         ex.release(reuse);
         (after, status)
     }
@@ -349,12 +350,17 @@ impl Anycast<'_> {
         read_whole: Option<usize>,
     ) -> (After, u16) {
         let keep_alive = self.head.keep_alive && read_whole.is_some();
+        // Consumed after the answer: its report reads the request's method and path.
+        let e = ProxyError::BadGateway(cause);
+        let request = Some((self.head, self.choice.get().map(|c| c.executor)));
+        let answered = self
+            .ctx
+            .answer_forwarded(conn, out, e, keep_alive, request)
+            .await;
         if let Some(n) = read_whole {
             conn.consume(n);
         }
-        self.ctx
-            .answer(conn, out, ProxyError::BadGateway(cause), keep_alive)
-            .await
+        answered
     }
 
     /// Frame the body bytes that arrived with the head (in place: trailer fields are

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::probe::{self, ProbeResult};
 use crate::config::{Config, ExecutorAddr};
+use crate::report::{self, Report, Reporter};
 use crate::snapshot::{Board, ExecutorStatus, Snapshot};
 use crate::{info, warn};
 
@@ -33,6 +34,8 @@ struct Settings {
     timeout: Duration,
     url: Option<String>,
     executor_secret: String,
+    /// Offline executors and healthcheck URL failures are reported (SPEC §8).
+    reporter: Reporter,
 }
 
 /// One executor as the checker sees it: what to resolve and what to call it.
@@ -54,7 +57,7 @@ impl From<&ExecutorAddr> for Target {
 }
 
 impl Checker {
-    pub fn new(config: Arc<Config>) -> Checker {
+    pub(crate) fn new(config: Arc<Config>, reporter: Reporter) -> Checker {
         Checker::with_settings(Settings {
             targets: config.executors.iter().map(Target::from).collect(),
             healthcheck: config.healthcheck,
@@ -62,6 +65,7 @@ impl Checker {
             timeout: config.healthcheck_timeout,
             url: config.healthcheck_url.clone(),
             executor_secret: config.executor_secret.clone(),
+            reporter,
         })
     }
 
@@ -164,6 +168,15 @@ impl Checker {
                 warn!("{line}");
             }
         }
+        // The original reports every offline executor of the first round and each
+        // executor that goes offline later: the `false` lines above.
+        for e in went_offline(self.previous.as_ref(), &snapshot) {
+            self.settings.reporter.report(Report::HealthCheckError {
+                executor: e.hostname.clone(),
+                reason: e.last_error.clone().unwrap_or_default(),
+                worker: None,
+            });
+        }
         let previous = self.previous.replace(snapshot.clone());
         (snapshot, previous)
     }
@@ -180,17 +193,24 @@ impl Checker {
             return;
         }
         // The URL may carry a token: log the failure, never the URL.
-        match self.agent.get(url).call() {
-            Ok(response) if response.status().is_success() => {}
-            Ok(response) => warn!(
-                "Healthcheck URL call returned status {}",
-                response.status().as_u16()
-            ),
-            Err(err) => warn!(
-                "Healthcheck URL call failed: {}",
-                probe::describe(&err, &self.agent)
-            ),
-        }
+        let reason = match self.agent.get(url).call() {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) => {
+                let status = response.status().as_u16();
+                warn!("Healthcheck URL call returned status {status}");
+                format!("status {status}")
+            }
+            Err(err) => {
+                let reason = probe::describe(&err, &self.agent);
+                warn!("Healthcheck URL call failed: {reason}");
+                reason
+            }
+        };
+        // The report names the URL without user info, query or fragment.
+        self.settings.reporter.report(Report::HealthcheckUrlFailed {
+            url: report::redact_url(url),
+            reason,
+        });
     }
 }
 
@@ -320,6 +340,18 @@ fn status_lines(previous: Option<&Snapshot>, next: &Snapshot) -> Vec<(bool, Stri
         .collect()
 }
 
+/// The executors `status_lines` logs as offline (a warning): every offline one after the
+/// first round, then each that went offline.
+fn went_offline<'a>(
+    previous: Option<&'a Snapshot>,
+    next: &'a Snapshot,
+) -> impl Iterator<Item = &'a ExecutorStatus> {
+    let executors = next.executors.iter().enumerate();
+    executors
+        .filter(move |(index, e)| !e.online && previous.is_none_or(|p| changed(p, *index, e)))
+        .map(|(_, e)| e)
+}
+
 /// Whether the transition lines for `next` (`status_lines`) report executor `index`
 /// changing status since `previous`, which is every status of the first round.
 fn changed(previous: &Snapshot, index: usize, next: &ExecutorStatus) -> bool {
@@ -446,7 +478,27 @@ mod tests {
             timeout: Duration::from_secs(2),
             url,
             executor_secret: "secret".to_string(),
+            reporter: Reporter::default(),
         })
+    }
+
+    /// `checker_for` with a reporter whose reports the test reads.
+    fn reporting_checker_for(
+        executors: &[ExecutorAddr],
+        url: Option<String>,
+    ) -> (Checker, report::Captured) {
+        let (reporter, captured) = report::capture();
+        let mut checker = checker_for(executors, true, url);
+        checker.settings.reporter = reporter;
+        (checker, captured)
+    }
+
+    fn offline_report(executor: &str, reason: &str) -> Report {
+        Report::HealthCheckError {
+            executor: executor.to_string(),
+            reason: reason.to_string(),
+            worker: None,
+        }
     }
 
     fn local(port: u16) -> ExecutorAddr {
@@ -463,7 +515,8 @@ mod tests {
     fn round_with_one_executor_up_and_one_down() {
         let up = Server::start("200 OK", PASS);
         let down_port = free_port();
-        let mut checker = checker_for(&[up.executor(), local(down_port)], true, None);
+        let executors = [up.executor(), local(down_port)];
+        let (mut checker, reports) = reporting_checker_for(&executors, None);
 
         let first = checker.round();
         assert_eq!(first.generation, 1);
@@ -481,7 +534,12 @@ mod tests {
         assert_eq!(b.last_error.as_deref(), Some("connection refused"));
         assert_eq!(b.addrs.len(), 1);
 
-        // The first round lists every executor once.
+        // The first round lists every executor once and reports the offline one.
+        let down = format!("127.0.0.1:{down_port}");
+        assert_eq!(
+            reports.take(),
+            vec![offline_report(&down, "connection refused")]
+        );
         let lines = status_lines(None, &first);
         assert_eq!(lines.len(), 2);
         assert_eq!(
@@ -519,6 +577,10 @@ mod tests {
             )]
         );
 
+        let up_name = up.addr.to_string();
+        let failed = r#"executor reported status "fail""#;
+        assert_eq!(reports.take(), vec![offline_report(&up_name, failed)]);
+
         up.answer("200 OK", "OK");
         let third = checker.round();
         assert_eq!(third.generation, 3);
@@ -530,6 +592,8 @@ mod tests {
         );
         assert!(status_lines(Some(&third), &third).is_empty());
         assert_eq!(up.hits(), 3);
+        // Going online is not an error: nothing more is reported.
+        assert!(reports.take().is_empty());
     }
 
     fn status(hostname: &str, online: bool) -> ExecutorStatus {
@@ -667,8 +731,9 @@ mod tests {
         let a = Server::start("200 OK", PASS);
         let b = Server::start("200 OK", "OK");
         let hook = Server::start("200 OK", "");
-        let url = format!("http://{}/ping?token=t", hook.addr);
-        let mut checker = checker_for(&[a.executor(), b.executor()], true, Some(url.clone()));
+        let url = format!("http://user:pw@{}/ping?token=t", hook.addr);
+        let executors = [a.executor(), b.executor()];
+        let (mut checker, reports) = reporting_checker_for(&executors, Some(url.clone()));
 
         checker.round();
         assert_eq!(hook.hits(), 1);
@@ -679,15 +744,34 @@ mod tests {
         checker.round();
         assert_eq!(hook.hits(), 2);
 
-        // A failing URL is only a warning; an empty one is no URL.
+        // b going offline was reported; the calls that worked were not.
+        let b_reason = "health check returned status 503";
+        assert_eq!(
+            reports.take(),
+            vec![offline_report(&b.addr.to_string(), b_reason)]
+        );
+
+        // A failing URL is a warning and a report naming the URL without its secrets;
+        // an empty one is no URL.
         hook.answer("500 Internal Server Error", "");
         checker.round();
         assert_eq!(hook.hits(), 3);
+        let failed = Report::HealthcheckUrlFailed {
+            url: format!("http://{}/ping", hook.addr),
+            reason: "status 500".to_string(),
+        };
+        assert_eq!(reports.take(), vec![failed]);
         let mut quiet = checker_for(&[a.executor()], true, Some(String::new()));
         assert!(quiet.round().executors[0].online);
-        let refused_url = format!("http://127.0.0.1:{}/", free_port());
-        let mut refused = checker_for(&[a.executor()], true, Some(refused_url));
+        let refused_port = free_port();
+        let refused_url = format!("http://127.0.0.1:{refused_port}/");
+        let (mut refused, reports) = reporting_checker_for(&[a.executor()], Some(refused_url));
         assert!(refused.round().executors[0].online);
+        let failed = Report::HealthcheckUrlFailed {
+            url: format!("http://127.0.0.1:{refused_port}/"),
+            reason: "connection refused".to_string(),
+        };
+        assert_eq!(reports.take(), vec![failed]);
 
         // Disabled health checks check nothing, so they vouch for nothing.
         let mut disabled = checker_for(&[a.executor()], false, Some(url));
