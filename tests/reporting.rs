@@ -653,3 +653,56 @@ fn a_slow_provider_changes_nothing_for_clients() {
         assert!(stats.dropped >= 1200 - 1024 - 3, "{stats:?}");
     }
 }
+
+#[test]
+fn a_bad_logging_config_exits_2_without_showing_the_key() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("OPR_PROXY_LOGGING_CONFIG", "sentry://S3CRET@host")],
+            "OPR_PROXY_LOGGING_CONFIG",
+        ),
+        (
+            &[("OPR_PROXY_LOGGING_CONFIG", "S3CRET")],
+            "OPR_PROXY_LOGGING_PROVIDER",
+        ),
+        (
+            &[
+                ("OPR_PROXY_LOGGING_PROVIDER", "sentry"),
+                ("OPR_PROXY_LOGGING_CONFIG", "S3CRET"),
+            ],
+            "OPR_PROXY_LOGGING_CONFIG",
+        ),
+        (
+            &[
+                ("OPR_PROXY_LOGGING_PROVIDER", "raygun"),
+                ("OPR_PROXY_LOGGING_CONFIG", "appsignal://S3CRET"),
+            ],
+            "OPR_PROXY_LOGGING_PROVIDER",
+        ),
+        (
+            &[("OPR_PROXY_LOGGING_PROVIDER", "logowl")],
+            "OPR_PROXY_LOGGING_CONFIG",
+        ),
+        (
+            &[
+                ("OPR_PROXY_LOGGING_CONFIG", "raygun://S3CRET"),
+                ("OPR_PROXY_LOGGING_ENDPOINT", "127.0.0.1:9"),
+            ],
+            "OPR_PROXY_LOGGING_ENDPOINT",
+        ),
+    ];
+    for (env, var) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_opr-proxy"))
+            .env_clear()
+            .env("OPR_PROXY_EXECUTORS", "a:1")
+            .env("OPR_PROXY_SECRET", "s")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(var), "{var} not named in: {stderr}");
+        assert!(!stderr.contains("S3CRET"), "{stderr}");
+    }
+}
