@@ -8,7 +8,6 @@ use crate::ctx::WorkerCtx;
 use crate::error::write_json_response;
 use crate::http::client::After;
 use crate::logging::rfc3339;
-use crate::metrics::ReportCounts;
 use crate::snapshot::Snapshot;
 
 /// `200 OK` with body `OK`, as the original answers.
@@ -90,7 +89,7 @@ pub(crate) fn metrics(
 ) {
     let mut body = String::with_capacity(16 * 1024);
     let flagged = |i| ctx.board.is_flagged_offline(i);
-    let reports = ReportCounts::default();
+    let reports = ctx.reporter.stats();
     ctx.metrics
         .render(&mut body, snapshot, flagged, &ctx.config.version, reports);
     out.clear();

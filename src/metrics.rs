@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::forward::Discard;
+use crate::report::ReportStats;
 use crate::snapshot::Snapshot;
 
 /// Status codes counted one by one (RFC 9110 §15 and common extensions); any other code
@@ -241,14 +242,6 @@ pub(crate) struct Metrics {
     workers: Box<[WorkerMetrics]>,
 }
 
-/// Error-report counters, read at scrape time (from the reporter).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct ReportCounts {
-    pub(crate) sent: u64,
-    pub(crate) failed: u64,
-    pub(crate) dropped: u64,
-}
-
 impl Metrics {
     pub(crate) fn new(workers: usize, executors: usize) -> Metrics {
         Metrics {
@@ -273,7 +266,7 @@ impl Metrics {
         snapshot: &Snapshot,
         flagged: impl Fn(usize) -> bool,
         version: &str,
-        reports: ReportCounts,
+        reports: ReportStats,
     ) {
         let hosts: Vec<&str> = snapshot
             .executors
