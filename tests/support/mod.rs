@@ -426,6 +426,8 @@ pub struct ProxyProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// What the process wrote to stdout (the access log).
+    pub out: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ProxyProcess {
@@ -457,13 +459,27 @@ impl ProxyProcess {
             .env("OPR_PROXY_CORES", "1")
             .env("OPR_PROXY_HEALTHCHECK_INTERVAL", "200")
             .env("OPR_PROXY_IO_DRIVER", io_driver())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in extra {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn opr-proxy");
         let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let out2 = out.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = out2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
@@ -489,6 +505,7 @@ impl ProxyProcess {
             child,
             addr: addr.parse().expect("listen address"),
             log,
+            out,
         }
     }
 
@@ -532,6 +549,10 @@ impl ProxyProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,403 @@
+//! Metrics (parsed by a real Prometheus text parser), the access log in both formats, and
+//! `x-opr-route`, against real processes and mock executors on 127.0.0.1.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+use support::*;
+
+/// One sample: metric name, labels, value.
+type Sample = (String, HashMap<String, String>, f64);
+
+/// Parse the exposition with the Python `prometheus_client` parser (the reference
+/// implementation's parser; `.ci/run` installs it). Panics, naming the fix, when absent.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    const SCRIPT: &str = "import sys, json\n\
+        from prometheus_client.parser import text_string_to_metric_families as parse\n\
+        out = [[s.name, s.labels, s.value] for f in parse(sys.stdin.read()) for s in f.samples]\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to parse metrics");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition (pip install prometheus_client?): {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: sonic_rs::Value = sonic_rs::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let labels = s[1]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_str().unwrap().to_string()))
+                .collect();
+            (
+                s[0].as_str().unwrap().to_string(),
+                labels,
+                s[2].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The value of the sample `name` whose labels include all of `labels` (0 if absent).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+fn scrape(proxy: &Proxy) -> Vec<Sample> {
+    let r = proxy.get("/v1/proxy/metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        r.header("content-type")
+    );
+    parse_prometheus(&r.text())
+}
+
+#[test]
+fn metrics_count_the_traffic_sent() {
+    let a = mock("a");
+    let b = mock("b");
+    let proxy = Proxy::start(&[&a, &b], &[("OPR_PROXY_ALGORITHM", "round-robin")]);
+    let (ha, hb) = (a.hostname(), b.hostname());
+
+    // Without the key: 401 like every other proxy endpoint.
+    let r = proxy.client().request("GET", "/v1/proxy/metrics", &[], b"");
+    assert_eq!(r.status, 401);
+
+    let mut c = proxy.client();
+    let key = bearer();
+    for _ in 0..10 {
+        let r = c.request("GET", "/v1/ping", &[("Authorization", &key)], b"");
+        assert_eq!(r.status, 200);
+    }
+    for _ in 0..2 {
+        let r = c.request(
+            "GET",
+            "/v1/status?code=503",
+            &[("Authorization", &key)],
+            b"",
+        );
+        assert_eq!(r.status, 503);
+    }
+    let body = vec![7u8; 100_000];
+    let r = c.request("POST", "/v1/upload", &[("Authorization", &key)], &body);
+    assert_eq!(r.status, 200);
+    drop(c);
+    for _ in 0..3 {
+        let r =
+            proxy
+                .client()
+                .request("GET", "/v1/ping", &[("Authorization", "Bearer wrong")], b"");
+        assert_eq!(r.status, 401);
+    }
+
+    let s = scrape(&proxy);
+    let total = |code: &str| value(&s, "opr_proxy_requests_total", &[("code", code)]);
+    assert_eq!(total("200"), 11.0, "10 pings and an upload");
+    assert_eq!(
+        value(
+            &s,
+            "opr_proxy_requests_total",
+            &[("code", "200"), ("executor", &ha)]
+        ) + value(
+            &s,
+            "opr_proxy_requests_total",
+            &[("code", "200"), ("executor", &hb)]
+        ),
+        11.0
+    );
+    assert!(
+        value(&s, "opr_proxy_requests_total", &[("executor", &ha)]) >= 5.0,
+        "round-robin"
+    );
+    assert_eq!(total("503"), 2.0);
+    // The keyless scrape and the three wrong keys: answered by the proxy itself.
+    assert_eq!(
+        value(
+            &s,
+            "opr_proxy_requests_total",
+            &[("code", "401"), ("executor", "none")]
+        ),
+        4.0
+    );
+    // Every answered request is in the histogram; the scrape in hand is in flight.
+    assert_eq!(
+        value(&s, "opr_proxy_request_duration_seconds_count", &[]),
+        17.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "opr_proxy_request_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        17.0
+    );
+    assert_eq!(value(&s, "opr_proxy_requests_in_flight", &[]), 1.0);
+    assert!(value(&s, "opr_proxy_received_bytes_total", &[]) > 100_000.0);
+    assert!(value(&s, "opr_proxy_sent_bytes_total", &[]) > 0.0);
+    assert_eq!(
+        value(&s, "opr_proxy_executor_up", &[("executor", &ha)]),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "opr_proxy_executor_usage", &[("executor", &hb)]),
+        0.0
+    );
+    // 13 forwarded requests on one keep-alive client connection: executor connections
+    // were opened once per executor and reused after that.
+    let opened = value(&s, "opr_proxy_executor_connections_opened_total", &[]);
+    let reused = value(&s, "opr_proxy_executor_connections_reused_total", &[]);
+    assert_eq!(opened + reused, 13.0, "opened {opened}, reused {reused}");
+    assert!(reused >= 9.0, "reused {reused}");
+    assert!(
+        value(
+            &s,
+            "opr_proxy_health_probe_duration_seconds",
+            &[("executor", &ha)]
+        ) > 0.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "opr_proxy_health_probe_failures_total",
+            &[("executor", &ha)]
+        ),
+        0.0
+    );
+    assert_eq!(value(&s, "opr_proxy_client_connections_open", &[]), 1.0);
+    assert!(
+        value(
+            &s,
+            "opr_proxy_client_connections_closed_total",
+            &[("reason", "client")]
+        ) + value(
+            &s,
+            "opr_proxy_client_connections_closed_total",
+            &[("reason", "closed")]
+        ) >= 4.0
+    );
+    assert_eq!(value(&s, "opr_proxy_worker_info", &[("worker", "0")]), 1.0);
+    assert_eq!(value(&s, "opr_proxy_error_reports_dropped_total", &[]), 0.0);
+
+    // A stopped executor: down in the next round, with its probe failures counted.
+    b.stop();
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = scrape(&proxy);
+        value(&s, "opr_proxy_executor_up", &[("executor", &hb)]) == 0.0
+            && value(
+                &s,
+                "opr_proxy_health_probe_failures_total",
+                &[("executor", &hb)],
+            ) >= 1.0
+    }));
+}
+
+#[test]
+fn stray_bytes_show_as_discarded_connections() {
+    // An executor that answers `204` and then sends a body nobody asked for.
+    let ex = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = ex.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in ex.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) if buf[..n].starts_with(b"GET /v1/health") => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK");
+                        }
+                        Ok(_) => {
+                            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+                            std::thread::sleep(Duration::from_millis(100));
+                            let _ = s.write_all(b"stray");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start_hosts(&[addr.to_string()], &[]);
+    let mut c = proxy.client();
+    let key = bearer();
+    assert_eq!(
+        c.request("GET", "/x", &[("Authorization", &key)], b"")
+            .status,
+        204
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        c.request("GET", "/y", &[("Authorization", &key)], b"")
+            .status,
+        204
+    );
+    let s = scrape(&proxy);
+    let discarded = |reason| {
+        value(
+            &s,
+            "opr_proxy_executor_connections_discarded_total",
+            &[("reason", reason)],
+        )
+    };
+    assert!(discarded("idle_bytes") >= 1.0, "{s:?}");
+}
+
+#[test]
+fn access_log_lines_in_json_and_text() {
+    let a = mock("a");
+    for format in ["json", "text"] {
+        let p = ProxyProcess::start(
+            &[a.hostname()],
+            &[
+                ("OPR_PROXY_ACCESS_LOG", "enabled"),
+                ("OPR_PROXY_ACCESS_LOG_FORMAT", format),
+            ],
+        );
+        let mut c = Client::connect(p.addr);
+        let key = bearer();
+        let r = c.request(
+            "POST",
+            "/v1/echo?x=\"1\"",
+            &[("Authorization", &key)],
+            b"hello",
+        );
+        assert_eq!(r.status, 200);
+        let r = c.request("GET", "/v1/ping", &[("Authorization", "Bearer no")], b"");
+        assert_eq!(r.status, 401);
+        assert!(
+            eventually(Duration::from_secs(5), || p.stdout().lines().count() >= 2),
+            "{format}: access log lines: {:?}",
+            p.stdout()
+        );
+        let out = p.stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        if format == "json" {
+            let first: sonic_rs::Value = sonic_rs::from_str(lines[0]).unwrap();
+            assert_eq!(first["client"].as_str(), Some("127.0.0.1"));
+            assert_eq!(first["method"].as_str(), Some("POST"));
+            assert_eq!(first["target"].as_str(), Some("/v1/echo?x=\"1\""));
+            assert_eq!(first["status"].as_u64(), Some(200));
+            assert_eq!(first["executor"].as_str(), Some(a.hostname().as_str()));
+            assert_eq!(first["tier"].as_u64(), Some(1));
+            assert!(first["bytesIn"].as_u64().unwrap() > 5);
+            assert!(first["bytesOut"].as_u64().unwrap() > 0);
+            assert!(first["durationUs"].as_u64().is_some());
+            assert!(first["time"].as_str().unwrap().ends_with('Z'));
+            let second: sonic_rs::Value = sonic_rs::from_str(lines[1]).unwrap();
+            assert_eq!(second["status"].as_u64(), Some(401));
+            assert!(second["executor"].is_null());
+        } else {
+            let want = format!(
+                " 127.0.0.1 \"POST /v1/echo?x=\\\"1\\\"\" 200 executor={} tier=1 in=",
+                a.hostname()
+            );
+            assert!(lines[0].contains(&want), "{}", lines[0]);
+            assert!(lines[0].contains(" us="), "{}", lines[0]);
+            assert!(
+                lines[1].contains("\"GET /v1/ping\" 401 executor=- tier=- in="),
+                "{}",
+                lines[1]
+            );
+        }
+    }
+}
+
+#[test]
+fn route_is_explained_only_when_asked() {
+    let a = mock("a");
+    let b = mock("b");
+    let key = bearer();
+    let env = [
+        ("OPR_PROXY_ALGORITHM", "first"),
+        ("OPR_PROXY_HEALTHCHECK_INTERVAL", "60000"),
+    ];
+    let proxy = Proxy::start(&[&a, &b], &env);
+    let r = proxy.get("/v1/ping");
+    assert_eq!(r.header("x-opr-route"), None, "production, not asked");
+    let r = proxy.client().request(
+        "GET",
+        "/v1/ping",
+        &[("Authorization", &key), ("x-opr-debug", "1")],
+        b"",
+    );
+    assert_eq!(
+        r.header("x-opr-route"),
+        Some(format!("executor={}; tier=1; reason=usage < 80", a.hostname()).as_str())
+    );
+    // The runtime tier, and a failover after the first executor stopped listening.
+    a.stop();
+    let r = proxy.client().request(
+        "GET",
+        "/v1/ping",
+        &[
+            ("Authorization", &key),
+            ("x-opr-debug", "1"),
+            ("x-opr-runtime-id", "rt-9"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-opr-route"),
+        Some(
+            format!(
+                "executor={}; tier=2; reason=usage < 80, runtime not warm; failover from {}: refused",
+                b.hostname(),
+                a.hostname()
+            )
+            .as_str()
+        )
+    );
+    // Dev mode explains every answer.
+    let c = mock("c");
+    let dev = Proxy::start(&[&c], &[("OPR_PROXY_ENV", "development")]);
+    let r = dev.client().request(
+        "GET",
+        "/v1/ping",
+        &[
+            ("Authorization", &key),
+            ("x-opr-addressing-method", "anycast-fast"),
+        ],
+        b"",
+    );
+    assert_eq!(
+        r.header("x-opr-route"),
+        Some(format!("executor={}; tier=none; reason=anycast-fast", c.hostname()).as_str())
+    );
+}
