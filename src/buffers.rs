@@ -1,5 +1,6 @@
-//! Per-worker free list of body buffers: bodies stream through a few fixed-size buffers
-//! that are reused across requests, so memory never grows with body size.
+//! Per-worker free lists of body buffers and pipes: bodies stream through a few
+//! fixed-size buffers (or are spliced through pipes) that are reused across requests, so
+//! memory never grows with body size.
 
 use std::cell::RefCell;
 
@@ -72,5 +73,47 @@ impl std::ops::DerefMut for PooledBuf<'_> {
 impl Drop for PooledBuf<'_> {
     fn drop(&mut self) {
         self.pool.put(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Pipes kept for reuse per worker (two fds each); more in flight at once are made and
+/// closed per request.
+const KEEP_PIPES: usize = 64;
+
+/// A pipe for splicing: what is written to `w` is read from `r`.
+pub(crate) struct PipePair {
+    pub(crate) r: monoio::net::Pipe,
+    pub(crate) w: monoio::net::Pipe,
+}
+
+/// Per-worker free list of empty pipes for splicing bodies.
+#[derive(Default)]
+pub(crate) struct PipePool {
+    free: RefCell<Vec<PipePair>>,
+}
+
+impl PipePool {
+    /// An empty pipe, or `None` when none can be made (fd limit): the caller copies
+    /// through a buffer instead.
+    pub(crate) fn take(&self) -> Option<PipePair> {
+        if let Some(pipe) = self.free.borrow_mut().pop() {
+            return Some(pipe);
+        }
+        let (r, w) = monoio::net::unix::new_pipe().ok()?;
+        Some(PipePair { r, w })
+    }
+
+    /// Return a pipe that is empty (every byte spliced in was spliced out); a pipe that
+    /// may hold bytes must be dropped instead.
+    pub(crate) fn put(&self, pipe: PipePair) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < KEEP_PIPES {
+            free.push(pipe);
+        }
+    }
+
+    /// Close every kept pipe (shutdown).
+    pub(crate) fn clear(&self) {
+        self.free.borrow_mut().clear();
     }
 }

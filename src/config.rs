@@ -41,6 +41,7 @@ pub const OPR_PROXY_POOL_IDLE_TIMEOUT: &str = "OPR_PROXY_POOL_IDLE_TIMEOUT";
 pub const OPR_PROXY_SHUTDOWN_TIMEOUT: &str = "OPR_PROXY_SHUTDOWN_TIMEOUT";
 pub const OPR_PROXY_ACCESS_LOG: &str = "OPR_PROXY_ACCESS_LOG";
 pub const OPR_PROXY_ACCESS_LOG_FORMAT: &str = "OPR_PROXY_ACCESS_LOG_FORMAT";
+pub const OPR_PROXY_SPLICE: &str = "OPR_PROXY_SPLICE";
 pub const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
 pub const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
 
@@ -159,6 +160,7 @@ const PROVIDERS: [(&str, Option<LoggingProvider>); 4] = [
 const BODY_UNIT: &str = "bytes, 0 = no limit";
 
 const ON_OFF: [(&str, bool); 2] = [("enabled", true), ("disabled", false)];
+const AUTO_OFF: [(&str, bool); 2] = [("auto", true), ("off", false)];
 
 /// One executor from `OPR_PROXY_EXECUTORS`; `host` is a name or IP (IPv6 without brackets).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +216,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub access_log: bool,
     pub access_log_format: AccessLogFormat,
+    /// Move Content-Length bodies with splice (socket → pipe → socket).
+    pub splice: bool,
     /// Longest wait for the next bytes of a request body (slow or stalled uploads).
     pub body_timeout: Duration,
     /// Client connections one worker serves at once; at the cap it stops accepting.
@@ -270,6 +274,7 @@ impl Config {
                 AccessLogFormat::Text,
                 &ACCESS_LOG_FORMATS,
             )?,
+            splice: src.choice(OPR_PROXY_SPLICE, true, &AUTO_OFF)?,
             body_timeout: src.seconds(OPR_PROXY_BODY_TIMEOUT, 60, 1..=86_400)?,
             max_connections: src.number(OPR_PROXY_MAX_CONNECTIONS, 16_384, 1..=1_048_576, "")?
                 as usize,
@@ -318,6 +323,7 @@ impl fmt::Debug for Config {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("access_log", &self.access_log)
             .field("access_log_format", &self.access_log_format)
+            .field("splice", &self.splice)
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
             .finish()
@@ -794,6 +800,7 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert!(!c.access_log);
         assert_eq!(c.access_log_format, AccessLogFormat::Text);
+        assert!(c.splice);
         assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 16_384);
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::access_log::AccessLog;
 use crate::balance::Picker;
-use crate::buffers::BufPool;
+use crate::buffers::{BufPool, PipePool};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::client::{After, ClientConn};
@@ -31,6 +31,8 @@ pub(crate) struct WorkerCtx {
     pub picker: Picker,
     pub pool: Pool,
     pub bufs: BufPool,
+    /// Pipes for splicing Content-Length bodies (`OPR_PROXY_SPLICE`).
+    pub pipes: PipePool,
     /// `Bearer <OPR_PROXY_EXECUTOR_SECRET>`, built once.
     pub executor_authorization: Box<[u8]>,
     /// Set when the process is stopping: answer the request in hand, then close.
@@ -67,6 +69,7 @@ impl WorkerCtx {
             picker: Picker::new(config.algorithm, seed),
             pool: Pool::new(executors, config.pool_size, config.pool_idle_timeout),
             bufs: BufPool::new(),
+            pipes: PipePool::default(),
             executor_authorization: format!("Bearer {}", config.executor_secret)
                 .into_bytes()
                 .into_boxed_slice(),

@@ -139,6 +139,8 @@ pub(crate) struct WorkerMetrics {
     clients_open: Counter,
     clients_closed: [Counter; ClientClose::ALL.len()],
     access_log_dropped: Counter,
+    splice_fallbacks: Counter,
+    spliced_bytes: Counter,
     driver: OnceLock<String>,
 }
 
@@ -157,6 +159,8 @@ impl WorkerMetrics {
             clients_open: Counter::default(),
             clients_closed: Default::default(),
             access_log_dropped: Counter::default(),
+            splice_fallbacks: Counter::default(),
+            spliced_bytes: Counter::default(),
             driver: OnceLock::new(),
         }
     }
@@ -221,6 +225,13 @@ impl WorkerMetrics {
         self.clients_open.sub(1);
         let slot = ClientClose::ALL.iter().position(|&c| c == why).unwrap_or(0);
         self.clients_closed[slot].add(1);
+    }
+
+    /// A body was pumped: `bytes` of it with splice; `fallback` when splice was wanted
+    /// but the body was copied.
+    pub(crate) fn spliced(&self, bytes: u64, fallback: bool) {
+        self.spliced_bytes.add(bytes);
+        self.splice_fallbacks.add(u64::from(fallback));
     }
 
     pub(crate) fn access_log_dropped(&self, lines: u64) {
@@ -511,6 +522,18 @@ impl Metrics {
             "opr_proxy_error_reports_dropped_total",
             "Error reports dropped because the reporter's queue was full.",
             reports.dropped,
+        );
+        counter(
+            out,
+            "opr_proxy_spliced_bytes_total",
+            "Body bytes moved socket to pipe to socket with splice (no copy through the proxy).",
+            self.sum(|m| m.spliced_bytes.get()),
+        );
+        counter(
+            out,
+            "opr_proxy_splice_fallbacks_total",
+            "Bodies copied through a buffer because no pipe could be made or splice was refused.",
+            self.sum(|m| m.splice_fallbacks.get()),
         );
         counter(
             out,

@@ -250,6 +250,7 @@ where
 /// connections were woken by `stop_notify` and close themselves.
 async fn drain(ctx: &Rc<WorkerCtx>) {
     ctx.pool.clear();
+    ctx.pipes.clear();
     let deadline = std::time::Instant::now() + ctx.config.shutdown_timeout;
     while ctx.active_connections() > 0 && std::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;

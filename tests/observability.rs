@@ -401,3 +401,37 @@ fn route_is_explained_only_when_asked() {
         Some(format!("executor={}; tier=none; reason=anycast-fast", c.hostname()).as_str())
     );
 }
+
+/// Content-Length bodies of 64 KiB or more are spliced (socket → pipe → socket) unless
+/// `OPR_PROXY_SPLICE=off`; both paths deliver the same bytes.
+#[test]
+fn large_bodies_are_spliced_unless_turned_off() {
+    let a = mock("a");
+    for (splice, expect_spliced) in [("auto", true), ("off", false)] {
+        let proxy = Proxy::start(&[&a], &[("OPR_PROXY_SPLICE", splice)]);
+        let len = 3 * 1024 * 1024 + 17;
+        let (status, got, sha, truncated) =
+            download(proxy.addr, &format!("/v1/download?bytes={len}"));
+        assert_eq!((status, got, truncated), (200, len, false), "{splice}");
+        assert_eq!(sha, pattern_sha256(len), "{splice}");
+        let r = upload(proxy.addr, "/v1/upload", len, false);
+        assert_eq!(r.status, 200, "{splice}");
+        assert_eq!(r.json_sha(), pattern_sha256(len), "{splice}");
+        let s = scrape(&proxy);
+        let spliced = value(&s, "opr_proxy_spliced_bytes_total", &[]);
+        assert_eq!(
+            value(&s, "opr_proxy_splice_fallbacks_total", &[]),
+            0.0,
+            "{splice}"
+        );
+        if expect_spliced {
+            // Both bodies, less what came with the heads.
+            assert!(
+                spliced > 2.0 * (len as f64) - 300_000.0,
+                "{splice}: {spliced}"
+            );
+        } else {
+            assert_eq!(spliced, 0.0, "{splice}");
+        }
+    }
+}

@@ -75,8 +75,20 @@ fn sigterm_drains_and_exits_0() {
 
 #[test]
 fn hundred_mib_streams_with_flat_memory() {
+    for splice in ["auto", "off"] {
+        hundred_mib_streams(splice);
+    }
+}
+
+fn hundred_mib_streams(splice: &str) {
     let a = mock("a");
-    let p = ProxyProcess::start(&[a.hostname()], &[("OPR_PROXY_MAX_BODY_SIZE", "0")]);
+    let p = ProxyProcess::start(
+        &[a.hostname()],
+        &[
+            ("OPR_PROXY_MAX_BODY_SIZE", "0"),
+            ("OPR_PROXY_SPLICE", splice),
+        ],
+    );
     let len: u64 = 100 * 1024 * 1024;
     let r = upload(p.addr, "/v1/upload", len, false);
     assert_eq!(r.status, 200);
@@ -87,7 +99,7 @@ fn hundred_mib_streams_with_flat_memory() {
     let peak = p.status_kib("VmHWM");
     assert!(
         peak < 40 * 1024,
-        "peak RSS {peak} KiB: bodies must not be buffered"
+        "splice {splice}: peak RSS {peak} KiB: bodies must not be buffered"
     );
 }
 

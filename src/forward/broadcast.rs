@@ -142,7 +142,7 @@ async fn read_body(
         let stall = Some(ctx.config.body_timeout);
         let sink = Sink::Collect(&mut collected);
         let after = body
-            .pump(&mut conn.stream, sink, &mut buf, stall)
+            .pump(&mut conn.stream, sink, &mut buf, stall, None)
             .await
             .map_err(client_error)?;
         conn.bytes_in += body.read - after.len() as u64;
@@ -236,7 +236,7 @@ impl Delivery<'_> {
                 .map_err(Failed::Body)?;
             if let (ResponseEnd::Unfinished, Some(body)) = (end, body.as_mut()) {
                 let after = body
-                    .pump(ex.stream(), Sink::Discard, &mut eb, None)
+                    .pump(ex.stream(), Sink::Discard, &mut eb, None, None)
                     .await
                     .map_err(Failed::Body)?;
                 end = if after.is_empty() {

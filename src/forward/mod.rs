@@ -266,7 +266,12 @@ impl Anycast<'_> {
             if let Some(rest) = first.rest.as_mut() {
                 let stall = Some(ctx.config.body_timeout);
                 let sink = Sink::Socket(ex.stream());
-                match rest.pump(&mut conn.stream, sink, &mut eb, stall).await {
+                let pipes = ctx.config.splice.then_some(&ctx.pipes);
+                let pumped = rest
+                    .pump(&mut conn.stream, sink, &mut eb, stall, pipes)
+                    .await;
+                ctx.m().spliced(rest.spliced, rest.splice_fallback);
+                match pumped {
                     // Pipelined bytes of the next request: keep them for the client loop.
                     Ok(after) => {
                         conn.bytes_in += rest.read - after.len() as u64;
@@ -455,10 +460,11 @@ impl Anycast<'_> {
         }
         let end = match (end, body.as_mut()) {
             (ResponseEnd::Unfinished, Some(body)) => {
-                let pumped = body
-                    .pump(ex, Sink::Socket(&mut conn.stream), eb, None)
-                    .await;
+                let pipes = self.ctx.config.splice.then_some(&self.ctx.pipes);
+                let sink = Sink::Socket(&mut conn.stream);
+                let pumped = body.pump(ex, sink, eb, None, pipes).await;
                 conn.bytes_out += body.written;
+                self.ctx.m().spliced(body.spliced, body.splice_fallback);
                 match pumped {
                     Ok(after) if after.is_empty() => ResponseEnd::Clean,
                     Ok(_) => ResponseEnd::Leftover,

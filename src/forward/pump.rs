@@ -8,9 +8,11 @@ use std::ops::Range;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::buffers::PipePool;
 use crate::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedOutput};
 
 /// Room kept before the data of each read for a chunk-size line, and after it for the
@@ -18,6 +20,12 @@ use crate::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedO
 /// (≤ 128 KiB, `20000` in hex) and CRLF fit in 8 bytes.
 const CHUNK_ROOM: usize = 8;
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+/// Bodies with at least this much left go socket → pipe → socket with splice: no copy
+/// through user space. Smaller ones are one read and one write through the buffer.
+const SPLICE_MIN: u64 = 64 * 1024;
+/// One splice step: a pipe's default capacity (16 pages). monoio 0.2 does not expose a
+/// pipe's fd, so `F_SETPIPE_SZ` cannot raise it.
+const SPLICE_STEP: u64 = 64 * 1024;
 
 /// How the body ends (RFC 9112 §6.3).
 #[derive(Clone, Debug)]
@@ -90,6 +98,11 @@ pub(crate) struct Body {
     /// Bytes `pump` read from its source and wrote to its sink (metrics, access log).
     pub(crate) read: u64,
     pub(crate) written: u64,
+    /// Splice was wanted but no pipe could be made or the kernel refused it: the body
+    /// was copied instead (counted in the metrics).
+    pub(crate) splice_fallback: bool,
+    /// Of `written`, the bytes moved with splice.
+    pub(crate) spliced: u64,
 }
 
 impl Body {
@@ -100,6 +113,8 @@ impl Body {
             limit,
             read: 0,
             written: 0,
+            splice_fallback: false,
+            spliced: 0,
         }
     }
 
@@ -167,7 +182,19 @@ impl Body {
         mut dst: Sink<'_>,
         buf: &mut Vec<u8>,
         stall: Option<Duration>,
+        pipes: Option<&PipePool>,
     ) -> Result<Range<usize>, PumpError> {
+        // A length-delimited body leaves as it came, whatever `emit` says.
+        if let (Some(pipes), Delimit::Length(n), Sink::Socket(out)) =
+            (pipes, &self.delimit, &mut dst)
+        {
+            if *n >= SPLICE_MIN {
+                if self.splice(src, out, pipes, stall).await? {
+                    return Ok(0..0);
+                }
+                self.splice_fallback = true;
+            }
+        }
         let room = if self.emit == Emit::AsChunks {
             CHUNK_ROOM
         } else {
@@ -207,6 +234,61 @@ impl Body {
             }
         }
         Ok(0..0)
+    }
+}
+
+impl Body {
+    /// Move the rest of a Content-Length body with splice. `Ok(false)`: nothing was moved
+    /// because no pipe could be made or the kernel refused the first splice; copy instead.
+    /// A pipe goes back to the pool only empty; on any error it is closed.
+    async fn splice(
+        &mut self,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        pipes: &PipePool,
+        stall: Option<Duration>,
+    ) -> Result<bool, PumpError> {
+        let Some(mut pipe) = pipes.take() else {
+            return Ok(false);
+        };
+        let mut moved = false;
+        while let Delimit::Length(remaining) = self.delimit {
+            if remaining == 0 {
+                break;
+            }
+            let want = remaining.min(SPLICE_STEP) as u32;
+            let into = src.splice_to_pipe(&mut pipe.w, want);
+            let got = match stall {
+                Some(limit) => match monoio::time::timeout(limit, into).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(PumpError::Stalled),
+                },
+                None => into.await,
+            };
+            let got = match got {
+                Ok(0) => return Err(PumpError::SourceClosed),
+                Ok(n) => n,
+                Err(_) if !moved => {
+                    pipes.put(pipe);
+                    return Ok(false);
+                }
+                Err(_) => return Err(PumpError::SourceClosed),
+            };
+            moved = true;
+            self.read += u64::from(got);
+            let mut left = got;
+            while left > 0 {
+                match dst.splice_from_pipe(&mut pipe.r, left).await {
+                    Ok(0) | Err(_) => return Err(PumpError::Sink),
+                    Ok(n) => left -= n.min(left),
+                }
+            }
+            self.written += u64::from(got);
+            self.spliced += u64::from(got);
+            self.delimit = Delimit::Length(remaining - u64::from(got));
+        }
+        pipes.put(pipe);
+        Ok(true)
     }
 }
 
