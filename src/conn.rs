@@ -12,7 +12,7 @@ use crate::ctx::WorkerCtx;
 use crate::error::ProxyError;
 use crate::forward::{self, Served};
 use crate::http::client::{After, ClientConn};
-use crate::http::head::{self, HeaderRef, RequestFraming, RequestHead};
+use crate::http::head::{self, HeaderRef, RequestHead};
 use crate::metrics::ClientClose;
 use crate::{access_log, api, auth};
 
@@ -165,7 +165,7 @@ async fn handle(
 
     // Liveness needs no key (container health checks).
     if is_get && path == b"/v1/proxy/health" {
-        let close = !head.keep_alive || has_body(head);
+        let close = !head.keep_alive || head.has_body();
         let after = api::health(close, method == b"HEAD", out);
         return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
     }
@@ -173,7 +173,7 @@ async fn handle(
     let authorization = head::find_header(pending, headers, "authorization");
     if !auth::is_authorized(authorization, ctx.config.secret.as_bytes()) {
         // The body (if any) is not read: the answer closes and lingers.
-        let keep_alive = head.keep_alive && !has_body(head);
+        let keep_alive = head.keep_alive && !head.has_body();
         conn.consume(head.head_len);
         let e = ProxyError::Unauthorized;
         return Served::local(ctx.answer(conn, out, e, keep_alive).await);
@@ -181,7 +181,7 @@ async fn handle(
 
     if is_get && path == b"/v1/proxy/containers" {
         let snapshot = ctx.snapshot();
-        let close = !head.keep_alive || has_body(head);
+        let close = !head.keep_alive || head.has_body();
         api::containers(&snapshot, ctx, method == b"HEAD", close, out);
         let after = After::close_if(close);
         return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
@@ -189,22 +189,13 @@ async fn handle(
 
     if is_get && path == b"/v1/proxy/metrics" {
         let snapshot = ctx.snapshot();
-        let close = !head.keep_alive || has_body(head);
+        let close = !head.keep_alive || head.has_body();
         api::metrics(&snapshot, ctx, method == b"HEAD", close, out);
         let after = After::close_if(close);
         return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
     }
 
     forward::forward(ctx, conn, head, headers, out).await
-}
-
-/// A request with a body the proxy answers itself: the body is not read, so the
-/// connection must close after the answer.
-fn has_body(head: &RequestHead) -> bool {
-    !matches!(
-        head.framing,
-        RequestFraming::Empty | RequestFraming::Length(0)
-    )
 }
 
 /// Send a response the proxy made itself (within the answer deadline) and consume the

@@ -110,7 +110,7 @@ async fn forward_request(
     }
     // RFC 9110 §10.1.1: answer 100-continue ourselves so the client starts sending; the
     // executor never sees Expect (the rewrite drops it).
-    if head.expect_continue && has_body(head) && conn.pending().len() == head.head_len {
+    if head.expect_continue && head.has_body() && conn.pending().len() == head.head_len {
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         if conn.write_answer(out, config.body_timeout).await.is_err() {
@@ -151,13 +151,6 @@ async fn forward_request(
             Phase::HeadSent(status) => (After::Close, status),
         },
     }
-}
-
-fn has_body(head: &RequestHead) -> bool {
-    !matches!(
-        head.framing,
-        RequestFraming::Empty | RequestFraming::Length(0)
-    )
 }
 
 /// The request body as far as it came with the head.

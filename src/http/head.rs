@@ -70,6 +70,17 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+impl RequestHead {
+    /// The request carries body bytes. A request the proxy answers itself without reading
+    /// its body must close the connection after the answer.
+    pub fn has_body(&self) -> bool {
+        !matches!(
+            self.framing,
+            RequestFraming::Empty | RequestFraming::Length(0)
+        )
+    }
+}
+
 /// Why a head was refused. For requests the status is what the client gets; for
 /// responses the caller answers 502 whatever the variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
