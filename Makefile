@@ -16,6 +16,9 @@ run: build
 	./target/release/mock-executor --port 8081 --name executor-1 & m1=$$!; \
 	./target/release/mock-executor --port 8082 --name executor-2 & m2=$$!; \
 	trap 'kill $$m1 $$m2 2>/dev/null || true' EXIT; \
+	for port in 8081 8082; do \
+	  for i in $$(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null && break; sleep 0.05; done; \
+	done; \
 	echo; \
 	echo "Try this (four requests on one keep-alive connection alternate between executor-1 and executor-2):"; \
 	echo "  curl -s -w '\\n' -H 'Authorization: Bearer $(SECRET)' 'http://127.0.0.1:$(PORT)/v1/ping?n=[1-4]'"; \
