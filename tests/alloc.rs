@@ -128,7 +128,11 @@ fn per_request_to(
     env: &[(&str, &str)],
     status: &[u8],
 ) -> (f64, f64) {
-    let proxy = Proxy::start_hosts(&[executor.to_string()], env);
+    // No health or DNS round (and so no snapshot copy per worker) while measuring: what
+    // is left in the background is the accept loop's stop-flag wake-up every 100 ms.
+    let mut all = vec![("OPR_PROXY_HEALTHCHECK_INTERVAL", "600000")];
+    all.extend_from_slice(env);
+    let proxy = Proxy::start_hosts(&[executor.to_string()], &all);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nUser-Agent: t\r\n\
          Accept: */*\r\nx-opr-runtime-id: rt-1\r\n\r\n",
@@ -188,10 +192,10 @@ fn forwarding_and_error_answers_do_not_allocate() {
     let disabled = [("OPR_PROXY_HEALTHCHECK", "disabled")];
     let (per_request_200, _) = per_request(fixed_executor(), &disabled, b"200");
     eprintln!("allocations per forwarded request: {per_request_200:.4}");
-    // Not exactly zero: the worker's accept loop wakes every 100 ms to check the stop flag
-    // and timers may grow their wheel; anything per request shows up as >= 1.
+    // Not exactly zero: background wake-ups allocate now and then, more per request when
+    // a loaded machine slows the requests down; anything per request shows up as >= 1.
     assert!(
-        per_request_200 < 0.05,
+        per_request_200 < 0.1,
         "{per_request_200:.3} allocations per forwarded request"
     );
 
@@ -200,11 +204,9 @@ fn forwarding_and_error_answers_do_not_allocate() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    // A long health interval: no snapshot is published (and copied) while it runs.
-    let slow_health = [("OPR_PROXY_HEALTHCHECK_INTERVAL", "600000")];
-    let (per_404, _) = per_request(dead, &slow_health, b"404");
+    let (per_404, _) = per_request(dead, &[], b"404");
     eprintln!("allocations per 404 answer: {per_404:.4}");
-    assert!(per_404 < 0.05, "{per_404:.3} allocations per 404");
+    assert!(per_404 < 0.1, "{per_404:.3} allocations per 404");
 
     // 502: the executor answers with two different Content-Lengths and closes. The
     // executor connection cannot be reused, so each request opens one: monoio's connect
@@ -228,7 +230,7 @@ fn forwarding_and_error_answers_do_not_allocate() {
     let (logged, _) = per_request(fixed_executor(), &logged_env, b"200");
     eprintln!("with the access log on: {logged:.4}");
     assert!(
-        logged < 0.05,
+        logged < 0.1,
         "{logged:.3} allocations per request with the access log on"
     );
 
