@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -35,15 +34,7 @@ fn bad_config_exits_2_naming_the_variable() {
         ),
     ];
     for (env, var) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_opr-proxy"))
-            .env_clear()
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{env:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-        assert!(stderr.contains(var), "{var} not named in: {stderr}");
+        assert_start_error(env, var);
     }
 }
 

@@ -566,3 +566,18 @@ impl Drop for ProxyProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Start the binary with exactly `env` and expect a start error: exit code 2 and one
+/// stderr line naming `var`. Returns that line.
+pub fn assert_start_error(env: &[(&str, &str)], var: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_opr-proxy"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{env:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(var), "{var} not named in: {stderr}");
+    stderr
+}
