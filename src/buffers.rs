@@ -1,78 +1,140 @@
-//! Per-worker free lists of body buffers and pipes: bodies stream through a few
-//! fixed-size buffers (or are spliced through pipes) that are reused across requests, so
-//! memory never grows with body size.
+//! Per-worker free lists of what a request borrows while it runs: head buffers, body
+//! buffers, the per-request vectors, and pipes. Bodies stream through a few fixed-size
+//! buffers (or are spliced through pipes) reused across requests, so memory never grows
+//! with body size; and a connection between requests holds none of them, so an idle
+//! keep-alive connection costs only its socket and its small task.
 
 use std::cell::RefCell;
+
+use crate::http::head::HeaderRef;
 
 /// Size of one body read/write step. Measured (loadtest/README.md, "Body step size"):
 /// 128 KiB cuts the proxy's CPU per 1 MiB upload by about a third and per 1 MiB download
 /// by a quarter against 64 KiB (fewer ops, fewer small segments); 256 KiB gains nothing more.
 pub(crate) const BODY_BUF: usize = 128 * 1024;
-/// Buffers kept for reuse (16 MiB at most); more in flight at once are allocated and freed.
-const KEEP: usize = 128;
+/// Size of a head buffer (a client's request head, an executor's response head); it grows
+/// (up to the head limit) only for unusually large heads, and a grown one is not kept.
+pub(crate) const HEAD_BUF: usize = 8 * 1024;
+/// Body buffers kept for reuse (16 MiB at most); more in flight at once are allocated
+/// and freed.
+const KEEP_BODIES: usize = 128;
+/// Head buffers and request vectors kept for reuse (2 MiB and ~1 MiB at most).
+const KEEP_HEADS: usize = 256;
+/// An output vector that grew past this (a large proxy API answer) is not kept.
+const OUT_KEEP: usize = 64 * 1024;
 
-#[derive(Default)]
-pub(crate) struct BufPool {
-    free: RefCell<Vec<Vec<u8>>>,
+/// A free list of one kind of item: `make` builds a fresh one, `clean` readies a returned
+/// one for reuse or says it must be dropped (it grew, or lost its capacity).
+pub(crate) struct FreeList<T> {
+    free: RefCell<Vec<T>>,
+    keep: usize,
+    make: fn() -> T,
+    clean: fn(&mut T) -> bool,
 }
 
-impl BufPool {
-    pub(crate) fn new() -> BufPool {
-        BufPool::default()
+impl<T> FreeList<T> {
+    /// Take an item: a kept one, or a fresh one.
+    pub(crate) fn get(&self) -> T {
+        self.free.borrow_mut().pop().unwrap_or_else(self.make)
     }
 
-    /// An empty buffer with `BODY_BUF` capacity that goes back to the pool when dropped,
-    /// on every path (errors included).
-    pub(crate) fn take(&self) -> PooledBuf<'_> {
-        PooledBuf {
-            pool: self,
-            buf: self.get(),
-        }
-    }
-
-    /// An empty buffer with `BODY_BUF` capacity.
-    fn get(&self) -> Vec<u8> {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BODY_BUF))
-    }
-
-    /// Return a buffer; ones that were resized or lost their capacity are dropped.
-    fn put(&self, mut buf: Vec<u8>) {
-        if buf.capacity() != BODY_BUF {
+    /// Give an item back; it is kept while the free list has room and `clean` allows.
+    pub(crate) fn put(&self, mut item: T) {
+        if !(self.clean)(&mut item) {
             return;
         }
-        buf.clear();
         let mut free = self.free.borrow_mut();
-        if free.len() < KEEP {
-            free.push(buf);
+        if free.len() < self.keep {
+            free.push(item);
+        }
+    }
+
+    /// An item on loan, taken from the pool at its first use (`get`) and given back when
+    /// the loan is dropped, on every path (errors included).
+    pub(crate) fn lend(&self) -> Loan<'_, T> {
+        Loan {
+            pool: self,
+            item: None,
         }
     }
 }
 
-/// A body buffer on loan from the worker's pool.
-pub(crate) struct PooledBuf<'a> {
-    pool: &'a BufPool,
-    buf: Vec<u8>,
-}
-
-impl std::ops::Deref for PooledBuf<'_> {
-    type Target = Vec<u8>;
-    fn deref(&self) -> &Vec<u8> {
-        &self.buf
+/// Body buffers: `BODY_BUF` bytes of capacity.
+pub(crate) fn body_buffers() -> FreeList<Vec<u8>> {
+    FreeList {
+        free: RefCell::default(),
+        keep: KEEP_BODIES,
+        make: || Vec::with_capacity(BODY_BUF),
+        clean: |buf| clear_if_capacity(buf, BODY_BUF),
     }
 }
 
-impl std::ops::DerefMut for PooledBuf<'_> {
-    fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
+/// Head buffers: `HEAD_BUF` bytes of capacity.
+pub(crate) fn head_buffers() -> FreeList<Vec<u8>> {
+    FreeList {
+        free: RefCell::default(),
+        keep: KEEP_HEADS,
+        make: || Vec::with_capacity(HEAD_BUF),
+        clean: |buf| clear_if_capacity(buf, HEAD_BUF),
     }
 }
 
-impl Drop for PooledBuf<'_> {
+fn clear_if_capacity(buf: &mut Vec<u8>, capacity: usize) -> bool {
+    buf.clear();
+    buf.capacity() == capacity
+}
+
+/// What one request works with besides its buffers: the field positions of its head
+/// and of the executor's response head, the output vector (heads and answers), and the
+/// request line kept for the access log.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub(crate) headers: Vec<HeaderRef>,
+    pub(crate) response_headers: Vec<HeaderRef>,
+    pub(crate) out: Vec<u8>,
+    pub(crate) request_line: Vec<u8>,
+}
+
+/// Request vectors, reused by whichever request is running.
+pub(crate) fn scratch() -> FreeList<Scratch> {
+    FreeList {
+        free: RefCell::default(),
+        keep: KEEP_HEADS,
+        make: || Scratch {
+            headers: Vec::with_capacity(32),
+            response_headers: Vec::with_capacity(32),
+            out: Vec::with_capacity(1024),
+            request_line: Vec::new(),
+        },
+        clean: |s| {
+            s.headers.clear();
+            s.response_headers.clear();
+            s.out.clear();
+            s.request_line.clear();
+            s.out.capacity() <= OUT_KEEP
+        },
+    }
+}
+
+/// An item borrowed from a pool (`FreeList::lend`).
+pub(crate) struct Loan<'a, T> {
+    pool: &'a FreeList<T>,
+    item: Option<T>,
+}
+
+impl<T> Loan<'_, T> {
+    /// The item, taken from the pool the first time.
+    pub(crate) fn get(&mut self) -> &mut T {
+        let pool = self.pool;
+        self.item.get_or_insert_with(|| pool.get())
+    }
+}
+
+impl<T> Drop for Loan<'_, T> {
     fn drop(&mut self) {
-        self.pool.put(std::mem::take(&mut self.buf));
+        if let Some(item) = self.item.take() {
+            self.pool.put(item);
+        }
     }
 }
 

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use crate::access_log::AccessLog;
 use crate::balance::Picker;
-use crate::buffers::{BufPool, PipePool};
+use crate::buffers::{self, FreeList, PipePool, Scratch};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::client::{After, ClientConn};
 use crate::http::head::{self, RequestHead};
+use crate::idle::{Closed, IdleConns};
 use crate::metrics::{Metrics, WorkerMetrics};
-use crate::notify::LocalNotify;
 use crate::pool::Pool;
 use crate::report::{Report, Reporter};
 use crate::snapshot::{Board, Snapshot, SnapshotReader};
@@ -30,14 +30,20 @@ pub(crate) struct WorkerCtx {
     local: RefCell<Rc<Snapshot>>,
     pub picker: Picker,
     pub pool: Pool,
-    pub bufs: BufPool,
+    /// Body buffers, taken only while a body is copied.
+    pub bodies: FreeList<Vec<u8>>,
+    /// Head buffers: a client's while its request runs, an executor's for its answer.
+    pub heads: FreeList<Vec<u8>>,
+    /// The vectors of each running request.
+    pub scratch: FreeList<Scratch>,
     /// Pipes for splicing Content-Length bodies (`OPR_PROXY_SPLICE`).
     pub pipes: PipePool,
     /// `Bearer <OPR_PROXY_EXECUTOR_SECRET>`, built once.
     pub executor_authorization: Box<[u8]>,
     /// Set when the process is stopping: answer the request in hand, then close.
     pub stopping: Cell<bool>,
-    pub stop_notify: LocalNotify,
+    /// Connections waiting between requests (closed by the idle sweep and at stop).
+    pub idle: IdleConns,
     /// Error reports (SPEC §8): a 502/504 answered, an executor flagged offline.
     pub reporter: Reporter,
     active: Cell<usize>,
@@ -68,13 +74,15 @@ impl WorkerCtx {
             id,
             picker: Picker::new(config.algorithm, seed),
             pool: Pool::new(executors, config.pool_size, config.pool_idle_timeout),
-            bufs: BufPool::new(),
+            bodies: buffers::body_buffers(),
+            heads: buffers::head_buffers(),
+            scratch: buffers::scratch(),
             pipes: PipePool::default(),
             executor_authorization: format!("Bearer {}", config.executor_secret)
                 .into_bytes()
                 .into_boxed_slice(),
             stopping: Cell::new(false),
-            stop_notify: LocalNotify::new(),
+            idle: IdleConns::default(),
             reporter,
             active: Cell::new(0),
             reader: RefCell::new(reader),
@@ -101,6 +109,14 @@ impl WorkerCtx {
             *local = Rc::new(Snapshot::clone(current));
         }
         local.clone()
+    }
+
+    /// The worker stops: requests in hand finish and close; idle connections close now.
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.set(true);
+        let now = std::time::Instant::now();
+        self.idle
+            .sweep(now, std::time::Duration::ZERO, Closed::Drain);
     }
 
     pub(crate) fn active_connections(&self) -> usize {

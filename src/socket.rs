@@ -1,7 +1,19 @@
-//! The one raw socket call monoio does not offer: a non-blocking `MSG_PEEK` that tells
-//! whether anything (bytes or EOF) is waiting on a socket without taking it.
+//! The raw socket calls monoio does not offer: a non-blocking `MSG_PEEK` that tells
+//! whether anything (bytes or EOF) is waiting on a socket without taking it, and a
+//! `shutdown` by fd (the idle sweep wakes a connection's wait with it).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// `shutdown(fd, SHUT_RDWR)`: the peer sees EOF, and a wait for readability on the
+/// socket completes. Errors (already shut down, reset) change nothing for the caller.
+#[allow(unsafe_code)]
+pub(crate) fn shutdown(fd: RawFd) {
+    // SAFETY: shutdown takes no pointers; the caller keeps `fd` open (idle.rs: a
+    // registration is dropped before its socket closes).
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
 
 /// What is waiting on a socket right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

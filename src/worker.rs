@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
@@ -15,6 +15,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use crate::access_log::{self, AccessLog};
 use crate::config::{Config, IoDriver};
 use crate::ctx::{ActiveGuard, WorkerCtx};
+use crate::idle::Closed;
 use crate::metrics::Metrics;
 use crate::snapshot::Board;
 use crate::{error, info, warn};
@@ -173,6 +174,18 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
             }
         });
     }
+    {
+        // The idle sweep (idle.rs): a quarter of the idle timeout late at most, up to 1 s.
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            let every = (ctx.config.idle_timeout / 4).min(Duration::from_secs(1));
+            while !ctx.stopping.get() {
+                monoio::time::sleep(every).await;
+                let timeout = ctx.config.idle_timeout;
+                ctx.idle.sweep(Instant::now(), timeout, Closed::Idle);
+            }
+        });
+    }
     let driver_name = match driver {
         Driver::IoUring(flags) => format!("io_uring ({flags})"),
         Driver::Epoll => "epoll".to_string(),
@@ -193,8 +206,7 @@ async fn accept_loop(listener: &TcpListener, ctx: &Rc<WorkerCtx>, stop: &AtomicB
         // clients until a connection closes (rather than accepting and failing them).
         while ctx.active_connections() >= cap {
             if stop.load(Ordering::Relaxed) {
-                ctx.stopping.set(true);
-                ctx.stop_notify.notify();
+                ctx.begin_stop();
                 return;
             }
             monoio::time::sleep(CAP_POLL).await;
@@ -237,8 +249,7 @@ where
             }
             _ = monoio::time::sleep(STOP_POLL) => {
                 if stop.load(Ordering::Relaxed) {
-                    ctx.stopping.set(true);
-                    ctx.stop_notify.notify();
+                    ctx.begin_stop();
                     return;
                 }
             }
@@ -247,7 +258,7 @@ where
 }
 
 /// Let in-flight requests finish within the shutdown timeout; idle keep-alive
-/// connections were woken by `stop_notify` and close themselves.
+/// connections were shut down by `begin_stop` and close themselves.
 async fn drain(ctx: &Rc<WorkerCtx>) {
     ctx.pool.clear();
     ctx.pipes.clear();

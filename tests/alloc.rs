@@ -1,6 +1,8 @@
-//! The hot path does not allocate per request. A counting global allocator observes every
-//! allocation in this test process; the mock executor and the client below reuse fixed
-//! buffers, so what is counted while requests flow is the proxy's own.
+//! The hot path allocates once per request, a fixed size: the request's own state (its
+//! future, boxed so an idle connection does not carry it; buffers and vectors come from
+//! per-worker pools). A counting global allocator observes every allocation in this test
+//! process; the mock executor and the client below reuse fixed buffers, so what is
+//! counted while requests flow is the proxy's own.
 
 // A global allocator is an `unsafe impl`; it only forwards to `System` and counts.
 #![allow(unsafe_code)]
@@ -13,6 +15,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use support::*;
+
+/// The request's state (its future) is a few KiB; a body buffer would be 128 KiB.
+const REQUEST_STATE_MAX: f64 = 8192.0;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
@@ -190,13 +195,14 @@ fn closing_executor(answer: &'static [u8]) -> SocketAddr {
 #[test]
 fn forwarding_and_error_answers_do_not_allocate() {
     let disabled = [("OPR_PROXY_HEALTHCHECK", "disabled")];
-    let (per_request_200, _) = per_request(fixed_executor(), &disabled, b"200");
-    eprintln!("allocations per forwarded request: {per_request_200:.4}");
-    // Not exactly zero: background wake-ups allocate now and then, more per request when
-    // a loaded machine slows the requests down; anything per request shows up as >= 1.
+    let (per_request_200, bytes_200) = per_request(fixed_executor(), &disabled, b"200");
+    eprintln!("allocations per forwarded request: {per_request_200:.4} ({bytes_200:.0} bytes)");
+    // One: the request's state. Not exactly one: background wake-ups allocate now and
+    // then, more per request when a loaded machine slows the requests down; anything
+    // else per request shows up as >= 2, a body buffer as 128 KiB.
     assert!(
-        per_request_200 < 0.1,
-        "{per_request_200:.3} allocations per forwarded request"
+        (0.99..1.1).contains(&per_request_200) && bytes_200 < REQUEST_STATE_MAX,
+        "{per_request_200:.3} allocations ({bytes_200:.0} bytes) per forwarded request"
     );
 
     // 404: every executor is offline (the only one refuses connections).
@@ -204,21 +210,25 @@ fn forwarding_and_error_answers_do_not_allocate() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let (per_404, _) = per_request(dead, &[], b"404");
-    eprintln!("allocations per 404 answer: {per_404:.4}");
-    assert!(per_404 < 0.1, "{per_404:.3} allocations per 404");
+    let (per_404, bytes_404) = per_request(dead, &[], b"404");
+    eprintln!("allocations per 404 answer: {per_404:.4} ({bytes_404:.0} bytes)");
+    assert!(
+        (0.99..1.1).contains(&per_404) && bytes_404 < REQUEST_STATE_MAX,
+        "{per_404:.3} allocations ({bytes_404:.0} bytes) per 404"
+    );
 
     // 502: the executor answers with two different Content-Lengths and closes. The
     // executor connection cannot be reused, so each request opens one: monoio's connect
     // costs three small allocations (the fd's `Rc`, the address, the op; ~90 bytes in
-    // all). The answer itself, the error body, its cause and the body buffer must cost
-    // nothing: a formatted cause or a fresh 128 KiB buffer shows up here.
+    // all), besides the request's state. The answer itself, the error body, its cause and
+    // the buffers must cost nothing: a formatted cause or a fresh 128 KiB buffer shows up
+    // here.
     let bad =
         closing_executor(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok");
     let (per_502, bytes_502) = per_request(bad, &disabled, b"502");
     eprintln!("allocations per 502 answer: {per_502:.4} ({bytes_502:.0} bytes)");
     assert!(
-        per_502 <= 3.05 && bytes_502 < 256.0,
+        per_502 <= 4.05 && bytes_502 < REQUEST_STATE_MAX + 256.0,
         "{per_502:.3} allocations ({bytes_502:.0} bytes) per 502"
     );
 
@@ -230,7 +240,7 @@ fn forwarding_and_error_answers_do_not_allocate() {
     let (logged, _) = per_request(fixed_executor(), &logged_env, b"200");
     eprintln!("with the access log on: {logged:.4}");
     assert!(
-        logged < 0.1,
+        logged < 1.1,
         "{logged:.3} allocations per request with the access log on"
     );
 
@@ -239,7 +249,7 @@ fn forwarding_and_error_answers_do_not_allocate() {
     let (listed, _) = per_request_to("/v1/proxy/containers", fixed_executor(), &disabled, b"200");
     eprintln!("allocations per /v1/proxy/containers: {listed:.4}");
     assert!(
-        listed >= 1.0,
+        listed >= 2.0,
         "{listed:.3} allocations per containers answer: the counter is blind"
     );
 }

@@ -138,7 +138,7 @@ async fn read_body(
     conn.buf.drain(from..from + consumed);
     conn.bytes_in += consumed as u64;
     if !body.is_done() {
-        let mut buf = ctx.bufs.take();
+        let mut buf = ctx.bodies.lend();
         let stall = Some(ctx.config.body_timeout);
         let sink = Sink::Collect(&mut collected);
         let after = body
@@ -146,7 +146,9 @@ async fn read_body(
             .await
             .map_err(client_error)?;
         conn.bytes_in += body.read - after.len() as u64;
-        conn.buf.extend_from_slice(&buf[after]);
+        if !after.is_empty() {
+            conn.buf.extend_from_slice(&buf.get()[after]);
+        }
     }
     Ok(collected)
 }
@@ -210,31 +212,29 @@ impl Delivery<'_> {
                     Silence::Fail(_) => return Err(Failed::Exchange(Cause::Send(e.kind()))),
                 }
             }
-            let mut eb = ctx.bufs.take();
+            let mut hb = ctx.heads.lend();
+            let hb = hb.get();
             let mut headers = Vec::new();
-            let response = match exchange::read_response_head(
-                ex.stream(),
-                &mut eb,
-                self.is_head,
-                &mut headers,
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(HeadFailure::Silent) => match silence(replayed) {
-                    Silence::Replay => {
-                        replayed = true;
-                        continue;
-                    }
-                    Silence::Fail(cause) => return Err(Failed::Exchange(cause)),
-                },
-                Err(HeadFailure::Failed(cause)) => return Err(Failed::Exchange(cause)),
-            };
+            let response =
+                match exchange::read_response_head(ex.stream(), hb, self.is_head, &mut headers)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(HeadFailure::Silent) => match silence(replayed) {
+                        Silence::Replay => {
+                            replayed = true;
+                            continue;
+                        }
+                        Silence::Fail(cause) => return Err(Failed::Exchange(cause)),
+                    },
+                    Err(HeadFailure::Failed(cause)) => return Err(Failed::Exchange(cause)),
+                };
             let (mut body, _) = exchange::response_body(response.framing, false);
             let from = response.head_len;
-            let mut end = exchange::frame_first_bytes(body.as_mut(), &mut eb, from, None)
-                .map_err(Failed::Body)?;
+            let mut end =
+                exchange::frame_first_bytes(body.as_mut(), hb, from, None).map_err(Failed::Body)?;
             if let (ResponseEnd::Unfinished, Some(body)) = (end, body.as_mut()) {
+                let mut eb = ctx.bodies.lend();
                 let after = body
                     .pump(ex.stream(), Sink::Discard, &mut eb, None, None)
                     .await

@@ -176,13 +176,17 @@ pub(crate) async fn read_response_head(
     }
 }
 
-/// Append to `buf` after its current bytes, up to its capacity. `Ok(0)` is EOF (or full).
+/// Append to `buf` after its current bytes, growing a full head buffer up to the head
+/// limit. `Ok(0)` is EOF (or a head larger than the limit).
 async fn read_append(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let owned = std::mem::take(buf);
+    let mut owned = std::mem::take(buf);
     let len = owned.len();
     if len == owned.capacity() {
-        *buf = owned;
-        return Ok(0);
+        if len >= head::MAX_HEAD {
+            *buf = owned;
+            return Ok(0);
+        }
+        owned.reserve(len.max(crate::buffers::HEAD_BUF));
     }
     let (res, slice) = stream.read(owned.slice_mut(len..)).await;
     *buf = slice.into_inner();

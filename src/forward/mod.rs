@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::balance::{Addressing, Choice};
+use crate::buffers::Loan;
 use crate::ctx::WorkerCtx;
 use crate::error::{Cause, ProxyError};
 use crate::http::chunked::ChunkedDecoder;
@@ -69,10 +70,12 @@ pub(crate) async fn forward(
     conn: &mut ClientConn,
     head: &RequestHead,
     headers: &[HeaderRef],
+    response_headers: &mut Vec<HeaderRef>,
     out: &mut Vec<u8>,
 ) -> Served {
     let choice = Cell::new(None);
-    let (after, status) = forward_request(ctx, conn, head, headers, out, &choice).await;
+    let (after, status) =
+        forward_request(ctx, conn, head, (headers, response_headers), out, &choice).await;
     Served {
         after,
         status,
@@ -84,7 +87,7 @@ async fn forward_request(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,
     head: &RequestHead,
-    headers: &[HeaderRef],
+    (headers, response_headers): (&[HeaderRef], &mut Vec<HeaderRef>),
     out: &mut Vec<u8>,
     choice: &Cell<Option<Choice>>,
 ) -> (After, u16) {
@@ -118,7 +121,8 @@ async fn forward_request(
         }
     }
     if addressing == Addressing::Broadcast {
-        return broadcast::broadcast(ctx, conn, head, headers, out, limit).await;
+        // Rare: its state lives in its own allocation, not in every connection's task.
+        return Box::pin(broadcast::broadcast(ctx, conn, head, headers, out, limit)).await;
     }
 
     let phase = Cell::new(Phase::BeforeHead);
@@ -136,11 +140,8 @@ async fn forward_request(
         failover: Cell::new(None),
         debug,
     };
-    let mut response_headers = std::mem::take(&mut conn.response_headers);
-    let run = anycast.run(conn, out, &mut response_headers);
-    let result = monoio::time::timeout_at(deadline.into(), run).await;
-    conn.response_headers = response_headers;
-    match result {
+    let run = anycast.run(conn, out, response_headers);
+    match monoio::time::timeout_at(deadline.into(), run).await {
         Ok(result) => result,
         Err(_) => match phase.get() {
             Phase::BeforeHead => {
@@ -196,7 +197,9 @@ impl Anycast<'_> {
             Err(e) => return ctx.answer(conn, out, e, false).await,
         };
         let in_hand = first.rest.is_none();
-        let mut eb = ctx.bufs.take();
+        // A body buffer only if a body is copied; the answer's head goes to a head buffer.
+        let mut eb = ctx.bodies.lend();
+        let mut hb = ctx.heads.lend();
         let mut replayed = false;
         // Pending request bytes to consume when the request turns out to be read whole.
         let request_len = head.head_len + first.consumed;
@@ -268,7 +271,9 @@ impl Anycast<'_> {
                     // Pipelined bytes of the next request: keep them for the client loop.
                     Ok(after) => {
                         conn.bytes_in += rest.read - after.len() as u64;
-                        conn.buf.extend_from_slice(&eb[after]);
+                        if !after.is_empty() {
+                            conn.buf.extend_from_slice(&eb.get()[after]);
+                        }
                         read_whole = Some(request_len);
                     }
                     Err(PumpError::SourceClosed) => return (After::Close, 0),
@@ -286,8 +291,9 @@ impl Anycast<'_> {
                 }
             }
 
-            eb.clear();
-            match wait_head(conn, ex.stream(), &mut eb, is_head, response_headers).await {
+            let hb = hb.get();
+            hb.clear();
+            match wait_head(conn, ex.stream(), hb, is_head, response_headers).await {
                 None => return (After::Close, 0),
                 Some(Ok(r)) => break (ex, r, early_answer),
                 Some(Err(HeadFailure::Silent)) => {
@@ -312,7 +318,7 @@ impl Anycast<'_> {
             .relay(
                 conn,
                 ex.stream(),
-                &mut eb,
+                (hb.get(), &mut eb),
                 out,
                 (&response, response_headers),
                 early_answer,
@@ -413,7 +419,7 @@ impl Anycast<'_> {
         &self,
         conn: &mut ClientConn,
         ex: &mut TcpStream,
-        eb: &mut Vec<u8>,
+        (hb, eb): (&mut Vec<u8>, &mut Loan<'_, Vec<u8>>),
         out: &mut Vec<u8>,
         (response, response_headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
@@ -426,14 +432,14 @@ impl Anycast<'_> {
             || self.ctx.stopping.get();
         out.clear();
         let rw = ResponseRewrite { framing, close };
-        rewrite::write_response_head(out, eb, response, response_headers, &rw);
+        rewrite::write_response_head(out, hb, response, response_headers, &rw);
         if self.debug {
             self.explain(out);
         }
         let status = response.status;
         let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
 
-        let end = match exchange::frame_first_bytes(body.as_mut(), eb, response.head_len, Some(out))
+        let end = match exchange::frame_first_bytes(body.as_mut(), hb, response.head_len, Some(out))
         {
             Ok(end) => end,
             Err(e) => {

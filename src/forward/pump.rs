@@ -12,7 +12,7 @@ use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::buffers::PipePool;
+use crate::buffers::{Loan, PipePool};
 use crate::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedOutput};
 
 /// Room kept before the data of each read for a chunk-size line, and after it for the
@@ -172,15 +172,16 @@ impl Body {
         }
     }
 
-    /// Read the rest of the body from `src` and write it to `dst`, through
-    /// `buf`. `stall` bounds each read (client bodies). Returns the bytes read past the
-    /// end of the body (`buf[range]`, empty when none): pipelined client bytes, or
-    /// leftovers that make an executor connection unusable.
+    /// Read the rest of the body from `src` and write it to `dst`, spliced through a
+    /// pipe or copied through `buf` (taken from its pool only then). `stall` bounds each
+    /// read (client bodies). Returns the bytes read past the end of the body
+    /// (`buf[range]`, empty when none): pipelined client bytes, or leftovers that make an
+    /// executor connection unusable.
     pub(crate) async fn pump(
         &mut self,
         src: &mut TcpStream,
         mut dst: Sink<'_>,
-        buf: &mut Vec<u8>,
+        buf: &mut Loan<'_, Vec<u8>>,
         stall: Option<Duration>,
         pipes: Option<&PipePool>,
     ) -> Result<Range<usize>, PumpError> {
@@ -200,6 +201,7 @@ impl Body {
         } else {
             0
         };
+        let buf = buf.get();
         while !self.is_done() {
             let space = buf.capacity() - 2 * room;
             let want = match self.delimit {

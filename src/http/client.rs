@@ -10,12 +10,9 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::head::HeaderRef;
+use crate::buffers::{FreeList, HEAD_BUF};
 use crate::socket::{self, Waiting};
 
-/// Initial capacity of a connection's head buffer; grows (up to the head limit) only for
-/// unusually large heads.
-pub(crate) const HEAD_BUF: usize = 8 * 1024;
 /// How long a closing connection keeps reading what the client still sends after an
 /// error answer (RFC 9112 §9.6), so the close does not reset the answer away.
 const LINGER: Duration = Duration::from_secs(2);
@@ -41,19 +38,16 @@ impl After {
 pub(crate) struct ClientConn {
     pub(crate) stream: TcpStream,
     pub(crate) peer: SocketAddr,
-    /// Unconsumed bytes are `buf[start..]`.
+    /// Unconsumed bytes are `buf[start..]`. A head buffer from the worker's pool while a
+    /// request runs or pipelined bytes wait; none (no capacity) between requests.
     pub(crate) buf: Vec<u8>,
     pub(crate) start: usize,
-    /// Reused for every response head on this connection (no allocation per request).
-    pub(crate) response_headers: Vec<HeaderRef>,
     /// The request in hand is `HEAD`: answers the proxy makes carry no body.
     pub(crate) head_request: bool,
     /// Request bytes taken (heads and bodies) and response bytes written, since the
     /// connection opened (metrics and the access log take differences).
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
-    /// `METHOD target` of the request in hand, kept for the access log (reused buffer).
-    pub(crate) request_line: Vec<u8>,
 }
 
 impl ClientConn {
@@ -61,13 +55,27 @@ impl ClientConn {
         ClientConn {
             stream,
             peer,
-            buf: Vec::with_capacity(HEAD_BUF),
+            buf: Vec::new(),
             start: 0,
-            response_headers: Vec::with_capacity(32),
             head_request: false,
             bytes_in: 0,
             bytes_out: 0,
-            request_line: Vec::new(),
+        }
+    }
+
+    /// Take a head buffer from the worker's pool, unless one is held.
+    pub(crate) fn take_buffer(&mut self, heads: &FreeList<Vec<u8>>) {
+        if self.buf.capacity() == 0 {
+            self.buf = heads.get();
+            self.start = 0;
+        }
+    }
+
+    /// Give the head buffer back (only when nothing is pending in it).
+    pub(crate) fn release_buffer(&mut self, heads: &FreeList<Vec<u8>>) {
+        if self.pending().is_empty() && self.buf.capacity() > 0 {
+            heads.put(std::mem::take(&mut self.buf));
+            self.start = 0;
         }
     }
 
@@ -147,6 +155,7 @@ impl ClientConn {
         }
         let deadline = Instant::now() + LINGER;
         self.buf.clear();
+        self.buf.reserve(HEAD_BUF);
         self.start = 0;
         loop {
             let buf = std::mem::take(&mut self.buf);
