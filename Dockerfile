@@ -46,10 +46,10 @@ LABEL org.opencontainers.image.title="opr-proxy" \
 COPY --from=build /out/opr-proxy /usr/local/bin/opr-proxy
 # distroless's nonroot user, numeric so that Kubernetes' runAsNonRoot can check it.
 USER 65532:65532
-# The original listens on 80. Docker (20.10+) and podman set
-# net.ipv4.ip_unprivileged_port_start=0 in the container's network namespace, so a
-# non-root process may bind it; under Kubernetes (no such sysctl by default, all
-# capabilities dropped) set PORT=8080 as deploy/kubernetes/ does.
+# The original listens on 80. Docker (20.10+) sets net.ipv4.ip_unprivileged_port_start=0
+# in a container's own network namespace, so the non-root user may bind it; podman (4.3)
+# does not: pass `--sysctl net.ipv4.ip_unprivileged_port_start=0` (deploy/docker-compose.yml
+# does) or set PORT above 1023. Kubernetes: PORT=8080, as deploy/kubernetes/ does.
 ENV PORT=80
 EXPOSE 80
 # `opr-proxy healthcheck` GETs /v1/proxy/health on 127.0.0.1:$PORT (exit 0 on 200): no curl.
