@@ -4,7 +4,7 @@ CARGO ?= cargo
 PORT ?= 9800
 SECRET ?= proxy-secret-key
 
-.PHONY: run test ci fmt clippy unit integration bench-build fuzz-replay build clean
+.PHONY: run test ci fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay build clean
 
 build:
 	$(CARGO) build --release --bin opr-proxy -p opr-proxy
@@ -33,7 +33,7 @@ run: build
 ## Everything CI runs.
 test: ci
 
-ci: fmt clippy unit integration bench-build fuzz-replay
+ci: fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -49,6 +49,21 @@ unit:
 integration:
 	OPR_TEST_IO_DRIVER=io_uring $(CARGO) test --workspace --tests -- --test-threads=4
 	OPR_TEST_IO_DRIVER=epoll $(CARGO) test -p opr-proxy --tests -- --test-threads=4
+
+## Dockerfile (hadolint), deploy/ YAML (yamllint), Kubernetes manifests
+## (kubernetes-validate --strict), seccomp profiles, systemd unit (systemd-analyze verify).
+## Offline; .ci/run installs the tools (deploy/lint.sh).
+lint-deploy:
+	bash deploy/lint.sh
+
+## The release binary as a container entrypoint under podman + runc (tests/container.rs):
+## an image FROM scratch with the binary and its libraries, run with the original README's
+## .env; health, forwarding, HEALTHCHECK, io driver per seccomp profile, SIGTERM drain.
+## Skipped with a message where podman cannot run containers. About 30 s once built.
+container-test:
+	$(CARGO) build --release --bin opr-proxy -p opr-proxy
+	OPR_CONTAINER_BIN=$(CURDIR)/target/release/opr-proxy \
+	  $(CARGO) test -p opr-proxy --test container -- --ignored --nocapture
 
 bench-build:
 	$(CARGO) bench --workspace --no-run
