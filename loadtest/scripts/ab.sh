@@ -9,6 +9,9 @@
 #
 # Env: SCENARIOS="ping:256 download-64k:256 upload-1m:256" ROUNDS=3 DURATION=6 WARMUP=1
 #      BASE_PORT=19380 NO_BUILD=1 (skip building the generator and mocks)
+#      RING_OPS=1: also count, with `perf stat` on the proxy for DURATION seconds after the
+#      warm-up, io_uring submissions, poll arms (a receive that found no data and waits)
+#      and io_uring_enter calls per request (needs perf and tracepoint access).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -30,14 +33,31 @@ M1=$((BASE_PORT + 1)) M2=$((BASE_PORT + 2)) P=$((BASE_PORT + 10))
 require_free "$M1" "$M2" "$P"
 start_mocks "$M1" "$M2"
 
-declare -A CPU RPS P99 HWM
+declare -A CPU RPS P99 HWM SUB ARM ENTER
+RING_EVENTS="io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,syscalls:sys_enter_io_uring_enter"
+# count EVENT FILE: the count perf stat -x, wrote for EVENT.
+count() { awk -F, -v e="$1" '$3 == e { print $1 }' "$2" 2>/dev/null | head -n 1; }
+# per_request COUNT RPS: COUNT / (RPS × DURATION), or NA.
+per_request() { awk -v c="${1:-}" -v r="${2:-}" -v d="$DURATION" 'BEGIN { if (c == "" || r == "" || r == "NA" || r == 0) print "NA"; else printf "%.2f", c / (r * d) }'; }
 for round in $(seq "$ROUNDS"); do
     for sc in $SCENARIOS; do
         scenario="${sc%%:*}" conns="${sc##*:}"
         for i in $(seq $#); do
             bin="${!i}"
             OPR_BIN="$bin" start_opr_proxy "$P" "$SECRET" "127.0.0.1:$M1,127.0.0.1:$M2"
+            perf_out="$TMP/perf-$round-$i" perf_pid=""
+            if [[ -n "${RING_OPS:-}" ]]; then
+                (sleep "${WARMUP:-1}" && perf stat -x, -e "$RING_EVENTS" -p "$OPR_PID" -o "$perf_out" -- sleep "$DURATION") >/dev/null 2>&1 &
+                perf_pid=$!
+            fi
             line="$(loadtest_closed "http://127.0.0.1:$P" "$scenario" "$conns" "$DURATION" --proxy-pid "$OPR_PID" || true)"
+            if [[ -n "$perf_pid" ]]; then
+                wait "$perf_pid" || true
+                rps="$(field rps "$line")"
+                SUB["$i|$sc"]+="$(per_request "$(count io_uring:io_uring_submit_req "$perf_out")" "$rps") "
+                ARM["$i|$sc"]+="$(per_request "$(count io_uring:io_uring_poll_arm "$perf_out")" "$rps") "
+                ENTER["$i|$sc"]+="$(per_request "$(count syscalls:sys_enter_io_uring_enter "$perf_out")" "$rps") "
+            fi
             hwm="$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$OPR_PID/status" 2>/dev/null || echo NA)"
             stop_pids "$OPR_PID"
             sleep 1 # let the stopped proxy's sockets drain before the next one binds the port
@@ -54,14 +74,24 @@ done
 echo
 echo "$(nproc) CPUs, Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'); $ROUNDS rounds × ${DURATION} s, medians (all rounds in brackets)"
 echo
-echo "| scenario | conns | binary | proxy CPU µs/req | req/s | p99 ms | peak RSS MiB |"
-echo "|---|--:|---|--:|--:|--:|--:|"
+if [[ -n "${RING_OPS:-}" ]]; then
+    echo "| scenario | conns | binary | proxy CPU µs/req | req/s | p99 ms | peak RSS MiB | submissions/req | poll arms/req | io_uring_enter/req |"
+    echo "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|"
+else
+    echo "| scenario | conns | binary | proxy CPU µs/req | req/s | p99 ms | peak RSS MiB |"
+    echo "|---|--:|---|--:|--:|--:|--:|"
+fi
 for sc in $SCENARIOS; do
     for i in $(seq $#); do
         key="$i|$sc"
         # shellcheck disable=SC2086
-        printf '| %s | %s | %s | %s [%s] | %s | %s | %s |\n' "${sc%%:*}" "${sc##*:}" "${!i}" \
+        printf '| %s | %s | %s | %s [%s] | %s | %s | %s |' "${sc%%:*}" "${sc##*:}" "${!i}" \
             "$(median ${CPU[$key]})" "$(echo ${CPU[$key]})" "$(median ${RPS[$key]})" \
             "$(median ${P99[$key]})" "$(awk -v k="$(median ${HWM[$key]})" 'BEGIN { printf "%.1f", k / 1024 }')"
+        if [[ -n "${RING_OPS:-}" ]]; then
+            # shellcheck disable=SC2086
+            printf ' %s | %s | %s |' "$(median ${SUB[$key]})" "$(median ${ARM[$key]})" "$(median ${ENTER[$key]})"
+        fi
+        echo
     done
 done
