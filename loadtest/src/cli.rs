@@ -1,7 +1,7 @@
 //! Command line of the `loadtest` binary: options, their defaults and validation (pure, so
 //! it is unit-tested; the binary only orchestrates).
 
-use crate::plan::{Scenario, DEFAULT_PLAN};
+use crate::plan::{Scenario, SearchRules, DEFAULT_PLAN, DEFAULT_RULES};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,6 +46,10 @@ load:
   --timeout SECS       per request [5]
   --slo-p99 MS         latency objective for p99 [10]
   --target-rps N       capacity asked about in the summary [100000]
+  --resolution PCT     plan mode: bisect until the pass-fail bracket is narrower than
+                       PCT % of the failing rate [5]
+  --max-steps N        plan mode: open-loop steps at most per scenario [14]
+  --no-confirm         plan mode: do not try the answer a second time
   --out DIR            where the report files go [.]
   --no-baseline        plan mode: skip the client-side ceiling run
 ";
@@ -92,6 +96,8 @@ pub struct Args {
     pub allow_remote: bool,
     pub out: PathBuf,
     pub baseline: bool,
+    /// Plan mode: how the rate search copes with noise and when it stops.
+    pub rules: SearchRules,
 }
 
 /// `http://host:port` of a running deployment.
@@ -195,6 +201,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         allow_remote: false,
         out: PathBuf::from("."),
         baseline: true,
+        rules: DEFAULT_RULES,
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -293,6 +300,18 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--allow-remote" => a.allow_remote = true,
             "--out" => a.out = PathBuf::from(value()?),
             "--no-baseline" => a.baseline = false,
+            "--resolution" => {
+                let v = value()?;
+                let pct = v.trim_end_matches('%').parse::<f64>().ok();
+                a.rules.resolution = pct
+                    .filter(|p| p.is_finite() && (0.1..=50.0).contains(p))
+                    .ok_or_else(|| {
+                        format!("--resolution {v:?}: expected a percentage in 0.1..=50")
+                    })?
+                    / 100.0;
+            }
+            "--max-steps" => a.rules.max_steps = number(&flag, &value()?, 1..=100)?,
+            "--no-confirm" => a.rules.confirm_pass = false,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -357,6 +376,16 @@ mod tests {
         assert_eq!(a.mock, MockKind::Fast);
         assert_eq!(args("--mock=std").map(|a| a.mock), Ok(MockKind::Std));
         assert_eq!(a.proxy_bin, PathBuf::from("target/release/opr-proxy"));
+        assert_eq!(a.rules, DEFAULT_RULES);
+        let a = args("--resolution 2.5 --max-steps 20 --no-confirm").expect("rules");
+        assert_eq!(
+            a.rules,
+            SearchRules {
+                resolution: 0.025,
+                max_steps: 20,
+                confirm_pass: false
+            }
+        );
         let a = args("--mode closed").expect("closed");
         assert_eq!(a.combos(), vec![(Scenario::Ping, 256)]);
         assert_eq!(a.window(), Duration::from_secs(10));
@@ -403,6 +432,8 @@ mod tests {
             "--proxy-pid 12",
             "--url http://h:1 --direct",
             "--mock slow",
+            "--resolution 0",
+            "--max-steps 0",
             "--bogus",
         ] {
             assert!(args(bad).is_err(), "{bad}");

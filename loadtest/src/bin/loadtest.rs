@@ -518,7 +518,8 @@ fn plan_mode(
             notes.push("Interrupted: the plan did not finish.".into());
             break;
         }
-        let result = plan::search(scenario, conns, |load| {
+        let mut offered_so_far: Vec<f64> = Vec::new();
+        let result = plan::search(scenario, conns, args.rules, |load| {
             if runner.stop.load(Ordering::Relaxed) {
                 return Err("interrupted".to_string());
             }
@@ -529,7 +530,11 @@ fn plan_mode(
                 Load::Closed => None,
             };
             let step = Step::from_run(&r, offered, runner.slo_us, runner.sets);
-            eprintln!("loadtest: {}", progress(scenario, conns, &step));
+            let attempt = offered.map_or(0, |rate| {
+                offered_so_far.push(rate);
+                offered_so_far.iter().filter(|&&r| r == rate).count()
+            });
+            eprintln!("loadtest: {}", progress(scenario, conns, &step, attempt));
             Ok(step)
         });
         let run = match result {
@@ -552,9 +557,10 @@ fn plan_mode(
     write_report(args, target, machine, baseline, runs, notes, &driver)
 }
 
-fn progress(scenario: Scenario, conns: usize, s: &Step) -> String {
+fn progress(scenario: Scenario, conns: usize, s: &Step, attempt: usize) -> String {
     let what = match s.offered {
         None => "closed loop".to_string(),
+        Some(rate) if attempt > 1 => format!("offered {rate:.0} (try {attempt})"),
         Some(rate) => format!("offered {rate:.0}"),
     };
     format!(
@@ -648,6 +654,7 @@ fn write_report(
         },
         slo_p99_us: u64::try_from(args.slo_p99.as_micros()).unwrap_or(u64::MAX),
         target_rps: args.target_rps,
+        rules: args.rules,
         baseline,
         runs,
         notes,
