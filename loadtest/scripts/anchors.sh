@@ -27,11 +27,12 @@ HAPROXY_CANDIDATES="buf64k buf16k splice-auto splice splice-16k"
 
 # Which candidate runs for a row unless PROXIES names one (`nginx@buffered`): a list of
 # KEY=CANDIDATE, KEY a SCENARIOS entry (`download-1m:256`), a scenario name (`download-1m`),
-# or `default` (also used for the light-load and idle-connection tables). Provisional
-# choice from short runs (see loadtest/README.md); re-measure with ANCHOR_TUNING=1, which
-# prints the mapping its rule picks.
-NGINX_BEST="${NGINX_BEST:-default=stream}"
-HAPROXY_BEST="${HAPROXY_BEST:-default=buf64k}"
+# or `default`; the light-load and idle-connection tables send small GETs and use the
+# `ping` choice. Provisional choice from two short runs (2 s rows, 2 and 3 rounds, a busy
+# machine; see loadtest/README.md); re-measure with ANCHOR_TUNING=1, which prints the
+# mapping its rule picks.
+NGINX_BEST="${NGINX_BEST:-default=buffered-req download-1m=stream}"
+HAPROXY_BEST="${HAPROXY_BEST:-default=splice-16k ping=splice}"
 
 # anchor_candidates ANCHOR: the candidate names.
 anchor_candidates() {

@@ -170,9 +170,9 @@ for round in $(seq "$ROUNDS"); do
         LAT["direct|$round"]="$(latency_run "http://127.0.0.1:$M1")"
         log "  direct ping × 1: p50=$(field p50_us "${LAT["direct|$round"]}") µs p99=$(field p99_us "${LAT["direct|$round"]}") µs"
         for proxy in $order; do
-            start_proxy "$proxy" default
+            start_proxy "$proxy" ping:1
             LAT["$proxy|$round"]="$(latency_run "http://127.0.0.1:$P" --proxy-pid "$CPU_PIDS")"
-            log "  $(label "$proxy" default) ping × 1: p50=$(field p50_us "${LAT["$proxy|$round"]}") µs p99=$(field p99_us "${LAT["$proxy|$round"]}") µs"
+            log "  $(label "$proxy" ping:1) ping × 1: p50=$(field p50_us "${LAT["$proxy|$round"]}") µs p99=$(field p99_us "${LAT["$proxy|$round"]}") µs"
             stop_proxy
         done
     fi
@@ -192,9 +192,9 @@ for round in $(seq "$ROUNDS"); do
     done
     if ((IDLE_CONNS > 0)); then
         for proxy in $order; do
-            start_proxy "$proxy" default
+            start_proxy "$proxy" "ping:$IDLE_CONNS"
             IDLE["$proxy|$round"]="$(idle_run)"
-            log "  $(label "$proxy" default) idle × $IDLE_CONNS: $(field kib_per_conn "${IDLE["$proxy|$round"]}") KiB/conn (opened $(field opened "${IDLE["$proxy|$round"]}"))"
+            log "  $(label "$proxy" "ping:$IDLE_CONNS") idle × $IDLE_CONNS: $(field kib_per_conn "${IDLE["$proxy|$round"]}") KiB/conn (opened $(field opened "${IDLE["$proxy|$round"]}"))"
             stop_proxy
         done
     fi
@@ -288,7 +288,7 @@ if [[ "$LATENCY_DURATION" != 0 ]]; then
         p50="$(med $p50_all)"
         added="$(awk -v a="$p50" -v b="$d50" 'BEGIN { if (a == "NA" || b == "NA") print "NA"; else print a - b }')"
         # shellcheck disable=SC2086
-        printf '| %s | %s | %s [%s] | %s | %s | %s |\n' "$([[ $k == direct ]] && echo direct || label "$k" default)" \
+        printf '| %s | %s | %s [%s] | %s | %s | %s |\n' "$([[ $k == direct ]] && echo direct || label "$k" ping:1)" \
             "$(fmt "$(med $(vals rps "$k" LAT))" %.0f)" "$(fmt "$p50" %.0f)" "$p50_all" "$(fmt "$(med $(vals p99_us "$k" LAT))" %.0f)" \
             "$([[ $k == direct ]] && echo – || fmt "$added" %.0f)" "$([[ $k == direct ]] && echo NA || fmt "$(med $(vals proxy_cpu_us "$k" LAT))" %.1f)"
     done
@@ -303,7 +303,7 @@ if ((IDLE_CONNS > 0)); then
     for proxy in $PROXIES; do
         per_all="$(vals kib_per_conn "$proxy" IDLE)"
         # shellcheck disable=SC2086
-        printf '| %s | %s | %s | %s | %s [%s] | %s | %s |\n' "$(label "$proxy" default)" \
+        printf '| %s | %s | %s | %s | %s [%s] | %s | %s |\n' "$(label "$proxy" "ping:$IDLE_CONNS")" \
             "$(med $(vals opened "$proxy" IDLE))" \
             "$(mib "$(med $(vals rss_before_kib "$proxy" IDLE))")" \
             "$(mib "$(med $(vals rss_idle_kib "$proxy" IDLE))")" \
