@@ -104,7 +104,8 @@ fuzz:
 	echo "fuzz: $(FUZZ_TARGETS): no crash in $(FUZZ_SECONDS) s each"
 
 ## Capacity report (loadtest/README.md): builds the release binaries, runs the default plan
-## (about 2 minutes on 2 cores) and writes $(LOADTEST_OUT)/loadtest-report.{md,svg}.
+## (about 3 minutes on 2 cores, 4 at most: a failing rate is tried again, then bisected)
+## and writes $(LOADTEST_OUT)/loadtest-report.{md,svg}.
 ## LOADTEST_ARGS adds options, e.g. LOADTEST_ARGS="--cores 2 --slo-p99 5" (loadtest --help).
 LOADTEST_OUT ?= target/loadtest
 LOADTEST_ARGS ?=
@@ -115,8 +116,10 @@ loadtest:
 	$(CARGO) build --release -p opr-loadtest --bin loadtest --bin mock-executor
 	./target/release/loadtest --proxy-bin ./target/release/opr-proxy --out $(LOADTEST_OUT) $(LOADTEST_ARGS)
 
-## nginx, HAProxy and opr-proxy, 1 worker each on CPU 0, same scenarios (about 3 minutes);
-## installs nginx and haproxy with apt-get when missing. Env knobs: loadtest/scripts/compare.sh.
+## nginx, HAProxy and opr-proxy, 1 worker each on CPU 0, same scenarios, 3 interleaved rounds,
+## medians, plus RSS per idle connection (about 12 minutes); installs nginx and haproxy with
+## apt-get when missing. Env knobs: loadtest/scripts/compare.sh (ANCHOR_TUNING=1 tries every
+## anchor configuration).
 compare:
 	bash loadtest/scripts/compare.sh
 

@@ -1,7 +1,7 @@
 //! Command line of the `loadtest` binary: options, their defaults and validation (pure, so
 //! it is unit-tested; the binary only orchestrates).
 
-use crate::plan::{Scenario, DEFAULT_PLAN};
+use crate::plan::{Scenario, SearchRules, DEFAULT_PLAN, DEFAULT_RULES};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +16,11 @@ modes:
                        loadtest-report.md and loadtest-report.svg
   --mode closed        one closed-loop run per scenario and connection count
   --mode open          one open-loop run at --rate per scenario and connection count
+  --mode idle          open --connections [10000] keep-alive connections one by one, one
+                       request (--scenario, ping) on each, hold them idle --hold seconds
+                       and report the proxy's RSS growth per connection (needs the proxy's
+                       PIDs: a spawned proxy, or --proxy-pid with --url; raise `ulimit -n`
+                       above the connection count)
 
 target (default: 2 in-process mock executors and opr-proxy, all on 127.0.0.1):
   --proxy-bin PATH     proxy binary [target/release/opr-proxy]
@@ -44,8 +49,13 @@ load:
   --duration SECS      measured window: per step in plan mode [2], per run otherwise [10]
   --warmup SECS        load before each window [0.5]
   --timeout SECS       per request [5]
+  --hold SECS          idle mode: wait before reading the proxy's RSS [1]
   --slo-p99 MS         latency objective for p99 [10]
   --target-rps N       capacity asked about in the summary [100000]
+  --resolution PCT     plan mode: bisect until the pass-fail bracket is narrower than
+                       PCT % of the failing rate [5]
+  --max-steps N        plan mode: open-loop steps at most per scenario [14]
+  --no-confirm         plan mode: do not try the answer a second time
   --out DIR            where the report files go [.]
   --no-baseline        plan mode: skip the client-side ceiling run
 ";
@@ -55,6 +65,8 @@ pub enum Mode {
     Plan,
     Closed,
     Open,
+    /// Idle keep-alive connections: RSS per connection.
+    Idle,
 }
 
 /// Which mock executor serves the spawned set.
@@ -76,6 +88,8 @@ pub struct Args {
     pub duration: Option<Duration>,
     pub warmup: Duration,
     pub timeout: Duration,
+    /// Idle mode: how long the connections sit idle before RSS is read.
+    pub hold: Duration,
     pub slo_p99: Duration,
     pub target_rps: f64,
     pub proxy_bin: PathBuf,
@@ -92,6 +106,8 @@ pub struct Args {
     pub allow_remote: bool,
     pub out: PathBuf,
     pub baseline: bool,
+    /// Plan mode: how the rate search copes with noise and when it stops.
+    pub rules: SearchRules,
 }
 
 /// `http://host:port` of a running deployment.
@@ -159,6 +175,22 @@ impl Args {
         }
     }
 
+    /// Idle mode: the scenario whose request each connection sends once, and how many
+    /// connections (the first of each list; ping and 10000 by default).
+    pub fn idle_load(&self) -> (Scenario, usize) {
+        let scenario = self
+            .scenarios
+            .as_ref()
+            .and_then(|s| s.first().copied())
+            .unwrap_or(Scenario::Ping);
+        let connections = self
+            .connections
+            .as_ref()
+            .and_then(|c| c.first().copied())
+            .unwrap_or(10_000);
+        (scenario, connections)
+    }
+
     /// The measured window per step (plan) or per run.
     pub fn window(&self) -> Duration {
         self.duration.unwrap_or(match self.mode {
@@ -179,6 +211,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         duration: None,
         warmup: Duration::from_millis(500),
         timeout: Duration::from_secs(5),
+        hold: Duration::from_secs(1),
         slo_p99: Duration::from_millis(10),
         target_rps: 100_000.0,
         proxy_bin: PathBuf::from("target/release/opr-proxy"),
@@ -195,6 +228,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         allow_remote: false,
         out: PathBuf::from("."),
         baseline: true,
+        rules: DEFAULT_RULES,
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -215,7 +249,8 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     "plan" => Mode::Plan,
                     "closed" => Mode::Closed,
                     "open" => Mode::Open,
-                    m => return Err(format!("--mode {m:?}: expected plan, closed or open")),
+                    "idle" => Mode::Idle,
+                    m => return Err(format!("--mode {m:?}: expected plan, closed, open or idle")),
                 }
             }
             "--scenario" => {
@@ -244,6 +279,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--duration" => a.duration = Some(seconds(&flag, &value()?, 0.1, 600.0)?),
             "--warmup" => a.warmup = seconds(&flag, &value()?, 0.0, 60.0)?,
             "--timeout" => a.timeout = seconds(&flag, &value()?, 0.01, 600.0)?,
+            "--hold" => a.hold = seconds(&flag, &value()?, 0.0, 3600.0)?,
             "--slo-p99" => {
                 let v = value()?;
                 let ms = v.trim_end_matches("ms").parse::<f64>().ok();
@@ -293,11 +329,26 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--allow-remote" => a.allow_remote = true,
             "--out" => a.out = PathBuf::from(value()?),
             "--no-baseline" => a.baseline = false,
+            "--resolution" => {
+                let v = value()?;
+                let pct = v.trim_end_matches('%').parse::<f64>().ok();
+                a.rules.resolution = pct
+                    .filter(|p| p.is_finite() && (0.1..=50.0).contains(p))
+                    .ok_or_else(|| {
+                        format!("--resolution {v:?}: expected a percentage in 0.1..=50")
+                    })?
+                    / 100.0;
+            }
+            "--max-steps" => a.rules.max_steps = number(&flag, &value()?, 1..=100)?,
+            "--no-confirm" => a.rules.confirm_pass = false,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     if a.mode == Mode::Open && a.rate.is_none() {
         return Err("--mode open needs --rate".into());
+    }
+    if a.mode == Mode::Idle && a.direct {
+        return Err("--mode idle measures the proxy's memory; it cannot go with --direct".into());
     }
     if a.url.is_some() && a.direct {
         return Err("--direct loads the spawned mocks; it cannot go with --url".into());
@@ -357,6 +408,21 @@ mod tests {
         assert_eq!(a.mock, MockKind::Fast);
         assert_eq!(args("--mock=std").map(|a| a.mock), Ok(MockKind::Std));
         assert_eq!(a.proxy_bin, PathBuf::from("target/release/opr-proxy"));
+        assert_eq!(a.rules, DEFAULT_RULES);
+        let a = args("--resolution 2.5 --max-steps 20 --no-confirm").expect("rules");
+        assert_eq!(
+            a.rules,
+            SearchRules {
+                resolution: 0.025,
+                max_steps: 20,
+                confirm_pass: false
+            }
+        );
+        let a = args("--mode idle --hold 2").expect("idle");
+        assert_eq!(a.idle_load(), (Scenario::Ping, 10_000));
+        assert_eq!(a.hold, Duration::from_secs(2));
+        let a = args("--mode idle --connections 500,9 --scenario download-64k").expect("idle");
+        assert_eq!(a.idle_load(), (Scenario::Download64k, 500));
         let a = args("--mode closed").expect("closed");
         assert_eq!(a.combos(), vec![(Scenario::Ping, 256)]);
         assert_eq!(a.window(), Duration::from_secs(10));
@@ -403,6 +469,9 @@ mod tests {
             "--proxy-pid 12",
             "--url http://h:1 --direct",
             "--mock slow",
+            "--mode idle --direct",
+            "--resolution 0",
+            "--max-steps 0",
             "--bogus",
         ] {
             assert!(args(bad).is_err(), "{bad}");

@@ -72,10 +72,16 @@ impl Request {
 
 /// One blocking request on a fresh std connection (readiness and smoke checks).
 pub fn once(addr: SocketAddr, req: &Request, timeout: Duration) -> io::Result<Response> {
-    use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    exchange_blocking(&mut s, req)
+}
+
+/// One request on an open blocking connection (its timeouts apply); the connection stays
+/// usable for the next request when the response was complete.
+pub fn exchange_blocking(s: &mut std::net::TcpStream, req: &Request) -> io::Result<Response> {
+    use std::io::{Read, Write};
     s.write_all(&req.wire)?;
     let mut parser = ResponseParser::new(req.head_request);
     let mut buf = vec![0u8; READ_BUF];

@@ -1,9 +1,11 @@
 //! opr-loadtest: test and load tooling for opr-proxy: mock executors (`mock`, `fastmock`),
-//! the load generator (`gen`), processes (`procs`), the capacity plan (`plan`) and report.
+//! the load generator (`gen`), idle connections (`idle`), processes (`procs`), the capacity
+//! plan (`plan`) and report.
 
 pub mod cli;
 pub mod fastmock;
 pub mod gen;
+pub mod idle;
 pub mod mock;
 pub mod plan;
 pub mod procs;

@@ -186,76 +186,243 @@ pub struct ScenarioRun {
 }
 
 impl ScenarioRun {
-    /// The highest offered rate that passed.
+    /// Every offered rate with its tries, in the order first offered.
+    pub fn levels(&self) -> Vec<Level> {
+        levels(
+            self.steps
+                .iter()
+                .filter_map(|s| Some((s.offered?, s.verdict == Verdict::Pass))),
+        )
+    }
+
+    /// The highest rate judged a pass (below every rate judged a fail) and the lowest rate
+    /// judged a fail: the true limit lies between them.
+    pub fn bracket(&self) -> Bracket {
+        Bracket::of(&self.levels())
+    }
+
+    /// The answer: the best passing try at the highest rate judged a pass.
     pub fn sustainable(&self) -> Option<&Step> {
-        self.steps
-            .iter()
+        let rate = self.bracket().pass?;
+        self.tries_at(rate)
             .filter(|s| s.verdict == Verdict::Pass)
             .max_by(|a, b| a.achieved.total_cmp(&b.achieved))
     }
+
+    /// The steps offered at `rate`, in order.
+    pub fn tries_at(&self, rate: f64) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(move |s| s.offered == Some(rate))
+    }
+
+    /// Tries outvoted by the other tries at their rate (a noisy step that did not decide).
+    pub fn outvoted(&self) -> u32 {
+        self.levels().iter().map(Level::outvoted).sum()
+    }
 }
 
-/// Offered rates as fractions of the closed-loop probe's throughput, tried in order.
-const FRACTIONS: [f64; 7] = [0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3];
-/// Below this relative gap between the last pass and the first failure, no bisection step.
-const BISECT_GAP: f64 = 0.06;
+/// All tries at one offered rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Level {
+    pub rate: f64,
+    pub passes: u32,
+    pub fails: u32,
+}
 
-/// Chooses the next offered rate from what happened so far.
+/// What the tries at one rate add up to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// Passed the first try, or two tries.
+    Pass,
+    /// Failed two tries: one failure alone never ends the search.
+    Fail,
+    /// Failed once and has not yet passed twice: try again.
+    Open,
+}
+
+impl Level {
+    pub fn judged(&self) -> Judged {
+        if self.fails >= 2 {
+            Judged::Fail
+        } else if self.passes >= 2 || (self.passes >= 1 && self.fails == 0) {
+            Judged::Pass
+        } else {
+            Judged::Open
+        }
+    }
+
+    pub fn tries(&self) -> u32 {
+        self.passes + self.fails
+    }
+
+    /// Tries that disagree with the judgement.
+    pub fn outvoted(&self) -> u32 {
+        match self.judged() {
+            Judged::Pass => self.fails,
+            Judged::Fail => self.passes,
+            Judged::Open => 0,
+        }
+    }
+}
+
+/// Groups (offered rate, passed) tries by rate, in the order each rate first appears. A
+/// repeated rate is the same `f64` value, offered again by [`Stepper`].
+pub fn levels(tries: impl IntoIterator<Item = (f64, bool)>) -> Vec<Level> {
+    let mut out: Vec<Level> = Vec::new();
+    for (rate, passed) in tries {
+        let i = match out.iter().position(|l| l.rate == rate) {
+            Some(i) => i,
+            None => {
+                out.push(Level {
+                    rate,
+                    passes: 0,
+                    fails: 0,
+                });
+                out.len() - 1
+            }
+        };
+        if passed {
+            out[i].passes += 1;
+        } else {
+            out[i].fails += 1;
+        }
+    }
+    out
+}
+
+/// Last pass and first (confirmed) fail of a search, offered req/s.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Bracket {
+    pub pass: Option<f64>,
+    pub fail: Option<f64>,
+}
+
+impl Bracket {
+    pub fn of(levels: &[Level]) -> Bracket {
+        let fail = levels
+            .iter()
+            .filter(|l| l.judged() == Judged::Fail)
+            .map(|l| l.rate)
+            .reduce(f64::min);
+        let pass = levels
+            .iter()
+            .filter(|l| l.judged() == Judged::Pass && fail.is_none_or(|f| l.rate < f))
+            .map(|l| l.rate)
+            .reduce(f64::max);
+        Bracket { pass, fail }
+    }
+
+    /// (fail − pass) / fail, when both are known.
+    pub fn width(&self) -> Option<f64> {
+        let (p, f) = (self.pass?, self.fail?);
+        Some((f - p) / f)
+    }
+}
+
+/// Offered rates as fractions of the closed-loop probe's throughput, climbed in order.
+pub const FRACTIONS: [f64; 7] = [0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3];
+
+/// How the search copes with noise and when it stops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SearchRules {
+    /// Bisect until (first fail − last pass) / first fail is below this.
+    pub resolution: f64,
+    /// Open-loop steps at most per scenario: bounds the plan's time whatever the noise.
+    pub max_steps: usize,
+    /// Try the answer (the highest pass) a second time before reporting it; if that
+    /// fails, a third try decides, and a rate failed twice becomes the new upper end.
+    pub confirm_pass: bool,
+}
+
+/// What `make loadtest` uses: a limit known within 5 %, at most 14 steps (~35 s per scenario
+/// with the default 2 s windows).
+pub const DEFAULT_RULES: SearchRules = SearchRules {
+    resolution: 0.05,
+    max_steps: 14,
+    confirm_pass: true,
+};
+
+/// Chooses the next offered rate from the tries so far (pure: unit-tested against
+/// scripted outcomes). A rate that fails once is tried again and fails only if two of
+/// (at most) three tries fail, so a single noisy step cannot end the search; once a rate
+/// failed twice, the search bisects between it and the highest pass below it.
 #[derive(Clone, Debug)]
 pub struct Stepper {
     ceiling: f64,
-    next: usize,
-    best_pass: Option<f64>,
-    first_fail: Option<f64>,
-    bisected: bool,
+    rules: SearchRules,
+    tries: Vec<(f64, bool)>,
+    next_fraction: usize,
     retried_low: bool,
 }
 
 impl Stepper {
     /// `ceiling`: closed-loop throughput of the probe.
-    pub fn new(ceiling: f64) -> Stepper {
+    pub fn new(ceiling: f64, rules: SearchRules) -> Stepper {
         Stepper {
             ceiling: ceiling.max(1.0),
-            next: 0,
-            best_pass: None,
-            first_fail: None,
-            bisected: false,
+            rules,
+            tries: Vec::new(),
+            next_fraction: 0,
             retried_low: false,
         }
     }
 
-    /// The next rate to offer given how the previous one went (`None` before the first),
-    /// or None when the search is over.
-    pub fn next(&mut self, last: Option<(f64, bool)>) -> Option<f64> {
-        if let Some((rate, passed)) = last {
-            if passed {
-                self.best_pass = Some(self.best_pass.map_or(rate, |b: f64| b.max(rate)));
-            } else if self.first_fail.is_none_or(|f| rate < f) {
-                self.first_fail = Some(rate);
-            }
+    /// How a try at `rate` went.
+    pub fn record(&mut self, rate: f64, passed: bool) {
+        self.tries.push((rate, passed));
+    }
+
+    pub fn levels(&self) -> Vec<Level> {
+        levels(self.tries.iter().copied())
+    }
+
+    pub fn bracket(&self) -> Bracket {
+        Bracket::of(&self.levels())
+    }
+
+    /// The next rate to offer, or None when the search is over.
+    pub fn next_rate(&mut self) -> Option<f64> {
+        if self.tries.len() >= self.rules.max_steps {
+            return None;
         }
-        match (self.best_pass, self.first_fail) {
-            // Not failed yet: keep climbing.
-            (_, None) => {
-                let rate = FRACTIONS.get(self.next).map(|f| f * self.ceiling);
-                self.next += 1;
-                rate
-            }
+        let levels = self.levels();
+        // A rate that failed once is tried again until two tries agree.
+        if let Some(open) = levels.iter().find(|l| l.judged() == Judged::Open) {
+            return Some(open.rate);
+        }
+        let confirm = |rate: Option<f64>| -> Option<f64> {
+            let level = levels.iter().find(|l| Some(l.rate) == rate)?;
+            (self.rules.confirm_pass && level.passes < 2).then_some(level.rate)
+        };
+        match Bracket::of(&levels) {
+            // Nothing failed yet: keep climbing; past the top, confirm the highest pass.
+            Bracket { pass, fail: None } => match FRACTIONS.get(self.next_fraction) {
+                Some(f) => {
+                    self.next_fraction += 1;
+                    Some(f * self.ceiling)
+                }
+                None => confirm(pass),
+            },
             // Even the lowest step failed: one try far lower, then give up.
-            (None, Some(fail)) => {
+            Bracket {
+                pass: None,
+                fail: Some(fail),
+            } => {
                 if self.retried_low {
                     return None;
                 }
                 self.retried_low = true;
                 Some((fail * 0.4).max(1.0))
             }
-            // Bracketed: one bisection step if the bracket is wide.
-            (Some(pass), Some(fail)) => {
-                if self.bisected || fail <= pass || (fail - pass) / fail < BISECT_GAP {
-                    return None;
+            // Bracketed: bisect down to the resolution, then confirm the answer.
+            Bracket {
+                pass: Some(pass),
+                fail: Some(fail),
+            } => {
+                if (fail - pass) / fail >= self.rules.resolution {
+                    Some((pass + fail) / 2.0)
+                } else {
+                    confirm(Some(pass))
                 }
-                self.bisected = true;
-                Some((pass + fail) / 2.0)
             }
         }
     }
@@ -266,15 +433,15 @@ impl Stepper {
 pub fn search<E>(
     scenario: Scenario,
     connections: usize,
+    rules: SearchRules,
     mut run: impl FnMut(Load) -> Result<Step, E>,
 ) -> Result<ScenarioRun, E> {
     let probe = run(Load::Closed)?;
-    let mut stepper = Stepper::new(probe.achieved);
+    let mut stepper = Stepper::new(probe.achieved, rules);
     let mut steps: Vec<Step> = Vec::new();
-    let mut last = None;
-    while let Some(rate) = stepper.next(last) {
+    while let Some(rate) = stepper.next_rate() {
         let step = run(Load::Open { rate })?;
-        last = Some((rate, step.verdict == Verdict::Pass));
+        stepper.record(rate, step.verdict == Verdict::Pass);
         steps.push(step);
     }
     Ok(ScenarioRun {
@@ -309,10 +476,15 @@ mod tests {
         }
     }
 
-    /// Runs the search against a server that passes below `limit` req/s.
-    fn simulate(probe: f64, limit: f64) -> Vec<f64> {
-        let mut offered = Vec::new();
-        let run = search(Scenario::Ping, 8, |load| {
+    /// Runs the search with `oracle(rate, try at this rate (1, 2, 3), step index)` deciding
+    /// each step's pass; returns the run and the offered rates in order.
+    fn simulate_with(
+        probe: f64,
+        rules: SearchRules,
+        mut oracle: impl FnMut(f64, usize, usize) -> bool,
+    ) -> (ScenarioRun, Vec<f64>) {
+        let mut offered: Vec<f64> = Vec::new();
+        let run = search(Scenario::Ping, 8, rules, |load| {
             Ok::<_, ()>(match load {
                 Load::Closed => {
                     let mut s = fake_step(None, true);
@@ -320,42 +492,229 @@ mod tests {
                     s
                 }
                 Load::Open { rate } => {
+                    let attempt = offered.iter().filter(|&&r| r == rate).count() + 1;
+                    let pass = oracle(rate, attempt, offered.len());
                     offered.push(rate);
-                    fake_step(Some(rate), rate <= limit)
+                    fake_step(Some(rate), pass)
                 }
             })
         })
         .expect("fake runs never fail");
         assert_eq!(run.steps.len(), offered.len());
-        if let Some(best) = run.sustainable() {
-            assert!(best.achieved <= limit);
+        assert!(offered.len() <= rules.max_steps);
+        (run, offered)
+    }
+
+    /// A server that passes at and below `limit` req/s, every time.
+    fn simulate(probe: f64, limit: f64) -> Vec<f64> {
+        simulate_with(probe, DEFAULT_RULES, |rate, _, _| rate <= limit).1
+    }
+
+    fn rules(resolution: f64, max_steps: usize, confirm_pass: bool) -> SearchRules {
+        SearchRules {
+            resolution,
+            max_steps,
+            confirm_pass,
         }
-        offered
     }
 
     #[test]
-    fn climbs_then_bisects_once() {
+    fn climbs_confirms_the_failure_bisects_and_confirms_the_answer() {
         let r = simulate(1000.0, 800.0);
-        assert_eq!(r, vec![250.0, 500.0, 700.0, 850.0, 775.0]);
+        // 850 fails twice; bisect: 775 passes, 812.5 fails twice; the bracket 775–812.5 is
+        // under 5 %, so 775 is tried once more to confirm it.
+        assert_eq!(
+            r,
+            vec![250.0, 500.0, 700.0, 850.0, 850.0, 775.0, 812.5, 812.5, 775.0]
+        );
+    }
+
+    #[test]
+    fn one_noisy_failure_does_not_end_the_search() {
+        let quiet = simulate_with(1000.0, DEFAULT_RULES, |rate, _, _| rate <= 800.0).0;
+        // The first try at 500 req/s fails (a noisy step); the second and third pass.
+        let (noisy, offered) = simulate_with(1000.0, DEFAULT_RULES, |rate, attempt, _| {
+            rate <= 800.0 && !(rate == 500.0 && attempt == 1)
+        });
+        assert_eq!(&offered[..4], &[250.0, 500.0, 500.0, 500.0]);
+        assert_eq!(noisy.bracket(), quiet.bracket());
+        assert_eq!(noisy.sustainable().and_then(|s| s.offered), Some(775.0));
+        assert_eq!(noisy.outvoted(), 1);
+        assert_eq!(quiet.outvoted(), 0);
+        // The old search stopped at the first failure: it would have answered 250.
+        // A noisy failure anywhere, any single step, never moves the answer below the
+        // quiet run's bracket.
+        for bad in 0..12 {
+            let (run, _) = simulate_with(1000.0, DEFAULT_RULES, |rate, _, i| {
+                rate <= 800.0 && i != bad
+            });
+            let b = run.bracket();
+            let pass = b.pass.expect("a pass");
+            assert!(
+                (800.0 * 0.95..=800.0).contains(&pass),
+                "noise at step {bad}: {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_persistent_failure_ends_the_search() {
+        // Everything from 700 up fails every time: 700 is confirmed after two tries, and
+        // the search never climbs past it.
+        let (run, offered) = simulate_with(1000.0, DEFAULT_RULES, |rate, _, _| rate < 700.0);
+        assert_eq!(&offered[..4], &[250.0, 500.0, 700.0, 700.0]);
+        assert!(offered.iter().all(|&r| r <= 700.0));
+        let b = run.bracket();
+        assert_eq!(b.fail.map(|f| f <= 700.0), Some(true));
+        assert!(b.pass.expect("a pass") < 700.0);
+        // Two of three: fail, pass, fail is a failure.
+        let (run, offered) = simulate_with(1000.0, rules(0.05, 4, false), |rate, attempt, _| {
+            rate < 500.0 || attempt == 2
+        });
+        assert_eq!(offered, vec![250.0, 500.0, 500.0, 500.0]);
+        assert_eq!(run.bracket().fail, Some(500.0));
+        assert_eq!(run.outvoted(), 1);
+    }
+
+    #[test]
+    fn bisection_converges_within_the_bracket() {
+        for limit in [
+            150.0, 260.0, 333.0, 499.0, 640.0, 701.0, 849.0, 999.0, 1_120.0, 1_290.0,
+        ] {
+            let (run, _) = simulate_with(1000.0, DEFAULT_RULES, |rate, _, _| rate <= limit);
+            let b = run.bracket();
+            let (pass, fail) = (b.pass.expect("pass"), b.fail.expect("fail"));
+            assert!(pass <= limit && limit < fail, "{limit}: {b:?}");
+            assert!(
+                b.width().expect("width") < DEFAULT_RULES.resolution,
+                "{limit}: {b:?}"
+            );
+            // The answer was tried twice and passed both times.
+            let answer = run
+                .levels()
+                .into_iter()
+                .find(|l| l.rate == pass)
+                .expect("level");
+            assert_eq!(answer.passes, 2, "{limit}");
+        }
+    }
+
+    #[test]
+    fn an_answer_that_fails_its_second_try_is_replaced() {
+        // 775 passes the first time only (a lucky step): its confirmation fails twice, so it
+        // becomes the upper end and the search settles below it.
+        let (run, offered) = simulate_with(1000.0, DEFAULT_RULES, |rate, attempt, _| {
+            rate <= 800.0 && !(rate == 775.0 && attempt > 1)
+        });
+        assert_eq!(&offered[8..], &[775.0, 775.0, 737.5, 737.5], "{offered:?}");
+        assert_eq!(
+            run.bracket(),
+            Bracket {
+                pass: Some(737.5),
+                fail: Some(775.0)
+            }
+        );
     }
 
     #[test]
     fn passes_to_the_top_or_narrow_brackets_stop() {
-        let r = simulate(1000.0, 1_100.0);
-        assert_eq!(r, vec![250.0, 500.0, 700.0, 850.0, 1000.0, 1150.0, 1075.0]);
-        // Everything passes: stops after the last fraction.
-        assert_eq!(simulate(1000.0, 1e9).len(), FRACTIONS.len());
-        // A bracket narrower than BISECT_GAP is not split.
-        let mut s = Stepper::new(1000.0);
-        assert_eq!(s.next(None), Some(250.0));
-        assert_eq!(s.next(Some((1000.0, true))), Some(500.0));
-        assert_eq!(s.next(Some((1040.0, false))), None);
+        let r = simulate(1000.0, 1e9);
+        // Everything passes: the top fraction is confirmed, then the search ends.
+        assert_eq!(r.len(), FRACTIONS.len() + 1);
+        assert_eq!(r[FRACTIONS.len()], 1300.0);
+        // Without confirmation, a bracket narrower than the resolution is not split.
+        let mut s = Stepper::new(1000.0, rules(0.06, 20, false));
+        assert_eq!(s.next_rate(), Some(250.0));
+        s.record(250.0, true);
+        assert_eq!(s.next_rate(), Some(500.0));
+        s.record(500.0, false);
+        s.record(500.0, false);
+        s.record(480.0, true);
+        assert_eq!(s.next_rate(), None);
+    }
+
+    #[test]
+    fn the_step_budget_bounds_the_search() {
+        // A resolution no search reaches: the budget ends it.
+        for max_steps in [1, 5, 14] {
+            let (run, offered) =
+                simulate_with(1000.0, rules(1e-9, max_steps, true), |rate, _, _| {
+                    rate <= 800.0
+                });
+            assert_eq!(offered.len(), max_steps);
+            if let Some(pass) = run.bracket().pass {
+                assert!(pass <= 800.0);
+            }
+        }
+        // A server that flips every step, whatever the rate, still ends in budget.
+        let (_, offered) = simulate_with(1000.0, DEFAULT_RULES, |_, _, i| i % 2 == 0);
+        assert!(offered.len() <= DEFAULT_RULES.max_steps);
     }
 
     #[test]
     fn lowest_step_failing_tries_once_lower() {
-        assert_eq!(simulate(1000.0, 10.0), vec![250.0, 100.0]);
-        assert_eq!(simulate(1000.0, 150.0), vec![250.0, 100.0, 175.0]);
+        assert_eq!(simulate(1000.0, 10.0), vec![250.0, 250.0, 100.0, 100.0]);
+        let (run, _) = simulate_with(1000.0, DEFAULT_RULES, |rate, _, _| rate <= 150.0);
+        let b = run.bracket();
+        assert!(b.pass.expect("pass") <= 150.0 && b.fail.expect("fail") > 150.0);
+        assert!(b.width().expect("width") < 0.05);
+    }
+
+    #[test]
+    fn levels_and_judgements() {
+        let l = levels([
+            (1.0, true),
+            (2.0, false),
+            (2.0, true),
+            (1.0, false),
+            (2.0, true),
+        ]);
+        assert_eq!(
+            l,
+            vec![
+                Level {
+                    rate: 1.0,
+                    passes: 1,
+                    fails: 1
+                },
+                Level {
+                    rate: 2.0,
+                    passes: 2,
+                    fails: 1
+                }
+            ]
+        );
+        assert_eq!(l[0].judged(), Judged::Open);
+        assert_eq!(l[1].judged(), Judged::Pass);
+        assert_eq!(l[1].outvoted(), 1);
+        let fail = Level {
+            rate: 3.0,
+            passes: 1,
+            fails: 2,
+        };
+        assert_eq!(fail.judged(), Judged::Fail);
+        assert_eq!(fail.tries(), 3);
+        // A pass above a confirmed failure does not count.
+        let b = Bracket::of(&[
+            Level {
+                rate: 5.0,
+                passes: 1,
+                fails: 0,
+            },
+            fail,
+            Level {
+                rate: 2.0,
+                passes: 1,
+                fails: 0,
+            },
+        ]);
+        assert_eq!(
+            b,
+            Bracket {
+                pass: Some(2.0),
+                fail: Some(3.0)
+            }
+        );
     }
 
     #[test]

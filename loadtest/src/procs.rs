@@ -132,6 +132,38 @@ impl BusyMeter {
     }
 }
 
+/// A `kB` field of the text of `/proc/<pid>/status`, e.g. `VmRSS`, in KiB.
+pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Resident memory (VmRSS) summed over `pids`, KiB; None if one is gone or unreadable.
+pub fn rss_kib(pids: &[u32]) -> Option<u64> {
+    pids.iter().try_fold(0, |sum, pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        Some(sum + parse_status_kib(&status, "VmRSS")?)
+    })
+}
+
+/// The soft limit on open files from the text of `/proc/<pid>/limits` (None = unlimited
+/// or unreadable).
+pub fn parse_nofile_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// This process's soft limit on open files.
+pub fn nofile_limit() -> Option<u64> {
+    parse_nofile_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
 /// Parses a CPU list such as `0-3,6,8-9`.
 pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
     let mut cpus = Vec::new();
@@ -388,6 +420,28 @@ mod tests {
         assert!(busy.sample().is_some());
         let now = BusyMeter::busy_now(&all, Duration::from_millis(30));
         assert!(now.iter().all(|(_, f)| (0.0..=1.0).contains(f)), "{now:?}");
+    }
+
+    #[test]
+    fn status_and_limits() {
+        let status = "Name:\tnginx\nVmHWM:\t   20480 kB\nVmRSS:\t   16384 kB\nThreads:\t1\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(16_384));
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(20_480));
+        assert_eq!(parse_status_kib(status, "VmSwap"), None);
+        let me = rss_kib(&[std::process::id()]).expect("own RSS");
+        assert!(me > 0);
+        assert_eq!(rss_kib(&[]), Some(0));
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63704                63704                processes \n\
+                      Max open files            20000                524288               files     \n";
+        assert_eq!(parse_nofile_limit(limits), Some(20_000));
+        assert_eq!(
+            parse_nofile_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            None
+        );
+        assert!(nofile_limit().is_some_and(|n| n > 0));
     }
 
     #[test]

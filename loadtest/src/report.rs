@@ -6,7 +6,7 @@ mod svg;
 pub use svg::svg;
 
 use crate::gen::stats::ms;
-use crate::plan::{CpuSets, ScenarioRun, Step, Verdict};
+use crate::plan::{CpuSets, Judged, ScenarioRun, SearchRules, Step, Verdict};
 use std::fmt::Write as _;
 
 /// Where the numbers were measured.
@@ -82,6 +82,8 @@ pub struct Report {
     pub sets: CpuSets,
     pub slo_p99_us: u64,
     pub target_rps: f64,
+    /// How the rate search was run (for the method text).
+    pub rules: SearchRules,
     /// The client side alone (generator straight to the mocks): its ceiling.
     pub baseline: Option<(String, Step)>,
     pub runs: Vec<ScenarioRun>,
@@ -102,20 +104,103 @@ pub fn cores_needed(per_core: f64, target: f64) -> u64 {
     (target / per_core).ceil().max(1.0) as u64
 }
 
-/// `ping × 256 conns: N req/s per core at p99 ≤ 10 ms → X cores for Y req/s`.
+/// `ping × 256 conns: N req/s per core at p99 ≤ 10 ms → X cores for Y req/s (spread)`: the
+/// spread is what the search saw at both ends of its bracket (see [`spread`]).
 pub fn summary_line(run: &ScenarioRun, cores: usize, slo_p99_us: u64, target_rps: f64) -> String {
     let what = format!("{} × {} conns", run.scenario, run.connections);
+    let spread = spread(run, cores);
     match per_core(run, cores) {
         Some(n) => format!(
-            "{what}: {n:.0} req/s per core at p99 ≤ {} ms → {} cores for {target_rps:.0} req/s",
+            "{what}: {n:.0} req/s per core at p99 ≤ {} ms → {} cores for {target_rps:.0} req/s ({spread})",
             ms_short(slo_p99_us),
             cores_needed(n, target_rps)
         ),
         None => format!(
-            "{what}: no offered rate met p99 ≤ {} ms without errors",
+            "{what}: no offered rate met p99 ≤ {} ms without errors ({spread})",
             ms_short(slo_p99_us)
         ),
     }
+}
+
+/// How sure the answer is, in words: the offered rate per core that passed and the one that
+/// failed twice, with the p99 of each try there, and how many tries were
+/// outvoted by the other tries at their rate. E.g. `offered per core: 9800 passed 2 of 2, p99
+/// 1.20/1.35 ms; 10200 failed 2 of 2, p99 14.10/22.00 ms; 1 try outvoted`.
+pub fn spread(run: &ScenarioRun, cores: usize) -> String {
+    let b = run.bracket();
+    let levels = run.levels();
+    let per_core = |rate: f64| rate / cores.max(1) as f64;
+    let tries = |rate: f64, verb: &str| {
+        let Some(level) = levels.iter().find(|l| l.rate == rate) else {
+            return String::new();
+        };
+        let n = if verb == "passed" {
+            level.passes
+        } else {
+            level.fails
+        };
+        let p99s: Vec<String> = run.tries_at(rate).map(|s| ms(s.latency.p99)).collect();
+        format!(
+            "{:.0} {verb} {n} of {}, p99 {} ms",
+            per_core(rate),
+            level.tries(),
+            p99s.join("/")
+        )
+    };
+    let mut parts = Vec::new();
+    if let Some(p) = b.pass {
+        parts.push(tries(p, "passed"));
+    }
+    match b.fail {
+        Some(f) => parts.push(tries(f, "failed")),
+        None => {
+            let top = levels.iter().map(|l| l.rate).fold(0.0, f64::max);
+            parts.push(format!("nothing up to {:.0} failed twice", per_core(top)));
+        }
+    }
+    let mut out = format!("offered per core: {}", parts.join("; "));
+    match run.outvoted() {
+        0 => {}
+        1 => out.push_str("; 1 try outvoted"),
+        n => {
+            let _ = write!(out, "; {n} tries outvoted");
+        }
+    }
+    out
+}
+
+/// The try number of each open-loop step at its rate, and on the last try at a rate tried
+/// more than once what the tries add up to: `1`, `2`, `3 (pass, 2 of 3)`.
+pub fn try_labels(run: &ScenarioRun) -> Vec<String> {
+    let levels = run.levels();
+    let mut seen: Vec<f64> = Vec::new();
+    run.steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let Some(rate) = s.offered else {
+                return "–".to_string();
+            };
+            seen.push(rate);
+            let k = seen.iter().filter(|&&r| r == rate).count();
+            let last = !run.steps[i + 1..].iter().any(|t| t.offered == Some(rate));
+            match levels.iter().find(|l| l.rate == rate) {
+                Some(l) if last && l.tries() > 1 => {
+                    let (verdict, n) = match l.judged() {
+                        Judged::Pass => ("pass", l.passes),
+                        Judged::Fail => ("fail", l.fails),
+                        Judged::Open => ("undecided", 0),
+                    };
+                    if n == 0 {
+                        format!("{k} ({verdict})")
+                    } else {
+                        format!("{k} ({verdict}, {n} of {})", l.tries())
+                    }
+                }
+                _ => k.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// Share of a CPU set (0..1) busy with something else — other processes, kernel threads,
@@ -214,27 +299,52 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(
         out,
         "Sustainable = the highest offered open-loop rate with p99 ≤ {slo} ms, no errors and \
-         ≥ 95 % of it completed. Closed-loop max = the probe (every connection back-to-back). \
-         CPU columns: share of one core, over the measured window.\n"
+         ≥ 95 % of it completed, judged by two of up to three tries. Closed-loop max = the \
+         probe (every connection back-to-back). Bracket = the offered rates per core that \
+         passed and failed (twice) at the end of the search: the limit lies between them; \
+         their p99s are the tries at those two rates. Outvoted = tries whose verdict \
+         the other tries at their rate overruled (noisy steps). CPU columns: share of one core, over \
+         the measured window.\n"
     );
     let _ = writeln!(
         out,
-        "| scenario | conns | closed-loop max req/s | sustainable req/s | per proxy core | p99 there (ms) | proxy CPU µs/req | proxy CPU | client CPU | cores for {:.0} req/s | probe limited by |",
+        "| scenario | conns | closed-loop max req/s | sustainable req/s | per proxy core | p99 there (ms) | bracket per core (pass–fail) | p99 of the tries (pass; fail) ms | outvoted | proxy CPU µs/req | proxy CPU | client CPU | cores for {:.0} req/s | probe limited by |",
         r.target_rps
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+    let _ = writeln!(
+        out,
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    );
     for run in &r.runs {
         let best = run.sustainable();
         let pc = per_core(run, r.cores);
+        let bracket = run.bracket();
+        let cores = r.cores.max(1) as f64;
+        let p99s = |rate: Option<f64>| {
+            rate.map_or_else(
+                || "–".to_string(),
+                |rate| {
+                    run.tries_at(rate)
+                        .map(|s| ms(s.latency.p99))
+                        .collect::<Vec<_>>()
+                        .join("/")
+                },
+            )
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {}–{} | {}; {} | {} | {} | {} | {} | {} | {} |",
             run.scenario,
             run.connections,
             run.probe.achieved,
             opt(best.map(|s| s.achieved), |v| format!("{v:.0}")),
             opt(pc, |v| format!("{v:.0}")),
             best.map_or_else(|| "–".into(), |s| ms(s.latency.p99)),
+            opt(bracket.pass, |v| format!("{:.0}", v / cores)),
+            opt(bracket.fail, |v| format!("{:.0}", v / cores)),
+            p99s(bracket.pass),
+            p99s(bracket.fail),
+            run.outvoted(),
             opt(
                 best.and_then(|s| s.proxy_cpu_us).or(run.probe.proxy_cpu_us),
                 |v| format!("{v:.1}")
@@ -284,17 +394,19 @@ pub fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(
             out,
-            "| offered req/s | achieved req/s | p50 | p90 | p99 | p99.9 | max | errors | proxy CPU µs/req | proxy CPU | client CPU | busy proxy / client CPUs | send lag p99 | verdict |"
+            "| offered req/s | try | achieved req/s | p50 | p90 | p99 | p99.9 | max | errors | proxy CPU µs/req | proxy CPU | client CPU | busy proxy / client CPUs | send lag p99 | verdict |"
         );
         let _ = writeln!(
             out,
-            "|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|---|"
+            "|--:|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|---|"
         );
-        for s in std::iter::once(&run.probe).chain(&run.steps) {
+        let tries = std::iter::once("–".to_string()).chain(try_labels(run));
+        for (s, try_label) in std::iter::once(&run.probe).chain(&run.steps).zip(tries) {
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
                 opt(s.offered, |v| format!("{v:.0}")).replace('–', "closed loop"),
+                try_label,
                 s.achieved,
                 ms(s.latency.p50),
                 ms(s.latency.p90),
@@ -329,7 +441,11 @@ pub fn markdown(r: &Report) -> String {
         out,
         "## Method\n\n\
          - Each scenario: a closed-loop probe, then open-loop steps at 25/50/70/85/100/115/130 % \
-         of the probe's throughput until one fails, then one bisection step.\n\
+         of the probe's throughput until a rate fails. A failing rate is tried again and counts \
+         as failed only when two of (at most) three tries fail, so one noisy step does not end \
+         the search. Then bisection between the highest pass and the lowest confirmed failure \
+         until they are within {:.0} % (each failing midpoint tried again the same way){}; \
+         {} open-loop steps at most per scenario.\n\
          - Proxy CPU µs/request = Δ(utime + stime) of the proxy process(es) from \
          `/proc/<pid>/stat` over the window ÷ successful requests in the window (10 ms tick \
          resolution).\n\
@@ -337,6 +453,13 @@ pub fn markdown(r: &Report) -> String {
          ⌈target ÷ per core⌉ — linear scaling assumed, so keep headroom.\n\
          - Verdicts: {} = any error; {} = under 95 % of the offered rate completed; {} = p99 \
          over the SLO.",
+        r.rules.resolution * 100.0,
+        if r.rules.confirm_pass {
+            ", then the answer is tried a second time (a third try decides if that fails)"
+        } else {
+            ""
+        },
+        r.rules.max_steps,
         Verdict::Errors.label(),
         Verdict::Behind.label(),
         Verdict::SloMissed.label()
@@ -384,9 +507,14 @@ pub(crate) mod tests {
             probe: step(None, 30_000.0, 8_000, Verdict::Probe),
             steps: vec![
                 step(Some(7_500.0), 7_500.0, 400, Verdict::Pass),
+                // A noisy step, outvoted by the two tries after it.
+                step(Some(15_000.0), 14_990.0, 12_000, Verdict::SloMissed),
                 step(Some(15_000.0), 14_990.0, 900, Verdict::Pass),
+                step(Some(15_000.0), 14_990.0, 950, Verdict::Pass),
                 step(Some(21_000.0), 20_950.0, 2_000, Verdict::Pass),
                 failed,
+                step(Some(30_000.0), 29_500.0, 31_000, Verdict::SloMissed),
+                step(Some(21_000.0), 20_900.0, 2_200, Verdict::Pass),
             ],
         };
         let empty = ScenarioRun {
@@ -411,6 +539,7 @@ pub(crate) mod tests {
             },
             slo_p99_us: 10_000,
             target_rps: 100_000.0,
+            rules: crate::plan::DEFAULT_RULES,
             baseline: Some((
                 "2 mocks | direct".into(),
                 step(None, 40_000.0, 5_000, Verdict::Probe),
@@ -463,15 +592,33 @@ pub(crate) mod tests {
         let r = sample_report();
         assert_eq!(
             summary_line(&r.runs[0], 1, 10_000, 100_000.0),
-            "ping × 256 conns: 20950 req/s per core at p99 ≤ 10 ms → 5 cores for 100000 req/s"
+            "ping × 256 conns: 20950 req/s per core at p99 ≤ 10 ms → 5 cores for 100000 req/s \
+             (offered per core: 21000 passed 2 of 2, p99 2.00/2.20 ms; 30000 failed 2 of 2, \
+             p99 25.00/31.00 ms; 1 try outvoted)"
         );
         assert_eq!(
             summary_line(&r.runs[0], 2, 2_500, 100_000.0),
-            "ping × 256 conns: 10475 req/s per core at p99 ≤ 2.5 ms → 10 cores for 100000 req/s"
+            "ping × 256 conns: 10475 req/s per core at p99 ≤ 2.5 ms → 10 cores for 100000 req/s \
+             (offered per core: 10500 passed 2 of 2, p99 2.00/2.20 ms; 15000 failed 2 of 2, \
+             p99 25.00/31.00 ms; 1 try outvoted)"
         );
         assert_eq!(
             summary_line(&r.runs[1], 1, 10_000, 1.0),
-            "upload-1m × 1024 conns: no offered rate met p99 ≤ 10 ms without errors"
+            "upload-1m × 1024 conns: no offered rate met p99 ≤ 10 ms without errors \
+             (offered per core: nothing up to 125 failed twice)"
+        );
+        assert_eq!(
+            try_labels(&r.runs[0]),
+            [
+                "1",
+                "1",
+                "2",
+                "3 (pass, 2 of 3)",
+                "1",
+                "1",
+                "2 (fail, 2 of 2)",
+                "2 (pass, 2 of 2)"
+            ]
         );
         assert_eq!(cores_needed(0.0, 5.0), u64::MAX);
         assert_eq!(cores_needed(1000.0, 1.0), 1);

@@ -177,3 +177,41 @@ fn timeouts_end_requests_and_stop_ends_runs() {
     assert_eq!(r.sent, 0);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn idle_connections_stay_open_after_one_request_each() {
+    use opr_loadtest::idle;
+    use std::io::Read;
+    let mock = FastMock::start_named("gen-idle").expect("mock");
+    let stop = AtomicBool::new(false);
+    let req = get("/v1/ping", &mock.hostname());
+    let mut set = idle::open_idle(mock.addr(), &req, 40, Duration::from_secs(5), &stop);
+    assert_eq!(set.opened(), 40);
+    assert_eq!(set.errors, 0, "{:?}", set.first_error);
+    assert_eq!(mock.requests(), 40);
+    // Still open and idle: nothing to read, no EOF; and each is usable for another request.
+    let s = &mut set.streams[7];
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 16];
+    let e = s.read(&mut buf).expect_err("no bytes, no EOF");
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).expect("blocking");
+    assert_eq!(
+        gen::exchange_blocking(s, &req)
+            .expect("second request")
+            .status,
+        200
+    );
+
+    // A non-2xx answer is a failure, and opening gives up on a target that always fails.
+    let set = idle::open_idle(
+        mock.addr(),
+        &get("/nope", "h"),
+        1_000,
+        Duration::from_secs(5),
+        &stop,
+    );
+    assert_eq!(set.opened(), 0);
+    assert_eq!(set.errors, 50);
+    assert!(set.first_error.expect("error").contains("404"));
+}

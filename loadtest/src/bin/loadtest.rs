@@ -4,6 +4,7 @@
 use opr_loadtest::cli::{self, Args, MockKind, Mode};
 use opr_loadtest::gen::stats::{ms, Summary};
 use opr_loadtest::gen::{self, Load, Request, RunConfig, RunResult};
+use opr_loadtest::idle;
 use opr_loadtest::plan::{self, CpuSets, Scenario, ScenarioRun, Step, Verdict};
 use opr_loadtest::procs::{self, BusyMeter, CpuMeter, ProxyProcess, ProxySpec};
 use opr_loadtest::report::{self, Machine, Report};
@@ -113,6 +114,7 @@ fn run(args: &Args) -> Result<(), String> {
             Ok(())
         }
         Mode::Plan => plan_mode(args, &runner, &mut target, machine),
+        Mode::Idle => idle_mode(args, &target, &stop),
     }
 }
 
@@ -470,6 +472,81 @@ fn print_run(scenario: Scenario, conns: usize, load: Load, r: &RunResult, runner
     );
 }
 
+/// `--mode idle`: the proxy's RSS before and with N idle keep-alive connections (one
+/// answered request each), how long a new connection's request takes meanwhile, and the RSS
+/// after they are closed.
+fn idle_mode(args: &Args, target: &Target, stop: &AtomicBool) -> Result<(), String> {
+    let pids: Vec<u32> = target
+        .proxy_meter
+        .as_ref()
+        .map(|m| m.pids().to_vec())
+        .unwrap_or_default();
+    if pids.is_empty() {
+        return Err("--mode idle needs the proxy's PIDs (--proxy-pid with --url)".into());
+    }
+    let (scenario, n) = args.idle_load();
+    if let Some(limit) = procs::nofile_limit() {
+        // Our own connections plus a few descriptors for everything else.
+        if (n as u64) + 64 > limit {
+            return Err(format!(
+                "{n} connections need more open files than this process may have ({limit}); \
+                 raise it first (ulimit -n {})",
+                n + 1024
+            ));
+        }
+    }
+    let rss = || procs::rss_kib(&pids).ok_or_else(|| "cannot read the proxy's RSS".to_string());
+    let req = request(target, scenario);
+    let addr = target.addrs[0];
+    let before = rss()?;
+    let started = std::time::Instant::now();
+    let set = idle::open_idle(addr, &req, n, args.timeout, stop);
+    let opening = started.elapsed();
+    std::thread::sleep(args.hold);
+    let held = rss()?;
+    // A new connection while the others sit idle should be served at once.
+    let t = std::time::Instant::now();
+    let fresh = gen::once(addr, &req, args.timeout);
+    let fresh_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let fresh_ok = fresh.as_ref().is_ok_and(|r| (200..300).contains(&r.status));
+    let opened = set.opened();
+    let errors = set.errors;
+    let first_error = set.first_error.clone();
+    drop(set);
+    std::thread::sleep(args.hold);
+    let closed = rss()?;
+    let per_conn = idle::kib_per_connection(before, held, opened);
+    let fmt_per = per_conn.map_or_else(|| "NA".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "idle × {n} conns ({scenario} once each) to {addr}: opened {opened} in {:.1} s, errors \
+         {errors}{}; proxy RSS {:.1} MiB before, {:.1} MiB with them idle ({} KiB per \
+         connection), {:.1} MiB {:.1} s after closing; a new connection meanwhile: {}",
+        opening.as_secs_f64(),
+        first_error.map_or_else(String::new, |e| format!(" (first: {e})")),
+        before as f64 / 1024.0,
+        held as f64 / 1024.0,
+        fmt_per,
+        closed as f64 / 1024.0,
+        args.hold.as_secs_f64(),
+        match &fresh {
+            Ok(r) => format!("{} in {fresh_ms:.2} ms", r.status),
+            Err(e) => format!("failed: {e}"),
+        }
+    );
+    println!(
+        "RESULT scenario=idle connections={n} opened={opened} errors={errors} \
+         rss_before_kib={before} rss_idle_kib={held} rss_closed_kib={closed} \
+         kib_per_conn={fmt_per} new_conn_ms={} open_s={:.1}",
+        if fresh_ok {
+            format!("{fresh_ms:.2}")
+        } else {
+            "NA".into()
+        },
+        opening.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn pct_or_na(v: Option<f64>) -> String {
     v.map_or_else(|| "NA".to_string(), |v| format!("{:.0}", v * 100.0))
 }
@@ -518,7 +595,8 @@ fn plan_mode(
             notes.push("Interrupted: the plan did not finish.".into());
             break;
         }
-        let result = plan::search(scenario, conns, |load| {
+        let mut offered_so_far: Vec<f64> = Vec::new();
+        let result = plan::search(scenario, conns, args.rules, |load| {
             if runner.stop.load(Ordering::Relaxed) {
                 return Err("interrupted".to_string());
             }
@@ -529,7 +607,11 @@ fn plan_mode(
                 Load::Closed => None,
             };
             let step = Step::from_run(&r, offered, runner.slo_us, runner.sets);
-            eprintln!("loadtest: {}", progress(scenario, conns, &step));
+            let attempt = offered.map_or(0, |rate| {
+                offered_so_far.push(rate);
+                offered_so_far.iter().filter(|&&r| r == rate).count()
+            });
+            eprintln!("loadtest: {}", progress(scenario, conns, &step, attempt));
             Ok(step)
         });
         let run = match result {
@@ -552,9 +634,10 @@ fn plan_mode(
     write_report(args, target, machine, baseline, runs, notes, &driver)
 }
 
-fn progress(scenario: Scenario, conns: usize, s: &Step) -> String {
+fn progress(scenario: Scenario, conns: usize, s: &Step, attempt: usize) -> String {
     let what = match s.offered {
         None => "closed loop".to_string(),
+        Some(rate) if attempt > 1 => format!("offered {rate:.0} (try {attempt})"),
         Some(rate) => format!("offered {rate:.0}"),
     };
     format!(
@@ -648,6 +731,7 @@ fn write_report(
         },
         slo_p99_us: u64::try_from(args.slo_p99.as_micros()).unwrap_or(u64::MAX),
         target_rps: args.target_rps,
+        rules: args.rules,
         baseline,
         runs,
         notes,
