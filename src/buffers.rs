@@ -4,7 +4,7 @@
 //! with body size; and a connection between requests holds none of them, so an idle
 //! keep-alive connection costs only its socket and its small task.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use crate::http::head::HeaderRef;
 
@@ -18,10 +18,13 @@ pub(crate) const HEAD_BUF: usize = 8 * 1024;
 /// Body buffers kept for reuse (16 MiB at most); more in flight at once are allocated
 /// and freed.
 const KEEP_BODIES: usize = 128;
-/// Head buffers and request vectors kept for reuse (2 MiB and ~1 MiB at most).
+/// Head buffers kept for reuse (2 MiB at most).
 const KEEP_HEADS: usize = 256;
+/// Request vectors kept for reuse: their output vectors may have grown to hold an
+/// answer's head and first body bytes (up to a body buffer's worth; 17 MiB at most).
+const KEEP_SCRATCH: usize = 128;
 /// An output vector that grew past this (a large proxy API answer) is not kept.
-const OUT_KEEP: usize = 64 * 1024;
+const OUT_KEEP: usize = HEAD_BUF + BODY_BUF;
 
 /// A free list of one kind of item: `make` builds a fresh one, `clean` readies a returned
 /// one for reuse or says it must be dropped (it grew, or lost its capacity).
@@ -99,7 +102,7 @@ pub(crate) struct Scratch {
 pub(crate) fn scratch() -> FreeList<Scratch> {
     FreeList {
         free: RefCell::default(),
-        keep: KEEP_HEADS,
+        keep: KEEP_SCRATCH,
         make: || Scratch {
             headers: Vec::with_capacity(32),
             response_headers: Vec::with_capacity(32),
@@ -135,6 +138,32 @@ impl<T> Drop for Loan<'_, T> {
         if let Some(item) = self.item.take() {
             self.pool.put(item);
         }
+    }
+}
+
+/// Whether a worker's answers lately were larger than a head buffer: a saturating count
+/// of large minus small answers. Workloads are mostly uniform, so it picks the buffer the
+/// next answer is read into; a wrong guess costs a read and a write, never correctness.
+#[derive(Default)]
+pub(crate) struct AnswerSizes {
+    large: Cell<u8>,
+}
+
+impl AnswerSizes {
+    const MAX: u8 = 8;
+
+    pub(crate) fn expect_large(&self) -> bool {
+        self.large.get() > Self::MAX / 2
+    }
+
+    /// Count an answer of `len` bytes (head and body as sent to the client).
+    pub(crate) fn saw(&self, len: u64) {
+        let n = self.large.get();
+        self.large.set(if len > HEAD_BUF as u64 {
+            (n + 1).min(Self::MAX)
+        } else {
+            n.saturating_sub(1)
+        });
     }
 }
 
@@ -177,5 +206,53 @@ impl PipePool {
     /// Close every kept pipe (shutdown).
     pub(crate) fn clear(&self) {
         self.free.borrow_mut().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_sizes_follow_the_workload_with_hysteresis() {
+        let s = AnswerSizes::default();
+        assert!(!s.expect_large());
+        for _ in 0..5 {
+            s.saw(64 * 1024);
+        }
+        assert!(s.expect_large());
+        for _ in 0..3 {
+            s.saw(64 * 1024);
+        }
+        // One small answer among large ones does not flip it.
+        s.saw(100);
+        assert!(s.expect_large());
+        for _ in 0..4 {
+            s.saw(100);
+        }
+        assert!(!s.expect_large());
+        // Exactly a head buffer is small.
+        s.saw(HEAD_BUF as u64);
+        assert!(!s.expect_large());
+    }
+
+    #[test]
+    fn free_lists_keep_only_clean_items_up_to_their_bound() {
+        let heads = head_buffers();
+        let mut grown = heads.get();
+        grown.reserve(HEAD_BUF * 2);
+        heads.put(grown);
+        assert!(heads.free.borrow().is_empty(), "a grown buffer is dropped");
+        for _ in 0..KEEP_HEADS + 10 {
+            heads.put(Vec::with_capacity(HEAD_BUF));
+        }
+        assert_eq!(heads.free.borrow().len(), KEEP_HEADS);
+        let mut loan = heads.lend();
+        loan.get().extend_from_slice(b"abc");
+        drop(loan);
+        assert!(
+            heads.get().is_empty(),
+            "a returned buffer comes back cleared"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::access_log::AccessLog;
 use crate::balance::Picker;
-use crate::buffers::{self, FreeList, PipePool, Scratch};
+use crate::buffers::{self, AnswerSizes, FreeList, PipePool, Scratch};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::client::{After, ClientConn};
@@ -36,6 +36,8 @@ pub(crate) struct WorkerCtx {
     pub heads: FreeList<Vec<u8>>,
     /// The vectors of each running request.
     pub scratch: FreeList<Scratch>,
+    /// Which buffer the next answer is read into.
+    pub answer_sizes: AnswerSizes,
     /// Pipes for splicing Content-Length bodies (`OPR_PROXY_SPLICE`).
     pub pipes: PipePool,
     /// `Bearer <OPR_PROXY_EXECUTOR_SECRET>`, built once.
@@ -77,6 +79,7 @@ impl WorkerCtx {
             bodies: buffers::body_buffers(),
             heads: buffers::head_buffers(),
             scratch: buffers::scratch(),
+            answer_sizes: AnswerSizes::default(),
             pipes: PipePool::default(),
             executor_authorization: format!("Bearer {}", config.executor_secret)
                 .into_bytes()

@@ -917,3 +917,119 @@ fn item7_client_that_does_not_read_answers_is_closed() {
         "all {requests} requests were answered: the proxy never gave up"
     );
 }
+
+/// Answers larger than the 8 KiB head buffer: the head is held back and leaves in one
+/// write with the next body bytes (when they are copied). Every framing must arrive byte
+/// for byte, and a head whose body pauses must not wait for it.
+#[test]
+fn item3_answers_past_the_head_buffer_arrive_exactly_and_heads_are_not_held_by_a_pause() {
+    const N: usize = 30_000;
+    let body: Vec<u8> = (0..N).map(|i| b'a' + (i % 26) as u8).collect();
+    let chunked = {
+        let mut c = Vec::new();
+        for part in body.chunks(7_000) {
+            c.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            c.extend_from_slice(part);
+            c.extend_from_slice(b"\r\n");
+        }
+        c.extend_from_slice(b"0\r\n\r\n");
+        c
+    };
+    let (b, ch) = (body.clone(), chunked.clone());
+    let ex = ScriptedExecutor::start(move |conn, index, req| {
+        let with = |head: &str, rest: &[u8]| {
+            let mut w = head.as_bytes().to_vec();
+            w.extend_from_slice(rest);
+            w
+        };
+        let target = req.target();
+        if target.starts_with("/length") {
+            vec![Action::Write(with(
+                &format!("HTTP/1.1 200 OK\r\nContent-Length: {N}\r\n\r\n"),
+                &b,
+            ))]
+        } else if target.starts_with("/chunked") {
+            vec![Action::Write(with(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &ch,
+            ))]
+        } else if target.starts_with("/close") {
+            vec![
+                Action::Write(with("HTTP/1.1 200 OK\r\n\r\n", &b)),
+                Action::Close,
+            ]
+        } else if target.starts_with("/pause") {
+            // The head and a little body, then a pause before the rest.
+            vec![
+                Action::Write(with(
+                    &format!("HTTP/1.1 200 OK\r\nContent-Length: {N}\r\n\r\n"),
+                    &b[..100],
+                )),
+                Action::Sleep(1_500),
+                Action::Write(b[100..].to_vec()),
+            ]
+        } else {
+            vec![Action::Write(genuine(conn, index))]
+        }
+    });
+    let proxy = Proxy::start_hosts(&[ex.hostname()], &[]);
+
+    let mut c = proxy.client();
+    for target in ["/length", "/chunked", "/close11"] {
+        let r = get(&mut c, target);
+        assert_eq!(r.status, 200, "{target}");
+        assert!(!r.truncated, "{target}");
+        assert!(
+            r.body == body,
+            "{target}: body differs ({} bytes)",
+            r.body.len()
+        );
+        if target == "/close11" {
+            break; // its executor connection is gone; the client's stays usable
+        }
+    }
+    assert_genuine(
+        &ex,
+        "/next",
+        &get(&mut c, "/next"),
+        "after the large answers",
+    );
+
+    // HTTP/1.0 clients: a chunked answer as its payload, a close-delimited one as is.
+    for target in ["/chunked10", "/close10"] {
+        let mut c = proxy.client();
+        c.send(
+            format!(
+                "GET {target} HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+                bearer()
+            )
+            .as_bytes(),
+        );
+        let r = c.read_response(false).expect("an answer to HTTP/1.0");
+        assert_eq!(r.status, 200, "{target}");
+        assert!(
+            r.body == body,
+            "{target}: body differs ({} bytes)",
+            r.body.len()
+        );
+    }
+
+    // A pause after the first bytes: the head is not held for the rest.
+    let mut c = proxy.client();
+    c.send(
+        format!(
+            "GET /pause HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\r\n",
+            bearer()
+        )
+        .as_bytes(),
+    );
+    let started = std::time::Instant::now();
+    let mut first = [0u8; 64];
+    let n = std::io::Read::read(&mut c.stream, &mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1_000),
+        "the head waited {:?} for the paused body",
+        started.elapsed()
+    );
+}

@@ -197,9 +197,12 @@ impl Anycast<'_> {
             Err(e) => return ctx.answer(conn, out, e, false).await,
         };
         let in_hand = first.rest.is_none();
-        // A body buffer only if a body is copied; the answer's head goes to a head buffer.
+        // A body buffer only if a body is copied. The answer is read into a head buffer,
+        // unless this worker's recent answers were larger than one: then into the body
+        // buffer, which saves a read and a write per answer.
         let mut eb = ctx.bodies.lend();
         let mut hb = ctx.heads.lend();
+        let big = ctx.answer_sizes.expect_large();
         let mut replayed = false;
         // Pending request bytes to consume when the request turns out to be read whole.
         let request_len = head.head_len + first.consumed;
@@ -291,9 +294,9 @@ impl Anycast<'_> {
                 }
             }
 
-            let hb = hb.get();
-            hb.clear();
-            match wait_head(conn, ex.stream(), hb, is_head, response_headers).await {
+            let rb = if big { eb.get() } else { hb.get() };
+            rb.clear();
+            match wait_head(conn, ex.stream(), rb, is_head, response_headers).await {
                 None => return (After::Close, 0),
                 Some(Ok(r)) => break (ex, r, early_answer),
                 Some(Err(HeadFailure::Silent)) => {
@@ -318,7 +321,7 @@ impl Anycast<'_> {
             .relay(
                 conn,
                 ex.stream(),
-                (hb.get(), &mut eb),
+                (&mut hb, &mut eb, big),
                 out,
                 (&response, response_headers),
                 early_answer,
@@ -419,7 +422,7 @@ impl Anycast<'_> {
         &self,
         conn: &mut ClientConn,
         ex: &mut TcpStream,
-        (hb, eb): (&mut Vec<u8>, &mut Loan<'_, Vec<u8>>),
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
         out: &mut Vec<u8>,
         (response, response_headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
@@ -430,16 +433,18 @@ impl Anycast<'_> {
             || framing == ResponseFraming::UntilClose
             || early_answer
             || self.ctx.stopping.get();
+        // The buffer the answer was read into.
+        let rb = if big { eb.get() } else { hb.get() };
         out.clear();
         let rw = ResponseRewrite { framing, close };
-        rewrite::write_response_head(out, hb, response, response_headers, &rw);
+        rewrite::write_response_head(out, rb, response, response_headers, &rw);
         if self.debug {
             self.explain(out);
         }
         let status = response.status;
         let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
 
-        let end = match exchange::frame_first_bytes(body.as_mut(), hb, response.head_len, Some(out))
+        let end = match exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
         {
             Ok(end) => end,
             Err(e) => {
@@ -454,15 +459,22 @@ impl Anycast<'_> {
             }
         };
         self.phase.set(Phase::HeadSent(status));
-        if conn.write_out(out).await.is_err() {
+        // The read filled its buffer, so more of the body is likely waiting: the head goes
+        // out with it in one write. Otherwise it goes now (the executor may pause).
+        let unfinished = matches!((end, &body), (ResponseEnd::Unfinished, Some(_)));
+        let mut answer_len = out.len() as u64;
+        if unfinished && rb.len() == rb.capacity() {
+            conn.bytes_out += out.len() as u64;
+        } else if conn.write_out(out).await.is_err() {
             return (After::Close, status, broken);
         }
         let end = match (end, body.as_mut()) {
             (ResponseEnd::Unfinished, Some(body)) => {
                 let pipes = self.ctx.config.splice.then_some(&self.ctx.pipes);
                 let sink = Sink::Socket(&mut conn.stream);
-                let pumped = body.pump(ex, sink, eb, None, pipes).await;
+                let pumped = body.pump_after(ex, sink, eb, None, pipes, out).await;
                 conn.bytes_out += body.written;
+                answer_len += body.written;
                 self.ctx.m().spliced(body.spliced, body.splice_fallback);
                 match pumped {
                     Ok(after) if after.is_empty() => ResponseEnd::Clean,
@@ -474,6 +486,7 @@ impl Anycast<'_> {
             }
             (end, _) => end,
         };
+        self.ctx.answer_sizes.saw(answer_len);
         let after = After::close_if(close);
         (
             after,
