@@ -1,8 +1,44 @@
-//! The raw socket calls monoio does not offer: a non-blocking `MSG_PEEK` that tells
-//! whether anything (bytes or EOF) is waiting on a socket without taking it, and a
-//! `shutdown` by fd (the idle sweep wakes a connection's wait with it).
+//! The raw calls monoio does not offer: a non-blocking `MSG_PEEK` that tells whether
+//! anything (bytes or EOF) is waiting on a socket without taking it, a `shutdown` by fd
+//! (the idle sweep wakes a connection's wait with it), and growing a pipe.
 
 use std::os::fd::{AsRawFd, RawFd};
+
+/// The lowest fd number not in use right now (the one the next new fd gets).
+#[allow(unsafe_code)]
+pub(crate) fn lowest_free_fd() -> Option<RawFd> {
+    // SAFETY: eventfd takes no pointers; the fd it returns is ours and closed at once.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened here and is used by nothing else.
+    unsafe {
+        libc::close(fd);
+    }
+    Some(fd)
+}
+
+/// If `fd` is a pipe's read end, ask for `size` bytes of capacity (`F_SETPIPE_SZ`) and
+/// return the size it has; `None` when `fd` is not a pipe's read end. The kernel refuses
+/// sizes over `fs.pipe-max-size`, and any growth past `fs.pipe-user-pages-soft` pages
+/// for an unprivileged user (`EPERM`): the pipe then keeps the size it has.
+#[allow(unsafe_code)]
+pub(crate) fn grow_pipe(fd: RawFd, size: u32) -> Option<u32> {
+    // SAFETY: fstat writes into the zeroed struct we own; fcntl takes no pointers. `fd`
+    // may be any fd of this process (or none): these calls only inspect or resize it.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return None;
+        }
+        if libc::fcntl(fd, libc::F_GETFL) & libc::O_ACCMODE != libc::O_RDONLY {
+            return None;
+        }
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, size as libc::c_int);
+        u32::try_from(libc::fcntl(fd, libc::F_GETPIPE_SZ)).ok()
+    }
+}
 
 /// `shutdown(fd, SHUT_RDWR)`: the peer sees EOF, and a wait for readability on the
 /// socket completes. Errors (already shut down, reset) change nothing for the caller.
@@ -55,6 +91,18 @@ pub(crate) fn peek(socket: &impl AsRawFd) -> Waiting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grows_only_a_pipes_read_end() {
+        let (r, w) = std::io::pipe().unwrap();
+        let grown = grow_pipe(r.as_raw_fd(), 256 * 1024).expect("a read end");
+        assert!(grown >= 256 * 1024, "{grown}");
+        assert_eq!(grow_pipe(w.as_raw_fd(), 256 * 1024), None, "write end");
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(grow_pipe(l.as_raw_fd(), 256 * 1024), None, "a socket");
+        assert_eq!(grow_pipe(-1, 256 * 1024), None, "no fd");
+    }
+
     use std::io::Write;
     use std::net::{Shutdown, TcpListener, TcpStream};
 

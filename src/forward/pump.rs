@@ -23,9 +23,6 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Bodies with at least this much left go socket → pipe → socket with splice: no copy
 /// through user space. Smaller ones are one read and one write through the buffer.
 const SPLICE_MIN: u64 = 64 * 1024;
-/// One splice step: a pipe's default capacity (16 pages). monoio 0.2 does not expose a
-/// pipe's fd, so `F_SETPIPE_SZ` cannot raise it.
-const SPLICE_STEP: u64 = 64 * 1024;
 
 /// How the body ends (RFC 9112 §6.3).
 #[derive(Clone, Debug)]
@@ -294,7 +291,8 @@ impl Body {
             if remaining == 0 {
                 break;
             }
-            let want = remaining.min(SPLICE_STEP) as u32;
+            // One step fills the pipe at most (`buffers::PIPE_SIZE`, when it could grow).
+            let want = remaining.min(u64::from(pipe.size)) as u32;
             let into = src.splice_to_pipe(&mut pipe.w, want);
             let got = match stall {
                 Some(limit) => match monoio::time::timeout(limit, into).await {
