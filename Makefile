@@ -104,7 +104,7 @@ fuzz:
 	echo "fuzz: $(FUZZ_TARGETS): no crash in $(FUZZ_SECONDS) s each"
 
 ## Capacity report (loadtest/README.md): builds the release binaries, runs the default plan
-## (about 3 minutes on 2 cores, 4 at most: a failing rate is tried again, then bisected)
+## (about 4 minutes on 2 cores, 7 at most: 4 s steps; a failing rate is tried again, then bisected)
 ## and writes $(LOADTEST_OUT)/loadtest-report.{md,svg}.
 ## LOADTEST_ARGS adds options, e.g. LOADTEST_ARGS="--cores 2 --slo-p99 5" (loadtest --help).
 LOADTEST_OUT ?= target/loadtest
@@ -127,7 +127,8 @@ compare:
 ## binary from 8 client threads while a chaos thread stops and restarts the 3 mock executors
 ## on their ports. Fails on any outcome SPEC does not allow, a hang, the proxy dying, RSS
 ## growth over 16 MiB or fd growth past the pool. Prints a summary. Knobs in tests/soak.rs
-## (SOAK_SEED, SOAK_ONLY, SOAK_CHAOS); OPR_TEST_IO_DRIVER=epoll runs it on epoll.
+## (SOAK_SEED, SOAK_ONLY, SOAK_CHAOS); OPR_TEST_IO_DRIVER=epoll runs it on epoll, SOAK_SPLICE=off
+## without splice.
 SOAK_SECONDS ?= 180
 
 .PHONY: soak

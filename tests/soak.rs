@@ -110,6 +110,9 @@ fn soak_mixed_traffic_with_restarting_executors() {
     let pool_size = POOL_SIZE.to_string();
     let pool_idle = POOL_IDLE_SECS.to_string();
     let workers = WORKERS.to_string();
+    // `SOAK_SPLICE=off` soaks the copying path (`OPR_PROXY_SPLICE`); the io driver comes
+    // from `OPR_TEST_IO_DRIVER` as in every test.
+    let splice = std::env::var("SOAK_SPLICE").unwrap_or_else(|_| "auto".into());
     let mut proxy = ProxyProcess::start(
         &hostnames,
         &[
@@ -120,6 +123,7 @@ fn soak_mixed_traffic_with_restarting_executors() {
             ("OPR_PROXY_MAX_BODY_SIZE", "0"),
             ("OPR_PROXY_POOL_SIZE", pool_size.as_str()),
             ("OPR_PROXY_POOL_IDLE_TIMEOUT", pool_idle.as_str()),
+            ("OPR_PROXY_SPLICE", splice.as_str()),
             // Error bodies carry the cause: failures in the summary explain themselves.
             ("OPR_PROXY_ENV", "development"),
         ],
