@@ -3,7 +3,7 @@
 //! Invalid values are errors naming the variable, the bad value and what is allowed.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -738,8 +738,40 @@ fn valid_http_url(url: &str) -> bool {
     !host.is_empty()
 }
 
+/// Where `opr-proxy healthcheck` reaches the proxy on this host: `OPR_PROXY_HOST` and
+/// `PORT` as the proxy reads them, with an any-address listener (`0.0.0.0`, `::`, unset)
+/// reached over loopback.
+pub fn probe_address(host: Option<&str>, port: &str) -> Result<SocketAddr, String> {
+    let port: u16 = port
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid PORT={port:?}"))?;
+    let ip = match host.map(str::trim).filter(|h| !h.is_empty()) {
+        None => IpAddr::from([127, 0, 0, 1]),
+        Some(h) => match h.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            Ok(IpAddr::V6(v6)) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            Ok(ip) => ip,
+            Err(_) => return Err(format!("invalid OPR_PROXY_HOST={h:?}")),
+        },
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn healthcheck_probes_where_the_proxy_listens() {
+        let probe = |h: Option<&str>, p: &str| probe_address(h, p).map(|a| a.to_string());
+        assert_eq!(probe(None, "80"), Ok("127.0.0.1:80".into()));
+        assert_eq!(probe(Some("0.0.0.0"), "8080"), Ok("127.0.0.1:8080".into()));
+        assert_eq!(probe(Some("::"), "80"), Ok("[::1]:80".into()));
+        assert_eq!(probe(Some("10.1.2.3"), "80"), Ok("10.1.2.3:80".into()));
+        assert_eq!(probe(Some("::1"), "80"), Ok("[::1]:80".into()));
+        assert!(probe(Some("nope"), "80").is_err());
+        assert!(probe(None, "eighty").is_err());
+    }
+
     use super::*;
     use std::collections::HashMap;
 

@@ -110,17 +110,22 @@ fn main() {
     }
 }
 
-/// GET /v1/proxy/health on this container's port; 0 when it answers 200.
+/// GET /v1/proxy/health on this container's port, at the address the proxy listens on
+/// (`OPR_PROXY_HOST`; loopback when it listens on every address); 0 when it answers 200.
 fn healthcheck() -> i32 {
     use std::io::{Read, Write};
     use std::time::Duration;
     let port = std::env::var("PORT").unwrap_or_else(|_| "80".into());
-    let addr = format!("127.0.0.1:{}", port.trim());
+    let host = std::env::var("OPR_PROXY_HOST").ok();
+    let addr = match opr_proxy::config::probe_address(host.as_deref(), &port) {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("opr-proxy healthcheck: {e}");
+            return 1;
+        }
+    };
     let timeout = Duration::from_secs(3);
     let result = (|| -> std::io::Result<bool> {
-        let addr = addr
-            .parse()
-            .map_err(|_| std::io::Error::other("bad PORT"))?;
         let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.write_all(

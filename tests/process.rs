@@ -245,3 +245,31 @@ fn short_connections_do_not_grow_memory() {
         "RSS grew from {before} KiB to {after} KiB"
     );
 }
+
+/// The container HEALTHCHECK (`opr-proxy healthcheck`) probes the address the proxy
+/// listens on: with `OPR_PROXY_HOST=127.0.0.2` a probe of 127.0.0.1 would fail.
+#[test]
+fn healthcheck_subcommand_probes_the_listen_address() {
+    let a = mock("a");
+    let p = ProxyProcess::start(&[a.hostname()], &[("OPR_PROXY_HOST", "127.0.0.2")]);
+    assert_eq!(p.addr.ip().to_string(), "127.0.0.2");
+    let port = p.addr.port().to_string();
+    let run = |host: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_opr-proxy"));
+        cmd.env_clear().arg("healthcheck").env("PORT", &port);
+        if let Some(h) = host {
+            cmd.env("OPR_PROXY_HOST", h);
+        }
+        cmd.output().expect("run opr-proxy healthcheck")
+    };
+    let ok = run(Some("127.0.0.2"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Loopback 127.0.0.1 is where an any-address proxy is probed; nothing listens there.
+    let miss = run(None);
+    assert_eq!(miss.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&miss.stderr).contains("127.0.0.1:"));
+}
