@@ -2,6 +2,7 @@
 //! flags, falling back to epoll), its own SO_REUSEPORT listener, picker, pool and
 //! buffers; the accept loop and the drain on stop.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -199,8 +200,12 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
     drain(&ctx).await;
 }
 
+/// Failed accepts in a row between two log lines: a minute of 50 ms retries.
+const ACCEPT_FAILURES_LOGGED_EVERY: u64 = 1200;
+
 async fn accept_loop(listener: &TcpListener, ctx: &Rc<WorkerCtx>, stop: &AtomicBool) {
     let cap = ctx.config.max_connections;
+    let failures = Cell::new(0u64);
     loop {
         // Backpressure: at the cap, stop accepting and let the kernel's backlog hold new
         // clients until a connection closes (rather than accepting and failing them).
@@ -213,7 +218,7 @@ async fn accept_loop(listener: &TcpListener, ctx: &Rc<WorkerCtx>, stop: &AtomicB
         }
         // The accept stays pinned across stop polls so no accepted socket is dropped.
         let accept = listener.accept();
-        futures_pin(accept, ctx, stop).await;
+        futures_pin(accept, ctx, stop, &failures).await;
         if ctx.stopping.get() {
             return;
         }
@@ -221,7 +226,9 @@ async fn accept_loop(listener: &TcpListener, ctx: &Rc<WorkerCtx>, stop: &AtomicB
 }
 
 /// Wait for one accept (spawning its task) or for the stop flag.
-async fn futures_pin<F>(accept: F, ctx: &Rc<WorkerCtx>, stop: &AtomicBool)
+/// `failures` counts accepts failed in a row: the first is logged, then one line a minute
+/// while it lasts, and one when accepting works again (not a line per 50 ms retry).
+async fn futures_pin<F>(accept: F, ctx: &Rc<WorkerCtx>, stop: &AtomicBool, failures: &Cell<u64>)
 where
     F: std::future::Future<Output = std::io::Result<(monoio::net::TcpStream, SocketAddr)>>,
 {
@@ -231,6 +238,13 @@ where
             accepted = &mut accept => {
                 match accepted {
                     Ok((stream, peer)) => {
+                        if failures.get() > 0 {
+                            info!(
+                                "worker {}: accepting again after {} failed accepts",
+                                ctx.id,
+                                failures.replace(0)
+                            );
+                        }
                         let _ = stream.set_nodelay(true);
                         let guard = ActiveGuard::new(ctx.clone());
                         let ctx = ctx.clone();
@@ -241,7 +255,16 @@ where
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        error!("worker {}: accept failed: {e}", ctx.id);
+                        let n = failures.get() + 1;
+                        failures.set(n);
+                        if n == 1 {
+                            error!(
+                                "worker {}: accept failed: {e} (retrying every 50 ms)",
+                                ctx.id
+                            );
+                        } else if n % ACCEPT_FAILURES_LOGGED_EVERY == 0 {
+                            error!("worker {}: accept still failing ({n} in a row): {e}", ctx.id);
+                        }
                         monoio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }

@@ -273,3 +273,39 @@ fn healthcheck_subcommand_probes_the_listen_address() {
     assert_eq!(miss.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&miss.stderr).contains("127.0.0.1:"));
 }
+
+/// Out of file descriptors: accept fails and the worker retries every 50 ms. The log says
+/// so once (not a line per retry) and says when accepting works again.
+#[test]
+fn fd_exhaustion_is_logged_once_and_its_end_too() {
+    let a = mock("a");
+    let p = ProxyProcess::start_wrapped(
+        &["sh", "-c", "ulimit -n 64 && exec \"$0\""],
+        &[a.hostname()],
+        &[],
+    );
+    // More connections than descriptors left: the rest wait in the backlog.
+    let clients: Vec<std::net::TcpStream> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(p.addr).ok())
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || p.log().contains("accept failed")),
+        "log: {}",
+        p.log()
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let failed_lines = p.log().matches("accept failed").count();
+    assert_eq!(failed_lines, 1, "log: {}", p.log());
+    drop(clients);
+    assert!(
+        eventually(Duration::from_secs(10), || p
+            .log()
+            .contains("accepting again after")),
+        "log: {}",
+        p.log()
+    );
+    // Still serving.
+    let mut c = Client::connect(p.addr);
+    let r = c.request("GET", "/v1/ping", &[("Authorization", &bearer())], b"");
+    assert_eq!(r.status, 200);
+}
