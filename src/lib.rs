@@ -90,8 +90,8 @@ pub fn run(config: Config) -> Result<Server, StartError> {
     let board = Board::new(checker.round());
     let checker = checker.spawn(board.clone());
 
-    let cores = worker_cores(&config);
-    let count = cores.len().max(1) * config.worker_per_core;
+    let (workers_wanted, cores) = worker_cores(&config);
+    let count = workers_wanted * config.worker_per_core;
     let metrics = Arc::new(metrics::Metrics::new(count, config.executors.len()));
     let access_writer = if config.access_log {
         Some(access_log::Writer::start().map_err(StartError::Thread)?)
@@ -182,17 +182,33 @@ pub fn run(config: Config) -> Result<Server, StartError> {
     }
 }
 
-/// Cores to pin workers to: the process's affinity mask, limited by cgroup quota
-/// (`available_parallelism`) unless `OPR_PROXY_CORES` says how many.
-fn worker_cores(config: &Config) -> Vec<core_affinity::CoreId> {
+/// How many workers (before `OPR_PROXY_WORKER_PER_CORE`) and the cores to pin them to.
+fn worker_cores(config: &Config) -> (usize, Vec<core_affinity::CoreId>) {
     let mask = core_affinity::get_core_ids().unwrap_or_default();
     let quota = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let n = config.cores.unwrap_or_else(|| mask.len().min(quota)).max(1);
-    if mask.is_empty() {
-        // No affinity information: run unpinned.
-        return Vec::new();
+    plan_workers(mask, quota, config.cores)
+}
+
+/// One worker per CPU of the affinity mask, each pinned, unless `OPR_PROXY_CORES` says
+/// how many. A CPU quota (cgroup) narrower than the mask, with no `OPR_PROXY_CORES`:
+/// `quota` workers, unpinned. Pinning them to the mask's first CPUs would put every
+/// replica on a node on the same CPUs (Kubernetes without the static CPU manager gives
+/// each pod the whole node's mask and a quota); the scheduler spreads them instead. No
+/// affinity information: unpinned too.
+fn plan_workers(
+    mask: Vec<core_affinity::CoreId>,
+    quota: usize,
+    cores: Option<usize>,
+) -> (usize, Vec<core_affinity::CoreId>) {
+    let quota = quota.max(1);
+    match cores {
+        _ if mask.is_empty() => (cores.unwrap_or(quota).max(1), Vec::new()),
+        None if quota < mask.len() => (quota, Vec::new()),
+        _ => {
+            let n = cores.unwrap_or(mask.len()).max(1);
+            (n, mask.into_iter().cycle().take(n).collect())
+        }
     }
-    mask.into_iter().cycle().take(n).collect()
 }
 
 /// Sends `WorkerExited` when a worker thread ends without a stop request (also when it
@@ -270,5 +286,48 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_workers;
+    use core_affinity::CoreId;
+
+    fn ids(n: usize) -> Vec<CoreId> {
+        (0..n).map(|id| CoreId { id }).collect()
+    }
+
+    fn pinned(plan: &(usize, Vec<CoreId>)) -> Vec<usize> {
+        plan.1.iter().map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn one_pinned_worker_per_cpu_of_the_mask() {
+        let plan = plan_workers(ids(4), 4, None);
+        assert_eq!((plan.0, pinned(&plan)), (4, vec![0, 1, 2, 3]));
+    }
+
+    #[test]
+    fn a_quota_narrower_than_the_mask_runs_that_many_workers_unpinned() {
+        // A pod with a 2-CPU limit on a 16-CPU node, no static CPU manager.
+        let plan = plan_workers(ids(16), 2, None);
+        assert_eq!((plan.0, pinned(&plan)), (2, vec![]));
+    }
+
+    #[test]
+    fn opr_proxy_cores_pins_that_many_whatever_the_quota() {
+        let plan = plan_workers(ids(16), 2, Some(3));
+        assert_eq!((plan.0, pinned(&plan)), (3, vec![0, 1, 2]));
+        let plan = plan_workers(ids(2), 2, Some(3));
+        assert_eq!((plan.0, pinned(&plan)), (3, vec![0, 1, 0]));
+    }
+
+    #[test]
+    fn no_affinity_information_runs_unpinned() {
+        let plan = plan_workers(Vec::new(), 4, None);
+        assert_eq!((plan.0, pinned(&plan)), (4, vec![]));
+        let plan = plan_workers(Vec::new(), 4, Some(2));
+        assert_eq!((plan.0, pinned(&plan)), (2, vec![]));
     }
 }
