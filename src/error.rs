@@ -22,6 +22,8 @@ pub(crate) enum Cause {
     ClosedNotReplayed,
     /// EOF in the middle of the response head.
     ClosedMidHead,
+    /// EOF in the response body before any of the answer was relayed.
+    ClosedMidBody,
     /// Reading the response failed.
     Read(io::ErrorKind),
     /// The response head broke a rule (RFC 9112).
@@ -43,6 +45,7 @@ impl std::fmt::Display for Cause {
                  (not idempotent, or part of an answer had arrived)",
             ),
             Cause::ClosedMidHead => f.write_str("executor closed the connection inside its response head"),
+            Cause::ClosedMidBody => f.write_str("executor closed the connection inside its response body"),
             Cause::Read(kind) => write!(f, "reading the executor's response failed: {kind}"),
             Cause::MalformedHead(e) => write!(f, "malformed response head from executor: {}", e.message()),
             Cause::MalformedBody(e) => write!(f, "malformed chunked body from executor: {}", e.message()),

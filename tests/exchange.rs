@@ -1033,3 +1033,31 @@ fn item3_answers_past_the_head_buffer_arrive_exactly_and_heads_are_not_held_by_a
         started.elapsed()
     );
 }
+
+/// A head held back to leave with the next body bytes, and then the executor closes:
+/// nothing reached the client yet, so it gets a clean `502` (not a silent close), keeps
+/// its connection, and the next request is served.
+#[test]
+fn item3_executor_closing_before_a_held_head_left_is_a_clean_502() {
+    let ex = ScriptedExecutor::start(|conn, index, req| {
+        if req.target().starts_with("/cut") {
+            // Exactly a head buffer (8 KiB) in one write, so the head is held for the
+            // next bytes; then EOF, 30 000 bytes short.
+            let mut w = b"HTTP/1.1 200 OK\r\nContent-Length: 38000\r\n\r\n".to_vec();
+            w.resize(8 * 1024, b'x');
+            vec![Action::Write(w), Action::Close]
+        } else {
+            vec![Action::Write(genuine(conn, index))]
+        }
+    });
+    let proxy = Proxy::start_hosts(&[ex.hostname()], &[("OPR_PROXY_ENV", "development")]);
+    let mut c = proxy.client();
+    let r = get(&mut c, "/cut");
+    assert_json_error(&r, 502, "executor closed mid-body before the head left");
+    assert!(
+        r.text().contains("inside its response body"),
+        "{}",
+        r.text()
+    );
+    assert_genuine(&ex, "/next", &get(&mut c, "/next"), "after the 502");
+}

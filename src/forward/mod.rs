@@ -462,23 +462,38 @@ impl Anycast<'_> {
         // The read filled its buffer, so more of the body is likely waiting: the head goes
         // out with it in one write. Otherwise it goes now (the executor may pause).
         let unfinished = matches!((end, &body), (ResponseEnd::Unfinished, Some(_)));
-        let mut answer_len = out.len() as u64;
-        if unfinished && rb.len() == rb.capacity() {
-            conn.bytes_out += out.len() as u64;
-        } else if conn.write_out(out).await.is_err() {
+        let head_len = out.len() as u64;
+        let hold = unfinished && rb.len() == rb.capacity();
+        if !hold && conn.write_out(out).await.is_err() {
             return (After::Close, status, broken);
         }
+        let mut answer_len = head_len;
         let end = match (end, body.as_mut()) {
             (ResponseEnd::Unfinished, Some(body)) => {
                 let pipes = self.ctx.config.splice.then_some(&self.ctx.pipes);
                 let sink = Sink::Socket(&mut conn.stream);
+                let held = !out.is_empty();
                 let pumped = body.pump_after(ex, sink, eb, None, pipes, out).await;
+                if held && out.is_empty() {
+                    conn.bytes_out += head_len;
+                }
                 conn.bytes_out += body.written;
                 answer_len += body.written;
                 self.ctx.m().spliced(body.spliced, body.splice_fallback);
                 match pumped {
                     Ok(after) if after.is_empty() => ResponseEnd::Clean,
                     Ok(_) => ResponseEnd::Leftover,
+                    // The held head never left: nothing reached the client, so a clean 502
+                    // is still possible (a client that left gets nothing).
+                    Err(e) if !out.is_empty() && e != PumpError::Sink => {
+                        let cause = match e {
+                            PumpError::Chunk(e) => Cause::MalformedBody(e),
+                            _ => Cause::ClosedMidBody,
+                        };
+                        let read_whole = (!early_answer).then_some(0);
+                        let (after, status) = self.fail(conn, out, cause, read_whole).await;
+                        return (after, status, broken);
+                    }
                     // Truncated or malformed: the client must see it (close), and a client
                     // that left takes the executor connection with it.
                     Err(_) => return (After::Close, status, broken),

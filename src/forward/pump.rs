@@ -188,7 +188,8 @@ impl Body {
 
     /// `pump`, with `held` (a response head and the body bytes that came with it) sent
     /// first: in the same write as the next body bytes when they are copied, which saves
-    /// a write (and a small TCP segment) per mid-sized answer. `held` comes back empty.
+    /// a write (and a small TCP segment) per mid-sized answer. `held` comes back empty
+    /// once it was sent; still full on an error, nothing reached `dst`.
     pub(crate) async fn pump_after(
         &mut self,
         src: &mut TcpStream,
@@ -227,7 +228,6 @@ impl Body {
             buf.clear();
             buf.extend_from_slice(held);
             at = held.len();
-            held.clear();
         }
         while !self.is_done() {
             let space = buf.capacity() - 2 * room;
@@ -242,6 +242,7 @@ impl Body {
                 }
                 if at > room {
                     dst.write(buf, 0, at).await?;
+                    held.clear();
                 }
                 if self.emit == Emit::AsChunks {
                     if let Sink::Socket(stream) = &mut dst {
@@ -262,6 +263,7 @@ impl Body {
                 (0, at + emitted)
             };
             dst.write(buf, start, end).await?;
+            held.clear();
             self.written += (end - start - held_len) as u64;
             if consumed < n {
                 return Ok(at + consumed..at + n);
