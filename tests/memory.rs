@@ -11,24 +11,15 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// This process's open-file limit (two fds per connection here, one in the proxy).
-fn fd_limit() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
-}
-
 fn connections_to_open() -> usize {
     let wanted = std::env::var("OPR_TEST_IDLE_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000);
-    // Keep room for the test's own files and the other tests running in parallel.
-    let room = fd_limit().saturating_sub(400) / 2;
+    // Two fds per connection in this process (one in the proxy), and room for the
+    // test's own files and the other tests running in parallel.
+    let limit = opr_loadtest::procs::nofile_limit().unwrap_or(1024) as usize;
+    let room = limit.saturating_sub(400) / 2;
     if room < wanted {
         eprintln!("only {room} connections fit under the open-file limit (wanted {wanted})");
     }
