@@ -44,6 +44,7 @@ pub const OPR_PROXY_ACCESS_LOG_FORMAT: &str = "OPR_PROXY_ACCESS_LOG_FORMAT";
 pub const OPR_PROXY_SPLICE: &str = "OPR_PROXY_SPLICE";
 pub const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
 pub const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
+pub const OPR_PROXY_CONNECTION_BALANCE: &str = "OPR_PROXY_CONNECTION_BALANCE";
 
 /// 22 MiB, the original's request body limit.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
@@ -98,6 +99,21 @@ const IO_DRIVERS: [(&str, IoDriver); 3] = [
     ("auto", IoDriver::Auto),
     ("io_uring", IoDriver::IoUring),
     ("epoll", IoDriver::Epoll),
+];
+
+/// How the kernel spreads new connections over the workers' `SO_REUSEPORT` listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionBalance {
+    /// To the worker pinned to the CPU that received the connection (a reuseport CBPF
+    /// program), when workers are pinned; the kernel's hash otherwise.
+    Cpu,
+    /// The kernel's hash of the connection's addresses and ports.
+    Hash,
+}
+
+const CONNECTION_BALANCES: [(&str, ConnectionBalance); 2] = [
+    ("cpu", ConnectionBalance::Cpu),
+    ("hash", ConnectionBalance::Hash),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,6 +238,7 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Client connections one worker serves at once; at the cap it stops accepting.
     pub max_connections: usize,
+    pub connection_balance: ConnectionBalance,
 }
 
 impl Config {
@@ -278,6 +295,11 @@ impl Config {
             body_timeout: src.seconds(OPR_PROXY_BODY_TIMEOUT, 60, 1..=86_400)?,
             max_connections: src.number(OPR_PROXY_MAX_CONNECTIONS, 16_384, 1..=1_048_576, "")?
                 as usize,
+            connection_balance: src.choice(
+                OPR_PROXY_CONNECTION_BALANCE,
+                ConnectionBalance::Cpu,
+                &CONNECTION_BALANCES,
+            )?,
         })
     }
 
@@ -326,6 +348,7 @@ impl fmt::Debug for Config {
             .field("splice", &self.splice)
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
+            .field("connection_balance", &self.connection_balance)
             .finish()
     }
 }
@@ -835,6 +858,7 @@ mod tests {
         assert!(c.splice);
         assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 16_384);
+        assert_eq!(c.connection_balance, ConnectionBalance::Cpu);
     }
 
     #[test]
@@ -909,6 +933,8 @@ mod tests {
             (OPR_PROXY_SHUTDOWN_TIMEOUT, "0", "0ns"),
             (OPR_PROXY_ACCESS_LOG, "enabled", "true"),
             (OPR_PROXY_ACCESS_LOG, "disabled", "false"),
+            (OPR_PROXY_CONNECTION_BALANCE, "cpu", "Cpu"),
+            (OPR_PROXY_CONNECTION_BALANCE, "hash", "Hash"),
         ];
         for (variable, value, want) in cases {
             let field = variable.trim_start_matches("OPR_PROXY_").to_lowercase();
@@ -966,6 +992,7 @@ mod tests {
             (OPR_PROXY_POOL_IDLE_TIMEOUT, &["0", "3601"]),
             (OPR_PROXY_SHUTDOWN_TIMEOUT, &["3601"]),
             (OPR_PROXY_ACCESS_LOG, &["on", "1"]),
+            (OPR_PROXY_CONNECTION_BALANCE, &["CPU", "random", "off"]),
             (OPR_PROXY_EXECUTORS, &["https://exc1"]),
         ];
         for (variable, values) in cases {

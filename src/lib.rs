@@ -18,6 +18,7 @@ pub mod logging;
 mod metrics;
 mod pool;
 mod report;
+mod reuseport;
 pub mod snapshot;
 mod socket;
 mod worker;
@@ -103,18 +104,26 @@ pub fn run(config: Config) -> Result<Server, StartError> {
     let addr = first
         .local_addr()
         .map_err(|e| StartError::Bind(wanted, e))?;
+    // All listeners here, in worker order: a listener's index in the reuseport group is
+    // then its worker's id, which the per-CPU program relies on.
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(worker::reuse_port_listener(addr).map_err(|e| StartError::Bind(addr, e))?);
+    }
+    let cpu_of_worker: Vec<usize> = (0..count)
+        .filter_map(|id| cores.get(id % cores.len().max(1)).map(|c| c.id))
+        .collect();
+    balance_connections(&config, &listeners, &cpu_of_worker);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let mut first = Some(first);
     let mut workers = Vec::with_capacity(count);
-    for id in 0..count {
+    for (id, listener) in listeners.into_iter().enumerate() {
         let spec = worker::WorkerSpec {
             id,
             core: cores.get(id % cores.len().max(1)).copied(),
-            addr,
-            listener: first.take(),
+            listener,
             config: config.clone(),
             board: board.clone(),
             metrics: metrics.clone(),
@@ -179,6 +188,40 @@ pub fn run(config: Config) -> Result<Server, StartError> {
             Err(e)
         }
         None => Ok(server),
+    }
+}
+
+/// Attach the per-CPU program (reuseport.rs) when every worker is pinned and balance by
+/// CPU is asked for; otherwise the kernel's hash spreads connections. Logged either way.
+fn balance_connections(
+    config: &Config,
+    listeners: &[std::net::TcpListener],
+    cpu_of_worker: &[usize],
+) {
+    if listeners.len() < 2 {
+        return;
+    }
+    let hash = |why: &dyn std::fmt::Display| {
+        info!("connections spread over workers by the kernel's hash ({why})");
+    };
+    if config.connection_balance == config::ConnectionBalance::Hash {
+        return hash(&"OPR_PROXY_CONNECTION_BALANCE=hash");
+    }
+    if cpu_of_worker.len() != listeners.len() {
+        return hash(&"workers are not pinned");
+    }
+    let Some(program) = reuseport::program(cpu_of_worker) else {
+        return hash(&"too many workers for a reuseport program");
+    };
+    match socket::attach_reuseport_cbpf(&listeners[0], &program) {
+        Ok(()) => info!(
+            "connections go to a worker pinned to the CPU that received them (reuseport CBPF; CPUs of workers 0..{}: {cpu_of_worker:?})",
+            listeners.len() - 1
+        ),
+        Err(e) => {
+            warn!("reuseport CBPF program refused: {e}");
+            hash(&"reuseport CBPF refused")
+        }
     }
 }
 

@@ -137,11 +137,14 @@ pub(crate) struct WorkerMetrics {
     /// `executors × DISCARDS`.
     discarded: Box<[Counter]>,
     clients_open: Counter,
+    clients_accepted: Counter,
     clients_closed: [Counter; ClientClose::ALL.len()],
     access_log_dropped: Counter,
     splice_fallbacks: Counter,
     spliced_bytes: Counter,
     driver: OnceLock<String>,
+    /// The CPU the worker is pinned to; `None` when unpinned.
+    cpu: OnceLock<Option<usize>>,
 }
 
 impl WorkerMetrics {
@@ -157,16 +160,19 @@ impl WorkerMetrics {
             reused: counters(executors),
             discarded: counters(executors * DISCARDS.len()),
             clients_open: Counter::default(),
+            clients_accepted: Counter::default(),
             clients_closed: Default::default(),
             access_log_dropped: Counter::default(),
             splice_fallbacks: Counter::default(),
             spliced_bytes: Counter::default(),
             driver: OnceLock::new(),
+            cpu: OnceLock::new(),
         }
     }
 
-    pub(crate) fn set_driver(&self, driver: String) {
+    pub(crate) fn set_driver(&self, driver: String, cpu: Option<usize>) {
         let _ = self.driver.set(driver);
+        let _ = self.cpu.set(cpu);
     }
 
     pub(crate) fn request_started(&self) {
@@ -219,6 +225,7 @@ impl WorkerMetrics {
 
     pub(crate) fn client_opened(&self) {
         self.clients_open.add(1);
+        self.clients_accepted.add(1);
     }
 
     pub(crate) fn client_closed(&self, why: ClientClose) {
@@ -297,14 +304,45 @@ impl Metrics {
             out,
             "opr_proxy_worker_info",
             "gauge",
-            "The io driver each worker runs on (value 1).",
+            "The io driver each worker runs on and the CPU it is pinned to (value 1).",
         );
         for (w, m) in self.workers.iter().enumerate() {
             let driver = m.driver.get().map_or("unknown", String::as_str);
+            let cpu = match m.cpu.get() {
+                Some(Some(cpu)) => cpu.to_string(),
+                _ => "none".to_string(),
+            };
             let _ = writeln!(
                 out,
-                "opr_proxy_worker_info{{worker=\"{w}\",io_driver=\"{}\"}} 1",
+                "opr_proxy_worker_info{{worker=\"{w}\",io_driver=\"{}\",cpu=\"{cpu}\"}} 1",
                 esc(driver)
+            );
+        }
+        // Per worker, to see how evenly connections spread over the cores.
+        family(
+            out,
+            "opr_proxy_worker_connections_accepted_total",
+            "counter",
+            "Client connections each worker accepted.",
+        );
+        for (w, m) in self.workers.iter().enumerate() {
+            let n = m.clients_accepted.get();
+            let _ = writeln!(
+                out,
+                "opr_proxy_worker_connections_accepted_total{{worker=\"{w}\"}} {n}"
+            );
+        }
+        family(
+            out,
+            "opr_proxy_worker_connections_open",
+            "gauge",
+            "Client connections each worker serves now.",
+        );
+        for (w, m) in self.workers.iter().enumerate() {
+            let n = m.clients_open.get();
+            let _ = writeln!(
+                out,
+                "opr_proxy_worker_connections_open{{worker=\"{w}\"}} {n}"
             );
         }
 

@@ -1,6 +1,7 @@
 //! The raw calls monoio does not offer: a non-blocking `MSG_PEEK` that tells whether
 //! anything (bytes or EOF) is waiting on a socket without taking it, a `shutdown` by fd
-//! (the idle sweep wakes a connection's wait with it), and growing a pipe.
+//! (the idle sweep wakes a connection's wait with it), growing a pipe, and attaching
+//! a reuseport program to the listeners.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -48,6 +49,41 @@ pub(crate) fn shutdown(fd: RawFd) {
     // registration is dropped before its socket closes).
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// `SO_ATTACH_REUSEPORT_CBPF` from asm-generic/socket.h (x86-64 and arm64 use it);
+/// the libc crate exports it only for Android.
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Attach a classic BPF program to the `SO_REUSEPORT` group `listener` belongs to: it
+/// then picks the listener of each new connection (Linux 4.5+).
+#[allow(unsafe_code)]
+pub(crate) fn attach_reuseport_cbpf(
+    listener: &impl AsRawFd,
+    program: &[libc::sock_filter],
+) -> std::io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies the
+    // instructions and only reads through the pointer. The length is the struct's size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

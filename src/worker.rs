@@ -32,9 +32,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 pub(crate) struct WorkerSpec {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
-    pub addr: SocketAddr,
-    /// Worker 0 gets the listener the main thread bound to learn the port.
-    pub listener: Option<std::net::TcpListener>,
+    /// Bound by the main thread, in worker order (lib.rs).
+    pub listener: std::net::TcpListener,
     pub config: Arc<Config>,
     pub board: Arc<Board>,
     pub metrics: Arc<Metrics>,
@@ -130,7 +129,7 @@ const URING_FLAG_SETS: [FlagSet; 3] = [
 
 /// A listener with SO_REUSEPORT, so every worker has its own accept queue on one port.
 /// Bound with socket2 because the main thread has no runtime: it binds the first one to
-/// learn the port (when 0 was asked) and hands it to worker 0.
+/// learn the port (when 0 was asked), then the others, and hands each to its worker.
 pub(crate) fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -145,11 +144,7 @@ pub(crate) fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net:
 }
 
 async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Result<Driver>)) {
-    let std_listener = match spec.listener {
-        Some(l) => Ok(l),
-        None => reuse_port_listener(spec.addr),
-    };
-    let listener = match std_listener.and_then(TcpListener::from_std) {
+    let listener = match TcpListener::from_std(spec.listener) {
         Ok(l) => l,
         Err(e) => {
             ready(Err(e));
@@ -192,7 +187,7 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
         Driver::Epoll => "epoll".to_string(),
     };
     info!("worker {} serving with {driver_name}", spec.id);
-    ctx.m().set_driver(driver_name);
+    ctx.m().set_driver(driver_name, spec.core.map(|c| c.id));
     ready(Ok(driver));
 
     accept_loop(&listener, &ctx, &spec.stop).await;
