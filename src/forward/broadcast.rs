@@ -88,10 +88,16 @@ pub(super) async fn broadcast(
                 is_head,
                 idempotent,
             };
+            // Counted in flight like an anycast request, so least-request sees the load.
+            let _assigned = ctx.assign(i);
             match monoio::time::timeout_at(deadline.into(), one.send(request)).await {
-                Ok(Ok(_status)) => {}
+                Ok(Ok(_status)) => ctx.exchange_answered(i),
                 Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
-                Ok(Err(why)) => warn!("Broadcast to executor \"{hostname}\" failed: {why}"),
+                Ok(Err(why)) => {
+                    warn!("Broadcast to executor \"{hostname}\" failed: {why}");
+                    ctx.exchange_failed(i, &why);
+                }
+                // A slow executor is not a broken one: timeouts are not counted.
                 Err(_) => warn!("Broadcast to executor \"{hostname}\" failed: timed out"),
             }
         }));
