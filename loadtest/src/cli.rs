@@ -26,6 +26,8 @@ target (default: 2 in-process mock executors and opr-proxy, all on 127.0.0.1):
   --proxy-bin PATH     proxy binary [target/release/opr-proxy]
   --cores N            proxy workers, OPR_PROXY_CORES [1]
   --executors N        mock executors [2]
+  --slow-executor MS   the first mock executor waits MS ms before every answer (needs
+                       --mock std); closed/open runs print requests per executor
   --mock fast|std      fast: monoio mock, one thread each; std: the std-threads
                        MockExecutor (a thread per connection, costlier) [fast]
   --proxy-env K=V      extra proxy environment (repeatable)
@@ -96,6 +98,9 @@ pub struct Args {
     pub cores: usize,
     pub executors: usize,
     pub mock: MockKind,
+    /// The first mock executor waits this long before every answer (needs `--mock std`):
+    /// how balancing copes with one slow executor.
+    pub slow_executor: Option<Duration>,
     pub proxy_env: Vec<(String, String)>,
     pub pin: bool,
     pub proxy_cpus: Option<Vec<usize>>,
@@ -220,6 +225,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         cores: 1,
         executors: 2,
         mock: MockKind::Fast,
+        slow_executor: None,
         proxy_env: Vec::new(),
         pin: true,
         proxy_cpus: None,
@@ -312,6 +318,15 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     "std" => MockKind::Std,
                     m => return Err(format!("--mock {m:?}: expected fast or std")),
                 }
+            }
+            "--slow-executor" => {
+                let v = value()?;
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|ms| (1..=60_000).contains(ms))
+                    .ok_or_else(|| format!("--slow-executor {v:?}: expected 1..=60000 ms"))?;
+                a.slow_executor = Some(Duration::from_millis(ms));
             }
             "--proxy-cpus" => {
                 let v = value()?;
@@ -409,6 +424,11 @@ mod tests {
         assert_eq!(a.threads, 1);
         assert_eq!(a.mock, MockKind::Fast);
         assert_eq!(args("--mock=std").map(|a| a.mock), Ok(MockKind::Std));
+        assert_eq!(a.slow_executor, None);
+        assert_eq!(
+            args("--mock std --slow-executor 5").map(|a| a.slow_executor),
+            Ok(Some(Duration::from_millis(5)))
+        );
         assert_eq!(a.proxy_bin, PathBuf::from("target/release/opr-proxy"));
         assert_eq!(a.rules, DEFAULT_RULES);
         let a = args("--resolution 2.5 --max-steps 20 --no-confirm").expect("rules");
@@ -471,6 +491,8 @@ mod tests {
             "--proxy-pid 12",
             "--url http://h:1 --direct",
             "--mock slow",
+            "--slow-executor 0",
+            "--slow-executor 5ms",
             "--mode idle --direct",
             "--resolution 0",
             "--max-steps 0",

@@ -48,6 +48,9 @@ pub struct MockOptions {
     pub bind: SocketAddr,
     /// Default `Pass { usage: 0, runtimes: vec![] }`.
     pub health: HealthMode,
+    /// Added before answering every non-health request: a slow executor (balancing tests
+    /// and the `--slow-executor` load test). Default zero.
+    pub delay: Duration,
 }
 
 impl Default for MockOptions {
@@ -59,6 +62,7 @@ impl Default for MockOptions {
                 usage: 0,
                 runtimes: Vec::new(),
             },
+            delay: Duration::ZERO,
         }
     }
 }
@@ -150,6 +154,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub(crate) struct Shared {
     pub name: String,
     pub health: Mutex<HealthMode>,
+    pub delay: Duration,
     pub requests: AtomicU64,
     pub health_requests: AtomicU64,
     pub connections: AtomicU64,
@@ -227,6 +232,7 @@ impl MockExecutor {
         let shared = Arc::new(Shared {
             name: opts.name,
             health: Mutex::new(opts.health),
+            delay: opts.delay,
             requests: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),

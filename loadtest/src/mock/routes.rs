@@ -122,6 +122,10 @@ impl Conn<'_> {
         // both happen before the response is written.
         *lock(&self.shared.last) = Some(rec.clone());
         self.shared.requests.fetch_add(1, Ordering::SeqCst);
+        let delay = self.shared.delay;
+        if !delay.is_zero() && self.shared.wait_stopped(Some(delay)) {
+            return Ok(Next::Drop);
+        }
 
         match path {
             "/v1/ping" => self.ping(&head, head_only, close),
