@@ -28,6 +28,8 @@ target (default: 2 in-process mock executors and opr-proxy, all on 127.0.0.1):
   --executors N        mock executors [2]
   --slow-executor MS   the first mock executor waits MS ms before every answer (needs
                        --mock std); closed/open runs print requests per executor
+  --slow-queue         ... and serves one request at a time (capacity 1000/MS req/s):
+                       requests queue on it under load, like an overloaded host
   --mock fast|std      fast: monoio mock, one thread each; std: the std-threads
                        MockExecutor (a thread per connection, costlier) [fast]
   --proxy-env K=V      extra proxy environment (repeatable)
@@ -101,6 +103,8 @@ pub struct Args {
     /// The first mock executor waits this long before every answer (needs `--mock std`):
     /// how balancing copes with one slow executor.
     pub slow_executor: Option<Duration>,
+    /// The slow executor serves one request at a time (`--slow-queue`).
+    pub slow_queue: bool,
     pub proxy_env: Vec<(String, String)>,
     pub pin: bool,
     pub proxy_cpus: Option<Vec<usize>>,
@@ -226,6 +230,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         executors: 2,
         mock: MockKind::Fast,
         slow_executor: None,
+        slow_queue: false,
         proxy_env: Vec::new(),
         pin: true,
         proxy_cpus: None,
@@ -328,6 +333,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     .ok_or_else(|| format!("--slow-executor {v:?}: expected 1..=60000 ms"))?;
                 a.slow_executor = Some(Duration::from_millis(ms));
             }
+            "--slow-queue" => a.slow_queue = true,
             "--proxy-cpus" => {
                 let v = value()?;
                 a.proxy_cpus = Some(
@@ -369,6 +375,9 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
     }
     if a.url.is_some() && a.direct {
         return Err("--direct loads the spawned mocks; it cannot go with --url".into());
+    }
+    if a.slow_queue && a.slow_executor.is_none() {
+        return Err("--slow-queue needs --slow-executor MS".into());
     }
     if a.url.is_none() && !a.proxy_pids.is_empty() {
         return Err("--proxy-pid is for --url (a spawned proxy is measured anyway)".into());
@@ -429,6 +438,8 @@ mod tests {
             args("--mock std --slow-executor 5").map(|a| a.slow_executor),
             Ok(Some(Duration::from_millis(5)))
         );
+        let a = args("--mock std --slow-executor 2 --slow-queue").expect("slow queue");
+        assert!(a.slow_queue);
         assert_eq!(a.proxy_bin, PathBuf::from("target/release/opr-proxy"));
         assert_eq!(a.rules, DEFAULT_RULES);
         let a = args("--resolution 2.5 --max-steps 20 --no-confirm").expect("rules");
@@ -493,6 +504,7 @@ mod tests {
             "--mock slow",
             "--slow-executor 0",
             "--slow-executor 5ms",
+            "--slow-queue",
             "--mode idle --direct",
             "--resolution 0",
             "--max-steps 0",

@@ -137,7 +137,12 @@ enum Mocks {
 }
 
 impl Mocks {
-    fn start(kind: MockKind, n: usize, slow: Option<Duration>) -> Result<Mocks, String> {
+    fn start(
+        kind: MockKind,
+        n: usize,
+        slow: Option<Duration>,
+        queue: bool,
+    ) -> Result<Mocks, String> {
         let err = |e: std::io::Error| format!("cannot start mock executor: {e}");
         if slow.is_some() && kind != MockKind::Std {
             return Err("--slow-executor needs --mock std".into());
@@ -154,6 +159,7 @@ impl Mocks {
                         MockExecutor::start(MockOptions {
                             name: format!("executor-{i}"),
                             delay: slow.filter(|_| i == 1).unwrap_or_default(),
+                            serial: queue,
                             ..MockOptions::default()
                         })
                         .map_err(err)
@@ -240,7 +246,12 @@ fn local_target(args: &Args, cpus: &[usize]) -> Result<Target, String> {
     } else {
         (cpus.to_vec(), cpus.to_vec())
     };
-    let mocks = Mocks::start(args.mock, args.executors, args.slow_executor)?;
+    let mocks = Mocks::start(
+        args.mock,
+        args.executors,
+        args.slow_executor,
+        args.slow_queue,
+    )?;
     setup.push(("executors".to_string(), mocks.describe()));
     if args.direct {
         setup.push((

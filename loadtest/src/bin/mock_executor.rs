@@ -140,6 +140,7 @@ fn main() -> ExitCode {
         bind,
         health,
         delay: std::time::Duration::from_millis(args.delay_ms),
+        serial: false,
     };
     let mock = match MockExecutor::start(opts) {
         Ok(m) => m,
