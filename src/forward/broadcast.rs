@@ -95,7 +95,9 @@ pub(super) async fn broadcast(
                 Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
                 Ok(Err(why)) => {
                     warn!("Broadcast to executor \"{hostname}\" failed: {why}");
-                    ctx.exchange_failed(i, &why);
+                    if why.is_executor_fault() {
+                        ctx.exchange_failed(i, &why);
+                    }
                 }
                 // A slow executor is not a broken one: timeouts are not counted.
                 Err(_) => warn!("Broadcast to executor \"{hostname}\" failed: timed out"),
@@ -174,6 +176,17 @@ enum Failed {
     Unreachable,
     Exchange(Cause),
     Body(PumpError),
+}
+
+impl Failed {
+    /// Counted for passive ejection (see `Cause::is_executor_fault`).
+    fn is_executor_fault(&self) -> bool {
+        match self {
+            Failed::Unreachable => false,
+            Failed::Exchange(cause) => cause.is_executor_fault(),
+            Failed::Body(_) => true,
+        }
+    }
 }
 
 impl std::fmt::Display for Failed {

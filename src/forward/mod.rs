@@ -372,7 +372,9 @@ impl Anycast<'_> {
         let keep_alive = self.head.keep_alive && read_whole.is_some();
         if let Some(choice) = self.choice.get() {
             self.failed.set(true);
-            self.ctx.exchange_failed(choice.executor, &cause);
+            if cause.is_executor_fault() {
+                self.ctx.exchange_failed(choice.executor, &cause);
+            }
         }
         // Consumed after the answer: its report reads the request's method and path.
         let e = ProxyError::BadGateway(cause);
