@@ -87,8 +87,10 @@ fn selection(c: &mut Criterion) {
             ("random", Algorithm::Random),
             ("first", Algorithm::First),
             ("last", Algorithm::Last),
+            ("least-request", Algorithm::LeastRequest),
+            ("p2c", Algorithm::P2c),
         ] {
-            let picker = Picker::new(algorithm, 7);
+            let picker = Picker::new(algorithm, n, 7);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| picker.pick(&snap, Addressing::AnycastEfficient, None, |_| false))
             });
@@ -112,7 +114,7 @@ fn selection(c: &mut Criterion) {
         for e in &mut busy.executors {
             e.usage = Some(95);
         }
-        let picker = Picker::new(Algorithm::RoundRobin, 7);
+        let picker = Picker::new(Algorithm::RoundRobin, n, 7);
         group.bench_with_input(BenchmarkId::new("tier-fallback", n), &n, |b, _| {
             b.iter(|| picker.pick(&busy, Addressing::AnycastEfficient, Some("rt-1"), |_| false))
         });

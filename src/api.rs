@@ -64,7 +64,8 @@ pub(crate) fn containers(
                 state_usage: e.usage,
                 runtimes: e.runtimes.len(),
                 last_check: e.last_check.map(rfc3339),
-                last_error: if online {
+                // Also while FALL holds an executor online after a failed probe.
+                last_error: if online && e.contrary == 0 {
                     None
                 } else {
                     e.last_error

@@ -1,5 +1,6 @@
-//! Executor selection (SPEC §4): tiers, the four algorithms, runtime preference and
-//! the per-worker optimistic runtime overlay. Pure: no I/O, one picker per worker.
+//! Executor selection (SPEC §4): tiers, the algorithms, runtime preference, the
+//! per-worker optimistic runtime overlay and the per-worker in-flight counts that
+//! `least-request` and `p2c` read. Pure: no I/O, one picker per worker.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -39,11 +40,16 @@ pub struct Choice {
     pub reason: &'static str,
 }
 
-/// One worker's selection state: round-robin counter, random generator, the
-/// optimistic runtime overlay and a reusable candidate buffer. `!Sync` by design.
+/// One worker's selection state: round-robin counter, random generator, requests in
+/// flight per executor, the optimistic runtime overlay and a reusable candidate buffer.
+/// `!Sync` by design.
 pub struct Picker {
     algorithm: Algorithm,
     next: Cell<usize>,
+    /// Requests this worker has assigned to each executor and not finished (`Assigned`).
+    /// Per worker: no shared counter on the request path, at the price of each worker
+    /// seeing only its own load.
+    in_flight: Box<[Cell<u32>]>,
     rng: Cell<u64>,
     /// runtime id → executors it was just sent to; valid for `overlay_generation` only.
     overlay: RefCell<HashMap<Box<str>, Vec<usize>>>,
@@ -54,10 +60,11 @@ pub struct Picker {
 const WARM_USAGE: u8 = 80;
 
 impl Picker {
-    pub fn new(algorithm: Algorithm, seed: u64) -> Picker {
+    pub fn new(algorithm: Algorithm, executors: usize, seed: u64) -> Picker {
         Picker {
             algorithm,
             next: Cell::new(0),
+            in_flight: (0..executors).map(|_| Cell::new(0)).collect(),
             // xorshift must not start at 0.
             rng: Cell::new(seed | 1),
             overlay: RefCell::new(HashMap::new()),
@@ -166,6 +173,23 @@ impl Picker {
         }
     }
 
+    /// Count a request as in flight to `executor` until the returned guard drops (every
+    /// way an exchange can end, the task being dropped included, so a count cannot leak).
+    pub fn assign(&self, executor: usize) -> Assigned<'_> {
+        if let Some(c) = self.in_flight.get(executor) {
+            c.set(c.get().saturating_add(1));
+        }
+        Assigned {
+            picker: self,
+            executor,
+        }
+    }
+
+    /// Requests this worker has in flight to `executor`.
+    pub fn in_flight(&self, executor: usize) -> u32 {
+        self.in_flight.get(executor).map_or(0, Cell::get)
+    }
+
     fn sync_overlay(&self, generation: u64) {
         if self.overlay_generation.get() != generation {
             self.overlay.borrow_mut().clear();
@@ -186,6 +210,37 @@ impl Picker {
                 self.next.set(n.wrapping_add(1));
                 Some(candidates[n % candidates.len()])
             }
+            Algorithm::LeastRequest => {
+                // The scan starts where round-robin would, so ties (an idle worker: all
+                // zero) still spread instead of piling on the first candidate.
+                let n = self.next.get();
+                self.next.set(n.wrapping_add(1));
+                let len = candidates.len();
+                let at = |k: usize| candidates[(n.wrapping_add(k)) % len];
+                let mut best = at(0);
+                for k in 1..len {
+                    let i = at(k);
+                    if self.in_flight(i) < self.in_flight(best) {
+                        best = i;
+                    }
+                }
+                Some(best)
+            }
+            Algorithm::P2c => {
+                let a = self.random(candidates)?;
+                if candidates.len() == 1 {
+                    return Some(a);
+                }
+                // A second draw distinct from the first: pick among the others.
+                let k = candidates.iter().position(|&i| i == a).unwrap_or(0);
+                let r = self.random_below(candidates.len() - 1);
+                let b = candidates[if r >= k { r + 1 } else { r }];
+                Some(if self.in_flight(b) < self.in_flight(a) {
+                    b
+                } else {
+                    a
+                })
+            }
         }
     }
 
@@ -193,6 +248,11 @@ impl Picker {
         if candidates.is_empty() {
             return None;
         }
+        Some(candidates[self.random_below(candidates.len())])
+    }
+
+    /// Uniform in `0..len` (`len` > 0).
+    fn random_below(&self, len: usize) -> usize {
         // xorshift64*: fast, good enough to spread load, no shared state.
         let mut x = self.rng.get();
         x ^= x >> 12;
@@ -201,8 +261,28 @@ impl Picker {
         self.rng.set(x);
         let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
         // Lemire's multiply-shift maps r onto 0..len without modulo bias worth noting.
-        let i = ((u128::from(r) * candidates.len() as u128) >> 64) as usize;
-        Some(candidates[i])
+        ((u128::from(r) * len as u128) >> 64) as usize
+    }
+}
+
+/// One request counted in flight to an executor (`Picker::assign`); the count drops
+/// with the guard.
+pub struct Assigned<'a> {
+    picker: &'a Picker,
+    executor: usize,
+}
+
+impl Assigned<'_> {
+    pub fn executor(&self) -> usize {
+        self.executor
+    }
+}
+
+impl Drop for Assigned<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.picker.in_flight.get(self.executor) {
+            c.set(c.get().saturating_sub(1));
+        }
     }
 }
 
@@ -260,9 +340,12 @@ mod tests {
             executor(true, Some(90), &[]),
             executor(true, Some(20), &[]),
         ]);
-        assert_eq!(pick(&Picker::new(Algorithm::First, 1), &s, None), Some(0));
+        assert_eq!(
+            pick(&Picker::new(Algorithm::First, 4, 1), &s, None),
+            Some(0)
+        );
         // Executor 1 is over 80 % so tier 2 is {0, 2}.
-        assert_eq!(pick(&Picker::new(Algorithm::Last, 1), &s, None), Some(2));
+        assert_eq!(pick(&Picker::new(Algorithm::Last, 4, 1), &s, None), Some(2));
     }
 
     #[test]
@@ -272,15 +355,85 @@ mod tests {
             executor(true, Some(0), &[]),
             executor(true, Some(0), &[]),
         ]);
-        let p = Picker::new(Algorithm::RoundRobin, 1);
+        let p = Picker::new(Algorithm::RoundRobin, 4, 1);
         let got: Vec<_> = (0..7).map(|_| pick(&p, &s, None).unwrap()).collect();
         assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 0]);
     }
 
     #[test]
+    fn least_request_takes_the_least_loaded_and_breaks_ties_in_turn() {
+        let s = snap((0..3).map(|_| executor(true, Some(0), &[])).collect());
+        let p = Picker::new(Algorithm::LeastRequest, 3, 1);
+        // Idle: ties walk the candidates like round-robin.
+        let got: Vec<_> = (0..4).map(|_| pick(&p, &s, None).unwrap()).collect();
+        assert_eq!(got, vec![0, 1, 2, 0]);
+        // Executor 0 holds two requests, 1 holds one: 2 wins whatever the turn.
+        let _a = [p.assign(0), p.assign(0), p.assign(1)];
+        for _ in 0..5 {
+            assert_eq!(pick(&p, &s, None), Some(2));
+        }
+        let held = p.assign(2);
+        let _b = p.assign(2);
+        assert_eq!(pick(&p, &s, None), Some(1));
+        drop(held);
+        assert_eq!(p.in_flight(2), 1);
+        // 1 and 2 tie at one each: both get turns, 0 none.
+        let got: Vec<_> = (0..6).map(|_| pick(&p, &s, None).unwrap()).collect();
+        assert!(
+            got.contains(&1) && got.contains(&2) && !got.contains(&0),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn in_flight_counts_return_to_zero_when_guards_drop() {
+        let p = Picker::new(Algorithm::LeastRequest, 2, 1);
+        {
+            let _a = p.assign(0);
+            let _b = p.assign(0);
+            let _c = p.assign(1);
+            assert_eq!((p.in_flight(0), p.in_flight(1)), (2, 1));
+        }
+        assert_eq!((p.in_flight(0), p.in_flight(1)), (0, 0));
+        // Out of range (never happens: one slot per executor) is ignored.
+        drop(p.assign(9));
+        assert_eq!(p.in_flight(9), 0);
+    }
+
+    #[test]
+    fn p2c_never_takes_the_more_loaded_of_two() {
+        let s = snap((0..2).map(|_| executor(true, Some(0), &[])).collect());
+        let p = Picker::new(Algorithm::P2c, 2, 9);
+        let _held = p.assign(0);
+        // With two candidates both are always sampled: the idle one wins.
+        for _ in 0..50 {
+            assert_eq!(pick(&p, &s, None), Some(1));
+        }
+        // Among four with one loaded, every pair holding it has a lighter partner: it is
+        // never chosen, and the others share evenly.
+        let s = snap((0..4).map(|_| executor(true, Some(0), &[])).collect());
+        let p = Picker::new(Algorithm::P2c, 4, 9);
+        let _held = p.assign(3);
+        let mut counts = [0u32; 4];
+        for _ in 0..3000 {
+            counts[pick(&p, &s, None).unwrap()] += 1;
+        }
+        assert_eq!(counts[3], 0, "{counts:?}");
+        for c in &counts[..3] {
+            assert!((800..1200).contains(c), "{counts:?}");
+        }
+        // One candidate: it is taken.
+        let one = snap(vec![executor(true, Some(0), &[])]);
+        assert_eq!(
+            pick(&Picker::new(Algorithm::P2c, 1, 3), &one, None),
+            Some(0)
+        );
+    }
+
+    #[test]
     fn random_covers_all_candidates_roughly_evenly() {
         let s = snap((0..4).map(|_| executor(true, Some(0), &[])).collect());
-        let p = Picker::new(Algorithm::Random, 42);
+        let p = Picker::new(Algorithm::Random, 4, 42);
         let mut counts = [0u32; 4];
         for _ in 0..4000 {
             counts[pick(&p, &s, None).unwrap()] += 1;
@@ -298,7 +451,7 @@ mod tests {
             executor(true, Some(95), &[]),
             executor(true, None, &[]),
         ]);
-        let p = Picker::new(Algorithm::First, 1);
+        let p = Picker::new(Algorithm::First, 4, 1);
         assert_eq!(pick(&p, &s, None), Some(1));
         // Unknown usage counts as 100 so it is not tier 2.
         let s = snap(vec![
@@ -319,7 +472,7 @@ mod tests {
             executor(true, Some(85), &[("rt", "pass", 0)]), // executor busy
             executor(true, Some(50), &[("rt", "pass", 10)]), // warm
         ]);
-        let p = Picker::new(Algorithm::First, 1);
+        let p = Picker::new(Algorithm::First, 4, 1);
         assert_eq!(pick(&p, &s, Some("rt")), Some(3));
         // Unknown runtime: tier 2.
         assert_eq!(pick(&p, &s, Some("other")), Some(0));
@@ -331,7 +484,7 @@ mod tests {
             executor(true, Some(0), &[]),
             executor(true, Some(0), &[]),
         ]);
-        let p = Picker::new(Algorithm::Last, 1);
+        let p = Picker::new(Algorithm::Last, 4, 1);
         assert_eq!(pick(&p, &s, Some("rt")), Some(1));
         p.mark_warm(&s, 0, "rt");
         assert_eq!(pick(&p, &s, Some("rt")), Some(0));
@@ -347,8 +500,8 @@ mod tests {
             executor(true, Some(90), &[]), // busy: overlay must not lift it into tier 1
             executor(true, Some(0), &[("rt", "pass", 0)]),
         ]);
-        let first = Picker::new(Algorithm::First, 1);
-        let last = Picker::new(Algorithm::Last, 1);
+        let first = Picker::new(Algorithm::First, 4, 1);
+        let last = Picker::new(Algorithm::Last, 4, 1);
         for p in [&first, &last] {
             p.mark_warm(&s, 3, "rt"); // already reported: no duplicate
             p.mark_warm(&s, 1, "rt");
@@ -356,7 +509,7 @@ mod tests {
         }
         assert_eq!(pick(&first, &s, Some("rt")), Some(1));
         assert_eq!(pick(&last, &s, Some("rt")), Some(3));
-        let rr = Picker::new(Algorithm::RoundRobin, 1);
+        let rr = Picker::new(Algorithm::RoundRobin, 4, 1);
         rr.mark_warm(&s, 3, "rt");
         rr.mark_warm(&s, 1, "rt");
         let got: Vec<_> = (0..4).map(|_| pick(&rr, &s, Some("rt")).unwrap()).collect();
@@ -370,7 +523,7 @@ mod tests {
             executor(true, Some(0), &[]),
             executor(true, Some(0), &[]),
         ]);
-        let p = Picker::new(Algorithm::First, 1);
+        let p = Picker::new(Algorithm::First, 4, 1);
         assert_eq!(
             p.pick(&s, Addressing::AnycastEfficient, None, |i| i == 0),
             Some(1)
@@ -388,7 +541,7 @@ mod tests {
             executor(true, Some(99), &[]),
             executor(false, Some(0), &[]),
         ]);
-        let p = Picker::new(Algorithm::First, 7);
+        let p = Picker::new(Algorithm::First, 4, 7);
         for _ in 0..20 {
             assert_eq!(p.pick(&s, Addressing::AnycastFast, None, none), Some(0));
         }

@@ -45,6 +45,9 @@ pub const OPR_PROXY_SPLICE: &str = "OPR_PROXY_SPLICE";
 pub const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
 pub const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
 pub const OPR_PROXY_CONNECTION_BALANCE: &str = "OPR_PROXY_CONNECTION_BALANCE";
+pub const OPR_PROXY_HEALTHCHECK_RISE: &str = "OPR_PROXY_HEALTHCHECK_RISE";
+pub const OPR_PROXY_HEALTHCHECK_FALL: &str = "OPR_PROXY_HEALTHCHECK_FALL";
+pub const OPR_PROXY_EJECT_AFTER: &str = "OPR_PROXY_EJECT_AFTER";
 
 /// 22 MiB, the original's request body limit.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
@@ -55,13 +58,19 @@ pub enum Algorithm {
     Random,
     First,
     Last,
+    /// Fewest requests in flight from this worker; ties by round-robin.
+    LeastRequest,
+    /// Power of two choices: two random candidates, the one with fewer in flight.
+    P2c,
 }
 
-const ALGORITHMS: [(&str, Algorithm); 4] = [
+const ALGORITHMS: [(&str, Algorithm); 6] = [
     ("round-robin", Algorithm::RoundRobin),
     ("random", Algorithm::Random),
     ("first", Algorithm::First),
     ("last", Algorithm::Last),
+    ("least-request", Algorithm::LeastRequest),
+    ("p2c", Algorithm::P2c),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +222,13 @@ pub struct Config {
     pub healthcheck_interval: Duration,
     pub healthcheck_timeout: Duration,
     pub healthcheck_url: Option<String>,
+    /// Consecutive passing probes before an offline executor goes online.
+    pub healthcheck_rise: u32,
+    /// Consecutive failing probes before an online executor goes offline.
+    pub healthcheck_fall: u32,
+    /// Consecutive exchange failures (proxy `502`s, connect failures) from one executor
+    /// on one worker that flag it offline for every worker; `None` = off.
+    pub eject_after: Option<u32>,
     pub max_timeout: Duration,
     pub connect_timeout: Duration,
     pub env: Env,
@@ -267,6 +283,11 @@ impl Config {
                 1..=3_600_000,
             )?,
             healthcheck_url: src.healthcheck_url()?,
+            healthcheck_rise: src.number(OPR_PROXY_HEALTHCHECK_RISE, 1, 1..=100, "checks")? as u32,
+            healthcheck_fall: src.number(OPR_PROXY_HEALTHCHECK_FALL, 1, 1..=100, "checks")? as u32,
+            eject_after: src
+                .optional(OPR_PROXY_EJECT_AFTER, 1..=10_000, "failures")?
+                .map(|n| n as u32),
             max_timeout: src.seconds(OPR_PROXY_MAX_TIMEOUT, 600, 1..=86_400)?,
             connect_timeout: src.seconds(OPR_PROXY_CONNECT_TIMEOUT, 10, 1..=3_600)?,
             env: src.choice(OPR_PROXY_ENV, Env::Production, &ENVS)?,
@@ -329,6 +350,9 @@ impl fmt::Debug for Config {
             .field("healthcheck_interval", &self.healthcheck_interval)
             .field("healthcheck_timeout", &self.healthcheck_timeout)
             .field("healthcheck_url", &self.healthcheck_url)
+            .field("healthcheck_rise", &self.healthcheck_rise)
+            .field("healthcheck_fall", &self.healthcheck_fall)
+            .field("eject_after", &self.eject_after)
             .field("max_timeout", &self.max_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("env", &self.env)
@@ -841,6 +865,8 @@ mod tests {
         assert_eq!(c.healthcheck_interval, Duration::from_millis(10_000));
         assert_eq!(c.healthcheck_timeout, Duration::from_millis(10_000));
         assert_eq!(c.healthcheck_url, None);
+        assert_eq!((c.healthcheck_rise, c.healthcheck_fall), (1, 1));
+        assert_eq!(c.eject_after, None);
         assert_eq!(c.max_timeout, Duration::from_secs(600));
         assert_eq!(c.connect_timeout, Duration::from_secs(10));
         assert!(c.env == Env::Production && !c.is_development());
@@ -889,6 +915,14 @@ mod tests {
             (OPR_PROXY_ALGORITHM, "random", "Random"),
             (OPR_PROXY_ALGORITHM, "first", "First"),
             (OPR_PROXY_ALGORITHM, "last", "Last"),
+            (OPR_PROXY_ALGORITHM, "least-request", "LeastRequest"),
+            (OPR_PROXY_ALGORITHM, "p2c", "P2c"),
+            (OPR_PROXY_HEALTHCHECK_RISE, "2", "2"),
+            (OPR_PROXY_HEALTHCHECK_RISE, "100", "100"),
+            (OPR_PROXY_HEALTHCHECK_FALL, "1", "1"),
+            (OPR_PROXY_HEALTHCHECK_FALL, "3", "3"),
+            (OPR_PROXY_EJECT_AFTER, "1", "Some(1)"),
+            (OPR_PROXY_EJECT_AFTER, "10000", "Some(10000)"),
             (OPR_PROXY_WORKER_PER_CORE, "6", "6"), // the original's value
             (OPR_PROXY_WORKER_PER_CORE, "64", "64"),
             (OPR_PROXY_CORES, "1", "Some(1)"),
@@ -970,6 +1004,10 @@ mod tests {
             (PORT, &["99999999999999999999"]), // overflow
             (OPR_PROXY_HOST, &["localhost", "[::1]", "0.0.0.0:80"]),
             (OPR_PROXY_ALGORITHM, &["fastest", "Random", "round_robin"]),
+            (OPR_PROXY_ALGORITHM, &["least_request", "P2C", "least-conn"]),
+            (OPR_PROXY_HEALTHCHECK_RISE, &["0", "101", "two", "-1"]),
+            (OPR_PROXY_HEALTHCHECK_FALL, &["0", "101", "1.5"]),
+            (OPR_PROXY_EJECT_AFTER, &["0", "10001", "off", "5x"]),
             (OPR_PROXY_WORKER_PER_CORE, &["0", "65", "1.0"]),
             (OPR_PROXY_CORES, &["0", "1025", "all"]),
             (OPR_PROXY_HEALTHCHECK, &["true", "Enabled"]),
@@ -1010,7 +1048,7 @@ mod tests {
     fn error_lines_read_well() {
         let e = err(&[(OPR_PROXY_ALGORITHM, "fastest")]).to_string();
         let want = "invalid OPR_PROXY_ALGORITHM=\"fastest\": \
-                    allowed values are round-robin, random, first, last";
+                    allowed values are round-robin, random, first, last, least-request, p2c";
         assert_eq!(e, want);
         let e = err(&[(OPR_PROXY_HEALTHCHECK_INTERVAL, "5")]).to_string();
         let want = "invalid OPR_PROXY_HEALTHCHECK_INTERVAL=\"5\": \

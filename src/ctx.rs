@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::access_log::AccessLog;
-use crate::balance::Picker;
+use crate::balance::{Assigned, Picker};
 use crate::buffers::{self, AnswerSizes, FreeList, PipePool, Scratch};
 use crate::config::Config;
 use crate::error::ProxyError;
@@ -14,6 +14,7 @@ use crate::http::client::{After, ClientConn};
 use crate::http::head::{self, RequestHead};
 use crate::idle::{Closed, IdleConns};
 use crate::metrics::{Metrics, WorkerMetrics};
+use crate::outlier::Outliers;
 use crate::pool::Pool;
 use crate::report::{Report, Reporter};
 use crate::snapshot::{Board, Snapshot, SnapshotReader};
@@ -29,6 +30,8 @@ pub(crate) struct WorkerCtx {
     /// non-atomic `Rc` clone instead of an atomic on a cache line every core shares.
     local: RefCell<Rc<Snapshot>>,
     pub picker: Picker,
+    /// Consecutive failed exchanges per executor (`OPR_PROXY_EJECT_AFTER`).
+    outliers: Outliers,
     pub pool: Pool,
     /// Body buffers, taken only while a body is copied.
     pub bodies: FreeList<Vec<u8>>,
@@ -74,7 +77,8 @@ impl WorkerCtx {
                 .as_nanos() as u64;
         WorkerCtx {
             id,
-            picker: Picker::new(config.algorithm, seed),
+            picker: Picker::new(config.algorithm, executors, seed),
+            outliers: Outliers::new(config.eject_after, executors),
             pool: Pool::new(executors, config.pool_size, config.pool_idle_timeout),
             bodies: buffers::body_buffers(),
             heads: buffers::head_buffers(),
@@ -205,12 +209,40 @@ impl WorkerCtx {
         });
     }
 
+    /// Count a request in flight to `executor` (for `least-request`, `p2c` and the
+    /// metrics) until the returned guard drops.
+    pub(crate) fn assign(&self, executor: usize) -> Assignment<'_> {
+        self.m().executor_in_flight(executor, true);
+        Assignment {
+            ctx: self,
+            picked: self.picker.assign(executor),
+        }
+    }
+
+    /// An exchange with `executor` failed in a way the proxy answers `502` (or logs, for a
+    /// broadcast copy). After `OPR_PROXY_EJECT_AFTER` of them in a row on this worker the
+    /// executor is flagged offline for every worker until a probe passes.
+    pub(crate) fn exchange_failed(&self, executor: usize, cause: &dyn std::fmt::Display) {
+        if let Some(n) = self.outliers.failed(executor) {
+            let reason = format_args!("{n} consecutive failed requests (last: {cause})");
+            if self.flag_offline(executor, &reason) {
+                self.m().executor_ejected(executor);
+            }
+        }
+    }
+
+    /// The executor answered: its failures are no longer consecutive.
+    pub(crate) fn exchange_answered(&self, executor: usize) {
+        self.outliers.answered(executor);
+    }
+
     /// The executor refused or did not answer a connection: every worker skips it until
-    /// the checker sees a probe pass. Logged once, by the worker that flagged it.
-    pub(crate) fn flag_offline(&self, executor: usize, reason: &dyn std::fmt::Display) {
+    /// the checker sees a probe pass. Logged once, by the worker that flagged it. Returns
+    /// whether this call raised the flag.
+    pub(crate) fn flag_offline(&self, executor: usize, reason: &dyn std::fmt::Display) -> bool {
         // Raised by this call only once, however many workers see the refusal.
         if !self.board.flag_offline(executor) {
-            return;
+            return false;
         }
         let snapshot = self.snapshot();
         let name = snapshot
@@ -228,6 +260,22 @@ impl WorkerCtx {
                 worker: Some(self.id),
             });
         }
+        true
+    }
+}
+
+/// One request in flight to one executor: counted in the picker (selection) and the
+/// metrics until it drops, whichever way the exchange ends (answered, failed, timed out,
+/// client gone: the task's future is dropped with it).
+pub(crate) struct Assignment<'a> {
+    ctx: &'a WorkerCtx,
+    picked: Assigned<'a>,
+}
+
+impl Drop for Assignment<'_> {
+    fn drop(&mut self) {
+        let executor = self.picked.executor();
+        self.ctx.m().executor_in_flight(executor, false);
     }
 }
 

@@ -34,6 +34,17 @@ pub(crate) enum Cause {
     Upgrade,
 }
 
+impl Cause {
+    /// Whether the failure is the executor's, for passive ejection
+    /// (`OPR_PROXY_EJECT_AFTER`). Not a connect error left after refusals and timeouts
+    /// (those flag the executor at once): what remains is local, such as running out of
+    /// file descriptors. Not `101`: the client asked for the upgrade, and a client must
+    /// not be able to eject executors.
+    pub(crate) fn is_executor_fault(&self) -> bool {
+        !matches!(self, Cause::Connect(_) | Cause::Upgrade)
+    }
+}
+
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -318,6 +329,16 @@ mod tests {
         assert_eq!(body, e.body("1.2.3", true));
         assert!(dev.contains("Connection: close"));
         assert!(dev.starts_with("HTTP/1.1 502 Bad Gateway"));
+    }
+
+    #[test]
+    fn only_the_executors_faults_count_for_ejection() {
+        assert!(Cause::ClosedBeforeAnswer.is_executor_fault());
+        assert!(Cause::Read(io::ErrorKind::ConnectionReset).is_executor_fault());
+        assert!(Cause::MalformedHead(HeadError::HeadTooLarge).is_executor_fault());
+        // Out of file descriptors here; an upgrade the client asked for.
+        assert!(!Cause::Connect(io::ErrorKind::Other).is_executor_fault());
+        assert!(!Cause::Upgrade.is_executor_fault());
     }
 
     #[test]

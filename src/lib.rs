@@ -16,6 +16,7 @@ pub mod http;
 mod idle;
 pub mod logging;
 mod metrics;
+mod outlier;
 mod pool;
 mod report;
 mod reuseport;

@@ -134,6 +134,12 @@ pub(crate) struct WorkerMetrics {
     bytes_out: Counter,
     opened: Box<[Counter]>,
     reused: Box<[Counter]>,
+    /// Requests assigned to each executor and not finished (the picker's counts, mirrored
+    /// for scrapes).
+    executor_in_flight: Box<[Counter]>,
+    /// Times this worker flagged the executor offline after `OPR_PROXY_EJECT_AFTER`
+    /// consecutive failures.
+    ejections: Box<[Counter]>,
     /// `executors × DISCARDS`.
     discarded: Box<[Counter]>,
     clients_open: Counter,
@@ -158,6 +164,8 @@ impl WorkerMetrics {
             bytes_out: Counter::default(),
             opened: counters(executors),
             reused: counters(executors),
+            executor_in_flight: counters(executors),
+            ejections: counters(executors),
             discarded: counters(executors * DISCARDS.len()),
             clients_open: Counter::default(),
             clients_accepted: Counter::default(),
@@ -212,6 +220,23 @@ impl WorkerMetrics {
 
     pub(crate) fn executor_reused(&self, executor: usize) {
         if let Some(c) = self.reused.get(executor) {
+            c.add(1);
+        }
+    }
+
+    /// A request was assigned to the executor (`started`) or finished with it.
+    pub(crate) fn executor_in_flight(&self, executor: usize, started: bool) {
+        if let Some(c) = self.executor_in_flight.get(executor) {
+            if started {
+                c.add(1);
+            } else {
+                c.sub(1);
+            }
+        }
+    }
+
+    pub(crate) fn executor_ejected(&self, executor: usize) {
+        if let Some(c) = self.ejections.get(executor) {
             c.add(1);
         }
     }
@@ -499,6 +524,34 @@ impl Metrics {
                 let n = self.sum(|m| pick(m).get(i).map_or(0, Counter::get));
                 let _ = writeln!(out, "{name}{{executor=\"{}\"}} {n}", esc(host));
             }
+        }
+        family(
+            out,
+            "opr_proxy_executor_requests_in_flight",
+            "gauge",
+            "Requests assigned to the executor and not finished, summed over workers.",
+        );
+        for (i, host) in hosts.iter().enumerate() {
+            let n = self.sum(|m| m.executor_in_flight.get(i).map_or(0, Counter::get));
+            let _ = writeln!(
+                out,
+                "opr_proxy_executor_requests_in_flight{{executor=\"{}\"}} {n}",
+                esc(host)
+            );
+        }
+        family(
+            out,
+            "opr_proxy_executor_ejections_total",
+            "counter",
+            "Times a worker flagged the executor offline after OPR_PROXY_EJECT_AFTER consecutive failures.",
+        );
+        for (i, host) in hosts.iter().enumerate() {
+            let n = self.sum(|m| m.ejections.get(i).map_or(0, Counter::get));
+            let _ = writeln!(
+                out,
+                "opr_proxy_executor_ejections_total{{executor=\"{}\"}} {n}",
+                esc(host)
+            );
         }
         family(
             out,

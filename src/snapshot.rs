@@ -43,6 +43,9 @@ pub struct ExecutorStatus {
     pub probe_seconds: f64,
     /// Probes that found the executor offline since start (metrics).
     pub probe_failures: u64,
+    /// Consecutive probes that disagreed with `online` (rise/fall): 0 when the last
+    /// probe agreed (so an online executor with 0 passed its last probe).
+    pub contrary: u32,
 }
 
 impl ExecutorStatus {

@@ -32,6 +32,22 @@ fn bad_config_exits_2_naming_the_variable() {
             ],
             "PORT",
         ),
+        (
+            &[
+                ("OPR_PROXY_EXECUTORS", "a:1"),
+                ("OPR_PROXY_SECRET", "s"),
+                ("OPR_PROXY_HEALTHCHECK_FALL", "0"),
+            ],
+            "OPR_PROXY_HEALTHCHECK_FALL",
+        ),
+        (
+            &[
+                ("OPR_PROXY_EXECUTORS", "a:1"),
+                ("OPR_PROXY_SECRET", "s"),
+                ("OPR_PROXY_EJECT_AFTER", "many"),
+            ],
+            "OPR_PROXY_EJECT_AFTER",
+        ),
     ];
     for (env, var) in cases {
         assert_start_error(env, var);

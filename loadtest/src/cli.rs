@@ -26,6 +26,10 @@ target (default: 2 in-process mock executors and opr-proxy, all on 127.0.0.1):
   --proxy-bin PATH     proxy binary [target/release/opr-proxy]
   --cores N            proxy workers, OPR_PROXY_CORES [1]
   --executors N        mock executors [2]
+  --slow-executor MS   the first mock executor waits MS ms before every answer (needs
+                       --mock std); closed/open runs print requests per executor
+  --slow-queue         ... and serves one request at a time (capacity 1000/MS req/s):
+                       requests queue on it under load, like an overloaded host
   --mock fast|std      fast: monoio mock, one thread each; std: the std-threads
                        MockExecutor (a thread per connection, costlier) [fast]
   --proxy-env K=V      extra proxy environment (repeatable)
@@ -96,6 +100,11 @@ pub struct Args {
     pub cores: usize,
     pub executors: usize,
     pub mock: MockKind,
+    /// The first mock executor waits this long before every answer (needs `--mock std`):
+    /// how balancing copes with one slow executor.
+    pub slow_executor: Option<Duration>,
+    /// The slow executor serves one request at a time (`--slow-queue`).
+    pub slow_queue: bool,
     pub proxy_env: Vec<(String, String)>,
     pub pin: bool,
     pub proxy_cpus: Option<Vec<usize>>,
@@ -220,6 +229,8 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         cores: 1,
         executors: 2,
         mock: MockKind::Fast,
+        slow_executor: None,
+        slow_queue: false,
         proxy_env: Vec::new(),
         pin: true,
         proxy_cpus: None,
@@ -313,6 +324,16 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     m => return Err(format!("--mock {m:?}: expected fast or std")),
                 }
             }
+            "--slow-executor" => {
+                let v = value()?;
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|ms| (1..=60_000).contains(ms))
+                    .ok_or_else(|| format!("--slow-executor {v:?}: expected 1..=60000 ms"))?;
+                a.slow_executor = Some(Duration::from_millis(ms));
+            }
+            "--slow-queue" => a.slow_queue = true,
             "--proxy-cpus" => {
                 let v = value()?;
                 a.proxy_cpus = Some(
@@ -354,6 +375,9 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
     }
     if a.url.is_some() && a.direct {
         return Err("--direct loads the spawned mocks; it cannot go with --url".into());
+    }
+    if a.slow_queue && a.slow_executor.is_none() {
+        return Err("--slow-queue needs --slow-executor MS".into());
     }
     if a.url.is_none() && !a.proxy_pids.is_empty() {
         return Err("--proxy-pid is for --url (a spawned proxy is measured anyway)".into());
@@ -409,6 +433,13 @@ mod tests {
         assert_eq!(a.threads, 1);
         assert_eq!(a.mock, MockKind::Fast);
         assert_eq!(args("--mock=std").map(|a| a.mock), Ok(MockKind::Std));
+        assert_eq!(a.slow_executor, None);
+        assert_eq!(
+            args("--mock std --slow-executor 5").map(|a| a.slow_executor),
+            Ok(Some(Duration::from_millis(5)))
+        );
+        let a = args("--mock std --slow-executor 2 --slow-queue").expect("slow queue");
+        assert!(a.slow_queue);
         assert_eq!(a.proxy_bin, PathBuf::from("target/release/opr-proxy"));
         assert_eq!(a.rules, DEFAULT_RULES);
         let a = args("--resolution 2.5 --max-steps 20 --no-confirm").expect("rules");
@@ -471,6 +502,9 @@ mod tests {
             "--proxy-pid 12",
             "--url http://h:1 --direct",
             "--mock slow",
+            "--slow-executor 0",
+            "--slow-executor 5ms",
+            "--slow-queue",
             "--mode idle --direct",
             "--resolution 0",
             "--max-steps 0",

@@ -48,6 +48,12 @@ pub struct MockOptions {
     pub bind: SocketAddr,
     /// Default `Pass { usage: 0, runtimes: vec![] }`.
     pub health: HealthMode,
+    /// Added before answering every non-health request: a slow executor (balancing tests
+    /// and the `--slow-executor` load test). Default zero.
+    pub delay: Duration,
+    /// With a `delay`: serve one request at a time, so the delay is also a capacity
+    /// (1/delay requests/s) and requests queue under load, like an overloaded host.
+    pub serial: bool,
 }
 
 impl Default for MockOptions {
@@ -59,6 +65,8 @@ impl Default for MockOptions {
                 usage: 0,
                 runtimes: Vec::new(),
             },
+            delay: Duration::ZERO,
+            serial: false,
         }
     }
 }
@@ -150,6 +158,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub(crate) struct Shared {
     pub name: String,
     pub health: Mutex<HealthMode>,
+    pub delay: Duration,
+    /// Held during the delay when requests are served one at a time.
+    pub serial: Option<Mutex<()>>,
     pub requests: AtomicU64,
     pub health_requests: AtomicU64,
     pub connections: AtomicU64,
@@ -227,6 +238,8 @@ impl MockExecutor {
         let shared = Arc::new(Shared {
             name: opts.name,
             health: Mutex::new(opts.health),
+            delay: opts.delay,
+            serial: opts.serial.then(|| Mutex::new(())),
             requests: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),

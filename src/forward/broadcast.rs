@@ -88,10 +88,18 @@ pub(super) async fn broadcast(
                 is_head,
                 idempotent,
             };
+            // Counted in flight like an anycast request, so least-request sees the load.
+            let _assigned = ctx.assign(i);
             match monoio::time::timeout_at(deadline.into(), one.send(request)).await {
-                Ok(Ok(_status)) => {}
+                Ok(Ok(_status)) => ctx.exchange_answered(i),
                 Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
-                Ok(Err(why)) => warn!("Broadcast to executor \"{hostname}\" failed: {why}"),
+                Ok(Err(why)) => {
+                    warn!("Broadcast to executor \"{hostname}\" failed: {why}");
+                    if why.is_executor_fault() {
+                        ctx.exchange_failed(i, &why);
+                    }
+                }
+                // A slow executor is not a broken one: timeouts are not counted.
                 Err(_) => warn!("Broadcast to executor \"{hostname}\" failed: timed out"),
             }
         }));
@@ -168,6 +176,17 @@ enum Failed {
     Unreachable,
     Exchange(Cause),
     Body(PumpError),
+}
+
+impl Failed {
+    /// Counted for passive ejection (see `Cause::is_executor_fault`).
+    fn is_executor_fault(&self) -> bool {
+        match self {
+            Failed::Unreachable => false,
+            Failed::Exchange(cause) => cause.is_executor_fault(),
+            Failed::Body(_) => true,
+        }
+    }
 }
 
 impl std::fmt::Display for Failed {

@@ -138,6 +138,7 @@ async fn forward_request(
         phase: &phase,
         choice,
         failover: Cell::new(None),
+        failed: Cell::new(false),
         debug,
     };
     let run = anycast.run(conn, out, response_headers);
@@ -176,6 +177,9 @@ struct Anycast<'a> {
     choice: &'a Cell<Option<Choice>>,
     /// The first executor that could not be reached, and how (for `x-opr-route`).
     failover: Cell<Option<(usize, &'static str)>>,
+    /// A `502` was answered for the executor (`fail`): the exchange does not count as
+    /// answered for outlier detection.
+    failed: Cell<bool>,
     /// Explain the choice in `x-opr-route` (dev mode, or `x-opr-debug: 1`).
     debug: bool,
 }
@@ -207,6 +211,9 @@ impl Anycast<'_> {
         // Pending request bytes to consume when the request turns out to be read whole.
         let request_len = head.head_len + first.consumed;
         let mut read_whole = in_hand.then_some(request_len);
+        // The request counts as in flight to the executor it was last assigned to until
+        // `run` ends or its future is dropped (deadline, client gone).
+        let mut _assigned = None;
 
         let (mut ex, response, early_answer) = loop {
             // Selection: every refusal flags that executor offline for every worker and
@@ -226,6 +233,7 @@ impl Anycast<'_> {
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
+            _assigned = Some(ctx.assign(i));
             let status = &snapshot.executors[i];
             let Some(&addr) = status.addrs.first() else {
                 ctx.flag_offline(i, &"its address did not resolve");
@@ -327,6 +335,11 @@ impl Anycast<'_> {
                 early_answer,
             )
             .await;
+        if !self.failed.get() {
+            if let Some(choice) = self.choice.get() {
+                ctx.exchange_answered(choice.executor);
+            }
+        }
         // After the relay: a 502 it answers reports the request's method and path.
         conn.consume(request_len);
         ex.release(reuse);
@@ -357,6 +370,12 @@ impl Anycast<'_> {
         read_whole: Option<usize>,
     ) -> (After, u16) {
         let keep_alive = self.head.keep_alive && read_whole.is_some();
+        if let Some(choice) = self.choice.get() {
+            self.failed.set(true);
+            if cause.is_executor_fault() {
+                self.ctx.exchange_failed(choice.executor, &cause);
+            }
+        }
         // Consumed after the answer: its report reads the request's method and path.
         let e = ProxyError::BadGateway(cause);
         let request = Some((self.head, self.choice.get().map(|c| c.executor)));

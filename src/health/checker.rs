@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::probe::{self, ProbeResult};
+use super::streak::{self, Thresholds};
 use crate::config::{Config, ExecutorAddr};
 use crate::report::{self, Report, Reporter};
 use crate::snapshot::{Board, ExecutorStatus, Snapshot};
@@ -34,6 +35,8 @@ struct Settings {
     timeout: Duration,
     url: Option<String>,
     executor_secret: String,
+    /// Consecutive results before a status changes (rise/fall).
+    thresholds: Thresholds,
     /// Offline executors and healthcheck URL failures are reported (SPEC §8).
     reporter: Reporter,
 }
@@ -65,6 +68,10 @@ impl Checker {
             timeout: config.healthcheck_timeout,
             url: config.healthcheck_url.clone(),
             executor_secret: config.executor_secret.clone(),
+            thresholds: Thresholds {
+                rise: config.healthcheck_rise,
+                fall: config.healthcheck_fall,
+            },
             reporter,
         })
     }
@@ -161,7 +168,8 @@ impl Checker {
         });
         self.generation += 1;
         let snapshot = Snapshot::new(self.generation, executors);
-        for (online, line) in status_lines(self.previous.as_ref(), &snapshot) {
+        let rise = self.settings.thresholds.rise;
+        for (online, line) in status_lines(self.previous.as_ref(), &snapshot, rise) {
             if online {
                 info!("{line}");
             } else {
@@ -214,7 +222,8 @@ impl Checker {
     }
 }
 
-/// Resolve one executor again, probe it (when enabled) and describe it for the snapshot.
+/// Resolve one executor again, probe it (when enabled) and describe it for the snapshot,
+/// its status settled by rise/fall.
 fn check_one(
     settings: &Settings,
     agent: &ureq::Agent,
@@ -225,7 +234,7 @@ fn check_one(
     let mut status = probe_one(settings, agent, target, previous);
     status.probe_seconds = started.elapsed().as_secs_f64();
     status.probe_failures = previous.map_or(0, |p| p.probe_failures) + u64::from(!status.online);
-    status
+    streak::settle(previous, status, settings.thresholds)
 }
 
 /// Resolve and probe one executor.
@@ -298,8 +307,10 @@ fn failed(target: &Target, reason: String) -> ExecutorStatus {
 }
 
 /// Log lines for a new snapshot, each with `true` when it is good news (info) and
-/// `false` for bad news (warn): every status after the first round, then only changes.
-fn status_lines(previous: Option<&Snapshot>, next: &Snapshot) -> Vec<(bool, String)> {
+/// `false` for bad news (warn): every status after the first round, then only changes
+/// (with `rise` over 1, going online says after how many passing checks; going offline
+/// after several failed ones is in the reason, see `streak::settle`).
+fn status_lines(previous: Option<&Snapshot>, next: &Snapshot, rise: u32) -> Vec<(bool, String)> {
     let reason = |e: &ExecutorStatus| e.last_error.clone().unwrap_or_default();
     let Some(previous) = previous else {
         return next
@@ -328,7 +339,13 @@ fn status_lines(previous: Option<&Snapshot>, next: &Snapshot) -> Vec<(bool, Stri
         .enumerate()
         .filter(|(index, e)| changed(previous, *index, e))
         .map(|(_, e)| {
-            if e.online {
+            if e.online && rise > 1 {
+                let line = format!(
+                    "Executor \"{}\" went online: {rise} passing checks",
+                    e.hostname
+                );
+                (true, line)
+            } else if e.online {
                 (true, format!("Executor \"{}\" went online", e.hostname))
             } else {
                 (
@@ -358,7 +375,9 @@ fn changed(previous: &Snapshot, index: usize, next: &ExecutorStatus) -> bool {
     previous.executors.get(index).map(|p| p.online) != Some(next.online)
 }
 
-/// After `next` is published: clears the worker flag of every executor that passed, and
+/// After `next` is published: clears the worker flag of every executor whose probe
+/// passed this round (online with no contrary result: a failed probe that FALL holds
+/// online does not clear it), and
 /// returns a `went online` line (info, like the transition lines) for each flag that was
 /// set — a worker took the executor offline and logged it — unless this round's
 /// transition lines from `previous` already said it went online. Without this, an
@@ -367,7 +386,7 @@ fn changed(previous: &Snapshot, index: usize, next: &ExecutorStatus) -> bool {
 fn clear_flags(board: &Board, previous: Option<&Snapshot>, next: &Snapshot) -> Vec<String> {
     let mut lines = Vec::new();
     for (index, e) in next.executors.iter().enumerate() {
-        if !e.online || !board.clear_offline(index) {
+        if !e.online || e.contrary > 0 || !board.clear_offline(index) {
             continue;
         }
         let logged = previous.is_some_and(|p| changed(p, index, e));
@@ -478,6 +497,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             url,
             executor_secret: "secret".to_string(),
+            thresholds: Thresholds::default(),
             reporter: Reporter::default(),
         })
     }
@@ -540,7 +560,7 @@ mod tests {
             reports.take(),
             vec![offline_report(&down, "connection refused")]
         );
-        let lines = status_lines(None, &first);
+        let lines = status_lines(None, &first, 1);
         assert_eq!(lines.len(), 2);
         assert_eq!(
             lines[0],
@@ -567,7 +587,7 @@ mod tests {
             Some(r#"executor reported status "fail""#)
         );
         assert_eq!(
-            status_lines(Some(&first), &second),
+            status_lines(Some(&first), &second, 1),
             vec![(
                 false,
                 format!(
@@ -587,10 +607,10 @@ mod tests {
         assert!(third.executors[0].online);
         assert_eq!(third.executors[0].usage, None);
         assert_eq!(
-            status_lines(Some(&second), &third),
+            status_lines(Some(&second), &third, 1),
             vec![(true, format!("Executor \"{}\" went online", up.addr))]
         );
-        assert!(status_lines(Some(&third), &third).is_empty());
+        assert!(status_lines(Some(&third), &third, 1).is_empty());
         assert_eq!(up.hits(), 3);
         // Going online is not an error: nothing more is reported.
         assert!(reports.take().is_empty());
@@ -630,7 +650,7 @@ mod tests {
             assert!(board.flag_offline(index));
         }
         assert_eq!(
-            status_lines(Some(&previous), &next),
+            status_lines(Some(&previous), &next, 1),
             vec![
                 (true, "Executor \"b:80\" went online".to_string()),
                 (
@@ -655,6 +675,47 @@ mod tests {
             clear_flags(&board, None, &next),
             vec!["Executor \"d:80\" went online".to_string()]
         );
+    }
+
+    #[test]
+    fn rise_and_fall_hold_the_status_and_log_the_change_once() {
+        let a = Server::start("200 OK", "OK");
+        let mut checker = checker_for(&[a.executor()], true, None);
+        checker.settings.thresholds = Thresholds { rise: 2, fall: 2 };
+        let board = Board::new(checker.round());
+        let round = |checker: &mut Checker| {
+            let (next, previous) = checker.check();
+            let lines = status_lines(previous.as_ref(), &next, 2);
+            board.publish(next.clone());
+            let cleared = clear_flags(&board, previous.as_ref(), &next);
+            (next, lines, cleared)
+        };
+        assert!(board.load().executors[0].online);
+        // One failed probe: still online, and a worker's flag is not cleared by it.
+        a.answer("503 Service Unavailable", "");
+        board.flag_offline(0);
+        let (s, lines, cleared) = round(&mut checker);
+        assert!(s.executors[0].online && lines.is_empty() && cleared.is_empty());
+        assert!(board.is_flagged_offline(0));
+        // The second in a row: offline, one line with the count and the last cause.
+        let (s, lines, _) = round(&mut checker);
+        assert!(!s.executors[0].online);
+        let why = "2 failed checks (last: health check returned status 503)";
+        let host = a.addr.to_string();
+        let line = format!("Executor \"{host}\" went offline: {why}");
+        assert_eq!(lines, vec![(false, line)]);
+        // One pass: still offline; the second: online, logged once.
+        a.answer("200 OK", "OK");
+        let (s, lines, cleared) = round(&mut checker);
+        assert!(!s.executors[0].online && lines.is_empty() && cleared.is_empty());
+        let (s, lines, cleared) = round(&mut checker);
+        assert!(s.executors[0].online);
+        let line = format!("Executor \"{host}\" went online: 2 passing checks");
+        assert_eq!(lines, vec![(true, line)]);
+        assert!(cleared.is_empty(), "already logged by the transition line");
+        assert!(!board.is_flagged_offline(0));
+        let (_, lines, _) = round(&mut checker);
+        assert!(lines.is_empty());
     }
 
     #[test]

@@ -104,8 +104,19 @@ fn run(args: &Args) -> Result<(), String> {
                     },
                     _ => Load::Closed,
                 };
+                let before = target.mocks.requests();
                 let r = runner.run(&target, scenario, conns, load, args.window())?;
                 print_run(scenario, conns, load, &r, &runner);
+                // Warm-up included: how the proxy spread the requests.
+                if let (Some(before), Some(after)) = (before, target.mocks.requests()) {
+                    let counts: Vec<String> = before
+                        .iter()
+                        .zip(&after)
+                        .enumerate()
+                        .map(|(i, (b, a))| format!("executor-{}={}", i + 1, a - b))
+                        .collect();
+                    println!("EXECUTORS {}", counts.join(" "));
+                }
                 check_alive(&mut target)?;
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -126,8 +137,16 @@ enum Mocks {
 }
 
 impl Mocks {
-    fn start(kind: MockKind, n: usize) -> Result<Mocks, String> {
+    fn start(
+        kind: MockKind,
+        n: usize,
+        slow: Option<Duration>,
+        queue: bool,
+    ) -> Result<Mocks, String> {
         let err = |e: std::io::Error| format!("cannot start mock executor: {e}");
+        if slow.is_some() && kind != MockKind::Std {
+            return Err("--slow-executor needs --mock std".into());
+        }
         Ok(match kind {
             MockKind::Fast => Mocks::Fast(
                 (1..=n)
@@ -139,6 +158,8 @@ impl Mocks {
                     .map(|i| {
                         MockExecutor::start(MockOptions {
                             name: format!("executor-{i}"),
+                            delay: slow.filter(|_| i == 1).unwrap_or_default(),
+                            serial: queue,
                             ..MockOptions::default()
                         })
                         .map_err(err)
@@ -161,6 +182,14 @@ impl Mocks {
             Mocks::None => Vec::new(),
             Mocks::Fast(m) => m.iter().map(FastMock::hostname).collect(),
             Mocks::Std(m) => m.iter().map(MockExecutor::hostname).collect(),
+        }
+    }
+
+    /// Non-health requests each executor has answered so far (std mocks only).
+    fn requests(&self) -> Option<Vec<u64>> {
+        match self {
+            Mocks::Std(m) => Some(m.iter().map(MockExecutor::requests).collect()),
+            _ => None,
         }
     }
 
@@ -217,7 +246,12 @@ fn local_target(args: &Args, cpus: &[usize]) -> Result<Target, String> {
     } else {
         (cpus.to_vec(), cpus.to_vec())
     };
-    let mocks = Mocks::start(args.mock, args.executors)?;
+    let mocks = Mocks::start(
+        args.mock,
+        args.executors,
+        args.slow_executor,
+        args.slow_queue,
+    )?;
     setup.push(("executors".to_string(), mocks.describe()));
     if args.direct {
         setup.push((

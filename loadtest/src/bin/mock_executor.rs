@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: mock-executor --port PORT [--host 127.0.0.1] [--name NAME] \
-                     [--health pass|text|newstyle|fail] [--usage N] [--engine std|fast]\n\
+                     [--health pass|text|newstyle|fail] [--usage N] [--engine std|fast] \
+                     [--delay-ms N]\n\
+                     --delay-ms: wait N ms before every non-health answer (std engine)\n\
                      --engine fast: one monoio thread serving only the load-test routes \
                      (health, ping, download, upload, echo), for load tests";
 
@@ -18,6 +20,7 @@ struct Args {
     health: String,
     usage: Option<u8>,
     fast: bool,
+    delay_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
         health: "pass".to_string(),
         usage: None,
         fast: false,
+        delay_ms: 0,
     };
     let mut port = None;
     let mut it = std::env::args().skip(1);
@@ -61,6 +65,10 @@ fn parse_args() -> Result<Args, String> {
                 let v = value()?;
                 args.usage = Some(v.parse().map_err(|_| format!("invalid usage {v:?}"))?);
             }
+            "--delay-ms" => {
+                let v = value()?;
+                args.delay_ms = v.parse().map_err(|_| format!("invalid delay {v:?}"))?;
+            }
             "--engine" => {
                 args.fast = match value()?.as_str() {
                     "std" => false,
@@ -72,6 +80,9 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     args.port = port.ok_or("--port is required")?;
+    if args.fast && args.delay_ms > 0 {
+        return Err("--delay-ms needs --engine std".into());
+    }
     Ok(args)
 }
 
@@ -128,6 +139,8 @@ fn main() -> ExitCode {
         name: args.name,
         bind,
         health,
+        delay: std::time::Duration::from_millis(args.delay_ms),
+        serial: false,
     };
     let mock = match MockExecutor::start(opts) {
         Ok(m) => m,

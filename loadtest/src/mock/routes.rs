@@ -122,6 +122,13 @@ impl Conn<'_> {
         // both happen before the response is written.
         *lock(&self.shared.last) = Some(rec.clone());
         self.shared.requests.fetch_add(1, Ordering::SeqCst);
+        let delay = self.shared.delay;
+        if !delay.is_zero() {
+            let _one_at_a_time = self.shared.serial.as_ref().map(lock);
+            if self.shared.wait_stopped(Some(delay)) {
+                return Ok(Next::Drop);
+            }
+        }
 
         match path {
             "/v1/ping" => self.ping(&head, head_only, close),
