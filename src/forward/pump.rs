@@ -71,7 +71,8 @@ pub(crate) enum Sink<'a> {
     Discard,
     /// An HTTP/2 stream: DATA frames as its flow-control window allows (the payload only:
     /// the body is pumped with `Emit::Payload` or a length).
-    H2(&'a mut h2::SendStream<bytes::Bytes>),
+    /// In a cell so the stream's reset can be watched while the pump waits.
+    H2(&'a std::cell::RefCell<h2::SendStream<bytes::Bytes>>),
 }
 
 impl Sink<'_> {

@@ -8,7 +8,7 @@ mod head;
 mod io;
 mod stream;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -129,8 +129,13 @@ pub(crate) async fn serve(
                 }
                 if live.get() > 0 {
                     idle_since = Instant::now();
+                } else if closing == Some(ClientClose::Drain) {
+                    // Nothing left in flight: the final GOAWAY now, without waiting for
+                    // the client to acknowledge the first one's PING.
+                    conn.abrupt_shutdown(Reason::NO_ERROR);
                 } else if closing.is_none() && idle_since.elapsed() >= ctx.config.idle_timeout {
-                    conn.graceful_shutdown();
+                    // No stream to finish: GOAWAY naming the last stream, then close.
+                    conn.abrupt_shutdown(Reason::NO_ERROR);
                     closing = Some(ClientClose::Idle);
                 }
             },
@@ -139,14 +144,15 @@ pub(crate) async fn serve(
 }
 
 /// Send `data` on an h2 stream as its window allows: h2 buffers no more than it granted
-/// (`MAX_SEND_BUFFER`), so a slow client holds the pump, not memory.
+/// (`MAX_SEND_BUFFER`), so a slow client holds the pump, not memory. The stream is
+/// borrowed only between awaits, so a reset can be watched on it meanwhile.
 pub(crate) async fn send_data(
-    send: &mut SendStream<Bytes>,
+    send: &RefCell<SendStream<Bytes>>,
     mut data: &[u8],
 ) -> Result<(), h2::Error> {
     while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx)).await;
+        send.borrow_mut().reserve_capacity(data.len());
+        let granted = std::future::poll_fn(|cx| send.borrow_mut().poll_capacity(cx)).await;
         let n = match granted {
             Some(Ok(n)) => n.min(data.len()),
             Some(Err(e)) => return Err(e),
@@ -155,10 +161,16 @@ pub(crate) async fn send_data(
         if n == 0 {
             continue;
         }
-        send.send_data(Bytes::copy_from_slice(&data[..n]), false)?;
+        send.borrow_mut()
+            .send_data(Bytes::copy_from_slice(&data[..n]), false)?;
         data = &data[n..];
     }
     Ok(())
+}
+
+/// Resolves when the client resets the stream (or its connection ends).
+pub(crate) async fn reset(send: &RefCell<SendStream<Bytes>>) {
+    let _ = std::future::poll_fn(|cx| send.borrow_mut().poll_reset(cx)).await;
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! h2 `RecvStream` to the executor (capacity released as it is written), the answer
 //! through the one pump into the h2 `SendStream` (as its window allows).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -328,38 +328,43 @@ impl Stream {
             }
         };
         let no_body = rbody.is_none();
-        let Ok(mut send) = respond.send_response(answer, no_body) else {
+        let Ok(send) = respond.send_response(answer, no_body) else {
             return 0;
         };
+        let send = RefCell::new(send);
         self.phase.set(Phase::HeadSent(status));
         let end = match (end, rbody.as_mut()) {
             (ResponseEnd::Unfinished, Some(rbody)) => {
-                let pumped = rbody
-                    .pump_after(
-                        ex.stream(),
-                        Sink::H2(&mut send),
-                        &mut eb,
-                        None,
-                        None,
-                        &mut first,
-                    )
-                    .await;
+                let pump = rbody.pump_after(
+                    ex.stream(),
+                    Sink::H2(&send),
+                    &mut eb,
+                    None,
+                    None,
+                    &mut first,
+                );
+                // A client that resets the stream mid-body abandons it: the executor
+                // connection is closed with `ex`, even while the executor is silent.
+                let pumped = monoio::select! {
+                    r = pump => Some(r),
+                    _ = super::reset(&send) => None,
+                };
                 self.bytes_out.set(rbody.written);
                 match pumped {
-                    Ok(after) if after.is_empty() => ResponseEnd::Clean,
-                    Ok(_) => ResponseEnd::Leftover,
-                    // Truncated, malformed, or the client reset: the client sees a reset,
-                    // the executor connection is closed.
-                    Err(_) => {
-                        send.send_reset(Reason::INTERNAL_ERROR);
+                    None => return status,
+                    Some(Ok(after)) if after.is_empty() => ResponseEnd::Clean,
+                    Some(Ok(_)) => ResponseEnd::Leftover,
+                    // Truncated or malformed: the client sees a reset, the executor
+                    // connection is closed.
+                    Some(Err(_)) => {
+                        send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
                         return status;
                     }
                 }
             }
             (end, _) => {
                 if !first.is_empty() {
-                    let sent = super::send_data(&mut send, &first).await;
-                    if sent.is_err() {
+                    if super::send_data(&send, &first).await.is_err() {
                         return status;
                     }
                     self.bytes_out.set(first.len() as u64);
@@ -367,7 +372,7 @@ impl Stream {
                 end
             }
         };
-        if !no_body && send.send_data(Bytes::new(), true).is_err() {
+        if !no_body && send.borrow_mut().send_data(Bytes::new(), true).is_err() {
             return status;
         }
         ex.release(reuse::after_exchange(&response, !early_answer, end));
