@@ -768,3 +768,34 @@ fn hpack_bomb_is_cut_off() {
     let peak = p.status_kib("VmHWM");
     assert!(peak < 40 * 1024, "peak RSS {peak} KiB");
 }
+
+#[test]
+fn h2_streams_are_in_the_access_log() {
+    let a = mock("a");
+    let p = ProxyProcess::start(
+        &[a.hostname()],
+        &[
+            ("OPR_PROXY_ACCESS_LOG", "enabled"),
+            ("OPR_PROXY_ACCESS_LOG_FORMAT", "json"),
+        ],
+    );
+    let addr = p.addr;
+    let status = on_runtime(async move {
+        let mut send = h2_connect(addr).await;
+        let (response, _) = send
+            .send_request(h2_request(addr, "GET", "/v1/ping?n=1"), true)
+            .unwrap();
+        response.await.unwrap().status().as_u16()
+    });
+    assert_eq!(status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || p.stdout().lines().count() >= 1),
+        "no access log line"
+    );
+    let line: sonic_rs::Value = sonic_rs::from_str(p.stdout().lines().next().unwrap()).unwrap();
+    assert_eq!(line["client"].as_str(), Some("127.0.0.1"));
+    assert_eq!(line["status"].as_u64(), Some(200));
+    assert_eq!(line["method"].as_str(), Some("GET"));
+    assert_eq!(line["target"].as_str(), Some("/v1/ping?n=1"));
+    assert_eq!(line["executor"].as_str(), Some(a.hostname().as_str()));
+}

@@ -23,7 +23,7 @@ use crate::forward::reuse::{self, ResponseEnd, Silence};
 use crate::http::head::{self, HeaderRef, RequestFraming, RequestHead, ResponseFraming};
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::report::Report;
-use crate::{api, auth};
+use crate::{access_log, api, auth};
 
 /// A stream's request as the HTTP/1 code sees it: its head written out as HTTP/1.1.
 struct Request {
@@ -67,6 +67,8 @@ struct Stream {
     choice: Cell<Option<Choice>>,
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
+    /// `METHOD target` for the access log (kept only when it is on).
+    request_line: RefCell<Vec<u8>>,
 }
 
 /// Serve one stream to its end. Never panics on anything the client or the executor
@@ -88,16 +90,30 @@ pub(crate) async fn serve(
         choice: Cell::new(None),
         bytes_in: Cell::new(0),
         bytes_out: Cell::new(0),
+        request_line: RefCell::new(Vec::new()),
     };
     let status = s.handle(parts, body, &mut respond).await;
     let executor = s.choice.get().map(|c| c.executor);
-    ctx.m().request_done(
-        executor,
-        status,
-        started.elapsed(),
-        s.bytes_in.get(),
-        s.bytes_out.get(),
-    );
+    let took = started.elapsed();
+    let (bytes_in, bytes_out) = (s.bytes_in.get(), s.bytes_out.get());
+    ctx.m()
+        .request_done(executor, status, took, bytes_in, bytes_out);
+    if let Some(log) = &ctx.access_log {
+        let snapshot = ctx.snapshot();
+        let entry = access_log::Entry {
+            client: peer.ip(),
+            request_line: &s.request_line.borrow(),
+            status,
+            executor: executor
+                .and_then(|i| snapshot.executors.get(i))
+                .map(|e| e.hostname.as_str()),
+            tier: s.choice.get().map(|c| c.tier),
+            bytes_in,
+            bytes_out,
+            duration: took,
+        };
+        log.write(&entry, ctx.m());
+    }
 }
 
 impl Stream {
@@ -122,6 +138,13 @@ impl Stream {
         };
         let request = Request { buf, head, headers };
         let ctx = &self.ctx;
+        if ctx.access_log.is_some() {
+            let target = &request.buf[request.head.target.clone()];
+            let mut line = self.request_line.borrow_mut();
+            line.extend_from_slice(request.method());
+            line.push(b' ');
+            line.extend_from_slice(&target[..target.len().min(4096)]);
+        }
         let method = request.method();
         let path = head::path_of(&request.buf[request.head.target.clone()]);
         let is_get = method == b"GET" || method == b"HEAD";
