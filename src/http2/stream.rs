@@ -81,7 +81,7 @@ pub(crate) async fn serve(
 ) {
     let started = Instant::now();
     ctx.m().request_started();
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
     let s = Stream {
         ctx: ctx.clone(),
         peer,
@@ -92,7 +92,7 @@ pub(crate) async fn serve(
         bytes_out: Cell::new(0),
         request_line: RefCell::new(Vec::new()),
     };
-    let status = s.handle(parts, body, &mut respond).await;
+    let status = s.handle(parts, &mut body, &mut respond).await;
     let executor = s.choice.get().map(|c| c.executor);
     let took = started.elapsed();
     let (bytes_in, bytes_out) = (s.bytes_in.get(), s.bytes_out.get());
@@ -114,6 +114,26 @@ pub(crate) async fn serve(
         };
         log.write(&entry, ctx.m());
     }
+    linger(&mut body).await;
+}
+
+/// How long the rest of a request body answered early (an error, or an executor that
+/// answered before reading it all) is still read and dropped.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Read and drop what the client still sends of its body, for up to `LINGER`, so the
+/// stream ends cleanly and the client reads its answer rather than a reset (as HTTP/1's
+/// lingering close); past that, dropping the stream resets it.
+async fn linger(body: &mut RecvStream) {
+    if body.is_end_stream() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
+        }
+    };
+    let _ = monoio::time::timeout(LINGER, drain).await;
 }
 
 impl Stream {
@@ -121,7 +141,7 @@ impl Stream {
     async fn handle(
         &self,
         parts: http::request::Parts,
-        body: RecvStream,
+        body: &mut RecvStream,
         respond: &mut SendResponse<Bytes>,
     ) -> u16 {
         let has_body = !body.is_end_stream();
@@ -195,7 +215,7 @@ impl Stream {
     async fn forward(
         &self,
         request: &Request,
-        mut body: RecvStream,
+        body: &mut RecvStream,
         respond: &mut SendResponse<Bytes>,
         addressing: Addressing,
         limit: Option<u64>,
@@ -266,7 +286,7 @@ impl Stream {
                 let chunked = request.head.framing == RequestFraming::Chunked;
                 let stall = ctx.config.body_timeout;
                 match self
-                    .send_body(&mut body, ex.stream(), chunked, limit, stall, &mut out)
+                    .send_body(body, ex.stream(), chunked, limit, stall, &mut out)
                     .await
                 {
                     Ok(()) => {}
@@ -310,7 +330,6 @@ impl Stream {
                 }
             }
         };
-        drop(body);
 
         // The answer: the rewrite of HTTP/1 (hop-by-hop fields, Connection-listed ones),
         // then as h2 fields. A length is kept; chunked and close-delimited bodies leave
