@@ -799,3 +799,49 @@ fn h2_streams_are_in_the_access_log() {
     assert_eq!(line["target"].as_str(), Some("/v1/ping?n=1"));
     assert_eq!(line["executor"].as_str(), Some(a.hostname().as_str()));
 }
+
+#[test]
+fn a_preface_split_across_reads_is_still_http2_and_p_methods_stay_http1() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    // The preface in three writes, then a stream for the health endpoint.
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    for part in [&PREFACE[..1], &PREFACE[1..10], &PREFACE[10..]] {
+        s.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = H2Raw::from_stream(s);
+    c.send(&frame(SETTINGS, 0, 0, &[]));
+    let block = request_block("GET", "/v1/proxy/health", &p.addr.to_string(), &[]);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+    let mut body = Vec::new();
+    while let Some(f) = c.read_frame(Duration::from_secs(3)) {
+        if f.kind == DATA && f.stream == 1 {
+            body.extend_from_slice(&f.payload);
+            if f.flags & END_STREAM != 0 {
+                break;
+            }
+        }
+    }
+    assert_eq!(body, b"OK");
+
+    // HTTP/1 requests whose method starts with P, sent a byte at a time.
+    for method in ["PUT", "POST", "PATCH"] {
+        let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        let request = format!(
+            "{method} /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+            bearer()
+        );
+        for (i, b) in request.bytes().enumerate() {
+            s.write_all(&[b]).unwrap();
+            if i < 6 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
+    }
+}

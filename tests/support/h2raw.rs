@@ -106,6 +106,14 @@ impl H2Raw {
         c
     }
 
+    /// A client on a socket the caller already wrote the preface to.
+    pub fn from_stream(stream: TcpStream) -> H2Raw {
+        H2Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Write bytes; a connection the proxy already closed is not an error here.
     pub fn send(&mut self, bytes: &[u8]) -> bool {
         self.stream.write_all(bytes).is_ok()
