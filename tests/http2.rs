@@ -845,3 +845,63 @@ fn a_preface_split_across_reads_is_still_http2_and_p_methods_stay_http1() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
     }
 }
+
+/// One stream's outcome: the status and the body, or the error that ended it.
+async fn fetch(
+    mut send: h2::client::SendRequest<Bytes>,
+    addr: std::net::SocketAddr,
+    path: String,
+) -> Result<(u16, usize), String> {
+    let (response, _) = send
+        .send_request(h2_request(addr, "GET", &path), true)
+        .map_err(|e| e.to_string())?;
+    let response = response.await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut n = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        n += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok((status, n))
+}
+
+#[test]
+fn failing_streams_end_alone_and_the_connection_and_pool_go_on() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let addr = p.addr;
+    let (failed, truncated, fine, after) = on_runtime(async move {
+        let send = h2_connect(addr).await;
+        let go = |path: &str| monoio::spawn(fetch(send.clone(), addr, path.to_string()));
+        // An executor that resets before answering (502), one that closes mid-body (the
+        // stream is reset), and slow good ones, all on one connection at once.
+        let failed = go("/v1/reset");
+        let truncated = go("/v1/truncate?bytes=200000");
+        let fine: Vec<_> = (0..10).map(|_| go("/v1/sleep?ms=200")).collect();
+        let failed = failed.await;
+        let truncated = truncated.await;
+        let mut ok = Vec::new();
+        for f in fine {
+            ok.push(f.await);
+        }
+        // The same connection, and the executor connections pooled since, still serve.
+        let mut after = Vec::new();
+        for _ in 0..20 {
+            after.push(fetch(send.clone(), addr, "/v1/ping".into()).await);
+        }
+        (failed, truncated, ok, after)
+    });
+    assert_eq!(failed.map(|(s, _)| s), Ok(502));
+    assert!(
+        truncated.is_err(),
+        "a truncated answer must not end cleanly: {truncated:?}"
+    );
+    for r in fine {
+        assert_eq!(r.map(|(s, _)| s), Ok(200));
+    }
+    for r in after {
+        assert_eq!(r.map(|(s, _)| s), Ok(200));
+    }
+}
