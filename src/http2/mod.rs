@@ -115,7 +115,7 @@ pub(crate) async fn serve(
                 None => return closing.unwrap_or(ClientClose::Client),
             },
             offense = trip.wait() => {
-                warn!("HTTP/2 client {peer} cut off: {}", offense.describe());
+                log_cut_off(peer, offense);
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 let closed = std::future::poll_fn(|cx| conn.poll_closed(cx));
                 let _ = monoio::time::timeout(GOAWAY_FLUSH, closed).await;
@@ -141,6 +141,35 @@ pub(crate) async fn serve(
             },
         }
     }
+}
+
+/// At most one line per worker per `CUT_OFF_LOG_EVERY` about cut-off clients: an attacker
+/// that reconnects must not turn into a log flood.
+const CUT_OFF_LOG_EVERY: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// When this worker last logged a cut-off, and how many it has not logged since.
+    static CUT_OFF_LOG: Cell<(Option<Instant>, u64)> = const { Cell::new((None, 0)) };
+}
+
+fn log_cut_off(peer: SocketAddr, offense: guard::Offense) {
+    CUT_OFF_LOG.with(|c| {
+        let (last, quiet) = c.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < CUT_OFF_LOG_EVERY) {
+            c.set((last, quiet + 1));
+            return;
+        }
+        c.set((Some(now), 0));
+        if quiet > 0 {
+            warn!(
+                "HTTP/2 client {peer} cut off: {} ({quiet} more cut off since the last line)",
+                offense.describe()
+            );
+        } else {
+            warn!("HTTP/2 client {peer} cut off: {}", offense.describe());
+        }
+    });
 }
 
 /// Send `data` on an h2 stream as its window allows: h2 buffers no more than it granted
