@@ -905,3 +905,23 @@ fn failing_streams_end_alone_and_the_connection_and_pool_go_on() {
         assert_eq!(r.map(|(s, _)| s), Ok(200));
     }
 }
+
+#[test]
+fn a_client_that_closes_its_connection_abandons_its_streams() {
+    let ex = ScriptedExecutor::start(|_, _, _| vec![Action::WaitForClose(10_000)]);
+    let p = Proxy::start_hosts(&[ex.hostname()], &[("OPR_PROXY_HEALTHCHECK", "disabled")]);
+    let mut c = H2Raw::connect(p.addr);
+    let block = request_block(
+        "GET",
+        "/v1/slow",
+        &p.addr.to_string(),
+        &[("authorization", &bearer())],
+    );
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+    assert!(eventually(Duration::from_secs(3), || ex.requests().len() == 1));
+    drop(c);
+    assert!(
+        closed_by_proxy(&ex, Duration::from_secs(3)),
+        "the executor connection of an abandoned stream must be closed"
+    );
+}
