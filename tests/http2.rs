@@ -73,7 +73,14 @@ fn curl(args: &[&str], input: &[u8]) -> CurlResponse {
     });
     let out = child.wait_with_output().unwrap();
     feeder.join().unwrap();
-    let raw = &out.stdout;
+    let mut raw = &out.stdout[..];
+    // Interim heads (`100 Continue`) come first with -i.
+    while raw.starts_with(b"HTTP/2 1") {
+        match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) => raw = &raw[end + 4..],
+            None => break,
+        }
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -923,5 +930,37 @@ fn a_client_that_closes_its_connection_abandons_its_streams() {
     assert!(
         closed_by_proxy(&ex, Duration::from_secs(3)),
         "the executor connection of an abandoned stream must be closed"
+    );
+}
+
+#[test]
+fn expect_100_continue_is_answered_by_the_proxy() {
+    if !have("curl") {
+        return;
+    }
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let started = Instant::now();
+    // curl would wait 20 s for the 100 before sending the body anyway.
+    let r = curl(
+        &[
+            "-H",
+            &auth(),
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "20",
+            "--data-binary",
+            "@-",
+            &url(p.addr, "/v1/upload"),
+        ],
+        &[b'e'; 2_000_000],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["bodyLength"].as_u64(), Some(2_000_000));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
     );
 }

@@ -196,6 +196,13 @@ impl Stream {
                 return self.error(respond, ProxyError::BodyTooLarge);
             }
         }
+        // RFC 9110 §10.1.1: as over HTTP/1, the proxy answers 100-continue itself so the
+        // client starts sending; the executor never sees Expect (the rewrite drops it).
+        if request.head.expect_continue && request.head.has_body() {
+            let mut interim = http::Response::new(());
+            *interim.status_mut() = http::StatusCode::CONTINUE;
+            let _ = respond.send_informational(interim);
+        }
         let deadline = Instant::now() + ctx.config.max_timeout;
         let run = self.forward(&request, body, respond, addressing, limit);
         match monoio::time::timeout_at(deadline.into(), run).await {
