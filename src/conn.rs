@@ -29,7 +29,9 @@ pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAdd
         Stop::Close(why) => why,
         Stop::Http2 => {
             // The preface and what followed it go to h2; its state lives in its own
-            // allocation, not in every HTTP/1 connection's task.
+            // allocation, not in every HTTP/1 connection's task. The registration is
+            // never marked idle again (h2 keeps its own idle time), so the sweep leaves
+            // this fd alone.
             let prefix = conn.pending().to_vec();
             conn.consume(prefix.len());
             conn.release_buffer(&ctx.heads);
