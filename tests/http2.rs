@@ -964,3 +964,52 @@ fn expect_100_continue_is_answered_by_the_proxy() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_header_list_over_the_limit_is_refused_on_its_stream_only() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let mut c = H2Raw::connect(p.addr);
+    let authority = p.addr.to_string();
+    // 66 000 bytes of header: over the 64 KiB list limit, under h2's abuse limit (4×),
+    // in a HEADERS frame and 4 CONTINUATION frames (within h2's cap for that limit).
+    let big = "b".repeat(66_000);
+    let block = request_block(
+        "GET",
+        "/v1/ping",
+        &authority,
+        &[("authorization", &bearer()), ("x-big", &big)],
+    );
+    let chunks: Vec<&[u8]> = block.chunks(16_384).collect();
+    let mut burst = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let flags = if last { END_HEADERS } else { 0 };
+        let (kind, flags) = if i == 0 {
+            (HEADERS, flags | END_STREAM)
+        } else {
+            (CONTINUATION, flags)
+        };
+        burst.extend(frame(kind, flags, 1, chunk));
+    }
+    // Then a good stream on the same connection.
+    let health = request_block("GET", "/v1/proxy/health", &authority, &[]);
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &health));
+    c.send(&burst);
+    let (mut refused, mut body) = (false, Vec::new());
+    while let Some(f) = c.read_frame(Duration::from_secs(3)) {
+        assert_ne!(f.kind, GOAWAY, "the connection must survive: {f:?}");
+        if f.stream == 1 && matches!(f.kind, HEADERS | RST_STREAM) {
+            refused = true;
+        }
+        if f.stream == 3 && f.kind == DATA {
+            body.extend_from_slice(&f.payload);
+            if f.flags & END_STREAM != 0 {
+                break;
+            }
+        }
+    }
+    assert!(refused, "stream 1 got neither an answer nor a reset");
+    assert_eq!(body, b"OK");
+    assert_eq!(a.requests(), 0);
+}
