@@ -578,28 +578,39 @@ fn many_streams_in_flight_on_one_connection_with_h2_client() {
 #[test]
 fn drain_sends_goaway_and_finishes_streams_in_flight() {
     let a = mock("a");
-    let mut p = Proxy::start(&[&a], &[]);
+    let mut p = Proxy::start(&[&a], &[("OPR_PROXY_SHUTDOWN_TIMEOUT", "10")]);
     let mut c = H2Raw::connect(p.addr);
+    // Answered 2.5 s after it arrives: well after the GOAWAY (at most a second after the
+    // stop), well within the drain time.
     let block = request_block(
         "GET",
-        "/v1/sleep?ms=800",
+        "/v1/sleep?ms=2500",
         &p.addr.to_string(),
         &[("authorization", &bearer())],
     );
     c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
     assert!(eventually(Duration::from_secs(5), || a.requests() == 1));
     let stopper = std::thread::spawn(move || p.stop());
-    let (goaway, _) = c.until_goaway(Duration::from_secs(5));
+    let (goaway, before) = c.until_goaway(Duration::from_secs(5));
     let goaway = goaway.expect("GOAWAY on drain");
     assert_eq!(goaway.error_code(), 0, "a graceful GOAWAY is NO_ERROR");
+    assert!(
+        !before.iter().any(|f| f.stream == 1),
+        "the answer came before the GOAWAY: the test proves nothing"
+    );
     // The stream in flight still gets its whole answer, then the connection closes.
     let mut ended = false;
+    let started = Instant::now();
     while let Some(f) = c.read_frame(Duration::from_secs(5)) {
         if f.stream == 1 && f.flags & END_STREAM != 0 && matches!(f.kind, DATA | HEADERS) {
             ended = true;
         }
     }
     assert!(ended, "the in-flight stream was not finished");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed only at the drain deadline"
+    );
     stopper.join().unwrap();
 }
 
