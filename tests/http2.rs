@@ -1036,3 +1036,45 @@ fn a_header_list_over_the_limit_is_refused_on_its_stream_only() {
     assert_eq!(body, b"OK");
     assert_eq!(a.requests(), 0);
 }
+
+#[test]
+fn streams_over_the_concurrency_cap_are_refused() {
+    let a = mock("a");
+    let p = ProxyProcess::start(&[a.hostname()], &[]);
+    let mut c = H2Raw::connect(p.addr);
+    let block = request_block(
+        "GET",
+        "/v1/sleep?ms=1500",
+        &p.addr.to_string(),
+        &[("authorization", &bearer())],
+    );
+    // 150 streams at once, ignoring the proxy's SETTINGS_MAX_CONCURRENT_STREAMS (100).
+    let mut burst = Vec::new();
+    for i in 0..150u32 {
+        burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block));
+    }
+    c.send(&burst);
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match c.read_frame(left) {
+            // REFUSED_STREAM (RFC 9113 §8.7: safe for the client to retry).
+            Some(f) if f.kind == RST_STREAM && f.payload == 7u32.to_be_bytes() => refused += 1,
+            Some(f) => assert_ne!(f.kind, GOAWAY, "{f:?}"),
+            None => break,
+        }
+    }
+    assert_eq!(refused, 50);
+    assert!(eventually(Duration::from_secs(3), || a.requests() == 100));
+    still_serves(p.addr);
+
+    // A client that keeps provoking refusals is cut off (h2's local reset limit).
+    let mut c = H2Raw::connect(p.addr);
+    let mut burst = Vec::new();
+    for i in 0..300u32 {
+        burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block));
+    }
+    c.send(&burst);
+    assert_cut_off(&mut c, "provoked resets");
+    still_serves(p.addr);
+}

@@ -36,11 +36,14 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// Response bytes h2 buffers per stream before the pump waits for window.
 const MAX_SEND_BUFFER: usize = 128 * 1024;
-/// Streams reset by the client before they were accepted, and streams h2 itself reset
-/// for the client's protocol errors (an over-size header block among them): past these
-/// the connection gets GOAWAY `ENHANCE_YOUR_CALM`.
+/// Streams reset by the client before they were accepted (rapid reset), and streams h2
+/// itself reset for the client's protocol errors over the connection's life (streams
+/// over the concurrency cap, over-size header lists, bad frames: "MadeYouReset"): past
+/// these the connection gets GOAWAY `ENHANCE_YOUR_CALM`. 100 leaves room for a client
+/// that opened streams before it saw the proxy's SETTINGS; a client that follows the
+/// protocol provokes none.
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
-const MAX_LOCAL_ERROR_RESETS: usize = 16;
+const MAX_LOCAL_ERROR_RESETS: usize = 100;
 /// How often a connection looks at the worker's stop flag and its own idleness: GOAWAY on
 /// drain and the idle timeout are up to this late (as HTTP/1's idle sweep), and 10 000
 /// idle HTTP/2 connections cost 10 000 cheap wake-ups a second.
