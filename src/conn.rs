@@ -25,10 +25,33 @@ pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAdd
     let mut conn = ClientConn::new(stream, peer);
     // Dropped before `conn`, so the sweep never sees this fd after it closes.
     let registration = ctx.idle.register(conn.stream.as_raw_fd());
-    let why = serve_requests(&ctx, &mut conn, &registration).await;
+    let why = match serve_requests(&ctx, &mut conn, &registration).await {
+        Stop::Close(why) => why,
+        Stop::Http2 => {
+            // The preface and what followed it go to h2; its state lives in its own
+            // allocation, not in every HTTP/1 connection's task. The registration is
+            // never marked idle again (h2 keeps its own idle time), so the sweep leaves
+            // this fd alone.
+            let prefix = conn.pending().to_vec();
+            conn.consume(prefix.len());
+            conn.release_buffer(&ctx.heads);
+            let ClientConn { stream, peer, .. } = conn;
+            let why = Box::pin(crate::http2::serve(&ctx, stream, peer, prefix)).await;
+            drop(registration);
+            ctx.m().client_closed(why);
+            return;
+        }
+    };
     drop(registration);
     conn.release_buffer(&ctx.heads);
     ctx.m().client_closed(why);
+}
+
+/// Why the HTTP/1 loop ended.
+enum Stop {
+    Close(ClientClose),
+    /// The connection opened with the HTTP/2 preface (RFC 9113 §3.3, prior knowledge).
+    Http2,
 }
 
 /// Between requests a connection holds no buffer and its task only this loop's small
@@ -38,12 +61,12 @@ async fn serve_requests(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,
     registration: &Registration<'_>,
-) -> ClientClose {
+) -> Stop {
     loop {
         if conn.pending().is_empty() {
             conn.release_buffer(&ctx.heads);
             if let Err(why) = wait_for_request(ctx, conn, registration).await {
-                return why;
+                return Stop::Close(why);
             }
         }
         let mut scratch = ctx.scratch.lend();
@@ -54,23 +77,24 @@ async fn serve_requests(
     }
 }
 
-/// Read one request and answer it. `Some`: the connection ends, and why.
+/// Read one request and answer it. `Some`: the HTTP/1 loop ends, and why.
 async fn serve_request(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,
     scratch: &mut Scratch,
-) -> Option<ClientClose> {
+) -> Option<Stop> {
     let out = &mut scratch.out;
     let head = match read_head(ctx, conn, &mut scratch.headers).await {
         Ok(head) => head,
-        Err(Ended::Quietly(why)) => return Some(why),
+        Err(Ended::Quietly(why)) => return Some(Stop::Close(why)),
+        Err(Ended::Http2) => return Some(Stop::Http2),
         Err(Ended::Badly(e)) => {
             conn.head_request = false;
             ctx.answer(conn, out, e, false).await;
-            return Some(match e {
+            return Some(Stop::Close(match e {
                 ProxyError::HeadTimeout => ClientClose::HeaderTimeout,
                 _ => ClientClose::Closed,
-            });
+            }));
         }
     };
     let started = Instant::now();
@@ -105,10 +129,10 @@ async fn serve_request(
         log.write(&entry, ctx.m());
     }
     if served.after == After::Close {
-        return Some(ClientClose::Closed);
+        return Some(Stop::Close(ClientClose::Closed));
     }
     if ctx.stopping.get() {
-        return Some(ClientClose::Drain);
+        return Some(Stop::Close(ClientClose::Drain));
     }
     None
 }
@@ -119,6 +143,8 @@ enum Ended {
     Quietly(ClientClose),
     /// A bad or late head: answer it, then close.
     Badly(ProxyError),
+    /// The connection's first bytes are the HTTP/2 preface.
+    Http2,
 }
 
 /// Between requests: wait until the client sends (or closes). Waits on readability, not
@@ -153,7 +179,18 @@ async fn read_head(
     let deadline = Instant::now() + ctx.config.header_timeout;
     conn.take_buffer(&ctx.heads);
     loop {
-        if !conn.pending().is_empty() {
+        // Only a connection's first bytes can be the HTTP/2 preface; an HTTP/1 request
+        // costs one comparison here.
+        let first = conn.bytes_in == 0 && conn.pending().first() == Some(&b'P');
+        let preface = if first {
+            crate::http2::preface(conn.pending())
+        } else {
+            crate::http2::Preface::No
+        };
+        if preface == crate::http2::Preface::Yes {
+            return Err(Ended::Http2);
+        }
+        if !conn.pending().is_empty() && preface == crate::http2::Preface::No {
             match head::parse_request(conn.pending(), headers) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}

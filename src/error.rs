@@ -86,6 +86,8 @@ pub(crate) enum ProxyError {
     BadGateway(Cause),
     /// The whole-request deadline passed before the executor's response head.
     GatewayTimeout,
+    /// `x-opr-addressing-method: broadcast` on an HTTP/2 stream (HTTP/1.1 only).
+    BroadcastOverHttp2,
 }
 
 impl ProxyError {
@@ -99,6 +101,7 @@ impl ProxyError {
             ProxyError::HeadTimeout | ProxyError::BodyTimeout => 408,
             ProxyError::BadGateway(_) => 502,
             ProxyError::GatewayTimeout => 504,
+            ProxyError::BroadcastOverHttp2 => 501,
         }
     }
 
@@ -113,6 +116,9 @@ impl ProxyError {
             ProxyError::BodyTimeout => "Request body was not received in time.",
             ProxyError::BadGateway(_) => "Executor failed to answer the request.",
             ProxyError::GatewayTimeout => "Executor did not answer in time.",
+            ProxyError::BroadcastOverHttp2 => {
+                "Broadcast addressing is only available over HTTP/1.1."
+            }
         }
     }
 

@@ -13,6 +13,7 @@ mod error;
 mod forward;
 pub mod health;
 pub mod http;
+mod http2;
 mod idle;
 pub mod logging;
 mod metrics;

@@ -1,7 +1,7 @@
 # The anchors of `make compare` (sourced by compare.sh): nginx and HAProxy configurations,
 # the candidates tried for each (`ANCHOR_TUNING=1`), and which candidate each scenario runs
 # with by default. Needs TMP, M1, M2, P, POOL, NOFILE, NGINX_CONNECTIONS and HAPROXY_MAXCONN
-# set by the caller.
+# set by the caller; LISTEN_H2=1 makes the listener HTTP/2 with prior knowledge (h2c rows).
 #
 # Candidates (loadtest/README.md has the measurements and the rule that picked the defaults):
 #   nginx   stream       no buffering either way (proxy_buffering off,
@@ -129,7 +129,7 @@ http {
         keepalive_requests 10000000;
     }
     server {
-        listen 127.0.0.1:$P;
+        listen 127.0.0.1:$P${LISTEN_H2:+ http2};
         location / {
             proxy_pass http://executors;
             proxy_http_version 1.1;
@@ -175,7 +175,7 @@ defaults
     timeout server 60s
     $opts
 frontend clients
-    bind 127.0.0.1:$P
+    bind 127.0.0.1:$P${LISTEN_H2:+ proto h2}
     default_backend executors
 backend executors
     balance roundrobin

@@ -9,7 +9,11 @@
 # per idle keep-alive connection.
 #
 # Env: ROUNDS=3 DURATION=6 (s per row) WARMUP=1 PROXIES="nginx haproxy opr-proxy"
-#      SCENARIOS="ping:64 ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256"
+#      SCENARIOS="ping:64 ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256 h2c-ping:8"
+#      `h2c-ping:C`: small GETs over HTTP/2 with prior knowledge, C connections with
+#      H2C_STREAMS (32) concurrent streams each, driven by h2load (nghttp2-client, installed
+#      when missing); the proxies listen h2c for that row (nginx `listen … http2`, HAProxy
+#      `bind … proto h2`) and still speak HTTP/1.1 to the executors.
 #      BASE_PORT=19280 NO_BUILD=1 MOCK_ENGINE=fast|std KEEP_TMP=1 (keep configs and logs)
 #      LATENCY_DURATION=5 (s per proxy and round, light-load latency table; 0 skips it)
 #      IDLE_CONNS=10000 (idle keep-alive connections per proxy and round; 0 skips the table)
@@ -36,7 +40,8 @@ if [[ -n "${ANCHOR_TUNING:-}" ]]; then
     IDLE_CONNS="${IDLE_CONNS:-0}"
 fi
 PROXIES="${PROXIES:-nginx haproxy opr-proxy}"
-SCENARIOS="${SCENARIOS:-ping:64 ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256}"
+SCENARIOS="${SCENARIOS:-ping:64 ping:256 ping:1024 download-64k:256 download-1m:256 upload-1m:256 h2c-ping:8}"
+H2C_STREAMS="${H2C_STREAMS:-32}"
 LATENCY_DURATION="${LATENCY_DURATION:-5}"
 IDLE_CONNS="${IDLE_CONNS:-10000}"
 BASE_PORT="${BASE_PORT:-19280}"
@@ -72,6 +77,8 @@ fi
 NGINX_CONNECTIONS=$((IDLE_CONNS + 4096 > 16384 ? IDLE_CONNS + 4096 : 16384))
 HAPROXY_MAXCONN=$((IDLE_CONNS + 1000 > 8000 ? IDLE_CONNS + 1000 : 8000))
 
+[[ " $SCENARIOS " != *" h2c-"* ]] || ensure_cmd h2load nghttp2-client
+
 M1=$((BASE_PORT + 1)) M2=$((BASE_PORT + 2)) P=$((BASE_PORT + 10))
 require_free "$M1" "$M2" "$P"
 start_mocks "$M1" "$M2"
@@ -98,6 +105,9 @@ label() {
 start_proxy() {
     local entry="$1" key="$2" variant
     variant="$(variant_of "$entry" "$key")"
+    # h2c rows: the anchors listen HTTP/2 with prior knowledge (opr-proxy detects it).
+    LISTEN_H2=""
+    [[ "$key" != h2c-* ]] || LISTEN_H2=1
     case "${entry%%@*}" in
     nginx)
         write_nginx_conf "$variant"
@@ -180,7 +190,11 @@ for round in $(seq "$ROUNDS"); do
         scenario="${sc%%:*}" conns="${sc##*:}"
         for proxy in $order; do
             start_proxy "$proxy" "$sc"
-            line="$(loadtest_closed "http://127.0.0.1:$P" "$scenario" "$conns" "$DURATION" --proxy-pid "$CPU_PIDS" || true)"
+            if [[ "$scenario" == h2c-ping ]]; then
+                line="$(h2load_closed "http://127.0.0.1:$P" "$conns" "$H2C_STREAMS" "$DURATION" "$CPU_PIDS" || true)"
+            else
+                line="$(loadtest_closed "http://127.0.0.1:$P" "$scenario" "$conns" "$DURATION" --proxy-pid "$CPU_PIDS" || true)"
+            fi
             if [[ -z "$line" ]]; then
                 log "  $proxy $scenario × $conns: no result (see loadtest.log; KEEP_TMP=1 keeps $TMP)"
                 line="$NA_LINE"

@@ -157,6 +157,57 @@ loadtest_closed() {
         grep '^RESULT' | tail -n 1
 }
 
+# proc_ticks PID_LIST(comma): utime+stime clock ticks of these processes, summed.
+proc_ticks() {
+    local pid sum=0 t
+    for pid in ${1//,/ }; do
+        # Fields 14 and 15 of /proc/PID/stat; the command name (field 2) may hold spaces.
+        t="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }')"
+        sum=$((sum + ${t:-0}))
+    done
+    echo "$sum"
+}
+
+# cpu_line CPU: that CPU's /proc/stat line.
+cpu_line() { grep "^cpu$1 " /proc/stat; }
+
+# h2load_closed URL CONNECTIONS STREAMS DURATION CPU_PIDS: small GETs (/v1/ping) over HTTP/2
+# with prior knowledge (h2c), STREAMS concurrent streams on each of CONNECTIONS
+# connections, with h2load (nghttp2-client) on CLIENT_CPU. Prints a RESULT line with the
+# fields of loadtest's: req/s and errors (failed, errored, timed out, 4xx, 5xx) from h2load;
+# p50/p99/p99.9 from its per-request log; proxy CPU µs/request and CPU busy % of PROXY_CPU
+# from /proc over the measured window (after the warm-up).
+h2load_closed() {
+    local url="$1" conns="$2" streams="$3" duration="$4" pids="$5"
+    local warm="${WARMUP:-1}" lat="$TMP/h2load-requests.log" out h2pid t0 c0 t1 c1
+    rm -f "$lat" "$TMP/h2load-start"
+    taskset -c "$CLIENT_CPU" h2load -c "$conns" -m "$streams" -D "$duration" --warm-up-time "$warm"         -H "Authorization: Bearer ${SECRET:-x}" --log-file "$lat" "$url/v1/ping"         >"$TMP/h2load.out" 2>>"$TMP/loadtest.log" &
+    h2pid=$!
+    sleep "$warm"
+    t0="$(proc_ticks "$pids")" c0="$(cpu_line "$PROXY_CPU")"
+    wait "$h2pid" || true
+    t1="$(proc_ticks "$pids")" c1="$(cpu_line "$PROXY_CPU")"
+    out="$(cat "$TMP/h2load.out")"
+    cat "$TMP/h2load.out" >>"$TMP/loadtest.log"
+    local rps done errs pcts cpu busy
+    rps="$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")"
+    done="$(sed -n 's/^requests: .* \([0-9]*\) done.*/\1/p' <<<"$out")"
+    errs="$(awk '/^requests:/ { e += $10 + $12 + $14 } /^status codes:/ { e += $7 + $9 } END { print e + 0 }' <<<"$out")"
+    [[ -n "$rps" && -n "$done" && "$done" != 0 ]] || return 0
+    pcts="$(awk -F'\t' '{ print $3 }' "$lat" 2>/dev/null | sort -n | awk '{ a[NR] = $1 } END {
+        if (NR == 0) { print "NA NA NA"; exit }
+        printf "%.3f %.3f %.3f", a[int(NR * 0.5) + (NR * 0.5 > int(NR * 0.5))] / 1000,
+            a[int(NR * 0.99) + (NR * 0.99 > int(NR * 0.99))] / 1000, a[int(NR * 0.999) + (NR * 0.999 > int(NR * 0.999))] / 1000 }')"
+    cpu="$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v n="$(awk -v r="$rps" -v d="$duration" 'BEGIN { print r * d }')" \
+        'BEGIN { if (n <= 0) print "NA"; else printf "%.1f", t * 1000000 / hz / n }')"
+    busy="$(paste <(echo "$c0") <(echo "$c1") | awk '{
+        b1 = $2 + $3 + $4 + $7 + $8 + $9; t1 = b1 + $5 + $6
+        b2 = $13 + $14 + $15 + $18 + $19 + $20; t2 = b2 + $16 + $17
+        d = t2 - t1; if (d <= 0) d = 1; printf "%.0f", 100 * (b2 - b1) / d }')"
+    read -r p50 p99 p999 <<<"$pcts"
+    echo "RESULT rps=$rps p50_ms=$p50 p99_ms=$p99 p999_ms=$p999 errors=$errs proxy_cpu_us=$cpu proxy_cpus_busy_pct=$busy"
+}
+
 # field NAME "RESULT ... NAME=value ...": the value.
 field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p" | head -n 1; }
 

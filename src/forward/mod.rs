@@ -3,9 +3,9 @@
 //! deadline wraps it. Framing goes through `pump`, reuse and replay through `reuse`.
 
 mod broadcast;
-mod exchange;
-mod pump;
-mod reuse;
+pub(crate) mod exchange;
+pub(crate) mod pump;
+pub(crate) mod reuse;
 
 use std::cell::Cell;
 use std::fmt::Write as _;

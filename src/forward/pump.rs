@@ -69,6 +69,10 @@ pub(crate) enum Sink<'a> {
     Collect(&'a mut Vec<u8>),
     /// Read and dropped (a broadcast's answers).
     Discard,
+    /// An HTTP/2 stream: DATA frames as its flow-control window allows (the payload only:
+    /// the body is pumped with `Emit::Payload` or a length).
+    /// In a cell so the stream's reset can be watched while the pump waits.
+    H2(&'a std::cell::RefCell<h2::SendStream<bytes::Bytes>>),
 }
 
 impl Sink<'_> {
@@ -82,6 +86,9 @@ impl Sink<'_> {
                 Ok(())
             }
             Sink::Discard => Ok(()),
+            Sink::H2(stream) => crate::http2::send_data(stream, &buf[from..to])
+                .await
+                .map_err(|_| PumpError::Sink),
         }
     }
 }
@@ -373,7 +380,7 @@ fn frame_in_place(buf: &mut Vec<u8>, at: usize, len: usize) -> (usize, usize) {
     (start, at + len + 2)
 }
 
-fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
     let mut line = [0u8; 20];
     let n = chunk_size_line(&mut line, len);
     out.extend_from_slice(&line[..n]);

@@ -14,6 +14,7 @@ use opr_proxy::config::Config;
 use opr_proxy::Server;
 use sha2::{Digest, Sha256};
 
+pub mod h2raw;
 pub mod scripted;
 
 pub const SECRET: &str = "proxy-secret";

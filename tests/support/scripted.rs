@@ -190,6 +190,11 @@ impl ScriptedExecutor {
             .cloned()
     }
 
+    /// Every accepted connection's record, in accept order (health connections included).
+    pub fn conns(&self) -> Vec<ConnRecord> {
+        self.shared.lock().conns.clone()
+    }
+
     /// When each `GET /v1/health` arrived.
     pub fn health_checks(&self) -> Vec<Instant> {
         self.shared.lock().health.clone()

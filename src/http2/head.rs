@@ -1,0 +1,153 @@
+//! Heads between HTTP/2 and the HTTP/1.1 code: a stream's request is written out as an
+//! HTTP/1.1 head (then parsed by the one parser, so framing checks, routing and the
+//! rewrite to the executor are the HTTP/1 ones), and an HTTP/1.1 response head — an
+//! executor's after the response rewrite, or an answer the proxy made — becomes an h2
+//! response without connection-specific fields (RFC 9113 §8.2.2).
+
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+
+use crate::http::head::{self, is_hop_by_hop, HeaderRef, ResponseHead};
+
+/// Append the HTTP/1.1 head of an h2 request. `:authority` becomes `Host` (RFC 9113
+/// §8.3.1: it takes the place of Host, which is then ignored); a body without
+/// `content-length` is sent chunked. Cookie fields split by HPACK are joined again (RFC
+/// 9113 §8.2.3). h2 has already refused names that are not lowercase tokens, values with
+/// CR, LF or NUL, and connection-specific fields.
+pub(crate) fn write_request(out: &mut Vec<u8>, parts: &http::request::Parts, has_body: bool) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let authority = parts.uri.authority();
+    if let Some(a) = authority {
+        field(out, b"host", a.as_str().as_bytes());
+    }
+    let mut cookie = false;
+    for (name, value) in &parts.headers {
+        if name == http::header::HOST && authority.is_some() {
+            continue;
+        }
+        if name == http::header::COOKIE {
+            if !cookie {
+                out.extend_from_slice(b"cookie: ");
+                let mut first = true;
+                for v in parts.headers.get_all(http::header::COOKIE) {
+                    if !first {
+                        out.extend_from_slice(b"; ");
+                    }
+                    first = false;
+                    out.extend_from_slice(v.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+                cookie = true;
+            }
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if has_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        field(out, b"transfer-encoding", b"chunked");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The h2 response for an HTTP/1.1 head parsed from `buf`. Hop-by-hop fields go (the
+/// caller's head already went through the response rewrite, which also drops the fields
+/// Connection names); a field h2 cannot carry (a name or value `http` refuses) is
+/// dropped rather than failing the answer.
+pub(crate) fn response(buf: &[u8], r: &ResponseHead, headers: &[HeaderRef]) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let map = response.headers_mut();
+    for h in headers {
+        let name = &buf[h.name.clone()];
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(&buf[h.value.clone()]),
+        ) else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    response
+}
+
+/// A complete HTTP/1.1 answer the proxy made (`api`, `ProxyError`) as an h2 response
+/// and the range of its body in `buf`.
+pub(crate) fn local_answer(
+    buf: &[u8],
+    head_only: bool,
+) -> Option<(Response<()>, std::ops::Range<usize>)> {
+    let mut headers = Vec::new();
+    let r = head::parse_response(buf, head_only, &mut headers).ok()??;
+    let body = if head_only {
+        buf.len()..buf.len()
+    } else {
+        r.head_len..buf.len()
+    };
+    Some((response(buf, &r, &headers), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_head_takes_authority_as_host_and_joins_cookies() {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("http://example.com:8080/a/b?c=d")
+            .header("host", "ignored")
+            .header("cookie", "a=1")
+            .header("x-one", "1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let mut out = Vec::new();
+        write_request(&mut out, &parts, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a/b?c=d HTTP/1.1\r\nhost: example.com:8080\r\ncookie: a=1; b=2\r\n\
+             x-one: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_with_length_keeps_it_and_without_body_has_no_framing() {
+        let request = http::Request::builder()
+            .uri("/x")
+            .header("host", "h")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let mut out = Vec::new();
+        write_request(&mut out, &parts, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /x HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn local_answer_drops_connection_fields() {
+        let buf = b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
+        let (r, body) = local_answer(buf, false).unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().get("connection").is_none());
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(&buf[body], b"{}");
+    }
+}

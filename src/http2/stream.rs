@@ -1,0 +1,549 @@
+//! One HTTP/2 stream served like an HTTP/1.1 request: same routing, auth, selection,
+//! executor pool, rewrites, limits and error answers. The request body streams from the
+//! h2 `RecvStream` to the executor (capacity released as it is written), the answer
+//! through the one pump into the h2 `SendStream` (as its window allows).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use crate::balance::{Addressing, Choice};
+use crate::ctx::WorkerCtx;
+use crate::error::{Cause, ProxyError};
+use crate::forward::exchange::{self, HeadFailure, OpenError};
+use crate::forward::pump::{self, PumpError, Sink};
+use crate::forward::reuse::{self, ResponseEnd, Silence};
+use crate::http::head::{self, HeaderRef, RequestFraming, RequestHead, ResponseFraming};
+use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
+use crate::report::Report;
+use crate::{access_log, api, auth};
+
+/// A stream's request as the HTTP/1 code sees it: its head written out as HTTP/1.1.
+struct Request {
+    buf: Vec<u8>,
+    head: RequestHead,
+    headers: Vec<HeaderRef>,
+}
+
+impl Request {
+    fn method(&self) -> &[u8] {
+        &self.buf[self.head.method.clone()]
+    }
+
+    fn find(&self, name: &str) -> Option<&[u8]> {
+        head::find_header(&self.buf, &self.headers, name)
+    }
+}
+
+/// How the request body could not be sent.
+enum BodyError {
+    /// The client reset the stream (or its connection ended).
+    Client,
+    Stalled,
+    TooLarge,
+    /// The executor stopped reading: it may have answered early.
+    Executor,
+}
+
+/// Where the stream stands: a JSON error can still be answered before the head left.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    BeforeHead,
+    HeadSent(u16),
+}
+
+struct Stream {
+    ctx: Rc<WorkerCtx>,
+    peer: SocketAddr,
+    head_only: bool,
+    phase: Cell<Phase>,
+    choice: Cell<Option<Choice>>,
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+    /// `METHOD target` for the access log (kept only when it is on).
+    request_line: RefCell<Vec<u8>>,
+}
+
+/// Serve one stream to its end. Never panics on anything the client or the executor
+/// sends: every failure ends this stream only.
+pub(crate) async fn serve(
+    ctx: Rc<WorkerCtx>,
+    peer: SocketAddr,
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let started = Instant::now();
+    ctx.m().request_started();
+    let (parts, mut body) = request.into_parts();
+    let s = Stream {
+        ctx: ctx.clone(),
+        peer,
+        head_only: parts.method == http::Method::HEAD,
+        phase: Cell::new(Phase::BeforeHead),
+        choice: Cell::new(None),
+        bytes_in: Cell::new(0),
+        bytes_out: Cell::new(0),
+        request_line: RefCell::new(Vec::new()),
+    };
+    let status = s.handle(parts, &mut body, &mut respond).await;
+    let executor = s.choice.get().map(|c| c.executor);
+    let took = started.elapsed();
+    let (bytes_in, bytes_out) = (s.bytes_in.get(), s.bytes_out.get());
+    ctx.m()
+        .request_done(executor, status, took, bytes_in, bytes_out);
+    if let Some(log) = &ctx.access_log {
+        let snapshot = ctx.snapshot();
+        let entry = access_log::Entry {
+            client: peer.ip(),
+            request_line: &s.request_line.borrow(),
+            status,
+            executor: executor
+                .and_then(|i| snapshot.executors.get(i))
+                .map(|e| e.hostname.as_str()),
+            tier: s.choice.get().map(|c| c.tier),
+            bytes_in,
+            bytes_out,
+            duration: took,
+        };
+        log.write(&entry, ctx.m());
+    }
+    linger(&mut body).await;
+}
+
+/// How long the rest of a request body answered early (an error, or an executor that
+/// answered before reading it all) is still read and dropped.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Read and drop what the client still sends of its body, for up to `LINGER`, so the
+/// stream ends cleanly and the client reads its answer rather than a reset (as HTTP/1's
+/// lingering close); past that, dropping the stream resets it.
+async fn linger(body: &mut RecvStream) {
+    if body.is_end_stream() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
+        }
+    };
+    let _ = monoio::time::timeout(LINGER, drain).await;
+}
+
+impl Stream {
+    /// Route the request; returns the status sent (0: none, the stream was reset).
+    async fn handle(
+        &self,
+        parts: http::request::Parts,
+        body: &mut RecvStream,
+        respond: &mut SendResponse<Bytes>,
+    ) -> u16 {
+        let has_body = !body.is_end_stream();
+        let mut buf = Vec::with_capacity(512);
+        super::head::write_request(&mut buf, &parts, has_body);
+        drop(parts);
+        let mut headers = Vec::new();
+        let head = match head::parse_request(&buf, &mut headers) {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                return self.error(respond, ProxyError::BadHead(head::HeadError::HeadTooLarge))
+            }
+            Err(e) => return self.error(respond, ProxyError::BadHead(e)),
+        };
+        let request = Request { buf, head, headers };
+        let ctx = &self.ctx;
+        if ctx.access_log.is_some() {
+            let target = &request.buf[request.head.target.clone()];
+            let mut line = self.request_line.borrow_mut();
+            line.extend_from_slice(request.method());
+            line.push(b' ');
+            line.extend_from_slice(&target[..target.len().min(4096)]);
+        }
+        let method = request.method();
+        let path = head::path_of(&request.buf[request.head.target.clone()]);
+        let is_get = method == b"GET" || method == b"HEAD";
+        let mut out = Vec::new();
+
+        if is_get && path == b"/v1/proxy/health" {
+            api::health(false, self.head_only, &mut out);
+            return self.local(respond, &out);
+        }
+        if !auth::is_authorized(request.find("authorization"), ctx.config.secret.as_bytes()) {
+            return self.error(respond, ProxyError::Unauthorized);
+        }
+        if is_get && path == b"/v1/proxy/containers" {
+            api::containers(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
+            return self.local(respond, &out);
+        }
+        if is_get && path == b"/v1/proxy/metrics" {
+            api::metrics(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
+            return self.local(respond, &out);
+        }
+
+        let addressing = Addressing::from_header(request.find("x-opr-addressing-method"));
+        if addressing == Addressing::Broadcast {
+            return self.error(respond, ProxyError::BroadcastOverHttp2);
+        }
+        let limit = ctx.config.max_body_size;
+        if let (RequestFraming::Length(n), Some(max)) = (request.head.framing, limit) {
+            if n > max {
+                return self.error(respond, ProxyError::BodyTooLarge);
+            }
+        }
+        // RFC 9110 §10.1.1: as over HTTP/1, the proxy answers 100-continue itself so the
+        // client starts sending; the executor never sees Expect (the rewrite drops it).
+        if request.head.expect_continue && request.head.has_body() {
+            let mut interim = http::Response::new(());
+            *interim.status_mut() = http::StatusCode::CONTINUE;
+            let _ = respond.send_informational(interim);
+        }
+        let deadline = Instant::now() + ctx.config.max_timeout;
+        let run = self.forward(&request, body, respond, addressing, limit);
+        match monoio::time::timeout_at(deadline.into(), run).await {
+            Ok(status) => status,
+            Err(_) => match self.phase.get() {
+                Phase::BeforeHead => {
+                    self.report(&request, &ProxyError::GatewayTimeout);
+                    self.error(respond, ProxyError::GatewayTimeout)
+                }
+                // The SendStream was dropped with the future: h2 resets the stream.
+                Phase::HeadSent(status) => status,
+            },
+        }
+    }
+
+    /// Pick an executor, send the request, relay the answer.
+    async fn forward(
+        &self,
+        request: &Request,
+        body: &mut RecvStream,
+        respond: &mut SendResponse<Bytes>,
+        addressing: Addressing,
+        limit: Option<u64>,
+    ) -> u16 {
+        let ctx = &*self.ctx;
+        let snapshot = ctx.snapshot();
+        let has_body = request.head.has_body();
+        let idempotent = reuse::is_idempotent(request.method());
+        let runtime = request
+            .find("x-opr-runtime-id")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| !v.is_empty());
+        let mut replayed = false;
+        let mut out = Vec::new();
+        let mut hb = ctx.heads.lend();
+        let mut eb = ctx.bodies.lend();
+        let mut response_headers = Vec::new();
+
+        let (mut ex, response, early_answer) = loop {
+            let flagged = |i| ctx.board.is_flagged_offline(i);
+            let Some(choice) = ctx.picker.select(&snapshot, addressing, runtime, flagged) else {
+                return self.error(respond, ProxyError::NoOnlineExecutor);
+            };
+            let i = choice.executor;
+            self.choice.set(Some(choice));
+            let status = &snapshot.executors[i];
+            let Some(&addr) = status.addrs.first() else {
+                ctx.flag_offline(i, &"its address did not resolve");
+                continue;
+            };
+            out.clear();
+            let rw = RequestRewrite {
+                authorization: &ctx.executor_authorization,
+                forwarded_for: self.peer.ip(),
+                executor_host: &status.hostname,
+                dev_executor_hostname: ctx.config.is_development().then_some(&status.hostname),
+                strip_expect: true,
+            };
+            rewrite::write_request_head(
+                &mut out,
+                &request.buf,
+                &request.head,
+                &request.headers,
+                &rw,
+            );
+            let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
+                Ok(ex) => ex,
+                Err(OpenError::Unreachable(_)) => continue,
+                Err(OpenError::Failed(cause)) => return self.bad_gateway(request, respond, cause),
+            };
+            if let Some(rt) = runtime {
+                ctx.picker.mark_warm(&snapshot, i, rt);
+            }
+            if let Err(e) = pump::write_keep(ex.stream(), &mut out).await {
+                match reuse::after_silence(idempotent, ex.reused, replayed, !has_body) {
+                    Silence::Replay => {
+                        replayed = true;
+                        ctx.pool.drop_idle(i);
+                        continue;
+                    }
+                    Silence::Fail(_) => {
+                        return self.bad_gateway(request, respond, Cause::Send(e.kind()))
+                    }
+                }
+            }
+            let mut early_answer = false;
+            if has_body {
+                let chunked = request.head.framing == RequestFraming::Chunked;
+                let stall = ctx.config.body_timeout;
+                match self
+                    .send_body(body, ex.stream(), chunked, limit, stall, &mut out)
+                    .await
+                {
+                    Ok(()) => {}
+                    // The executor connection is dropped (closed) with `ex`.
+                    Err(BodyError::Client) => return 0,
+                    Err(BodyError::Stalled) => return self.error(respond, ProxyError::BodyTimeout),
+                    Err(BodyError::TooLarge) => {
+                        return self.error(respond, ProxyError::BodyTooLarge)
+                    }
+                    Err(BodyError::Executor) => early_answer = true,
+                }
+            }
+            let rb = hb.get();
+            rb.clear();
+            let read = exchange::read_response_head(
+                ex.stream(),
+                rb,
+                self.head_only,
+                &mut response_headers,
+            );
+            // A client that resets the stream abandons the request: the executor
+            // connection is closed with `ex` (SPEC §5).
+            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+            let r = monoio::select! {
+                r = read => r,
+                _ = reset => return 0,
+            };
+            match r {
+                Ok(r) => break (ex, r, early_answer),
+                Err(HeadFailure::Silent) => {
+                    match reuse::after_silence(idempotent, ex.reused, replayed, !has_body) {
+                        Silence::Replay => {
+                            replayed = true;
+                            ctx.pool.drop_idle(i);
+                        }
+                        Silence::Fail(cause) => return self.bad_gateway(request, respond, cause),
+                    }
+                }
+                Err(HeadFailure::Failed(cause)) => {
+                    return self.bad_gateway(request, respond, cause)
+                }
+            }
+        };
+
+        // The answer: the rewrite of HTTP/1 (hop-by-hop fields, Connection-listed ones),
+        // then as h2 fields. A length is kept; chunked and close-delimited bodies leave
+        // as DATA frames of their payload.
+        let rb = hb.get();
+        let (mut rbody, _) = exchange::response_body(response.framing, true);
+        let framing = match response.framing {
+            ResponseFraming::Length(n) => ResponseFraming::Length(n),
+            ResponseFraming::NoBody => ResponseFraming::NoBody,
+            _ => ResponseFraming::UntilClose,
+        };
+        out.clear();
+        let rw = ResponseRewrite {
+            framing,
+            close: false,
+        };
+        rewrite::write_response_head(&mut out, rb, &response, &response_headers, &rw);
+        let mut headers = Vec::new();
+        let answer = match head::parse_response(&out, self.head_only, &mut headers) {
+            Ok(Some(r)) => super::head::response(&out, &r, &headers),
+            _ => return self.bad_gateway(request, respond, Cause::ClosedMidHead),
+        };
+        let status = response.status;
+        let mut first = Vec::new();
+        let end = match exchange::frame_first_bytes(
+            rbody.as_mut(),
+            rb,
+            response.head_len,
+            Some(&mut first),
+        ) {
+            Ok(end) => end,
+            Err(e) => {
+                let cause = match e {
+                    PumpError::Chunk(e) => Cause::MalformedBody(e),
+                    _ => Cause::ClosedMidHead,
+                };
+                return self.bad_gateway(request, respond, cause);
+            }
+        };
+        let no_body = rbody.is_none();
+        let Ok(send) = respond.send_response(answer, no_body) else {
+            return 0;
+        };
+        let send = RefCell::new(send);
+        self.phase.set(Phase::HeadSent(status));
+        let end = match (end, rbody.as_mut()) {
+            (ResponseEnd::Unfinished, Some(rbody)) => {
+                let pump = rbody.pump_after(
+                    ex.stream(),
+                    Sink::H2(&send),
+                    &mut eb,
+                    None,
+                    None,
+                    &mut first,
+                );
+                // A client that resets the stream mid-body abandons it: the executor
+                // connection is closed with `ex`, even while the executor is silent.
+                let pumped = monoio::select! {
+                    r = pump => Some(r),
+                    _ = super::reset(&send) => None,
+                };
+                self.bytes_out.set(rbody.written);
+                match pumped {
+                    None => return status,
+                    Some(Ok(after)) if after.is_empty() => ResponseEnd::Clean,
+                    Some(Ok(_)) => ResponseEnd::Leftover,
+                    // Truncated or malformed: the client sees a reset, the executor
+                    // connection is closed.
+                    Some(Err(_)) => {
+                        send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
+                        return status;
+                    }
+                }
+            }
+            (end, _) => {
+                if !first.is_empty() {
+                    if super::send_data(&send, &first).await.is_err() {
+                        return status;
+                    }
+                    self.bytes_out.set(first.len() as u64);
+                }
+                end
+            }
+        };
+        if !no_body && send.borrow_mut().send_data(Bytes::new(), true).is_err() {
+            return status;
+        }
+        ex.release(reuse::after_exchange(&response, !early_answer, end));
+        status
+    }
+
+    /// Stream the request body to the executor: a length as it came, otherwise as
+    /// chunks; flow-control capacity is released once a frame was written on.
+    async fn send_body(
+        &self,
+        body: &mut RecvStream,
+        ex: &mut TcpStream,
+        chunked: bool,
+        limit: Option<u64>,
+        stall: Duration,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BodyError> {
+        let mut total = 0u64;
+        loop {
+            let data = match monoio::time::timeout(stall, body.data()).await {
+                Err(_) => return Err(BodyError::Stalled),
+                Ok(None) => break,
+                Ok(Some(Err(_))) => return Err(BodyError::Client),
+                Ok(Some(Ok(data))) => data,
+            };
+            let n = data.len();
+            total += n as u64;
+            self.bytes_in.set(total);
+            if limit.is_some_and(|max| total > max) {
+                return Err(BodyError::TooLarge);
+            }
+            if n == 0 {
+                continue;
+            }
+            if chunked {
+                out.clear();
+                pump::push_chunk_size(out, n);
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                pump::write_keep(ex, out)
+                    .await
+                    .map_err(|_| BodyError::Executor)?;
+            } else {
+                let (res, _) = ex.write_all(data).await;
+                res.map_err(|_| BodyError::Executor)?;
+            }
+            let _ = body.flow_control().release_capacity(n);
+        }
+        if chunked {
+            out.clear();
+            out.extend_from_slice(b"0\r\n\r\n");
+            pump::write_keep(ex, out)
+                .await
+                .map_err(|_| BodyError::Executor)?;
+        }
+        Ok(())
+    }
+
+    /// Answer an error as SPEC §7 JSON on this stream.
+    fn error(&self, respond: &mut SendResponse<Bytes>, e: ProxyError) -> u16 {
+        let mut out = Vec::new();
+        let config = &self.ctx.config;
+        e.write_response(
+            &mut out,
+            &config.version,
+            config.is_development(),
+            false,
+            self.head_only,
+        );
+        self.local(respond, &out);
+        e.status()
+    }
+
+    fn bad_gateway(
+        &self,
+        request: &Request,
+        respond: &mut SendResponse<Bytes>,
+        cause: Cause,
+    ) -> u16 {
+        let e = ProxyError::BadGateway(cause);
+        self.report(request, &e);
+        self.error(respond, e)
+    }
+
+    /// Send an answer the proxy made itself (a complete HTTP/1.1 response in `out`).
+    /// These are small, so they go without waiting for window.
+    fn local(&self, respond: &mut SendResponse<Bytes>, out: &[u8]) -> u16 {
+        let Some((answer, body)) = super::head::local_answer(out, self.head_only) else {
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return 0;
+        };
+        let status = answer.status().as_u16();
+        let empty = body.is_empty();
+        if let Ok(mut send) = respond.send_response(answer, empty) {
+            if !empty {
+                self.bytes_out.set(body.len() as u64);
+                let _ = send.send_data(Bytes::copy_from_slice(&out[body]), true);
+            }
+        }
+        status
+    }
+
+    /// Queue the report of a 502 / 504 (SPEC §8), as HTTP/1 does.
+    fn report(&self, request: &Request, e: &ProxyError) {
+        let ctx = &self.ctx;
+        if !ctx.reporter.is_enabled() {
+            return;
+        }
+        let target = &request.buf[request.head.target.clone()];
+        let executor = self.choice.get().and_then(|c| {
+            ctx.snapshot()
+                .executors
+                .get(c.executor)
+                .map(|e| e.hostname.clone())
+        });
+        ctx.reporter.report(Report::HttpError {
+            status: e.status(),
+            method: String::from_utf8_lossy(request.method()).into_owned(),
+            path: String::from_utf8_lossy(head::path_of(target)).into_owned(),
+            executor,
+            cause: e.to_string(),
+            worker: ctx.id,
+        });
+    }
+}
