@@ -222,7 +222,11 @@ impl WorkerCtx {
     /// An exchange with `executor` failed in a way the proxy answers `502` (or logs, for a
     /// broadcast copy). After `OPR_PROXY_EJECT_AFTER` of them in a row on this worker the
     /// executor is flagged offline for every worker until a probe passes.
-    pub(crate) fn exchange_failed(&self, executor: usize, cause: &dyn std::fmt::Display) {
+    /// Failures that are not the executor's (see `ExecutorFault`) are not counted.
+    pub(crate) fn exchange_failed(&self, executor: usize, cause: &dyn ExecutorFault) {
+        if !cause.is_executor_fault() {
+            return;
+        }
         if let Some(n) = self.outliers.failed(executor) {
             let reason = format_args!("{n} consecutive failed requests (last: {cause})");
             if self.flag_offline(executor, &reason) {
@@ -262,6 +266,12 @@ impl WorkerCtx {
         }
         true
     }
+}
+
+/// A failed exchange, as passive ejection (`OPR_PROXY_EJECT_AFTER`) sees it: whether it
+/// was the executor's fault, and what to log.
+pub(crate) trait ExecutorFault: std::fmt::Display {
+    fn is_executor_fault(&self) -> bool;
 }
 
 /// One request in flight to one executor: counted in the picker (selection) and the

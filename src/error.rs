@@ -34,13 +34,13 @@ pub(crate) enum Cause {
     Upgrade,
 }
 
-impl Cause {
+impl crate::ctx::ExecutorFault for Cause {
     /// Whether the failure is the executor's, for passive ejection
     /// (`OPR_PROXY_EJECT_AFTER`). Not a connect error left after refusals and timeouts
     /// (those flag the executor at once): what remains is local, such as running out of
     /// file descriptors. Not `101`: the client asked for the upgrade, and a client must
     /// not be able to eject executors.
-    pub(crate) fn is_executor_fault(&self) -> bool {
+    fn is_executor_fault(&self) -> bool {
         !matches!(self, Cause::Connect(_) | Cause::Upgrade)
     }
 }
@@ -86,8 +86,6 @@ pub(crate) enum ProxyError {
     BadGateway(Cause),
     /// The whole-request deadline passed before the executor's response head.
     GatewayTimeout,
-    /// `x-opr-addressing-method: broadcast` on an HTTP/2 stream (HTTP/1.1 only).
-    BroadcastOverHttp2,
 }
 
 impl ProxyError {
@@ -101,7 +99,6 @@ impl ProxyError {
             ProxyError::HeadTimeout | ProxyError::BodyTimeout => 408,
             ProxyError::BadGateway(_) => 502,
             ProxyError::GatewayTimeout => 504,
-            ProxyError::BroadcastOverHttp2 => 501,
         }
     }
 
@@ -116,9 +113,6 @@ impl ProxyError {
             ProxyError::BodyTimeout => "Request body was not received in time.",
             ProxyError::BadGateway(_) => "Executor failed to answer the request.",
             ProxyError::GatewayTimeout => "Executor did not answer in time.",
-            ProxyError::BroadcastOverHttp2 => {
-                "Broadcast addressing is only available over HTTP/1.1."
-            }
         }
     }
 
@@ -339,6 +333,7 @@ mod tests {
 
     #[test]
     fn only_the_executors_faults_count_for_ejection() {
+        use crate::ctx::ExecutorFault;
         assert!(Cause::ClosedBeforeAnswer.is_executor_fault());
         assert!(Cause::Read(io::ErrorKind::ConnectionReset).is_executor_fault());
         assert!(Cause::MalformedHead(HeadError::HeadTooLarge).is_executor_fault());

@@ -291,22 +291,20 @@ fn h2c_errors_are_spec_json_on_their_stream() {
     // The whole-request deadline before the answer: 504.
     let r = curl(&["-H", &auth(), &url(p.addr, "/v1/sleep?ms=3000")], b"");
     assert_spec_error(&r, 504, "Executor did not answer in time.");
-    // Broadcast stays HTTP/1.1-only.
+    // A broadcast body over the broadcast buffer (1 MiB): 413 on the stream.
     let r = curl(
         &[
             "-H",
             &auth(),
             "-H",
             "x-opr-addressing-method: broadcast",
-            &url(p.addr, "/v1/ping"),
+            "-T",
+            "-",
+            &url(p.addr, "/v1/upload"),
         ],
-        b"",
+        &vec![b'x'; 1024 * 1024 + 1],
     );
-    assert_spec_error(
-        &r,
-        501,
-        "Broadcast addressing is only available over HTTP/1.1.",
-    );
+    assert_spec_error(&r, 413, "Request body is too large.");
 
     // No executor online: 404.
     let dead = dead_hostname();
@@ -1077,4 +1075,106 @@ fn streams_over_the_concurrency_cap_are_refused() {
     c.send(&burst);
     assert_cut_off(&mut c, "provoked resets");
     still_serves(p.addr);
+}
+
+/// `x-opr-addressing-method: broadcast` on an HTTP/2 stream: every online executor gets
+/// the request (with its body, as a Content-Length copy, as over HTTP/1) and the stream
+/// is answered `204` once all have answered.
+#[test]
+fn broadcast_over_http2_reaches_every_executor() {
+    if !have("curl") {
+        return;
+    }
+    let (a, b) = (mock("a"), mock("b"));
+    let p = Proxy::start(&[&a, &b], &[]);
+    let body = b"delete runtime 42".repeat(100);
+    let r = curl(
+        &[
+            "-H",
+            &auth(),
+            "-H",
+            "x-opr-addressing-method: broadcast",
+            "-H",
+            "x-opr-runtime-id: rt-42",
+            "-X",
+            "DELETE",
+            "-T",
+            "-",
+            &url(p.addr, "/v1/runtimes/rt-42"),
+        ],
+        &body,
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let want = hex(&Sha256::digest(&body));
+    for m in [&a, &b] {
+        let got = m.last_request().expect("the executor got the broadcast");
+        assert_eq!(
+            (got.method.as_str(), got.target.as_str()),
+            ("DELETE", "/v1/runtimes/rt-42")
+        );
+        assert_eq!(
+            (got.body_len, got.body_sha256.as_str()),
+            (body.len() as u64, want.as_str())
+        );
+        assert!(!got.chunked, "a Content-Length copy, as over HTTP/1");
+        assert_eq!(got.header("x-opr-runtime-id"), Some("rt-42"));
+    }
+}
+
+/// HTTP/2 streams go through the same selection and failure accounting as HTTP/1:
+/// counted in flight to their executor (least-request, p2c, the gauge), counted for
+/// passive ejection, explained in `x-opr-route`.
+#[test]
+fn h2_streams_count_in_flight_and_for_ejection() {
+    if !have("curl") {
+        return;
+    }
+    let (a, b) = (mock("a"), mock("b"));
+    let p = Proxy::start(
+        &[&a, &b],
+        &[
+            ("OPR_PROXY_ALGORITHM", "first"),
+            ("OPR_PROXY_EJECT_AFTER", "3"),
+            ("OPR_PROXY_HEALTHCHECK_INTERVAL", "60000"),
+        ],
+    );
+    // A slow stream is in flight to "a" while the metrics are read over HTTP/1.
+    let addr = p.addr;
+    let slow =
+        std::thread::spawn(move || curl(&["-H", &auth(), &url(addr, "/v1/sleep?ms=1500")], b""));
+    let gauge = format!(
+        "opr_proxy_executor_requests_in_flight{{executor=\"{}\"}} 1",
+        a.hostname()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .get("/v1/proxy/metrics")
+            .text()
+            .contains(&gauge)),
+        "the h2 stream counts in flight"
+    );
+    assert_eq!(slow.join().unwrap().status, 200);
+    // Three proxy 502s in a row from "a" over h2: ejected, the next stream goes to "b".
+    for _ in 0..3 {
+        let r = curl(&["-H", &auth(), &url(p.addr, "/v1/reset")], b"");
+        assert_eq!(r.status, 502);
+    }
+    let r = curl(&["-H", &auth(), &url(p.addr, "/v1/ping")], b"");
+    assert_eq!((r.status, r.header("x-mock-name")), (200, Some("b")));
+    // `x-opr-debug: 1` explains the choice over HTTP/2 too.
+    let r = curl(
+        &[
+            "-H",
+            &auth(),
+            "-H",
+            "x-opr-debug: 1",
+            &url(p.addr, "/v1/ping"),
+        ],
+        b"",
+    );
+    let route = r.header("x-opr-route").unwrap_or("").to_string();
+    assert!(
+        route.starts_with(&format!("executor={}; tier=", b.hostname())),
+        "{route:?}"
+    );
 }

@@ -3,14 +3,14 @@
 //! from the same parts as anycast: the pump, `exchange::open` (pool cleanliness, offline
 //! flagging), the replay and reuse rules.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
 use super::exchange::{self, HeadFailure, OpenError};
 use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
 use super::reuse::{self, ResponseEnd, Silence};
-use crate::ctx::WorkerCtx;
+use crate::ctx::{ExecutorFault, WorkerCtx};
 use crate::error::{Cause, ProxyError};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::client::{After, ClientConn};
@@ -38,14 +38,47 @@ pub(super) async fn broadcast(
         Ok(Err(None)) | Err(_) => return (After::Close, 0),
     };
 
+    let peer = conn.peer.ip();
+    let delivered = fan_out(ctx, conn.pending(), head, headers, &body, peer, deadline).await;
+    conn.consume(head.head_len);
+    if !delivered {
+        let e = ProxyError::NoOnlineExecutor;
+        return ctx.answer(conn, out, e, head.keep_alive).await;
+    }
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
+    let close = !head.keep_alive || ctx.stopping.get();
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let ok = conn
+        .write_answer(out, ctx.config.body_timeout)
+        .await
+        .is_ok();
+    (After::close_if(close || !ok), 204)
+}
+
+/// Send the request (its head in `buf`, its whole `body`) to every online executor at
+/// once and wait for every answer, each bounded by `deadline`; failures are logged and
+/// counted for ejection, not returned. `false`: no executor was online. Shared by
+/// HTTP/1 (above) and HTTP/2 streams (src/http2/stream.rs).
+pub(crate) async fn fan_out(
+    ctx: &Rc<WorkerCtx>,
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[HeaderRef],
+    body: &[u8],
+    peer: IpAddr,
+    deadline: Instant,
+) -> bool {
     let snapshot = ctx.snapshot();
     let targets = ctx
         .picker
         .all_online(&snapshot, |i| ctx.board.is_flagged_offline(i));
     if targets.is_empty() {
-        conn.consume(head.head_len);
-        let e = ProxyError::NoOnlineExecutor;
-        return ctx.answer(conn, out, e, head.keep_alive).await;
+        return false;
     }
 
     // Every executor gets the body with a Content-Length, whatever the client used.
@@ -55,7 +88,7 @@ pub(super) async fn broadcast(
     } else {
         RequestFraming::Length(body.len() as u64)
     };
-    let method = &conn.pending()[head.method.clone()];
+    let method = &buf[head.method.clone()];
     let idempotent = reuse::is_idempotent(method);
     let is_head = method == b"HEAD";
     let mut tasks = Vec::with_capacity(targets.len());
@@ -68,7 +101,7 @@ pub(super) async fn broadcast(
         let mut request = Vec::with_capacity(1024 + body.len());
         let rw = RequestRewrite {
             authorization: &ctx.executor_authorization,
-            forwarded_for: conn.peer.ip(),
+            forwarded_for: peer,
             executor_host: &status.hostname,
             dev_executor_hostname: ctx
                 .config
@@ -76,8 +109,8 @@ pub(super) async fn broadcast(
                 .then_some(status.hostname.as_str()),
             strip_expect: head.expect_continue,
         };
-        rewrite::write_request_head(&mut request, conn.pending(), &fixed, headers, &rw);
-        request.extend_from_slice(&body);
+        rewrite::write_request_head(&mut request, buf, &fixed, headers, &rw);
+        request.extend_from_slice(body);
         let ctx = ctx.clone();
         let hostname = status.hostname.clone();
         tasks.push(monoio::spawn(async move {
@@ -95,32 +128,17 @@ pub(super) async fn broadcast(
                 Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
                 Ok(Err(why)) => {
                     warn!("Broadcast to executor \"{hostname}\" failed: {why}");
-                    if why.is_executor_fault() {
-                        ctx.exchange_failed(i, &why);
-                    }
+                    ctx.exchange_failed(i, &why);
                 }
                 // A slow executor is not a broken one: timeouts are not counted.
                 Err(_) => warn!("Broadcast to executor \"{hostname}\" failed: timed out"),
             }
         }));
     }
-    conn.consume(head.head_len);
     for task in tasks {
         task.await;
     }
-
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
-    let close = !head.keep_alive || ctx.stopping.get();
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    let ok = conn
-        .write_answer(out, ctx.config.body_timeout)
-        .await
-        .is_ok();
-    (After::close_if(close || !ok), 204)
+    true
 }
 
 /// Read the whole (bounded) request body, decoded. `Err(None)`: the client went away.
@@ -178,8 +196,8 @@ enum Failed {
     Body(PumpError),
 }
 
-impl Failed {
-    /// Counted for passive ejection (see `Cause::is_executor_fault`).
+impl ExecutorFault for Failed {
+    /// Counted for passive ejection (as `Cause` says, for an exchange).
     fn is_executor_fault(&self) -> bool {
         match self {
             Failed::Unreachable => false,

@@ -9,6 +9,7 @@ pub(crate) mod reuse;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use monoio::net::TcpStream;
 
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
-use crate::ctx::WorkerCtx;
+use crate::ctx::{Assignment, WorkerCtx};
 use crate::error::{Cause, ProxyError};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::client::{After, ClientConn};
@@ -24,11 +25,12 @@ use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
+use crate::snapshot::Snapshot;
 use exchange::{HeadFailure, OpenError};
 use pump::{Body, Delimit, Emit, PumpError, Sink};
 use reuse::{ResponseEnd, Reuse, Silence};
 
-pub(crate) use broadcast::BROADCAST_MAX_BODY;
+pub(crate) use broadcast::{fan_out, BROADCAST_MAX_BODY};
 pub(crate) use reuse::Discard;
 
 /// How long the executor may work on a request before the proxy starts watching the
@@ -184,6 +186,34 @@ struct Anycast<'a> {
     debug: bool,
 }
 
+/// One selection, shared by HTTP/1 requests and HTTP/2 streams: the picker's choice
+/// within the tiers, counted in flight to that executor (`assigned` holds the count until
+/// the request ends or moves on to another executor), with its address. An executor
+/// whose name did not resolve is flagged offline for every worker and the next one is
+/// tried (`unresolved` hears of it). `None`: no online executor is left.
+pub(crate) fn pick<'c>(
+    ctx: &'c WorkerCtx,
+    snapshot: &Snapshot,
+    addressing: Addressing,
+    runtime: Option<&str>,
+    assigned: &mut Option<Assignment<'c>>,
+    mut unresolved: impl FnMut(usize),
+) -> Option<(Choice, SocketAddr)> {
+    loop {
+        let flagged = |i| ctx.board.is_flagged_offline(i);
+        let choice = ctx.picker.select(snapshot, addressing, runtime, flagged)?;
+        let i = choice.executor;
+        *assigned = Some(ctx.assign(i));
+        match snapshot.executors[i].addrs.first() {
+            Some(&addr) => return Some((choice, addr)),
+            None => {
+                ctx.flag_offline(i, &"its address did not resolve");
+                unresolved(i);
+            }
+        }
+    }
+}
+
 impl Anycast<'_> {
     async fn run(
         &self,
@@ -218,12 +248,17 @@ impl Anycast<'_> {
         let (mut ex, response, early_answer) = loop {
             // Selection: every refusal flags that executor offline for every worker and
             // moves on (nothing was sent).
-            let flagged = |i| ctx.board.is_flagged_offline(i);
             let runtime = self.runtime_id(conn);
-            let Some(choice) = ctx
-                .picker
-                .select(&snapshot, self.addressing, runtime, flagged)
-            else {
+            let unresolved = |i| self.failed_over(i, "unresolved");
+            let picked = pick(
+                ctx,
+                &snapshot,
+                self.addressing,
+                runtime,
+                &mut _assigned,
+                unresolved,
+            );
+            let Some((choice, addr)) = picked else {
                 // The request is answered: it must not be parsed again on keep-alive.
                 conn.consume(request_len);
                 let keep = head.keep_alive && in_hand;
@@ -233,13 +268,7 @@ impl Anycast<'_> {
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
-            _assigned = Some(ctx.assign(i));
             let status = &snapshot.executors[i];
-            let Some(&addr) = status.addrs.first() else {
-                ctx.flag_offline(i, &"its address did not resolve");
-                self.failed_over(i, "unresolved");
-                continue;
-            };
             self.write_head(conn, out, &status.hostname, first.sent);
             let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
                 Ok(ex) => ex,
@@ -372,9 +401,7 @@ impl Anycast<'_> {
         let keep_alive = self.head.keep_alive && read_whole.is_some();
         if let Some(choice) = self.choice.get() {
             self.failed.set(true);
-            if cause.is_executor_fault() {
-                self.ctx.exchange_failed(choice.executor, &cause);
-            }
+            self.ctx.exchange_failed(choice.executor, &cause);
         }
         // Consumed after the answer: its report reads the request's method and path.
         let e = ProxyError::BadGateway(cause);
@@ -458,7 +485,7 @@ impl Anycast<'_> {
         let rw = ResponseRewrite { framing, close };
         rewrite::write_response_head(out, rb, response, response_headers, &rw);
         if self.debug {
-            self.explain(out);
+            explain(self.ctx, self.choice.get(), self.failover.get(), out);
         }
         let status = response.status;
         let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
@@ -530,33 +557,37 @@ impl Anycast<'_> {
     }
 }
 
-impl Anycast<'_> {
-    /// Add `x-opr-route: executor=<host>; tier=<n>; reason=<why>[; failover from <host>:
-    /// <how>]` to the response head in `out` (it ends with the empty line).
-    fn explain(&self, out: &mut Vec<u8>) {
-        let Some(choice) = self.choice.get() else {
-            return;
-        };
-        let snapshot = self.ctx.snapshot();
-        let host = |i: usize| {
-            snapshot
-                .executors
-                .get(i)
-                .map_or("?", |e| e.hostname.as_str())
-        };
-        out.truncate(out.len() - 2);
-        let mut w = crate::error::VecWriter(out);
-        let _ = write!(w, "x-opr-route: executor={}; tier=", host(choice.executor));
-        let _ = match choice.tier {
-            0 => write!(w, "none"),
-            n => write!(w, "{n}"),
-        };
-        let _ = write!(w, "; reason={}", choice.reason);
-        if let Some((from, why)) = self.failover.get() {
-            let _ = write!(w, "; failover from {}: {why}", host(from));
-        }
-        out.extend_from_slice(b"\r\n\r\n");
+/// Add `x-opr-route: executor=<host>; tier=<n>; reason=<why>[; failover from <host>:
+/// <how>]` to the response head in `out` (it ends with the empty line). Shared by
+/// HTTP/1 requests and HTTP/2 streams.
+pub(crate) fn explain(
+    ctx: &WorkerCtx,
+    choice: Option<Choice>,
+    failover: Option<(usize, &'static str)>,
+    out: &mut Vec<u8>,
+) {
+    let Some(choice) = choice else {
+        return;
+    };
+    let snapshot = ctx.snapshot();
+    let host = |i: usize| {
+        snapshot
+            .executors
+            .get(i)
+            .map_or("?", |e| e.hostname.as_str())
+    };
+    out.truncate(out.len() - 2);
+    let mut w = crate::error::VecWriter(out);
+    let _ = write!(w, "x-opr-route: executor={}; tier=", host(choice.executor));
+    let _ = match choice.tier {
+        0 => write!(w, "none"),
+        n => write!(w, "{n}"),
+    };
+    let _ = write!(w, "; reason={}", choice.reason);
+    if let Some((from, why)) = failover {
+        let _ = write!(w, "; failover from {}: {why}", host(from));
     }
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 /// Wait for the response head; once the executor has worked for `WATCH_CLIENT_AFTER`,

@@ -20,6 +20,7 @@ use crate::error::{Cause, ProxyError};
 use crate::forward::exchange::{self, HeadFailure, OpenError};
 use crate::forward::pump::{self, PumpError, Sink};
 use crate::forward::reuse::{self, ResponseEnd, Silence};
+use crate::forward::{self, BROADCAST_MAX_BODY};
 use crate::http::head::{self, HeaderRef, RequestFraming, RequestHead, ResponseFraming};
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::report::Report;
@@ -50,6 +51,16 @@ enum BodyError {
     TooLarge,
     /// The executor stopped reading: it may have answered early.
     Executor,
+}
+
+/// The next DATA frame's bytes of a request body; `None` at its end.
+async fn next_data(body: &mut RecvStream, stall: Duration) -> Result<Option<Bytes>, BodyError> {
+    match monoio::time::timeout(stall, body.data()).await {
+        Err(_) => Err(BodyError::Stalled),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(_))) => Err(BodyError::Client),
+        Ok(Some(Ok(data))) => Ok(Some(data)),
+    }
 }
 
 /// Where the stream stands: a JSON error can still be answered before the head left.
@@ -187,9 +198,6 @@ impl Stream {
         }
 
         let addressing = Addressing::from_header(request.find("x-opr-addressing-method"));
-        if addressing == Addressing::Broadcast {
-            return self.error(respond, ProxyError::BroadcastOverHttp2);
-        }
         let limit = ctx.config.max_body_size;
         if let (RequestFraming::Length(n), Some(max)) = (request.head.framing, limit) {
             if n > max {
@@ -202,6 +210,9 @@ impl Stream {
             let mut interim = http::Response::new(());
             *interim.status_mut() = http::StatusCode::CONTINUE;
             let _ = respond.send_informational(interim);
+        }
+        if addressing == Addressing::Broadcast {
+            return self.broadcast(&request, body, respond).await;
         }
         let deadline = Instant::now() + ctx.config.max_timeout;
         let run = self.forward(&request, body, respond, addressing, limit);
@@ -241,18 +252,27 @@ impl Stream {
         let mut eb = ctx.bodies.lend();
         let mut response_headers = Vec::new();
 
+        // Counted in flight to the executor it was last assigned to (least-request, p2c)
+        // until the stream's future ends or is dropped.
+        let mut assigned = None;
+        // The first executor that could not be reached, and how (for `x-opr-route`).
+        let failover = Cell::new(None);
+        let failed_over = |i: usize, why: &'static str| {
+            if failover.get().is_none() {
+                failover.set(Some((i, why)));
+            }
+        };
+
         let (mut ex, response, early_answer) = loop {
-            let flagged = |i| ctx.board.is_flagged_offline(i);
-            let Some(choice) = ctx.picker.select(&snapshot, addressing, runtime, flagged) else {
+            let picked = forward::pick(ctx, &snapshot, addressing, runtime, &mut assigned, |i| {
+                failed_over(i, "unresolved")
+            });
+            let Some((choice, addr)) = picked else {
                 return self.error(respond, ProxyError::NoOnlineExecutor);
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
             let status = &snapshot.executors[i];
-            let Some(&addr) = status.addrs.first() else {
-                ctx.flag_offline(i, &"its address did not resolve");
-                continue;
-            };
             out.clear();
             let rw = RequestRewrite {
                 authorization: &ctx.executor_authorization,
@@ -270,7 +290,10 @@ impl Stream {
             );
             let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
                 Ok(ex) => ex,
-                Err(OpenError::Unreachable(_)) => continue,
+                Err(OpenError::Unreachable(why)) => {
+                    failed_over(i, why);
+                    continue;
+                }
                 Err(OpenError::Failed(cause)) => return self.bad_gateway(request, respond, cause),
             };
             if let Some(rt) = runtime {
@@ -354,6 +377,10 @@ impl Stream {
             close: false,
         };
         rewrite::write_response_head(&mut out, rb, &response, &response_headers, &rw);
+        let debug = ctx.config.is_development() || request.find("x-opr-debug") == Some(b"1");
+        if debug {
+            forward::explain(ctx, self.choice.get(), failover.get(), &mut out);
+        }
         let mut headers = Vec::new();
         let answer = match head::parse_response(&out, self.head_only, &mut headers) {
             Ok(Some(r)) => super::head::response(&out, &r, &headers),
@@ -425,7 +452,57 @@ impl Stream {
             return status;
         }
         ex.release(reuse::after_exchange(&response, !early_answer, end));
+        if let Some(choice) = self.choice.get() {
+            ctx.exchange_answered(choice.executor);
+        }
         status
+    }
+
+    /// `x-opr-addressing-method: broadcast`: the whole (bounded) body, then every online
+    /// executor at once through HTTP/1's fan-out; `204` once all have answered.
+    async fn broadcast(
+        &self,
+        request: &Request,
+        body: &mut RecvStream,
+        respond: &mut SendResponse<Bytes>,
+    ) -> u16 {
+        let ctx = &self.ctx;
+        let limit = ctx
+            .config
+            .max_body_size
+            .map_or(BROADCAST_MAX_BODY, |m| m.min(BROADCAST_MAX_BODY));
+        if let RequestFraming::Length(n) = request.head.framing {
+            if n > limit {
+                return self.error(respond, ProxyError::BodyTooLarge);
+            }
+        }
+        let deadline = Instant::now() + ctx.config.max_timeout;
+        let mut collected = Vec::new();
+        let stall = ctx.config.body_timeout;
+        let read = async {
+            while let Some(data) = next_data(body, stall).await? {
+                if (collected.len() + data.len()) as u64 > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                collected.extend_from_slice(&data);
+                self.bytes_in.set(collected.len() as u64);
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            Ok(())
+        };
+        match monoio::time::timeout_at(deadline.into(), read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(BodyError::Stalled)) => return self.error(respond, ProxyError::BodyTimeout),
+            Ok(Err(BodyError::TooLarge)) => return self.error(respond, ProxyError::BodyTooLarge),
+            Ok(Err(_)) => return 0,
+            Err(_) => return self.error(respond, ProxyError::GatewayTimeout),
+        }
+        let (buf, head, headers) = (&request.buf, &request.head, &request.headers);
+        let peer = self.peer.ip();
+        if !forward::fan_out(ctx, buf, head, headers, &collected, peer, deadline).await {
+            return self.error(respond, ProxyError::NoOnlineExecutor);
+        }
+        self.local(respond, b"HTTP/1.1 204 No Content\r\n\r\n")
     }
 
     /// Stream the request body to the executor: a length as it came, otherwise as
@@ -440,13 +517,7 @@ impl Stream {
         out: &mut Vec<u8>,
     ) -> Result<(), BodyError> {
         let mut total = 0u64;
-        loop {
-            let data = match monoio::time::timeout(stall, body.data()).await {
-                Err(_) => return Err(BodyError::Stalled),
-                Ok(None) => break,
-                Ok(Some(Err(_))) => return Err(BodyError::Client),
-                Ok(Some(Ok(data))) => data,
-            };
+        while let Some(data) = next_data(body, stall).await? {
             let n = data.len();
             total += n as u64;
             self.bytes_in.set(total);
@@ -501,6 +572,10 @@ impl Stream {
         respond: &mut SendResponse<Bytes>,
         cause: Cause,
     ) -> u16 {
+        // Counted for passive ejection exactly as over HTTP/1.
+        if let Some(choice) = self.choice.get() {
+            self.ctx.exchange_failed(choice.executor, &cause);
+        }
         let e = ProxyError::BadGateway(cause);
         self.report(request, &e);
         self.error(respond, e)
