@@ -98,6 +98,16 @@ impl Pool {
         }
     }
 
+    /// Close the connections idle longer than the pool's idle timeout, for every
+    /// executor (the worker's sweep calls this: a quiet worker must not keep a burst's
+    /// connections open until its next request to that executor).
+    pub(crate) fn expire_idle(&self, m: &WorkerMetrics) {
+        let now = Instant::now();
+        for (executor, list) in self.idle.borrow_mut().iter_mut().enumerate() {
+            expire(list, now, self.idle_timeout, executor, m);
+        }
+    }
+
     /// Close every idle connection (shutdown).
     pub(crate) fn clear(&self) {
         for list in self.idle.borrow_mut().iter_mut() {

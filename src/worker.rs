@@ -172,6 +172,7 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
     }
     {
         // The idle sweep (idle.rs): a quarter of the idle timeout late at most, up to 1 s.
+        // Pooled executor connections past their idle timeout are closed on the same tick.
         let ctx = ctx.clone();
         monoio::spawn(async move {
             let every = (ctx.config.idle_timeout / 4).min(Duration::from_secs(1));
@@ -179,6 +180,7 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
                 monoio::time::sleep(every).await;
                 let timeout = ctx.config.idle_timeout;
                 ctx.idle.sweep(Instant::now(), timeout, Closed::Idle);
+                ctx.pool.expire_idle(ctx.m());
             }
         });
     }

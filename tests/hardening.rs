@@ -419,3 +419,46 @@ fn faults_leak_no_file_descriptors() {
         p.open_fds()
     );
 }
+
+/// Pooled executor connections close after `OPR_PROXY_POOL_IDLE_TIMEOUT` even when no
+/// later request touches that pool (the worker's sweep): a burst must not leave the
+/// executor holding idle connections until the next request to it.
+#[test]
+fn idle_pooled_connections_close_without_further_traffic() {
+    let a = mock("a");
+    let proxy = Proxy::start(&[&a], &[("OPR_PROXY_POOL_IDLE_TIMEOUT", "1")]);
+    let addr = proxy.addr;
+    // Eight at once: eight executor connections, pooled after their answers.
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                Client::connect(addr)
+                    .request(
+                        "GET",
+                        "/v1/sleep?ms=300",
+                        &[("Authorization", &bearer())],
+                        b"",
+                    )
+                    .status
+            })
+        })
+        .collect();
+    for t in burst {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let opened = a.connections();
+    assert!(opened >= 8, "{opened}");
+    // Only the metrics are asked for from now on: nothing is forwarded.
+    let expired = format!(
+        "opr_proxy_executor_connections_discarded_total{{executor=\"{}\",reason=\"idle_expired\"}} {opened}",
+        a.hostname()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || proxy
+            .get("/v1/proxy/metrics")
+            .text()
+            .contains(&expired)),
+        "{}",
+        proxy.get("/v1/proxy/metrics").text()
+    );
+}

@@ -214,10 +214,10 @@ fn soak_mixed_traffic_with_restarting_executors() {
     let alive = matches!(proxy.child.try_wait(), Ok(None));
 
     // Quiesce: every client socket is closed; idle pooled connections expire after
-    // POOL_IDLE_SECS but are pruned lazily (on the next take/put for that executor), so
-    // wait past the timeout and then touch every (worker, executor) pool with sequential
-    // requests on fresh `Connection: close` connections (each worker's picker walks the
-    // executors). What stays open is at most one pooled connection per pair.
+    // POOL_IDLE_SECS (each worker's sweep closes them within a second), so wait past the
+    // timeout and then touch every (worker, executor) pool with sequential requests on
+    // fresh `Connection: close` connections (each worker's picker walks the executors):
+    // the pools still work. What stays open is at most one pooled connection per pair.
     let mut touch_failures = Vec::new();
     if alive {
         thread::sleep(Duration::from_millis(POOL_IDLE_SECS * 1000 + 500));
