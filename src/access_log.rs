@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::AccessLogFormat;
 use crate::error::{JsonEscape, VecWriter};
+use crate::http::head::RequestHead;
 use crate::logging::write_rfc3339;
 use crate::metrics::WorkerMetrics;
 
@@ -146,6 +147,17 @@ impl AccessLog {
             m.access_log_dropped(dropped as u64);
         }
     }
+}
+
+/// Keep `METHOD target` of the head in `buf` for the access log (HTTP/1 and HTTP/2): the
+/// head's bytes may be gone by the time the line is written. The buffer is reused, so
+/// this allocates only while it grows.
+pub(crate) fn keep_request_line(line: &mut Vec<u8>, buf: &[u8], head: &RequestHead) {
+    line.clear();
+    line.extend_from_slice(&buf[head.method.clone()]);
+    line.push(b' ');
+    let target = &buf[head.target.clone()];
+    line.extend_from_slice(&target[..target.len().min(4096)]);
 }
 
 fn split_request_line(line: &[u8]) -> (&[u8], &[u8]) {

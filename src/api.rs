@@ -10,6 +10,40 @@ use crate::http::client::After;
 use crate::logging::rfc3339;
 use crate::snapshot::Snapshot;
 
+/// Where a request goes. One table for HTTP/1 (conn.rs) and HTTP/2 streams
+/// (http2/stream.rs), so the endpoints and the key rule cannot drift apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `GET|HEAD /v1/proxy/health`: liveness, no key (container health checks).
+    Health,
+    /// Missing or wrong key: 401.
+    Unauthorized,
+    Containers,
+    Metrics,
+    /// Everything else goes to an executor.
+    Forward,
+}
+
+pub(crate) fn route(
+    method: &[u8],
+    path: &[u8],
+    authorization: Option<&[u8]>,
+    secret: &[u8],
+) -> Route {
+    let is_get = method == b"GET" || method == b"HEAD";
+    if is_get && path == b"/v1/proxy/health" {
+        return Route::Health;
+    }
+    if !crate::auth::is_authorized(authorization, secret) {
+        return Route::Unauthorized;
+    }
+    match path {
+        b"/v1/proxy/containers" if is_get => Route::Containers,
+        b"/v1/proxy/metrics" if is_get => Route::Metrics,
+        _ => Route::Forward,
+    }
+}
+
 /// `200 OK` with body `OK`, as the original answers.
 pub(crate) fn health(close: bool, head_only: bool, out: &mut Vec<u8>) -> After {
     out.clear();

@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
+use crate::access_log;
+use crate::api::{self, Route};
 use crate::buffers::Scratch;
 use crate::ctx::WorkerCtx;
 use crate::error::ProxyError;
@@ -17,7 +19,6 @@ use crate::http::client::{After, ClientConn};
 use crate::http::head::{self, HeaderRef, RequestHead};
 use crate::idle::{Closed, Registration};
 use crate::metrics::ClientClose;
-use crate::{access_log, api, auth};
 
 /// Serve one accepted connection until it closes.
 pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
@@ -101,7 +102,7 @@ async fn serve_request(
     let (in_before, out_before) = (conn.bytes_in, conn.bytes_out);
     conn.head_request = &conn.pending()[head.method.clone()] == b"HEAD";
     if ctx.access_log.is_some() {
-        keep_request_line(&mut scratch.request_line, conn, &head);
+        access_log::keep_request_line(&mut scratch.request_line, conn.pending(), &head);
     }
     ctx.m().request_started();
     let headers = &scratch.headers;
@@ -206,17 +207,6 @@ async fn read_head(
     }
 }
 
-/// Keep `METHOD target` for the access log: the head's bytes may be gone by the time
-/// the line is written. The buffer is reused, so this allocates only while it grows.
-fn keep_request_line(line: &mut Vec<u8>, conn: &ClientConn, head: &RequestHead) {
-    let pending = conn.pending();
-    line.clear();
-    line.extend_from_slice(&pending[head.method.clone()]);
-    line.push(b' ');
-    let target = &pending[head.target.clone()];
-    line.extend_from_slice(&target[..target.len().min(4096)]);
-}
-
 /// Route one request.
 async fn handle(
     ctx: &Rc<WorkerCtx>,
@@ -229,38 +219,32 @@ async fn handle(
     let pending = conn.pending();
     let method = &pending[head.method.clone()];
     let path = head::path_of(&pending[head.target.clone()]);
-    let is_get = method == b"GET" || method == b"HEAD";
-
-    // Liveness needs no key (container health checks).
-    if is_get && path == b"/v1/proxy/health" {
-        let close = !head.keep_alive || head.has_body();
-        let after = api::health(close, method == b"HEAD", out);
-        return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
-    }
-
     let authorization = head::find_header(pending, headers, "authorization");
-    if !auth::is_authorized(authorization, ctx.config.secret.as_bytes()) {
-        // The body (if any) is not read: the answer closes and lingers.
-        let keep_alive = head.keep_alive && !head.has_body();
-        conn.consume(head.head_len);
-        let e = ProxyError::Unauthorized;
-        return Served::local(ctx.answer(conn, out, e, keep_alive).await);
-    }
-
-    if is_get && path == b"/v1/proxy/containers" {
-        let snapshot = ctx.snapshot();
-        let close = !head.keep_alive || head.has_body();
-        api::containers(&snapshot, ctx, method == b"HEAD", close, out);
-        let after = After::close_if(close);
-        return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
-    }
-
-    if is_get && path == b"/v1/proxy/metrics" {
-        let snapshot = ctx.snapshot();
-        let close = !head.keep_alive || head.has_body();
-        api::metrics(&snapshot, ctx, method == b"HEAD", close, out);
-        let after = After::close_if(close);
-        return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
+    let head_only = method == b"HEAD";
+    let close = !head.keep_alive || head.has_body();
+    match api::route(method, path, authorization, ctx.config.secret.as_bytes()) {
+        Route::Health => {
+            let after = api::health(close, head_only, out);
+            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
+        }
+        Route::Unauthorized => {
+            // The body (if any) is not read: the answer closes and lingers.
+            let keep_alive = head.keep_alive && !head.has_body();
+            conn.consume(head.head_len);
+            let e = ProxyError::Unauthorized;
+            return Served::local(ctx.answer(conn, out, e, keep_alive).await);
+        }
+        Route::Containers => {
+            api::containers(&ctx.snapshot(), ctx, head_only, close, out);
+            let after = After::close_if(close);
+            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
+        }
+        Route::Metrics => {
+            api::metrics(&ctx.snapshot(), ctx, head_only, close, out);
+            let after = After::close_if(close);
+            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
+        }
+        Route::Forward => {}
     }
 
     forward::forward(ctx, conn, head, headers, response_headers, out).await

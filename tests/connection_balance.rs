@@ -101,36 +101,41 @@ fn each_pinned_worker_serves_the_connections_of_its_cpu() {
     drop((on_cpu0, on_cpu1));
 }
 
+/// Start the proxy with `env`, check its start log says `logged`, and assert that
+/// connections all made from `cpu` land on both workers (some on each).
+fn assert_one_cpu_spreads_over_both(
+    cpu: core_affinity::CoreId,
+    env: &[(&str, &str)],
+    logged: &str,
+) {
+    let executor = support::mock("a");
+    let proxy = ProxyProcess::start(&[executor.hostname()], env);
+    assert!(proxy.log().contains(logged), "{}", proxy.log());
+    let clients = connect_from(cpu, proxy.addr);
+    let accepted = per_worker(
+        cpu,
+        proxy.addr,
+        "opr_proxy_worker_connections_accepted_total",
+    );
+    // 25 connections over two listeners: all on one worker has odds 2^-24.
+    assert_eq!(accepted[0] + accepted[1], PER_CPU as u64 + 1);
+    assert!(accepted[0] > 0 && accepted[1] > 0, "{accepted:?}");
+    drop(clients);
+}
+
 #[test]
 fn with_the_kernels_hash_one_cpus_connections_spread_over_both_workers() {
     let Some([cpu0, _]) = two_cpus() else {
         return;
     };
-    let executor = support::mock("a");
-    let proxy = ProxyProcess::start(
-        &[executor.hostname()],
+    assert_one_cpu_spreads_over_both(
+        cpu0,
         &[
             ("OPR_PROXY_CORES", "2"),
             ("OPR_PROXY_CONNECTION_BALANCE", "hash"),
         ],
+        "by the kernel's hash (OPR_PROXY_CONNECTION_BALANCE=hash)",
     );
-    assert!(
-        proxy
-            .log()
-            .contains("by the kernel's hash (OPR_PROXY_CONNECTION_BALANCE=hash)"),
-        "{}",
-        proxy.log()
-    );
-    let clients = connect_from(cpu0, proxy.addr);
-    let accepted = per_worker(
-        cpu0,
-        proxy.addr,
-        "opr_proxy_worker_connections_accepted_total",
-    );
-    // 25 connections hashed over two listeners: all on one worker has odds 2^-24.
-    assert_eq!(accepted[0] + accepted[1], PER_CPU as u64 + 1);
-    assert!(accepted[0] > 0 && accepted[1] > 0, "{accepted:?}");
-    drop(clients);
 }
 
 #[test]
@@ -138,20 +143,10 @@ fn workers_sharing_a_cpu_share_its_connections() {
     let Some([cpu0, _]) = two_cpus() else {
         return;
     };
-    let executor = support::mock("a");
-    let proxy = ProxyProcess::start(
-        &[executor.hostname()],
-        &[("OPR_PROXY_CORES", "1"), ("OPR_PROXY_WORKER_PER_CORE", "2")],
-    );
-    assert!(proxy.log().contains("reuseport CBPF"), "{}", proxy.log());
-    let clients = connect_from(cpu0, proxy.addr);
-    let accepted = per_worker(
-        cpu0,
-        proxy.addr,
-        "opr_proxy_worker_connections_accepted_total",
-    );
     // Both workers are on CPU 0: they share its connections at random.
-    assert_eq!(accepted[0] + accepted[1], PER_CPU as u64 + 1);
-    assert!(accepted[0] > 0 && accepted[1] > 0, "{accepted:?}");
-    drop(clients);
+    assert_one_cpu_spreads_over_both(
+        cpu0,
+        &[("OPR_PROXY_CORES", "1"), ("OPR_PROXY_WORKER_PER_CORE", "2")],
+        "reuseport CBPF",
+    );
 }

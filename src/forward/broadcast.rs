@@ -22,6 +22,14 @@ use crate::warn;
 /// by `OPR_PROXY_MAX_BODY_SIZE` when smaller). Appwrite broadcasts body-less deletions.
 pub(crate) const BROADCAST_MAX_BODY: u64 = 1024 * 1024;
 
+/// The body limit of a broadcast: `BROADCAST_MAX_BODY`, or `OPR_PROXY_MAX_BODY_SIZE`
+/// when smaller (HTTP/1 and HTTP/2 alike).
+pub(crate) fn body_limit(config: &crate::config::Config) -> u64 {
+    config
+        .max_body_size
+        .map_or(BROADCAST_MAX_BODY, |m| m.min(BROADCAST_MAX_BODY))
+}
+
 pub(super) async fn broadcast(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,

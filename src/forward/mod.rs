@@ -30,7 +30,7 @@ use exchange::{HeadFailure, OpenError};
 use pump::{Body, Delimit, Emit, PumpError, Sink};
 use reuse::{ResponseEnd, Reuse, Silence};
 
-pub(crate) use broadcast::{fan_out, BROADCAST_MAX_BODY};
+pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use reuse::Discard;
 
 /// How long the executor may work on a request before the proxy starts watching the
@@ -100,11 +100,7 @@ async fn forward_request(
         "x-opr-addressing-method",
     ));
     let limit = match addressing {
-        Addressing::Broadcast => Some(
-            config
-                .max_body_size
-                .map_or(BROADCAST_MAX_BODY, |m| m.min(BROADCAST_MAX_BODY)),
-        ),
+        Addressing::Broadcast => Some(broadcast::body_limit(config)),
         _ => config.max_body_size,
     };
     // RFC 9110 §15.5.14: a declared length over the limit is refused before reading it.

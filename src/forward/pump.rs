@@ -19,7 +19,7 @@ use crate::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedO
 /// CRLF, when a close-delimited body is re-framed as chunks: the size of one read
 /// (≤ 128 KiB, `20000` in hex) and CRLF fit in 8 bytes.
 const CHUNK_ROOM: usize = 8;
-const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Bodies with at least this much left go socket → pipe → socket with splice: no copy
 /// through user space. Smaller ones are one read and one write through the buffer.
 const SPLICE_MIN: u64 = 64 * 1024;
@@ -166,11 +166,7 @@ impl Body {
     /// Append `data` to `out` as this body emits it (chunk framing for `AsChunks`).
     pub(crate) fn push_framed(&self, out: &mut Vec<u8>, data: &[u8]) {
         if self.emit == Emit::AsChunks {
-            if !data.is_empty() {
-                push_chunk_size(out, data.len());
-                out.extend_from_slice(data);
-                out.extend_from_slice(b"\r\n");
-            }
+            push_chunk(out, data);
         } else {
             out.extend_from_slice(data);
         }
@@ -380,7 +376,17 @@ fn frame_in_place(buf: &mut Vec<u8>, at: usize, len: usize) -> (usize, usize) {
     (start, at + len + 2)
 }
 
-pub(crate) fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
+/// Append `data` as one chunk (RFC 9112 §7.1); nothing for no data (an empty chunk
+/// would end the body).
+pub(crate) fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if !data.is_empty() {
+        push_chunk_size(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
     let mut line = [0u8; 20];
     let n = chunk_size_line(&mut line, len);
     out.extend_from_slice(&line[..n]);

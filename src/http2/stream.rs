@@ -14,17 +14,18 @@ use h2::{Reason, RecvStream};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use crate::access_log;
+use crate::api::{self, Route};
 use crate::balance::{Addressing, Choice};
 use crate::ctx::WorkerCtx;
 use crate::error::{Cause, ProxyError};
+use crate::forward;
 use crate::forward::exchange::{self, HeadFailure, OpenError};
 use crate::forward::pump::{self, PumpError, Sink};
 use crate::forward::reuse::{self, ResponseEnd, Silence};
-use crate::forward::{self, BROADCAST_MAX_BODY};
 use crate::http::head::{self, HeaderRef, RequestFraming, RequestHead, ResponseFraming};
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::report::Report;
-use crate::{access_log, api, auth};
 
 /// A stream's request as the HTTP/1 code sees it: its head written out as HTTP/1.1.
 struct Request {
@@ -170,31 +171,32 @@ impl Stream {
         let request = Request { buf, head, headers };
         let ctx = &self.ctx;
         if ctx.access_log.is_some() {
-            let target = &request.buf[request.head.target.clone()];
             let mut line = self.request_line.borrow_mut();
-            line.extend_from_slice(request.method());
-            line.push(b' ');
-            line.extend_from_slice(&target[..target.len().min(4096)]);
+            access_log::keep_request_line(&mut line, &request.buf, &request.head);
         }
-        let method = request.method();
         let path = head::path_of(&request.buf[request.head.target.clone()]);
-        let is_get = method == b"GET" || method == b"HEAD";
+        let authorization = request.find("authorization");
         let mut out = Vec::new();
-
-        if is_get && path == b"/v1/proxy/health" {
-            api::health(false, self.head_only, &mut out);
-            return self.local(respond, &out);
-        }
-        if !auth::is_authorized(request.find("authorization"), ctx.config.secret.as_bytes()) {
-            return self.error(respond, ProxyError::Unauthorized);
-        }
-        if is_get && path == b"/v1/proxy/containers" {
-            api::containers(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
-            return self.local(respond, &out);
-        }
-        if is_get && path == b"/v1/proxy/metrics" {
-            api::metrics(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
-            return self.local(respond, &out);
+        match api::route(
+            request.method(),
+            path,
+            authorization,
+            ctx.config.secret.as_bytes(),
+        ) {
+            Route::Health => {
+                api::health(false, self.head_only, &mut out);
+                return self.local(respond, &out);
+            }
+            Route::Unauthorized => return self.error(respond, ProxyError::Unauthorized),
+            Route::Containers => {
+                api::containers(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
+                return self.local(respond, &out);
+            }
+            Route::Metrics => {
+                api::metrics(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
+                return self.local(respond, &out);
+            }
+            Route::Forward => {}
         }
 
         let addressing = Addressing::from_header(request.find("x-opr-addressing-method"));
@@ -467,10 +469,7 @@ impl Stream {
         respond: &mut SendResponse<Bytes>,
     ) -> u16 {
         let ctx = &self.ctx;
-        let limit = ctx
-            .config
-            .max_body_size
-            .map_or(BROADCAST_MAX_BODY, |m| m.min(BROADCAST_MAX_BODY));
+        let limit = forward::broadcast_body_limit(&ctx.config);
         if let RequestFraming::Length(n) = request.head.framing {
             if n > limit {
                 return self.error(respond, ProxyError::BodyTooLarge);
@@ -529,9 +528,7 @@ impl Stream {
             }
             if chunked {
                 out.clear();
-                pump::push_chunk_size(out, n);
-                out.extend_from_slice(&data);
-                out.extend_from_slice(b"\r\n");
+                pump::push_chunk(out, &data);
                 pump::write_keep(ex, out)
                     .await
                     .map_err(|_| BodyError::Executor)?;
@@ -543,7 +540,7 @@ impl Stream {
         }
         if chunked {
             out.clear();
-            out.extend_from_slice(b"0\r\n\r\n");
+            out.extend_from_slice(pump::LAST_CHUNK);
             pump::write_keep(ex, out)
                 .await
                 .map_err(|_| BodyError::Executor)?;
