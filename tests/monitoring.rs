@@ -370,7 +370,7 @@ fn dashboard_and_alert_queries_run_against_prometheus_scraping_the_proxy() {
     // An executor that is down: its `opr_proxy_executor_up` is 0.
     let down = dead_hostname();
     let proxy = ProxyProcess::start(
-        &[a.hostname(), b.hostname(), down],
+        &[a.hostname(), b.hostname(), down.clone()],
         &[("OPR_PROXY_ALGORITHM", "round-robin")],
     );
     drive(proxy.addr);
@@ -427,6 +427,26 @@ fn dashboard_and_alert_queries_run_against_prometheus_scraping_the_proxy() {
         }
         evaluated && alerts.len() == want_rules
     });
+
+    // The rules see the proxy's series: the stopped executor's alert is pending.
+    wait_for(
+        &prom,
+        deadline,
+        "OprProxyExecutorDown for the stopped executor",
+        || {
+            let (_, body) = prom.get("/api/v1/alerts").expect("alerts");
+            let v: Value = sonic_rs::from_str(&body).unwrap();
+            let alerts = v["data"]["alerts"]
+                .as_array()
+                .map(|a| a.iter().cloned().collect());
+            let alerts: Vec<Value> = alerts.unwrap_or_default();
+            alerts.iter().any(|a| {
+                a["labels"]["alertname"].as_str() == Some("OprProxyExecutorDown")
+                    && a["labels"]["executor"].as_str() == Some(down.as_str())
+                    && a["labels"]["job"].as_str() == Some(JOB)
+            })
+        },
+    );
 
     let exposed = exposed_names(proxy.addr);
     let mut checked = 0;
