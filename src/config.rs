@@ -48,6 +48,9 @@ pub const OPR_PROXY_CONNECTION_BALANCE: &str = "OPR_PROXY_CONNECTION_BALANCE";
 pub const OPR_PROXY_HEALTHCHECK_RISE: &str = "OPR_PROXY_HEALTHCHECK_RISE";
 pub const OPR_PROXY_HEALTHCHECK_FALL: &str = "OPR_PROXY_HEALTHCHECK_FALL";
 pub const OPR_PROXY_EJECT_AFTER: &str = "OPR_PROXY_EJECT_AFTER";
+/// The later original's Redis DSN for sharing "runtime is warm here" marks: accepted and
+/// not used (logged once at start).
+pub const OPR_PROXY_CONNECTIONS_STATE: &str = "OPR_PROXY_CONNECTIONS_STATE";
 
 /// 22 MiB, the original's request body limit.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
@@ -72,6 +75,16 @@ const ALGORITHMS: [(&str, Algorithm); 6] = [
     ("least-request", Algorithm::LeastRequest),
     ("p2c", Algorithm::P2c),
 ];
+
+impl Algorithm {
+    /// The `OPR_PROXY_ALGORITHM` word for this algorithm.
+    pub fn name(self) -> &'static str {
+        ALGORITHMS
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("?", |(word, _)| word)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Env {
@@ -255,6 +268,9 @@ pub struct Config {
     /// Client connections one worker serves at once; at the cap it stops accepting.
     pub max_connections: usize,
     pub connection_balance: ConnectionBalance,
+    /// `OPR_PROXY_CONNECTIONS_STATE` with its user-info, query and fragment removed
+    /// (`redact_dsn`), kept only to say at start that it is not used; `None` when unset.
+    pub connections_state: Option<String>,
 }
 
 impl Config {
@@ -321,6 +337,7 @@ impl Config {
                 ConnectionBalance::Cpu,
                 &CONNECTION_BALANCES,
             )?,
+            connections_state: src.get(OPR_PROXY_CONNECTIONS_STATE).map(|v| redact_dsn(&v)),
         })
     }
 
@@ -373,6 +390,7 @@ impl fmt::Debug for Config {
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
             .field("connection_balance", &self.connection_balance)
+            .field("connections_state", &self.connections_state)
             .finish()
     }
 }
@@ -626,6 +644,22 @@ fn parse_executor(item: &str) -> Result<ExecutorAddr, String> {
     };
     let host = host.to_string();
     Ok(ExecutorAddr { host, port })
+}
+
+/// A DSN as it may be logged: scheme, host, port and path; user-info becomes
+/// `<redacted>@` (everything up to the last `@`, so a password holding `/` or `@` is
+/// cut too), and the query and fragment (`?password=`) are dropped.
+pub fn redact_dsn(dsn: &str) -> String {
+    let (scheme, rest) = match dsn.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), dsn),
+    };
+    let (user_info, rest) = match rest.rsplit_once('@') {
+        Some((_, host)) => ("<redacted>@", host),
+        None => ("", rest),
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    format!("{scheme}{user_info}{rest}")
 }
 
 /// The forms `OPR_PROXY_LOGGING_CONFIG` takes for `provider`, for error messages.
@@ -1459,5 +1493,36 @@ mod tests {
         ];
         let e = err(&[secrets[0], secrets[1], (PORT, "x")]);
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn connections_state_is_accepted_and_redacted() {
+        assert_eq!(ok(&[]).connections_state, None);
+        assert_eq!(
+            ok(&[(OPR_PROXY_CONNECTIONS_STATE, " ")]).connections_state,
+            None
+        );
+        let cases = [
+            (
+                "redis://user:pa55@redis:6379",
+                "redis://<redacted>@redis:6379",
+            ),
+            (
+                "redis://:pa55@redis:6379/0",
+                "redis://<redacted>@redis:6379/0",
+            ),
+            (
+                "rediss://u:p@ss/w@rd@h:6380/1?x#y",
+                "rediss://<redacted>@h:6380/1",
+            ),
+            ("redis://redis:6379?password=pa55", "redis://redis:6379"),
+            ("redis://redis:6379", "redis://redis:6379"),
+            ("u:pa55@redis", "<redacted>@redis"),
+        ];
+        for (value, shown) in cases {
+            let c = ok(&[(OPR_PROXY_CONNECTIONS_STATE, value)]);
+            assert_eq!(c.connections_state.as_deref(), Some(shown), "{value}");
+            assert!(!format!("{c:?}").contains("pa55"), "{c:?}");
+        }
     }
 }

@@ -44,6 +44,13 @@ fn main() {
             "disabled"
         }
     );
+    if let Some(dsn) = &config.connections_state {
+        info!(
+            "OPR_PROXY_CONNECTIONS_STATE={dsn} is not needed and not used: with \
+             OPR_PROXY_ALGORITHM=affinity every replica computes the same executor order for \
+             a runtime from OPR_PROXY_EXECUTORS, so no state is shared"
+        );
+    }
     let shutdown_timeout = config.shutdown_timeout;
 
     // Signals are watched by a thread of their own so they work as PID 1 too (where the

@@ -325,3 +325,75 @@ fn fd_exhaustion_is_logged_once_and_its_end_too() {
     let r = c.request("GET", "/v1/ping", &[("Authorization", &bearer())], b"");
     assert_eq!(r.status, 200);
 }
+
+/// Executors that answer `/v1/health` with a plain `OK` (Open Runtimes executors since 0.17)
+/// report no usage and no runtimes: the proxy says once that routing is blind and what to
+/// set. Executors that report usage (the older JSON) get no such line.
+#[test]
+fn blind_routing_is_logged_once_when_executors_report_no_usage() {
+    const LINE: &str = "Routing is blind to warm runtimes";
+    let a = mock_with("a", HealthMode::Text);
+    let b = mock_with("b", HealthMode::Text);
+    let p = ProxyProcess::start(&[a.hostname(), b.hostname()], &[]);
+    // The first round runs before the proxy listens: its line is already there.
+    let log = p.log();
+    assert_eq!(log.matches(LINE).count(), 1, "{log}");
+    let line = log.lines().find(|l| l.contains(LINE)).unwrap();
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(
+        line.contains("OPR_PROXY_ALGORITHM=random requests"),
+        "{line}"
+    );
+    assert!(line.contains("Set OPR_PROXY_ALGORITHM=affinity"), "{line}");
+    assert!(line.contains("OPR_PROXY_EXECUTOR_CONCURRENCY"), "{line}");
+    // Later rounds (every 200 ms) say nothing more.
+    let seen = a.health_requests();
+    assert!(eventually(Duration::from_secs(10), || a.health_requests() >= seen + 3));
+    assert_eq!(p.log().matches(LINE).count(), 1, "{}", p.log());
+
+    // One executor that reports usage is enough for the tiers: no line.
+    let c = mock("c");
+    let d = mock_with("d", HealthMode::Text);
+    let p = ProxyProcess::start(&[c.hostname(), d.hostname()], &[]);
+    let seen = c.health_requests();
+    assert!(eventually(Duration::from_secs(10), || c.health_requests() >= seen + 3));
+    assert!(!p.log().contains(LINE), "{}", p.log());
+
+    // Every executor offline at first: decided on the first round with one online.
+    let e = mock_with("e", HealthMode::Status(503));
+    let p = ProxyProcess::start(&[e.hostname()], &[("OPR_PROXY_ALGORITHM", "p2c")]);
+    assert!(!p.log().contains(LINE), "{}", p.log());
+    e.set_health(HealthMode::Text);
+    assert!(
+        eventually(Duration::from_secs(10), || p.log().contains(LINE)),
+        "{}",
+        p.log()
+    );
+    assert!(p.log().contains("OPR_PROXY_ALGORITHM=p2c requests"));
+}
+
+/// The later original's Redis DSN is accepted (the proxy starts and serves) and said once
+/// to be unused, without its user-info.
+#[test]
+fn connections_state_is_accepted_and_logged_without_its_password() {
+    let a = mock("a");
+    let dsn = "redis://opr:hunter2@redis.internal:6379/0";
+    let p = ProxyProcess::start(&[a.hostname()], &[("OPR_PROXY_CONNECTIONS_STATE", dsn)]);
+    let r =
+        Client::connect(p.addr).request("GET", "/v1/ping", &[("Authorization", &bearer())], b"");
+    assert_eq!(r.status, 200);
+    let log = p.log();
+    assert_eq!(
+        log.matches("OPR_PROXY_CONNECTIONS_STATE").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "OPR_PROXY_CONNECTIONS_STATE=redis://<redacted>@redis.internal:6379/0 is not needed"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2") && !log.contains("opr:"), "{log}");
+    assert!(!p.stdout().contains("hunter2"));
+}

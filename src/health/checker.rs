@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::probe::{self, ProbeResult};
 use super::streak::{self, Thresholds};
-use crate::config::{Config, ExecutorAddr};
+use crate::config::{Algorithm, Config, ExecutorAddr};
 use crate::report::{self, Report, Reporter};
 use crate::snapshot::{Board, ExecutorStatus, Snapshot};
 use crate::{info, warn};
@@ -25,6 +25,25 @@ pub struct Checker {
     /// Generation of the last snapshot built (or found on the board), 0 before any.
     generation: u64,
     previous: Option<Snapshot>,
+    /// The configured algorithm until the first round with an online executor has been
+    /// checked for blind routing (`blind_routing`); `None` after, and in unit tests.
+    blind_check: Option<Algorithm>,
+}
+
+/// Algorithms that keep each runtime on the same executors without usage or runtime
+/// reports from the executors: with these, the start-up warning of `blind_routing` is
+/// not logged.
+const WARM_WITHOUT_REPORTS: &[Algorithm] = &[];
+
+/// What the first round with an online executor says about routing (`blind_routing`).
+#[derive(Debug, PartialEq)]
+enum Blind {
+    /// No executor is online yet: nothing to tell.
+    Wait,
+    /// An online executor reported usage or runtimes, or the algorithm needs no reports.
+    Fine,
+    /// The warning to log once.
+    Warn(String),
 }
 
 /// The part of `Config` the checker uses, copied once (tests build it directly).
@@ -61,7 +80,7 @@ impl From<&ExecutorAddr> for Target {
 
 impl Checker {
     pub(crate) fn new(config: Arc<Config>, reporter: Reporter) -> Checker {
-        Checker::with_settings(Settings {
+        let mut checker = Checker::with_settings(Settings {
             targets: config.executors.iter().map(Target::from).collect(),
             healthcheck: config.healthcheck,
             interval: config.healthcheck_interval,
@@ -73,7 +92,9 @@ impl Checker {
                 fall: config.healthcheck_fall,
             },
             reporter,
-        })
+        });
+        checker.blind_check = Some(config.algorithm);
+        checker
     }
 
     fn with_settings(settings: Settings) -> Checker {
@@ -82,6 +103,7 @@ impl Checker {
             settings,
             generation: 0,
             previous: None,
+            blind_check: None,
         }
     }
 
@@ -184,6 +206,16 @@ impl Checker {
                 reason: e.last_error.clone().unwrap_or_default(),
                 worker: None,
             });
+        }
+        if let Some(algorithm) = self.blind_check {
+            match blind_routing(algorithm, self.settings.healthcheck, &snapshot) {
+                Blind::Wait => {}
+                Blind::Fine => self.blind_check = None,
+                Blind::Warn(line) => {
+                    warn!("{line}");
+                    self.blind_check = None;
+                }
+            }
         }
         let previous = self.previous.replace(snapshot.clone());
         (snapshot, previous)
@@ -397,6 +429,36 @@ fn clear_flags(board: &Board, previous: Option<&Snapshot>, next: &Snapshot) -> V
     lines
 }
 
+/// Whether routing can follow warm runtimes: the tiers need executors that report usage
+/// or runtimes in `GET /v1/health`; Open Runtimes executors since 0.17 answer a plain
+/// `OK`, and then every executor is "online, usage unknown" and requests for one runtime
+/// spread over all of them (each cold-starts it). Decided on the first snapshot with an
+/// online executor.
+fn blind_routing(algorithm: Algorithm, healthcheck: bool, snapshot: &Snapshot) -> Blind {
+    let mut online = snapshot.executors.iter().filter(|e| e.online).peekable();
+    if online.peek().is_none() {
+        return Blind::Wait;
+    }
+    let reported = online.any(|e| e.usage.is_some() || !e.runtimes.is_empty());
+    if reported || WARM_WITHOUT_REPORTS.contains(&algorithm) {
+        return Blind::Fine;
+    }
+    let why = if healthcheck {
+        "no online executor reported usage or runtimes in GET /v1/health (executors since \
+         0.17 answer a plain OK)"
+    } else {
+        "health checks are disabled (no executor is asked for usage or runtimes)"
+    };
+    Blind::Warn(format!(
+        "Routing is blind to warm runtimes: {why}, so with OPR_PROXY_ALGORITHM={} requests \
+         for one runtime spread over every executor and each cold-starts it. Set \
+         OPR_PROXY_ALGORITHM=affinity to keep each runtime on the same executors, and \
+         optionally OPR_PROXY_EXECUTOR_CONCURRENCY=<N> to cap the requests in flight to \
+         each executor",
+        algorithm.name()
+    ))
+}
+
 /// Stops the checker thread.
 #[must_use = "dropping the handle stops the checker"]
 pub struct CheckerHandle {
@@ -530,6 +592,46 @@ mod tests {
 
     const PASS: &str =
         r#"{"status":"pass","usage":30,"runtimes":{"r1":{"status":"pass","usage":5}}}"#;
+
+    #[test]
+    fn blind_routing_is_told_once_an_executor_is_online() {
+        let status = |online: bool, usage: Option<u8>, runtime: bool| ExecutorStatus {
+            online,
+            usage,
+            runtimes: if runtime {
+                let warm = crate::snapshot::RuntimeState {
+                    status: "pass".to_string(),
+                    usage: 0,
+                };
+                [("r1".to_string(), warm)].into_iter().collect()
+            } else {
+                Default::default()
+            },
+            ..ExecutorStatus::default()
+        };
+        let snapshot = |executors| Snapshot::new(1, executors);
+        let blind = |executors, healthcheck| {
+            blind_routing(Algorithm::P2c, healthcheck, &snapshot(executors))
+        };
+        assert_eq!(blind(vec![], true), Blind::Wait);
+        assert_eq!(blind(vec![status(false, None, false)], true), Blind::Wait);
+        let plain_ok = vec![status(true, None, false), status(false, Some(10), true)];
+        let Blind::Warn(line) = blind(plain_ok, true) else {
+            panic!("plain OK executors are blind routing")
+        };
+        assert!(line.contains("OPR_PROXY_ALGORITHM=p2c requests"), "{line}");
+        assert!(line.contains("Set OPR_PROXY_ALGORITHM=affinity"), "{line}");
+        assert!(line.contains("OPR_PROXY_EXECUTOR_CONCURRENCY"), "{line}");
+        let Blind::Warn(line) = blind(vec![status(true, None, false)], false) else {
+            panic!("disabled health checks are blind routing")
+        };
+        assert!(line.contains("health checks are disabled"), "{line}");
+        // One online executor with usage (or runtimes) is enough to route by the tiers.
+        let mixed = vec![status(true, None, false), status(true, Some(0), false)];
+        assert_eq!(blind(mixed, true), Blind::Fine);
+        let runtimes = vec![status(true, None, true)];
+        assert_eq!(blind(runtimes, true), Blind::Fine);
+    }
 
     #[test]
     fn round_with_one_executor_up_and_one_down() {
