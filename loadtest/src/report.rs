@@ -164,11 +164,20 @@ pub fn repeated_line(
         );
     };
     let c = cores.max(1) as f64;
-    let found = if rate.n < runs.len() {
+    let mut found = if rate.n < runs.len() {
         format!(", {} of {} found one", rate.n, runs.len())
     } else {
         String::new()
     };
+    // A search that climbed to its bound without a failure found no limit: its answer
+    // is a floor.
+    let unbounded = runs
+        .iter()
+        .filter(|r| r.sustainable().is_some() && r.bracket().fail.is_none())
+        .count();
+    if unbounded > 0 {
+        let _ = write!(found, ", {unbounded} without a failing rate: a floor");
+    }
     let cpu = cpu.map_or_else(String::new, |s| {
         format!(
             "; proxy CPU {:.1} µs/req ({:.1}–{:.1})",
@@ -657,6 +666,14 @@ pub(crate) mod tests {
             repeated_line(&mixed, 1, 10_000, 1.0).contains("0 %, 1 of 2 found one)"),
             "{}",
             repeated_line(&mixed, 1, 10_000, 1.0)
+        );
+        // A search that never failed (it stopped at its climb bound) is named.
+        let mut never_failed = ping.clone();
+        never_failed.steps.retain(|s| s.verdict == Verdict::Pass);
+        let line = repeated_line(&[ping, &never_failed], 1, 10_000, 1.0);
+        assert!(
+            line.contains("0 %, 1 without a failing rate: a floor)"),
+            "{line}"
         );
         let report = Report {
             runs: runs.clone(),
