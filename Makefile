@@ -114,7 +114,8 @@ fuzz:
 	echo "fuzz: $(FUZZ_TARGETS): no crash in $(FUZZ_SECONDS) s each"
 
 ## Capacity report (loadtest/README.md): builds the release binaries, runs the default plan
-## (about 4 minutes on 2 cores, 7 at most: 4 s steps; a failing rate is tried again, then bisected)
+## (three searches per scenario, the median and range reported: about 10-15 minutes on 2 cores
+## with 4 s steps; a failing rate is tried again, then bisected; --repeat 1: about 4 minutes)
 ## and writes $(LOADTEST_OUT)/loadtest-report.{md,svg}.
 ## LOADTEST_ARGS adds options, e.g. LOADTEST_ARGS="--cores 2 --slo-p99 5" (loadtest --help).
 LOADTEST_OUT ?= target/loadtest
