@@ -392,6 +392,15 @@ pub fn markdown(r: &Report) -> String {
          the other tries at their rate overruled (noisy steps). CPU columns: share of one core, over \
          the measured window.\n"
     );
+    if repeated {
+        let _ = writeln!(
+            out,
+            "Each scenario was searched several times, one row per search (the second and \
+             later start near the previous answer); the lines at the top give the median \
+             sustainable rate, the range of the searches' answers and the proxy's CPU µs per \
+             request there. A wide range means the machine, not the proxy, set the figure.\n"
+        );
+    }
     let _ = writeln!(
         out,
         "| scenario | conns | closed-loop max req/s | sustainable req/s | per proxy core | p99 there (ms) | bracket per core (pass–fail) | p99 of the tries (pass; fail) ms | outvoted | proxy CPU µs/req | proxy CPU | client CPU | cores for {:.0} req/s | probe limited by |",
@@ -685,6 +694,11 @@ pub(crate) mod tests {
             "{md}"
         );
         assert!(md.contains("Each search:"), "{md}");
+        assert!(
+            md.contains("Each scenario was searched several times"),
+            "{md}"
+        );
+        assert!(!markdown(&sample_report()).contains("Each search:"));
     }
 
     #[test]
