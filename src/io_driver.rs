@@ -267,7 +267,20 @@ pub(crate) fn gather(configured: IoDriver, workers: usize) -> Facts {
     }
 }
 
+/// On a thread of its own: tearing a ring down can leave the kernel work queued on the
+/// thread that made it (task work, delivered like a signal), which interrupts that
+/// thread's next blocking call with a timeout (`EINTR`); the caller is the main thread,
+/// or a test's client thread.
 fn probe_ops() -> Result<Option<Vec<u8>>, String> {
+    std::thread::Builder::new()
+        .name("opr-uring-probe".into())
+        .spawn(probe_ops_here)
+        .map_err(|e| e.to_string())?
+        .join()
+        .unwrap_or_else(|_| Err("the probe thread panicked".into()))
+}
+
+fn probe_ops_here() -> Result<Option<Vec<u8>>, String> {
     let ring = io_uring::IoUring::new(2).map_err(|e| e.to_string())?;
     let mut probe = io_uring::Probe::new();
     if ring.submitter().register_probe(&mut probe).is_err() {
