@@ -69,8 +69,8 @@ container-test:
 ## (Debian 12's stock kernel) and 6.12 booted under QEMU TCG with the proxy, two mock
 ## executors and a busybox smoke test in an initramfs: round-robin through the proxy,
 ## health, metrics, both workers on io_uring, the io driver probe's line. The kernel
-## packages are fetched once (apt-get download) into target/kernels/. About 15 s per
-## kernel once built; skipped with a message without qemu-system-x86, busybox-static, cpio.
+## packages are fetched once (apt-get download) into target/kernels/. 5-18 s per kernel
+## once built; skipped with a message without qemu-system-x86, busybox-static, cpio.
 .PHONY: kernel-test
 kernel-test: build
 	bash tests/kernels/run.sh

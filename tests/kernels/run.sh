@@ -57,7 +57,9 @@ kernel_image() {
         fi
         [ -n "$name" ] || { echo "kernel-test: no Debian package for Linux $series" >&2; return 1; }
         mkdir -p "$cache/debs" "$dir"
-        (cd "$cache/debs" && apt-get download -q -o APT::Sandbox::User=root "$name" >&2)
+        if ! compgen -G "$cache/debs/${name}_*.deb" >/dev/null; then
+            (cd "$cache/debs" && apt-get download -q -o APT::Sandbox::User=root "$name" >&2)
+        fi
         dpkg -x "$cache/debs/${name}"_*.deb "$dir"
     fi
     compgen -G "$dir/boot/vmlinuz-*" | head -1
