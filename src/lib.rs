@@ -88,7 +88,9 @@ pub struct Server {
     access_writer: Option<access_log::Writer>,
 }
 
-/// Start the proxy: the error reporter (when a provider is configured), the checker's
+/// Start the proxy: the io driver decision (io_driver.rs: the kernel's io_uring probe;
+/// `StartError::IoDriver` when `OPR_PROXY_IO_DRIVER=io_uring` cannot work), the error
+/// reporter (when a provider is configured), the checker's
 /// first round (before accepting), then one pinned worker per core (times
 /// `OPR_PROXY_WORKER_PER_CORE`), each with its own listener.
 pub fn run(mut config: Config) -> Result<Server, StartError> {
@@ -99,6 +101,7 @@ pub fn run(mut config: Config) -> Result<Server, StartError> {
         io_driver::Plan::Refuse(e) => return Err(StartError::IoDriver(e)),
         io_driver::Plan::Epoll => config::IoDriver::Epoll,
         io_driver::Plan::IoUring { splice } => {
+            // A ring without the splice operation (before 5.7): bodies are copied.
             config.splice &= splice;
             config.io_driver
         }
