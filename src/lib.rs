@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 mod http2;
 mod idle;
+mod io_driver;
 pub mod logging;
 mod metrics;
 mod outlier;
@@ -54,6 +55,9 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     Worker(usize, std::io::Error),
     Thread(std::io::Error),
+    /// `OPR_PROXY_IO_DRIVER=io_uring` on a kernel whose io_uring cannot serve (missing
+    /// operations, locked-memory limit): a configuration error, exit 2.
+    IoDriver(config::ConfigError),
 }
 
 impl std::fmt::Display for StartError {
@@ -62,6 +66,7 @@ impl std::fmt::Display for StartError {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::Worker(id, e) => write!(f, "worker {id} failed to start: {e}"),
             StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            StartError::IoDriver(e) => write!(f, "{e}"),
         }
     }
 }
@@ -83,18 +88,35 @@ pub struct Server {
     access_writer: Option<access_log::Writer>,
 }
 
-/// Start the proxy: the error reporter (when a provider is configured), the checker's
+/// Start the proxy: the io driver decision (io_driver.rs: the kernel's io_uring probe;
+/// `StartError::IoDriver` when `OPR_PROXY_IO_DRIVER=io_uring` cannot work), the error
+/// reporter (when a provider is configured), the checker's
 /// first round (before accepting), then one pinned worker per core (times
 /// `OPR_PROXY_WORKER_PER_CORE`), each with its own listener.
-pub fn run(config: Config) -> Result<Server, StartError> {
+pub fn run(mut config: Config) -> Result<Server, StartError> {
+    let (workers_wanted, cores) = worker_cores(&config);
+    let count = workers_wanted * config.worker_per_core;
+    let decision = io_driver::decide(&io_driver::gather(config.io_driver, count));
+    let io = match decision.plan {
+        io_driver::Plan::Refuse(e) => return Err(StartError::IoDriver(e)),
+        io_driver::Plan::Epoll => config::IoDriver::Epoll,
+        io_driver::Plan::IoUring { splice } => {
+            // A ring without the splice operation (before 5.7): bodies are copied.
+            config.splice &= splice;
+            config.io_driver
+        }
+    };
+    if decision.warn {
+        warn!("{}", decision.line);
+    } else {
+        info!("{}", decision.line);
+    }
     let config = Arc::new(config);
     let (reporter, reporter_thread) = report::start(&config).map_err(StartError::Thread)?;
     let mut checker = Checker::new(config.clone(), reporter.clone());
     let board = Board::new(checker.round());
     let checker = checker.spawn(board.clone());
 
-    let (workers_wanted, cores) = worker_cores(&config);
-    let count = workers_wanted * config.worker_per_core;
     let metrics = Arc::new(metrics::Metrics::new(count, config.executors.len()));
     let access_writer = if config.access_log {
         Some(access_log::Writer::start().map_err(StartError::Thread)?)
@@ -125,6 +147,7 @@ pub fn run(config: Config) -> Result<Server, StartError> {
         let spec = worker::WorkerSpec {
             id,
             core: cores.get(id % cores.len().max(1)).copied(),
+            io,
             listener,
             config: config.clone(),
             board: board.clone(),

@@ -65,6 +65,10 @@ fn main() {
 
     let server = match opr_proxy::run(config) {
         Ok(server) => server,
+        Err(e @ opr_proxy::StartError::IoDriver(_)) => {
+            eprintln!("opr-proxy: {e}");
+            std::process::exit(2);
+        }
         Err(e) => {
             error!("{e}");
             std::process::exit(1);

@@ -17,13 +17,13 @@ use crate::access_log::{self, AccessLog};
 use crate::config::{Config, IoDriver};
 use crate::ctx::{ActiveGuard, WorkerCtx};
 use crate::idle::Closed;
+use crate::io_driver::RING_ENTRIES;
 use crate::metrics::Metrics;
 use crate::snapshot::Board;
 use crate::{error, info, warn};
 
 /// How often the accept loop looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
-const RING_ENTRIES: u32 = 1024;
 /// How often a worker at its connection cap looks for a free slot.
 const CAP_POLL: Duration = Duration::from_millis(5);
 const LISTEN_BACKLOG: i32 = 4096;
@@ -32,6 +32,9 @@ const LISTEN_BACKLOG: i32 = 4096;
 pub(crate) struct WorkerSpec {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
+    /// The driver to build: `OPR_PROXY_IO_DRIVER`, or epoll when the start-up probe
+    /// (io_driver.rs) found io_uring unable to serve.
+    pub io: IoDriver,
     /// Bound by the main thread, in worker order (lib.rs).
     pub listener: std::net::TcpListener,
     pub config: Arc<Config>,
@@ -57,7 +60,7 @@ pub(crate) fn run(spec: WorkerSpec, ready: impl FnOnce(std::io::Result<Driver>))
             warn!("worker {}: could not pin to core {}", spec.id, core.id);
         }
     }
-    match build_runtime(spec.config.io_driver) {
+    match build_runtime(spec.io) {
         Ok(Runtime::Uring(mut rt, flags)) => {
             rt.block_on(serve(spec, Driver::IoUring(flags), ready));
         }

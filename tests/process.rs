@@ -174,6 +174,76 @@ fn io_uring_refused_falls_back_to_epoll() {
     );
 }
 
+/// A kernel whose io_uring sets up rings but lacks the operations the proxy submits (as
+/// 5.4: `IORING_REGISTER_PROBE` refused, so send, recv, close and read are missing; a
+/// seccomp filter plays that kernel): under `auto` the proxy must say which and serve on
+/// epoll; with `OPR_PROXY_IO_DRIVER=io_uring` it must exit 2 naming them (before the
+/// probe it started on io_uring and kept running).
+#[test]
+fn io_uring_without_its_operations_falls_back_or_exits_2() {
+    let a = mock("a");
+    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/old_uring.py");
+    let p = ProxyProcess::start_wrapped(
+        &["python3", wrapper],
+        &[a.hostname()],
+        &[("OPR_PROXY_IO_DRIVER", "auto")],
+    );
+    let r =
+        Client::connect(p.addr).request("GET", "/v1/ping", &[("Authorization", &bearer())], b"");
+    assert_eq!(r.status, 200);
+    let log = p.log();
+    assert!(
+        log.contains("WARN io driver: ")
+            && log.contains("io_uring lacks send, recv, close, read (Linux 5.6)")
+            && log.contains("falling back to epoll"),
+        "{log}"
+    );
+    assert!(log.contains("worker 0 serving with epoll"), "{log}");
+
+    let mut child = std::process::Command::new("python3")
+        .arg(wrapper)
+        .arg(env!("CARGO_BIN_EXE_opr-proxy"))
+        .env_clear()
+        .envs([
+            ("PORT", "0"),
+            ("OPR_PROXY_HOST", "127.0.0.1"),
+            ("OPR_PROXY_EXECUTORS", a.hostname().as_str()),
+            ("OPR_PROXY_SECRET", "s"),
+            ("OPR_PROXY_IO_DRIVER", "io_uring"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a proxy that starts anyway is killed and the test fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("opr-proxy:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("opr-proxy: invalid OPR_PROXY_IO_DRIVER=\"io_uring\": ")
+            && lines[0].contains("lacks send, recv, close, read (Linux 5.6)")
+            && lines[0].ends_with("allowed values are auto (falls back to epoll) and epoll"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn sigint_exits_0_and_idle_connections_close() {
     let a = mock("a");

@@ -1,7 +1,7 @@
 //! Command line of the `loadtest` binary: options, their defaults and validation (pure, so
 //! it is unit-tested; the binary only orchestrates).
 
-use crate::plan::{Scenario, SearchRules, DEFAULT_PLAN, DEFAULT_RULES};
+use crate::plan::{Scenario, SearchRules, DEFAULT_PLAN, DEFAULT_REPEATS, DEFAULT_RULES};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,8 +58,10 @@ load:
   --target-rps N       capacity asked about in the summary [100000]
   --resolution PCT     plan mode: bisect until the pass-fail bracket is narrower than
                        PCT % of the failing rate [5]
-  --max-steps N        plan mode: open-loop steps at most per scenario [14]
+  --max-steps N        plan mode: open-loop steps at most per search [18]
   --no-confirm         plan mode: do not try the answer a second time
+  --repeat N           plan mode: searches per scenario; the summary gives the median
+                       and range of their answers [3]
   --out DIR            where the report files go [.]
   --no-baseline        plan mode: skip the client-side ceiling run
 ";
@@ -117,6 +119,8 @@ pub struct Args {
     pub baseline: bool,
     /// Plan mode: how the rate search copes with noise and when it stops.
     pub rules: SearchRules,
+    /// Plan mode: searches per scenario (the spread of their answers says how sure).
+    pub repeat: usize,
 }
 
 /// `http://host:port` of a running deployment.
@@ -242,6 +246,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         out: PathBuf::from("."),
         baseline: true,
         rules: DEFAULT_RULES,
+        repeat: DEFAULT_REPEATS,
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -364,6 +369,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--max-steps" => a.rules.max_steps = number(&flag, &value()?, 1..=100)?,
             "--no-confirm" => a.rules.confirm_pass = false,
+            "--repeat" => a.repeat = number(&flag, &value()?, 1..=20)?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -442,6 +448,9 @@ mod tests {
         assert!(a.slow_queue);
         assert_eq!(a.proxy_bin, PathBuf::from("target/release/opr-proxy"));
         assert_eq!(a.rules, DEFAULT_RULES);
+        assert_eq!(a.repeat, DEFAULT_REPEATS);
+        assert_eq!(args("--repeat 1").expect("repeat").repeat, 1);
+        assert!(args("--repeat 0").is_err());
         let a = args("--resolution 2.5 --max-steps 20 --no-confirm").expect("rules");
         assert_eq!(
             a.rules,

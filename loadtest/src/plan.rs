@@ -1,5 +1,6 @@
 //! The capacity plan: scenarios, what one step measured, the SLO verdict, and the search
-//! that steps the offered (open-loop) rate up from a closed-loop probe until p99 breaks.
+//! that steps the offered (open-loop) rate up from a closed-loop probe until p99 breaks
+//! (past the probe while nothing fails), and the spread of repeated searches.
 
 use crate::gen::stats::{ErrorCounts, Summary};
 use crate::gen::{Load, RunResult};
@@ -321,6 +322,19 @@ impl Bracket {
 /// Offered rates as fractions of the closed-loop probe's throughput, climbed in order.
 pub const FRACTIONS: [f64; 7] = [0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3];
 
+/// A search after the first starts near the previous answer (fractions of it): the low
+/// steps only repeat what the first search showed.
+pub const REPEAT_FRACTIONS: [f64; 3] = [0.85, 1.0, 1.15];
+
+/// Past the last fraction with nothing failed, keep climbing by this factor: a noisy probe
+/// must not cap the answer (one run answered 28 786 req/s per core because nothing up to
+/// 1.3 × its probe failed, while the run minutes before found 42 802)...
+pub const CLIMB: f64 = 1.25;
+
+/// ...up to this multiple of the probe (or of the previous answer), so the search stays
+/// bounded; the report then says nothing up to there failed.
+pub const CLIMB_LIMIT: f64 = 3.0;
+
 /// How the search copes with noise and when it stops.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SearchRules {
@@ -333,21 +347,26 @@ pub struct SearchRules {
     pub confirm_pass: bool,
 }
 
-/// What `make loadtest` uses: a limit known within 5 %, at most 14 steps (~35 s per scenario
-/// with the default 2 s windows).
+/// What `make loadtest` uses: a limit known within 5 %, at most 18 steps per search (a
+/// limit 3 × above the probe takes about that many; one at the probe's figure 9–12).
 pub const DEFAULT_RULES: SearchRules = SearchRules {
     resolution: 0.05,
-    max_steps: 14,
+    max_steps: 18,
     confirm_pass: true,
 };
+
+/// `make loadtest` searches each scenario this many times (`--repeat`).
+pub const DEFAULT_REPEATS: usize = 3;
 
 /// Chooses the next offered rate from the tries so far (pure: unit-tested against
 /// scripted outcomes). A rate that fails once is tried again and fails only if two of
 /// (at most) three tries fail, so a single noisy step cannot end the search; once a rate
-/// failed twice, the search bisects between it and the highest pass below it.
+/// failed twice, the search bisects between it and the highest pass below it. While nothing
+/// has failed it climbs past the last fraction by [`CLIMB`], up to [`CLIMB_LIMIT`].
 #[derive(Clone, Debug)]
 pub struct Stepper {
     ceiling: f64,
+    fractions: &'static [f64],
     rules: SearchRules,
     tries: Vec<(f64, bool)>,
     next_fraction: usize,
@@ -359,10 +378,19 @@ impl Stepper {
     pub fn new(ceiling: f64, rules: SearchRules) -> Stepper {
         Stepper {
             ceiling: ceiling.max(1.0),
+            fractions: &FRACTIONS,
             rules,
             tries: Vec::new(),
             next_fraction: 0,
             retried_low: false,
+        }
+    }
+
+    /// A search that starts near `answer`, a previous search's (see [`REPEAT_FRACTIONS`]).
+    pub fn near(answer: f64, rules: SearchRules) -> Stepper {
+        Stepper {
+            fractions: &REPEAT_FRACTIONS,
+            ..Stepper::new(answer, rules)
         }
     }
 
@@ -394,13 +422,21 @@ impl Stepper {
             (self.rules.confirm_pass && level.passes < 2).then_some(level.rate)
         };
         match Bracket::of(&levels) {
-            // Nothing failed yet: keep climbing; past the top, confirm the highest pass.
-            Bracket { pass, fail: None } => match FRACTIONS.get(self.next_fraction) {
+            // Nothing failed yet: keep climbing, past the fractions by CLIMB; past the
+            // bound, confirm the highest pass.
+            Bracket { pass, fail: None } => match self.fractions.get(self.next_fraction) {
                 Some(f) => {
                     self.next_fraction += 1;
                     Some(f * self.ceiling)
                 }
-                None => confirm(pass),
+                None => {
+                    let (top, bound) = (pass.unwrap_or(self.ceiling), self.ceiling * CLIMB_LIMIT);
+                    if top < bound {
+                        Some((top * CLIMB).min(bound))
+                    } else {
+                        confirm(pass)
+                    }
+                }
             },
             // Even the lowest step failed: one try far lower, then give up.
             Bracket {
@@ -428,16 +464,21 @@ impl Stepper {
     }
 }
 
-/// Runs a scenario: a closed-loop probe, then open-loop steps chosen by [`Stepper`].
-/// `run` executes one load and returns its summarised step.
+/// Runs a scenario: a closed-loop probe, then open-loop steps chosen by [`Stepper`],
+/// starting low (relative to the probe) or near `previous`, an earlier search's answer
+/// (offered req/s). `run` executes one load and returns its summarised step.
 pub fn search<E>(
     scenario: Scenario,
     connections: usize,
     rules: SearchRules,
+    previous: Option<f64>,
     mut run: impl FnMut(Load) -> Result<Step, E>,
 ) -> Result<ScenarioRun, E> {
     let probe = run(Load::Closed)?;
-    let mut stepper = Stepper::new(probe.achieved, rules);
+    let mut stepper = match previous {
+        Some(answer) => Stepper::near(answer, rules),
+        None => Stepper::new(probe.achieved, rules),
+    };
     let mut steps: Vec<Step> = Vec::new();
     while let Some(rate) = stepper.next_rate() {
         let step = run(Load::Open { rate })?;
@@ -450,6 +491,55 @@ pub fn search<E>(
         probe,
         steps,
     })
+}
+
+/// Median and range of one figure over repeated searches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// How many searches gave the figure.
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => v[n / 2],
+            _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        })
+    }
+
+    /// (max − min) / median.
+    pub fn relative(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.max - self.min) / self.median
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Repeated searches of one scenario: the sustainable rate (req/s, not per core) and the
+/// proxy's CPU µs per request there, each as median and range. Searches that found no
+/// sustainable rate count in neither.
+pub fn repeated(runs: &[&ScenarioRun]) -> (Option<Spread>, Option<Spread>) {
+    let best = || runs.iter().filter_map(|r| r.sustainable());
+    (
+        Spread::of(best().map(|s| s.achieved)),
+        Spread::of(best().filter_map(|s| s.proxy_cpu_us)),
+    )
 }
 
 #[cfg(test)]
@@ -481,10 +571,20 @@ mod tests {
     fn simulate_with(
         probe: f64,
         rules: SearchRules,
+        oracle: impl FnMut(f64, usize, usize) -> bool,
+    ) -> (ScenarioRun, Vec<f64>) {
+        simulate_from(probe, None, rules, oracle)
+    }
+
+    /// As `simulate_with`, for a search that starts near `previous` (a repeat).
+    fn simulate_from(
+        probe: f64,
+        previous: Option<f64>,
+        rules: SearchRules,
         mut oracle: impl FnMut(f64, usize, usize) -> bool,
     ) -> (ScenarioRun, Vec<f64>) {
         let mut offered: Vec<f64> = Vec::new();
-        let run = search(Scenario::Ping, 8, rules, |load| {
+        let run = search(Scenario::Ping, 8, rules, previous, |load| {
             Ok::<_, ()>(match load {
                 Load::Closed => {
                     let mut s = fake_step(None, true);
@@ -616,12 +716,100 @@ mod tests {
         );
     }
 
+    /// A system that fails above `limit`, every time, whatever the probe said.
+    fn bracket_holds(run: &ScenarioRun, limit: f64) {
+        let b = run.bracket();
+        let levels = run.levels();
+        let (Some(pass), Some(fail)) = (b.pass, b.fail) else {
+            panic!("{limit}: {b:?} {levels:?}")
+        };
+        assert!(pass <= limit && limit < fail, "{limit}: {b:?}");
+        assert!(
+            b.width().expect("width") < DEFAULT_RULES.resolution,
+            "{b:?}"
+        );
+    }
+
+    #[test]
+    fn finds_a_limit_far_above_a_low_probe() {
+        // The probe undershot (a noisy closed-loop window): the answer must still be the
+        // limit, not the probe's figure. Before, the search stopped at 1.3 × the probe and
+        // answered that ("nothing up to 1300 failed twice").
+        for (probe, limit) in [
+            (1000.0, 1400.0),
+            (1000.0, 2000.0),
+            (1000.0, 2450.0),
+            (1000.0, 2900.0),
+            (700.0, 2000.0),
+        ] {
+            let (run, offered) = simulate_with(probe, DEFAULT_RULES, |rate, _, _| rate <= limit);
+            bracket_holds(&run, limit);
+            assert!(offered.len() <= DEFAULT_RULES.max_steps);
+            let answer = run.sustainable().and_then(|s| s.offered).expect("answer");
+            assert!(answer > limit * 0.95, "{probe} {limit}: {offered:?}");
+        }
+        // The climb is bounded: past CLIMB_LIMIT × the probe it stops and confirms.
+        let (run, offered) = simulate_with(1000.0, DEFAULT_RULES, |rate, _, _| rate <= 9000.0);
+        assert!(
+            offered.iter().all(|&r| r <= 1000.0 * CLIMB_LIMIT),
+            "{offered:?}"
+        );
+        assert_eq!(run.bracket().fail, None);
+    }
+
+    #[test]
+    fn repeated_searches_start_near_the_answer_and_report_the_spread() {
+        let limit = 2000.0;
+        // Three searches, probes 700, 2100 and 1500: each finds the limit.
+        let (first, _) = simulate_with(700.0, DEFAULT_RULES, |rate, _, _| rate <= limit);
+        let previous = first.bracket().pass;
+        let (second, offered) =
+            simulate_from(2100.0, previous, DEFAULT_RULES, |rate, _, _| rate <= limit);
+        // Near the previous answer: 85 % of it first, no low steps.
+        assert_eq!(offered[0], previous.unwrap() * 0.85);
+        assert!(offered.len() < 10, "{offered:?}");
+        let (third, _) = simulate_from(
+            1500.0,
+            second.bracket().pass,
+            DEFAULT_RULES,
+            |rate, _, _| rate <= limit,
+        );
+        for run in [&first, &second, &third] {
+            bracket_holds(run, limit);
+        }
+        let (rate, cpu) = repeated(&[&first, &second, &third]);
+        let rate = rate.expect("spread");
+        assert_eq!(rate.n, 3);
+        assert!(rate.min <= rate.median && rate.median <= rate.max);
+        assert!(rate.median > limit * 0.95 && rate.max <= limit, "{rate:?}");
+        assert_eq!(cpu, None, "the fake steps have no CPU figure");
+        // A repeat whose previous answer was far too low still climbs to the limit.
+        let (low, _) = simulate_from(1500.0, Some(900.0), DEFAULT_RULES, |rate, _, _| {
+            rate <= limit
+        });
+        bracket_holds(&low, limit);
+    }
+
+    #[test]
+    fn spread_is_median_and_range() {
+        let s = Spread::of([30.0, 10.0, 20.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (20.0, 10.0, 30.0, 3));
+        assert_eq!(s.relative(), 1.0);
+        let s = Spread::of([4.0, 1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(s.median, 2.5);
+        assert_eq!(Spread::of([]), None);
+    }
+
     #[test]
     fn passes_to_the_top_or_narrow_brackets_stop() {
         let r = simulate(1000.0, 1e9);
-        // Everything passes: the top fraction is confirmed, then the search ends.
-        assert_eq!(r.len(), FRACTIONS.len() + 1);
-        assert_eq!(r[FRACTIONS.len()], 1300.0);
+        // Everything passes: past the fractions it climbs by CLIMB up to CLIMB_LIMIT × the
+        // probe (1625, 2031.25, 2539.06, 3000), confirms the highest pass, and ends.
+        assert_eq!(r.len(), FRACTIONS.len() + 5, "{r:?}");
+        assert_eq!(
+            &r[FRACTIONS.len()..],
+            &[1625.0, 2031.25, 2539.0625, 3000.0, 3000.0]
+        );
         // Without confirmation, a bracket narrower than the resolution is not split.
         let mut s = Stepper::new(1000.0, rules(0.06, 20, false));
         assert_eq!(s.next_rate(), Some(250.0));

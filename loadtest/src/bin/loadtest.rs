@@ -624,13 +624,30 @@ fn plan_mode(
 
     let mut runs: Vec<ScenarioRun> = Vec::new();
     let mut driver = String::new();
-    for (scenario, conns) in args.combos() {
+    // Each scenario is searched `--repeat` times; a repeat starts near the previous
+    // answer. The summary gives the median and range of the answers.
+    let searches = args
+        .combos()
+        .into_iter()
+        .flat_map(|combo| (1..=args.repeat).map(move |n| (combo, n)));
+    let mut previous: Option<f64> = None;
+    for ((scenario, conns), nth) in searches {
         if runner.stop.load(Ordering::Relaxed) {
             notes.push("Interrupted: the plan did not finish.".into());
             break;
         }
+        if nth == 1 {
+            previous = None;
+        }
+        if args.repeat > 1 {
+            eprintln!(
+                "loadtest: {scenario} × {conns}: search {nth} of {}{}",
+                args.repeat,
+                previous.map_or_else(String::new, |p| format!(", starting near {p:.0}"))
+            );
+        }
         let mut offered_so_far: Vec<f64> = Vec::new();
-        let result = plan::search(scenario, conns, args.rules, |load| {
+        let result = plan::search(scenario, conns, args.rules, previous, |load| {
             if runner.stop.load(Ordering::Relaxed) {
                 return Err("interrupted".to_string());
             }
@@ -663,6 +680,7 @@ fn plan_mode(
             return Err(e);
         }
         note_findings(&run, runner.slo_us, runner.sets, &mut notes);
+        previous = run.bracket().pass.or(previous);
         runs.push(run);
     }
     write_report(args, target, machine, baseline, runs, notes, &driver)
@@ -784,6 +802,14 @@ fn write_report(
             .or(run.probe.proxy_cpu_us)
             .map_or_else(String::new, |v| format!(" (proxy CPU {v:.1} µs/req)"));
         println!("{line}{cpu}");
+    }
+    if args.repeat > 1 {
+        for group in report::by_scenario(&report.runs) {
+            println!(
+                "{}",
+                report::repeated_line(&group, report.cores, report.slo_p99_us, report.target_rps)
+            );
+        }
     }
     Ok(())
 }
