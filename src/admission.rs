@@ -246,6 +246,8 @@ pub(crate) async fn admit<'c, G: Future<Output = ()>>(
         ctx.m().shed(why);
         return Err(Refused::Answer(ProxyError::Overloaded(why)));
     }
+    // A request choosing again waits without its old executor's slot.
+    assigned.take();
     // The slow path lives in its own allocation, so requests that never wait do not carry
     // its state (timers) in their futures.
     let wait = Wait {
