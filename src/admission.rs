@@ -207,6 +207,10 @@ pub(crate) async fn admit<'c, G: Future<Output = ()>>(
     let adm = &ctx.admission;
     let no_online = Err(Refused::Answer(ProxyError::NoOnlineExecutor));
     let again = assigned.is_some();
+    if again && adm.enabled() {
+        // Its own slot (a refused connection, a replay) is free for it to choose again.
+        *assigned = None;
+    }
     let ahead = adm.enabled()
         && (!adm.queue.borrow().is_empty()
             || (adm.granted.get() > 0 && adm.granted.get() >= adm.free_slots(ctx, snapshot)));
@@ -246,8 +250,6 @@ pub(crate) async fn admit<'c, G: Future<Output = ()>>(
         ctx.m().shed(why);
         return Err(Refused::Answer(ProxyError::Overloaded(why)));
     }
-    // A request choosing again waits without its old executor's slot.
-    assigned.take();
     // The slow path lives in its own allocation, so requests that never wait do not carry
     // its state (timers) in their futures.
     let wait = Wait {
@@ -602,6 +604,33 @@ mod tests {
                 Err(Refused::Answer(ProxyError::Overloaded(Shed::QueueFull))),
                 "OPR_PROXY_QUEUE_SIZE=0: no waiting"
             );
+        });
+    }
+
+    #[test]
+    fn a_request_choosing_again_has_its_own_slot_and_goes_first() {
+        let ctx = ctx(1, 1, 16);
+        block_on(async {
+            let mut snapshot = ctx.snapshot();
+            let mut assigned = Some(ctx.assign(0));
+            // Someone waits for the one slot; the request that holds it chooses again
+            // (say its pooled connection was stale): it keeps the slot, without waiting.
+            let release = Rc::new(Cell::new(0));
+            let waiter = monoio::spawn(request(ctx.clone(), 1, Default::default(), release));
+            monoio::time::sleep(Duration::from_millis(2)).await;
+            assert_eq!(ctx.admission.depth(), 1);
+            let how = Addressing::AnycastEfficient;
+            let never = std::future::pending::<()>;
+            let again = admit(&ctx, &mut snapshot, how, None, &mut assigned, |_| {}, never);
+            let r = monoio::time::timeout(Duration::from_secs(1), again).await;
+            let r = r
+                .expect("not queued")
+                .map(|a| (a.choice.executor, a.waited));
+            assert_eq!(r, Ok((0, None)));
+            assert_eq!(ctx.picker.in_flight(0), 1);
+            monoio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(ctx.admission.depth(), 1, "the waiter still waits");
+            drop(waiter);
         });
     }
 
