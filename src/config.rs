@@ -51,6 +51,9 @@ pub const OPR_PROXY_EJECT_AFTER: &str = "OPR_PROXY_EJECT_AFTER";
 /// The later original's Redis DSN for sharing "runtime is warm here" marks: accepted and
 /// not used (logged once at start).
 pub const OPR_PROXY_CONNECTIONS_STATE: &str = "OPR_PROXY_CONNECTIONS_STATE";
+pub const OPR_PROXY_EXECUTOR_CONCURRENCY: &str = "OPR_PROXY_EXECUTOR_CONCURRENCY";
+pub const OPR_PROXY_QUEUE_SIZE: &str = "OPR_PROXY_QUEUE_SIZE";
+pub const OPR_PROXY_QUEUE_TIMEOUT: &str = "OPR_PROXY_QUEUE_TIMEOUT";
 
 /// 22 MiB, the original's request body limit.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
@@ -271,6 +274,13 @@ pub struct Config {
     /// `OPR_PROXY_CONNECTIONS_STATE` with its user-info, query and fragment removed
     /// (`redact_dsn`), kept only to say at start that it is not used; `None` when unset.
     pub connections_state: Option<String>,
+    /// Most requests in flight to one executor from this process, shared among the
+    /// workers (`admission.rs`); `None` = no cap.
+    pub executor_concurrency: Option<u32>,
+    /// Requests one worker keeps waiting for a free slot; 0 = none wait (503 at once).
+    pub queue_size: usize,
+    /// Longest wait in the queue before a `503`.
+    pub queue_timeout: Duration,
 }
 
 impl Config {
@@ -338,6 +348,21 @@ impl Config {
                 &CONNECTION_BALANCES,
             )?,
             connections_state: src.get(OPR_PROXY_CONNECTIONS_STATE).map(|v| redact_dsn(&v)),
+            executor_concurrency: match src.optional(
+                OPR_PROXY_EXECUTOR_CONCURRENCY,
+                0..=1_000_000,
+                "requests, 0 = no cap",
+            )? {
+                None | Some(0) => None,
+                Some(n) => Some(n as u32),
+            },
+            queue_size: src.number(
+                OPR_PROXY_QUEUE_SIZE,
+                1024,
+                0..=1_048_576,
+                "requests per worker, 0 = no waiting",
+            )? as usize,
+            queue_timeout: src.millis(OPR_PROXY_QUEUE_TIMEOUT, 30_000, 1..=3_600_000)?,
         })
     }
 
@@ -391,6 +416,9 @@ impl fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("connection_balance", &self.connection_balance)
             .field("connections_state", &self.connections_state)
+            .field("executor_concurrency", &self.executor_concurrency)
+            .field("queue_size", &self.queue_size)
+            .field("queue_timeout", &self.queue_timeout)
             .finish()
     }
 }
@@ -919,6 +947,9 @@ mod tests {
         assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 16_384);
         assert_eq!(c.connection_balance, ConnectionBalance::Cpu);
+        assert_eq!(c.executor_concurrency, None);
+        assert_eq!(c.queue_size, 1024);
+        assert_eq!(c.queue_timeout, Duration::from_millis(30_000));
     }
 
     #[test]
@@ -1003,6 +1034,13 @@ mod tests {
             (OPR_PROXY_ACCESS_LOG, "disabled", "false"),
             (OPR_PROXY_CONNECTION_BALANCE, "cpu", "Cpu"),
             (OPR_PROXY_CONNECTION_BALANCE, "hash", "Hash"),
+            (OPR_PROXY_EXECUTOR_CONCURRENCY, "0", "None"),
+            (OPR_PROXY_EXECUTOR_CONCURRENCY, "1", "Some(1)"),
+            (OPR_PROXY_EXECUTOR_CONCURRENCY, "1000000", "Some(1000000)"),
+            (OPR_PROXY_QUEUE_SIZE, "0", "0"),
+            (OPR_PROXY_QUEUE_SIZE, "1048576", "1048576"),
+            (OPR_PROXY_QUEUE_TIMEOUT, "1", "1ms"),
+            (OPR_PROXY_QUEUE_TIMEOUT, "3600000", "3600s"),
         ];
         for (variable, value, want) in cases {
             let field = variable.trim_start_matches("OPR_PROXY_").to_lowercase();
@@ -1065,6 +1103,12 @@ mod tests {
             (OPR_PROXY_SHUTDOWN_TIMEOUT, &["3601"]),
             (OPR_PROXY_ACCESS_LOG, &["on", "1"]),
             (OPR_PROXY_CONNECTION_BALANCE, &["CPU", "random", "off"]),
+            (
+                OPR_PROXY_EXECUTOR_CONCURRENCY,
+                &["-1", "1000001", "off", "4.0"],
+            ),
+            (OPR_PROXY_QUEUE_SIZE, &["1048577", "-1", "1k"]),
+            (OPR_PROXY_QUEUE_TIMEOUT, &["0", "3600001", "30s"]),
             (OPR_PROXY_EXECUTORS, &["https://exc1"]),
         ];
         for (variable, values) in cases {

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::access_log::AccessLog;
+use crate::admission::{self, Admission};
 use crate::balance::{Assigned, Picker};
 use crate::buffers::{self, AnswerSizes, FreeList, PipePool, Scratch};
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub(crate) struct WorkerCtx {
     /// non-atomic `Rc` clone instead of an atomic on a cache line every core shares.
     local: RefCell<Rc<Snapshot>>,
     pub picker: Picker,
+    /// This worker's share of the per-executor cap and its queue of waiting requests.
+    pub admission: Admission,
     /// Consecutive failed exchanges per executor (`OPR_PROXY_EJECT_AFTER`).
     outliers: Outliers,
     pub pool: Pool,
@@ -78,6 +81,13 @@ impl WorkerCtx {
         WorkerCtx {
             id,
             picker: Picker::new(config.algorithm, executors, seed),
+            admission: Admission::new(
+                config
+                    .executor_concurrency
+                    .map_or(0, |n| admission::share(n, metrics.workers(), id)),
+                config.queue_size,
+                config.queue_timeout,
+            ),
             outliers: Outliers::new(config.eject_after, executors),
             pool: Pool::new(executors, config.pool_size, config.pool_idle_timeout),
             bodies: buffers::body_buffers(),
@@ -121,6 +131,7 @@ impl WorkerCtx {
     /// The worker stops: requests in hand finish and close; idle connections close now.
     pub(crate) fn begin_stop(&self) {
         self.stopping.set(true);
+        self.admission.drain(self);
         let now = std::time::Instant::now();
         self.idle
             .sweep(now, std::time::Duration::ZERO, Closed::Drain);
@@ -215,7 +226,7 @@ impl WorkerCtx {
         self.m().executor_in_flight(executor, true);
         Assignment {
             ctx: self,
-            picked: self.picker.assign(executor),
+            picked: Some(self.picker.assign(executor)),
         }
     }
 
@@ -279,13 +290,18 @@ pub(crate) trait ExecutorFault: std::fmt::Display {
 /// client gone: the task's future is dropped with it).
 pub(crate) struct Assignment<'a> {
     ctx: &'a WorkerCtx,
-    picked: Assigned<'a>,
+    /// Always `Some` until dropped (taken first, so the count is down when the queue
+    /// hears of the free slot).
+    picked: Option<Assigned<'a>>,
 }
 
 impl Drop for Assignment<'_> {
     fn drop(&mut self) {
-        let executor = self.picked.executor();
-        self.ctx.m().executor_in_flight(executor, false);
+        if let Some(picked) = self.picked.take() {
+            self.ctx.m().executor_in_flight(picked.executor(), false);
+            drop(picked);
+            self.ctx.admission.kick(self.ctx);
+        }
     }
 }
 

@@ -86,7 +86,38 @@ pub(crate) enum ProxyError {
     BadGateway(Cause),
     /// The whole-request deadline passed before the executor's response head.
     GatewayTimeout,
+    /// Every executor is at `OPR_PROXY_EXECUTOR_CONCURRENCY` and the request could not
+    /// wait for a slot (`503` with `Retry-After`).
+    Overloaded(Shed),
 }
+
+/// Why a request was answered `503` for lack of capacity (the `reason` label of
+/// `opr_proxy_shed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shed {
+    /// The worker's queue was full (or `OPR_PROXY_QUEUE_SIZE=0`).
+    QueueFull,
+    /// No slot freed within `OPR_PROXY_QUEUE_TIMEOUT`.
+    QueueTimeout,
+    /// The proxy began to stop while the request waited.
+    Draining,
+}
+
+impl Shed {
+    pub(crate) const ALL: [Shed; 3] = [Shed::QueueFull, Shed::QueueTimeout, Shed::Draining];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Shed::QueueFull => "queue_full",
+            Shed::QueueTimeout => "queue_timeout",
+            Shed::Draining => "draining",
+        }
+    }
+}
+
+/// `Retry-After` of a `503` for lack of capacity (RFC 9110 §10.2.3), in seconds: soon, so
+/// a client retries once the burst passed (or on another replica when this one stops).
+pub(crate) const RETRY_AFTER_SECONDS: u32 = 1;
 
 impl ProxyError {
     pub(crate) fn status(&self) -> u16 {
@@ -99,6 +130,7 @@ impl ProxyError {
             ProxyError::HeadTimeout | ProxyError::BodyTimeout => 408,
             ProxyError::BadGateway(_) => 502,
             ProxyError::GatewayTimeout => 504,
+            ProxyError::Overloaded(_) => 503,
         }
     }
 
@@ -113,6 +145,15 @@ impl ProxyError {
             ProxyError::BodyTimeout => "Request body was not received in time.",
             ProxyError::BadGateway(_) => "Executor failed to answer the request.",
             ProxyError::GatewayTimeout => "Executor did not answer in time.",
+            ProxyError::Overloaded(Shed::QueueFull) => {
+                "Every executor is at its concurrency limit and the queue is full."
+            }
+            ProxyError::Overloaded(Shed::QueueTimeout) => {
+                "Every executor stayed at its concurrency limit for the queue timeout."
+            }
+            ProxyError::Overloaded(Shed::Draining) => {
+                "The proxy is shutting down; the request was not sent to an executor."
+            }
         }
     }
 
@@ -143,6 +184,7 @@ impl ProxyError {
                 | ProxyError::NoOnlineExecutor
                 | ProxyError::BadGateway(_)
                 | ProxyError::GatewayTimeout
+                | ProxyError::Overloaded(_)
         )
     }
 
@@ -159,7 +201,8 @@ impl ProxyError {
     ) {
         let mut counter = Counter(0);
         let _ = self.write_body(&mut counter, version, dev);
-        write_json_head(out, self.status(), counter.0, close);
+        let retry_after = matches!(self, ProxyError::Overloaded(_)).then_some(RETRY_AFTER_SECONDS);
+        write_json_head(out, self.status(), counter.0, close, retry_after);
         if !head_only {
             let _ = self.write_body(&mut VecWriter(out), version, dev);
         }
@@ -215,13 +258,19 @@ pub(crate) fn write_json_response(
     close: bool,
     head_only: bool,
 ) {
-    write_json_head(out, status, body.len(), close);
+    write_json_head(out, status, body.len(), close, None);
     if !head_only {
         out.extend_from_slice(body.as_bytes());
     }
 }
 
-fn write_json_head(out: &mut Vec<u8>, status: u16, body_len: usize, close: bool) {
+fn write_json_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    body_len: usize,
+    close: bool,
+    retry_after: Option<u32>,
+) {
     let reason = crate::http::rewrite::canonical_reason(status);
     let _ = write!(
         VecWriter(out),
@@ -232,6 +281,9 @@ fn write_json_head(out: &mut Vec<u8>, status: u16, body_len: usize, close: bool)
          Pragma: no-cache\r\n\
          Content-Length: {body_len}\r\n"
     );
+    if let Some(seconds) = retry_after {
+        let _ = write!(VecWriter(out), "Retry-After: {seconds}\r\n");
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -362,6 +414,30 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         assert!(text.contains("Content-Length: 63"), "{text}");
+    }
+
+    #[test]
+    fn overload_answers_are_503_with_retry_after() {
+        for shed in Shed::ALL {
+            let e = ProxyError::Overloaded(shed);
+            let text = render(&e, false, false);
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+                "{head}"
+            );
+            assert!(head.lines().any(|l| l == "Retry-After: 1"), "{head}");
+            assert!(head.contains("Content-Type: application/json"), "{head}");
+            assert!(
+                body.contains("\"code\":503") && body.contains(e.message()),
+                "{body}"
+            );
+            assert!(!e.closes_connection());
+        }
+        // Other errors carry no Retry-After.
+        assert!(!render(&ProxyError::NoOnlineExecutor, false, false).contains("Retry-After"));
+        let labels: Vec<_> = Shed::ALL.iter().map(|s| s.label()).collect();
+        assert_eq!(labels, ["queue_full", "queue_timeout", "draining"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `run(Config)` is the one entry for main, tests and benches.
 
 mod access_log;
+mod admission;
 mod api;
 mod auth;
 pub mod balance;
@@ -138,6 +139,7 @@ pub fn run(mut config: Config) -> Result<Server, StartError> {
         .filter_map(|id| cores.get(id % cores.len().max(1)).map(|c| c.id))
         .collect();
     balance_connections(&config, &listeners, &cpu_of_worker);
+    log_concurrency_cap(&config, count);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
@@ -247,6 +249,28 @@ fn balance_connections(
             warn!("reuseport CBPF program refused: {e}");
             hash(&"reuseport CBPF refused")
         }
+    }
+}
+
+/// Say how the per-executor cap is split over the workers (README "Overload protection"),
+/// and when the split raises it: every worker keeps at least one slot.
+fn log_concurrency_cap(config: &Config, workers: usize) {
+    let Some(cap) = config.executor_concurrency else {
+        return;
+    };
+    let shares: Vec<u32> = (0..workers)
+        .map(|w| admission::share(cap, workers, w))
+        .collect();
+    let effective: u64 = shares.iter().map(|&s| u64::from(s)).sum();
+    info!(
+        "at most {effective} requests in flight per executor (OPR_PROXY_EXECUTOR_CONCURRENCY={cap}; worker shares {shares:?}); up to {} waiting per worker for at most {} ms (OPR_PROXY_QUEUE_SIZE, OPR_PROXY_QUEUE_TIMEOUT)",
+        config.queue_size,
+        config.queue_timeout.as_millis()
+    );
+    if effective > u64::from(cap) {
+        warn!(
+            "OPR_PROXY_EXECUTOR_CONCURRENCY={cap} is below the {workers} workers: each keeps one slot, so up to {effective} requests reach one executor at once; raise it to at least {workers} or run fewer workers (OPR_PROXY_CORES)"
+        );
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::error::Shed;
 use crate::forward::Discard;
 use crate::report::ReportStats;
 use crate::snapshot::Snapshot;
@@ -26,6 +27,12 @@ const CODE_SLOTS: usize = CODES.len() + 1;
 const BUCKETS: [f64; 21] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Upper bounds of the queue-wait histogram, in seconds: 1 ms to 5 min.
+const QUEUE_BUCKETS: [f64; 17] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
 ];
 
 /// Why a client connection ended.
@@ -148,6 +155,12 @@ pub(crate) struct WorkerMetrics {
     access_log_dropped: Counter,
     splice_fallbacks: Counter,
     spliced_bytes: Counter,
+    /// Requests waiting in this worker's queue now (`admission.rs`).
+    queue_depth: Counter,
+    queue_wait: [Counter; QUEUE_BUCKETS.len() + 1],
+    queue_wait_sum_us: Counter,
+    /// `503`s for lack of capacity, by `Shed` (in `Shed::ALL` order).
+    shed: [Counter; Shed::ALL.len()],
     driver: OnceLock<String>,
     /// The CPU the worker is pinned to; `None` when unpinned.
     cpu: OnceLock<Option<usize>>,
@@ -173,6 +186,10 @@ impl WorkerMetrics {
             access_log_dropped: Counter::default(),
             splice_fallbacks: Counter::default(),
             spliced_bytes: Counter::default(),
+            queue_depth: Counter::default(),
+            queue_wait: Default::default(),
+            queue_wait_sum_us: Counter::default(),
+            shed: Default::default(),
             driver: OnceLock::new(),
             cpu: OnceLock::new(),
         }
@@ -266,6 +283,29 @@ impl WorkerMetrics {
         self.splice_fallbacks.add(u64::from(fallback));
     }
 
+    /// Requests waiting in this worker's queue now.
+    pub(crate) fn queue_depth(&self, depth: usize) {
+        self.queue_depth.0.store(depth as u64, Ordering::Relaxed);
+    }
+
+    /// A request left the queue (served, shed, or its client gone) after `waited`.
+    pub(crate) fn queue_waited(&self, waited: Duration) {
+        let us = waited.as_micros().min(u128::from(u64::MAX)) as u64;
+        let seconds = us as f64 / 1e6;
+        let bucket = QUEUE_BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(QUEUE_BUCKETS.len());
+        self.queue_wait[bucket].add(1);
+        self.queue_wait_sum_us.add(us);
+    }
+
+    /// A request was answered `503` for lack of capacity.
+    pub(crate) fn shed(&self, why: Shed) {
+        let slot = Shed::ALL.iter().position(|&s| s == why).unwrap_or(0);
+        self.shed[slot].add(1);
+    }
+
     pub(crate) fn access_log_dropped(&self, lines: u64) {
         self.access_log_dropped.add(lines);
     }
@@ -292,6 +332,11 @@ impl Metrics {
                 .map(|_| WorkerMetrics::new(executors))
                 .collect(),
         }
+    }
+
+    /// How many workers the process runs (one set of counters each).
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     pub(crate) fn worker(&self, id: usize) -> &WorkerMetrics {
@@ -626,12 +671,60 @@ impl Metrics {
             "Bodies copied through a buffer because no pipe could be made or splice was refused.",
             self.sum(|m| m.splice_fallbacks.get()),
         );
+        self.render_queue(out);
         counter(
             out,
             "opr_proxy_access_log_dropped_total",
             "Access log lines dropped because the log writer fell behind.",
             self.sum(|m| m.access_log_dropped.get()),
         );
+    }
+}
+
+impl Metrics {
+    /// The queue in front of capped executors (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
+    fn render_queue(&self, out: &mut String) {
+        family(
+            out,
+            "opr_proxy_queue_depth",
+            "gauge",
+            "Requests waiting in each worker's queue for an executor under its concurrency cap.",
+        );
+        for (w, m) in self.workers.iter().enumerate() {
+            let n = m.queue_depth.get();
+            let _ = writeln!(out, "opr_proxy_queue_depth{{worker=\"{w}\"}} {n}");
+        }
+        let name = "opr_proxy_queue_wait_seconds";
+        family(
+            out,
+            name,
+            "histogram",
+            "Time each queued request waited, whether it was then served or shed.",
+        );
+        let mut cumulative = 0u64;
+        for (i, bound) in QUEUE_BUCKETS.iter().enumerate() {
+            cumulative += self.sum(|m| m.queue_wait[i].get());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.sum(|m| m.queue_wait[QUEUE_BUCKETS.len()].get());
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum_us = self.sum(|m| m.queue_wait_sum_us.get());
+        let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+        family(
+            out,
+            "opr_proxy_shed_total",
+            "counter",
+            "Requests the proxy answered 503 for lack of executor capacity, by reason.",
+        );
+        for (slot, why) in Shed::ALL.iter().enumerate() {
+            let n = self.sum(|m| m.shed[slot].get());
+            let _ = writeln!(
+                out,
+                "opr_proxy_shed_total{{reason=\"{}\"}} {n}",
+                why.label()
+            );
+        }
     }
 }
 
@@ -704,6 +797,33 @@ mod tests {
             1,
             "past 600 s: +Inf"
         );
+    }
+
+    #[test]
+    fn queue_metrics_render_with_the_agreed_names() {
+        let m = Metrics::new(2, 1);
+        m.worker(1).queue_depth(3);
+        m.worker(0).queue_waited(Duration::from_millis(2));
+        m.worker(1).queue_waited(Duration::from_secs(400));
+        m.worker(1).shed(Shed::QueueTimeout);
+        let mut out = String::new();
+        m.render_queue(&mut out);
+        for line in [
+            "opr_proxy_queue_depth{worker=\"0\"} 0",
+            "opr_proxy_queue_depth{worker=\"1\"} 3",
+            "opr_proxy_queue_wait_seconds_bucket{le=\"0.001\"} 0",
+            "opr_proxy_queue_wait_seconds_bucket{le=\"0.0025\"} 1",
+            "opr_proxy_queue_wait_seconds_bucket{le=\"300\"} 1",
+            "opr_proxy_queue_wait_seconds_bucket{le=\"+Inf\"} 2",
+            "opr_proxy_queue_wait_seconds_sum 400.002",
+            "opr_proxy_queue_wait_seconds_count 2",
+            "opr_proxy_shed_total{reason=\"queue_full\"} 0",
+            "opr_proxy_shed_total{reason=\"queue_timeout\"} 1",
+            "opr_proxy_shed_total{reason=\"draining\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in:\n{out}");
+        }
+        assert!(QUEUE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -187,6 +187,9 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
             }
         });
     }
+    if ctx.admission.enabled() {
+        monoio::spawn(crate::admission::watch(ctx.clone()));
+    }
     let driver_name = match driver {
         Driver::IoUring(flags) => format!("io_uring ({flags})"),
         Driver::Epoll => "epoll".to_string(),

@@ -131,6 +131,9 @@ pub fn pattern_sha256(len: u64) -> String {
     hex(&h.finalize())
 }
 
+/// Request targets a mock keeps for `targets()` (a load test must not grow it forever).
+pub const TARGETS_KEPT: usize = 4096;
+
 /// Size of each write of generated bodies.
 const BLOCK: usize = 64 * 1024;
 
@@ -165,6 +168,12 @@ pub(crate) struct Shared {
     pub health_requests: AtomicU64,
     pub connections: AtomicU64,
     pub aborted: AtomicU64,
+    /// Requests between being read and the start of their answer (the `delay`), now and
+    /// at most so far: what a concurrency cap in front of this executor must bound.
+    pub active: AtomicU64,
+    pub max_active: AtomicU64,
+    /// Targets of the first [`TARGETS_KEPT`] non-health requests, in arrival order.
+    pub targets: Mutex<Vec<String>>,
     pub last: Mutex<Option<RecordedRequest>>,
     /// Set first by stop(); checked without locking.
     pub stopping: AtomicBool,
@@ -244,6 +253,9 @@ impl MockExecutor {
             health_requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            max_active: AtomicU64::new(0),
+            targets: Mutex::new(Vec::new()),
             last: Mutex::new(None),
             stopping: AtomicBool::new(false),
             stopped: Mutex::new(false),
@@ -305,6 +317,22 @@ impl MockExecutor {
     /// Requests whose body the peer cut off (closed or reset before it was complete).
     pub fn aborted(&self) -> u64 {
         self.shared.aborted.load(Ordering::SeqCst)
+    }
+
+    /// Most requests this executor worked on at once (read, not yet answering; see
+    /// `MockOptions::delay`).
+    pub fn max_active(&self) -> u64 {
+        self.shared.max_active.load(Ordering::SeqCst)
+    }
+
+    /// Requests being worked on now (read, not yet answering).
+    pub fn active(&self) -> u64 {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Targets of the first non-health requests, in the order they arrived (bounded).
+    pub fn targets(&self) -> Vec<String> {
+        lock(&self.shared.targets).clone()
     }
 
     /// The last non-health request fully received (set before `requests()` is incremented).

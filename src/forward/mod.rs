@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::admission::{self, Refused};
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
@@ -138,6 +139,7 @@ async fn forward_request(
         failover: Cell::new(None),
         failed: Cell::new(false),
         debug,
+        queued: Cell::new(None),
     };
     let run = anycast.run(conn, out, response_headers);
     match monoio::time::timeout_at(deadline.into(), run).await {
@@ -180,13 +182,16 @@ struct Anycast<'a> {
     failed: Cell<bool>,
     /// Explain the choice in `x-opr-route` (dev mode, or `x-opr-debug: 1`).
     debug: bool,
+    /// How long the request waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
+    queued: Cell<Option<Duration>>,
 }
 
-/// One selection, shared by HTTP/1 requests and HTTP/2 streams: the picker's choice
-/// within the tiers, counted in flight to that executor (`assigned` holds the count until
-/// the request ends or moves on to another executor), with its address. An executor
-/// whose name did not resolve is flagged offline for every worker and the next one is
-/// tried (`unresolved` hears of it). `None`: no online executor is left.
+/// One selection, shared by HTTP/1 requests and HTTP/2 streams (through
+/// `admission::admit`): the picker's choice within the tiers, counted in flight to that
+/// executor (`assigned` holds the count until the request ends or moves on to another
+/// executor), with its address. Executors at their concurrency cap are skipped. An
+/// executor whose name did not resolve is flagged offline for every worker and the next
+/// one is tried (`unresolved` hears of it). `None`: no online executor under its cap.
 pub(crate) fn pick<'c>(
     ctx: &'c WorkerCtx,
     snapshot: &Snapshot,
@@ -196,7 +201,7 @@ pub(crate) fn pick<'c>(
     mut unresolved: impl FnMut(usize),
 ) -> Option<(Choice, SocketAddr)> {
     loop {
-        let flagged = |i| ctx.board.is_flagged_offline(i);
+        let flagged = |i| ctx.board.is_flagged_offline(i) || ctx.admission.at_cap(ctx, i);
         let choice = ctx.picker.select(snapshot, addressing, runtime, flagged)?;
         let i = choice.executor;
         *assigned = Some(ctx.assign(i));
@@ -219,7 +224,7 @@ impl Anycast<'_> {
     ) -> (After, u16) {
         let ctx = self.ctx;
         let head = self.head;
-        let snapshot = ctx.snapshot();
+        let mut snapshot = ctx.snapshot();
         let is_head = conn.head_request;
         let idempotent = reuse::is_idempotent(&conn.pending()[head.method.clone()]);
         let mut first = match self.first_bytes(conn) {
@@ -246,21 +251,33 @@ impl Anycast<'_> {
             // moves on (nothing was sent).
             let runtime = self.runtime_id(conn);
             let unresolved = |i| self.failed_over(i, "unresolved");
-            let picked = pick(
+            // A request waiting for a slot watches its client, as it does while the
+            // executor works.
+            let client: &ClientConn = conn;
+            let admitted = admission::admit(
                 ctx,
-                &snapshot,
+                &mut snapshot,
                 self.addressing,
                 runtime,
                 &mut _assigned,
                 unresolved,
-            );
-            let Some((choice, addr)) = picked else {
-                // The request is answered: it must not be parsed again on keep-alive.
-                conn.consume(request_len);
-                let keep = head.keep_alive && in_hand;
-                return ctx
-                    .answer(conn, out, ProxyError::NoOnlineExecutor, keep)
-                    .await;
+                || client.gone(),
+            )
+            .await;
+            let (choice, addr) = match admitted {
+                Ok(admitted) => {
+                    if admitted.waited.is_some() {
+                        self.queued.set(admitted.waited);
+                    }
+                    (admitted.choice, admitted.addr)
+                }
+                Err(Refused::ClientGone) => return (After::Close, 0),
+                Err(Refused::Answer(e)) => {
+                    // The request is answered: it must not be parsed again on keep-alive.
+                    conn.consume(request_len);
+                    let keep = head.keep_alive && in_hand;
+                    return ctx.answer(conn, out, e, keep).await;
+                }
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
@@ -482,6 +499,7 @@ impl Anycast<'_> {
         rewrite::write_response_head(out, rb, response, response_headers, &rw);
         if self.debug {
             explain(self.ctx, self.choice.get(), self.failover.get(), out);
+            explain_queued(self.queued.get(), out);
         }
         let status = response.status;
         let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
@@ -584,6 +602,23 @@ pub(crate) fn explain(
         let _ = write!(w, "; failover from {}: {why}", host(from));
     }
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Add `; queued <n> ms` to the `x-opr-route` line `explain` just wrote (the last one of
+/// the head in `out`) when the request waited for a slot.
+pub(crate) fn explain_queued(waited: Option<Duration>, out: &mut Vec<u8>) {
+    let Some(waited) = waited else {
+        return;
+    };
+    if !out.ends_with(b"\r\n\r\n") {
+        return;
+    }
+    out.truncate(out.len() - 4);
+    let _ = write!(
+        crate::error::VecWriter(out),
+        "; queued {} ms\r\n\r\n",
+        waited.as_millis()
+    );
 }
 
 /// Wait for the response head; once the executor has worked for `WATCH_CLIENT_AFTER`,

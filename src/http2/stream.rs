@@ -15,6 +15,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::access_log;
+use crate::admission::{self, Refused};
 use crate::api::{self, Route};
 use crate::balance::{Addressing, Choice};
 use crate::ctx::WorkerCtx;
@@ -241,7 +242,7 @@ impl Stream {
         limit: Option<u64>,
     ) -> u16 {
         let ctx = &*self.ctx;
-        let snapshot = ctx.snapshot();
+        let mut snapshot = ctx.snapshot();
         let has_body = request.head.has_body();
         let idempotent = reuse::is_idempotent(request.method());
         let runtime = request
@@ -264,13 +265,31 @@ impl Stream {
                 failover.set(Some((i, why)));
             }
         };
+        // How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
+        let mut queued = None;
 
         let (mut ex, response, early_answer) = loop {
-            let picked = forward::pick(ctx, &snapshot, addressing, runtime, &mut assigned, |i| {
-                failed_over(i, "unresolved")
-            });
-            let Some((choice, addr)) = picked else {
-                return self.error(respond, ProxyError::NoOnlineExecutor);
+            // A stream waiting for a slot is dropped from the queue when its client
+            // resets it.
+            let admitted = admission::admit(
+                ctx,
+                &mut snapshot,
+                addressing,
+                runtime,
+                &mut assigned,
+                |i| failed_over(i, "unresolved"),
+                || async {
+                    let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+                },
+            )
+            .await;
+            let (choice, addr) = match admitted {
+                Ok(admitted) => {
+                    queued = queued.or(admitted.waited);
+                    (admitted.choice, admitted.addr)
+                }
+                Err(Refused::ClientGone) => return 0,
+                Err(Refused::Answer(e)) => return self.error(respond, e),
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
@@ -382,6 +401,7 @@ impl Stream {
         let debug = ctx.config.is_development() || request.find("x-opr-debug") == Some(b"1");
         if debug {
             forward::explain(ctx, self.choice.get(), failover.get(), &mut out);
+            forward::explain_queued(queued, &mut out);
         }
         let mut headers = Vec::new();
         let answer = match head::parse_response(&out, self.head_only, &mut headers) {

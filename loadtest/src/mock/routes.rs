@@ -3,7 +3,7 @@
 //! and how the connection ends.
 
 use super::http::{self, BodyError, Framing, Head, HeadError};
-use super::{hex, lock, pattern_block, HealthMode, RecordedRequest, Shared, BLOCK};
+use super::{hex, lock, pattern_block, HealthMode, RecordedRequest, Shared, BLOCK, TARGETS_KEPT};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -12,6 +12,23 @@ use std::time::{Duration, Instant};
 
 /// Size of the `HealthMode::Huge` body.
 const HUGE_BODY: u64 = 2 * 1024 * 1024;
+
+/// One request counted in `Shared::active` (and `max_active`) until dropped.
+struct Active<'a>(&'a Shared);
+
+impl<'a> Active<'a> {
+    fn enter(shared: &'a Shared) -> Active<'a> {
+        let now = shared.active.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_active.fetch_max(now, Ordering::SeqCst);
+        Active(shared)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// How an exchange leaves the connection.
 enum Next {
@@ -121,6 +138,13 @@ impl Conn<'_> {
         // Recorded before counting, so a test that sees the count also sees the request;
         // both happen before the response is written.
         *lock(&self.shared.last) = Some(rec.clone());
+        {
+            let mut targets = lock(&self.shared.targets);
+            if targets.len() < TARGETS_KEPT {
+                targets.push(rec.target.clone());
+            }
+        }
+        let active = Active::enter(self.shared);
         self.shared.requests.fetch_add(1, Ordering::SeqCst);
         let delay = self.shared.delay;
         if !delay.is_zero() {
@@ -129,6 +153,9 @@ impl Conn<'_> {
                 return Ok(Next::Drop);
             }
         }
+        // Before the answer starts: a client that reads it may send its next request at
+        // once, and that one must not be counted together with this one.
+        drop(active);
 
         match path {
             "/v1/ping" => self.ping(&head, head_only, close),
