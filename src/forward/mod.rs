@@ -357,8 +357,9 @@ impl Anycast<'_> {
                     Silence::Replay => Cause::ClosedNotReplayed,
                 };
                 let request = (rest, silent);
-                self.upload(conn, &mut ex, request, bufs, out, response_headers)
-                    .await
+                // Its state lives in its own allocation, not in every request's.
+                let upload = self.upload(conn, &mut ex, request, bufs, out, response_headers);
+                Box::pin(upload).await
             }
             // The loop breaks without an answer only for a body still to come.
             (None, None) => (After::Close, 0, Reuse::Discard(Discard::Failed)),

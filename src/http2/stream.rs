@@ -388,7 +388,8 @@ impl Stream {
                 };
                 let bufs = (&mut hb, &mut eb, response_headers);
                 let upload = self.upload(&answer, body, respond, &mut ex, bufs, limit, silent);
-                upload.await
+                // Its state lives in its own allocation, not in every stream's.
+                Box::pin(upload).await
             }
         };
         // `None`: the exchange failed (already counted) or the client reset the stream;
@@ -479,11 +480,11 @@ impl Stream {
                 }
             }
         };
-        if !upload.is_sent() {
-            // No lingering: the stream ends with RST_STREAM(NO_ERROR) once its handles drop.
-            self.stopped.set(true);
-        }
         let sent = upload.is_sent();
+        // An answer of the executor's while the body was not sent whole: no lingering, the
+        // stream ends with RST_STREAM(NO_ERROR) once its handles drop.
+        let stopped = !sent && matches!(step, Step::Relayed(..) | Step::BodyEnded);
+        self.stopped.set(stopped);
         let (relayed, ex_r) = match step {
             Step::Client(e) => {
                 if let Phase::HeadSent(status) = self.phase.get() {
