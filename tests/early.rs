@@ -394,6 +394,11 @@ fn a_client_that_reads_nothing_of_a_large_answer_is_cut_off() {
     );
     drop(c);
     assert_eq!(stalled_count(p.addr), 1);
+    assert!(
+        p.log().contains("took no byte of its answer"),
+        "the stall is not logged: {}",
+        p.log()
+    );
     assert_fds(&p, idle, "after the stalled client");
 }
 
