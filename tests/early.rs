@@ -32,6 +32,22 @@ fn answers_413_early() -> ScriptedExecutor {
     })
 }
 
+/// `/upload` is answered with a `200` head as soon as its head arrived; the answer's body
+/// (`OK`) follows once the whole request was read.
+fn answers_200_early() -> ScriptedExecutor {
+    ScriptedExecutor::start_on_head(|conn, index, req| {
+        if req.target() == "/upload" {
+            vec![
+                Action::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n".to_vec()),
+                Action::ReadRequest,
+                Action::Write(b"OK".to_vec()),
+            ]
+        } else {
+            vec![Action::ReadRequest, Action::Write(genuine(conn, index))]
+        }
+    })
+}
+
 fn get(addr: std::net::SocketAddr, target: &str) -> Response {
     let auth = bearer();
     Client::connect(addr).request("GET", target, &[("Authorization", &auth)], b"")
@@ -145,17 +161,7 @@ fn an_early_413_is_relayed_at_once_while_the_client_uploads() {
 #[test]
 fn an_early_200_whose_executor_keeps_reading_gets_the_whole_body() {
     const N: u64 = 16 * MIB;
-    let ex = ScriptedExecutor::start_on_head(|conn, index, req| {
-        if req.target() == "/upload" {
-            vec![
-                Action::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n".to_vec()),
-                Action::ReadRequest,
-                Action::Write(b"OK".to_vec()),
-            ]
-        } else {
-            vec![Action::ReadRequest, Action::Write(genuine(conn, index))]
-        }
-    });
+    let ex = answers_200_early();
     let (p, fds) = warm_proxy(&ex, &[]);
     let mut c = Client::connect(p.addr);
     c.send(
@@ -322,6 +328,98 @@ fn an_early_413_over_h2_ends_the_stream_with_no_error() {
         "the early answer's connection was reused"
     );
     assert_fds(&p, fds, "after the early answer");
+}
+
+/// Issue 19 item 1 over h2c: an executor that answers `200` at once and reads the whole
+/// body before it ends its answer gets every byte (checksum), and the stream gets the
+/// head while the client is still uploading.
+#[test]
+fn an_early_200_over_h2_whose_executor_keeps_reading_gets_the_whole_body() {
+    const N: u64 = 16 * MIB;
+    let ex = answers_200_early();
+    let (p, fds) = warm_proxy(&ex, &[]);
+    let addr = p.addr;
+    let (status, body, seen_while_uploading, sha) = on_runtime(async move {
+        let tcp = monoio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = h2::client::handshake(monoio_compat::StreamWrapper::new(tcp))
+            .await
+            .unwrap();
+        monoio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut request = h2_request(addr, "POST", "/upload");
+        request
+            .headers_mut()
+            .insert("content-length", N.to_string().parse().unwrap());
+        let (response, mut upload) = send.send_request(request, false).unwrap();
+        // Half the body, then the rest only once the answer's head arrived (or 20 s passed).
+        let head_seen = std::rc::Rc::new(std::cell::Cell::new(false));
+        let seen = head_seen.clone();
+        let uploader = monoio::spawn(async move {
+            let mut hasher = Sha256::new();
+            let mut sent = 0u64;
+            let mut seen_while_uploading = false;
+            while sent < N {
+                if sent == N / 2 {
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while !seen.get() && Instant::now() < deadline {
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    seen_while_uploading = seen.get();
+                }
+                let step = (N / 2 - sent % (N / 2)).min(64 * 1024);
+                upload.reserve_capacity(step as usize);
+                let n = match std::future::poll_fn(|cx| upload.poll_capacity(cx)).await {
+                    Some(Ok(n)) => (n as u64).min(step),
+                    _ => break,
+                };
+                if n == 0 {
+                    continue;
+                }
+                let piece: Vec<u8> = (sent..sent + n).map(pattern_byte).collect();
+                hasher.update(&piece);
+                sent += n;
+                if upload.send_data(Bytes::from(piece), sent == N).is_err() {
+                    break;
+                }
+            }
+            (seen_while_uploading, hex(&hasher.finalize()))
+        });
+        let response = monoio::time::timeout(Duration::from_secs(20), response)
+            .await
+            .expect("the answer's head within 20 s")
+            .expect("a response");
+        head_seen.set(true);
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        let mut stream = response.into_body();
+        while let Some(Ok(data)) = stream.data().await {
+            let _ = stream.flow_control().release_capacity(data.len());
+            body.extend_from_slice(&data);
+        }
+        let (seen_while_uploading, sha) = uploader.await;
+        (status, body, seen_while_uploading, sha)
+    });
+    assert_eq!(status, 200);
+    assert_eq!(body, b"OK");
+    assert!(
+        seen_while_uploading,
+        "the answer's head waited for the whole upload"
+    );
+    let recorded = ex.requests_to("/upload");
+    assert_eq!(recorded.len(), 1);
+    let got = recorded[0].body();
+    assert_eq!(got.len() as u64, N, "the executor got part of the body");
+    assert_eq!(
+        hex(&Sha256::digest(got)),
+        sha,
+        "the executor got other bytes"
+    );
+    assert_fds(
+        &p,
+        fds - 1,
+        "after the early answer (its executor connection closed)",
+    );
 }
 
 /// `/big` is answered with a 64 MiB body.
