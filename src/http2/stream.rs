@@ -31,6 +31,14 @@ use crate::http::head::{
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::report::Report;
 
+/// What an answer is read and written with: the head buffer, the body buffer, and the
+/// vector its head is written into.
+type Buffers<'b, 'p> = (
+    &'b mut Loan<'p, Vec<u8>>,
+    &'b mut Loan<'p, Vec<u8>>,
+    &'b mut Vec<u8>,
+);
+
 /// What a relayed answer needs of its stream's request.
 struct Answer<'a> {
     request: &'a Request,
@@ -377,7 +385,7 @@ impl Stream {
         let (status, reuse) = match response {
             Some(response) => {
                 let answered = (&response, &response_headers[..]);
-                let bufs = (&mut hb, &mut eb);
+                let bufs = (&mut hb, &mut eb, &mut out);
                 self.relay(&answer, respond, ex.stream(), bufs, answered, false)
                     .await
             }
@@ -386,8 +394,17 @@ impl Stream {
                     Silence::Fail(cause) => cause,
                     Silence::Replay => Cause::ClosedNotReplayed,
                 };
-                let bufs = (&mut hb, &mut eb, response_headers);
-                let upload = self.upload(&answer, body, respond, &mut ex, bufs, limit, silent);
+                let bufs = (&mut hb, &mut eb, &mut out);
+                let upload = self.upload(
+                    &answer,
+                    body,
+                    respond,
+                    &mut ex,
+                    bufs,
+                    response_headers,
+                    limit,
+                    silent,
+                );
                 // Its state lives in its own allocation, not in every stream's.
                 Box::pin(upload).await
             }
@@ -417,11 +434,8 @@ impl Stream {
         body: &mut RecvStream,
         respond: &mut SendResponse<Bytes>,
         ex: &mut exchange::ExecutorConn<'_>,
-        (hb, eb, mut response_headers): (
-            &mut Loan<'_, Vec<u8>>,
-            &mut Loan<'_, Vec<u8>>,
-            Vec<HeaderRef>,
-        ),
+        (hb, eb, out): Buffers<'_, '_>,
+        mut response_headers: Vec<HeaderRef>,
         limit: Option<u64>,
         silent: Cause,
     ) -> (u16, Option<Reuse>) {
@@ -443,9 +457,10 @@ impl Stream {
         let chunked = request.head.framing == RequestFraming::Chunked;
         let stall = ctx.config.body_timeout;
         let executor_side = |e: &BodyError| matches!(e, BodyError::Executor);
-        let mut out = Vec::new();
+        // Chunk framing of the body, apart from `out` (the answer's head meanwhile).
+        let mut framed = Vec::new();
         let step = {
-            let up = self.send_body(body, &mut ex_w, chunked, limit, stall, &mut out);
+            let up = self.send_body(body, &mut ex_w, chunked, limit, stall, &mut framed);
             let mut up = std::pin::pin!(up);
             let first = duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side);
             // A client that resets the stream abandons the request: the executor
@@ -464,7 +479,7 @@ impl Stream {
                     match r {
                         Ok(response) => {
                             let answered = (&response, &response_headers[..]);
-                            let bufs = (&mut *hb, &mut *eb);
+                            let bufs = (&mut *hb, &mut *eb, &mut *out);
                             let relay =
                                 self.relay(answer, respond, &mut ex_r, bufs, answered, true);
                             let relayed =
@@ -519,7 +534,7 @@ impl Stream {
                 let relayed = match r {
                     Ok(response) => {
                         let answered = (&response, &response_headers[..]);
-                        let bufs = (&mut *hb, &mut *eb);
+                        let bufs = (&mut *hb, &mut *eb, &mut *out);
                         self.relay(answer, respond, &mut ex_r, bufs, answered, !sent)
                             .await
                     }
@@ -549,7 +564,7 @@ impl Stream {
         answer: &Answer<'_>,
         respond: &mut SendResponse<Bytes>,
         ex: &mut R,
-        (hb, eb): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>),
+        (hb, eb, out): Buffers<'_, '_>,
         (response, response_headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
     ) -> (u16, Option<Reuse>) {
@@ -562,18 +577,18 @@ impl Stream {
             ResponseFraming::NoBody => ResponseFraming::NoBody,
             _ => ResponseFraming::UntilClose,
         };
-        let mut out = Vec::new();
+        out.clear();
         let rw = ResponseRewrite {
             framing,
             close: false,
         };
-        rewrite::write_response_head(&mut out, rb, response, response_headers, &rw);
+        rewrite::write_response_head(out, rb, response, response_headers, &rw);
         if answer.debug {
-            forward::explain(ctx, self.choice.get(), answer.failover, &mut out);
+            forward::explain(ctx, self.choice.get(), answer.failover, out);
         }
         let mut headers = Vec::new();
-        let head = match head::parse_response(&out, self.head_only, &mut headers) {
-            Ok(Some(r)) => super::head::response(&out, &r, &headers),
+        let head = match head::parse_response(out, self.head_only, &mut headers) {
+            Ok(Some(r)) => super::head::response(out, &r, &headers),
             _ => {
                 return (
                     self.bad_gateway(request, respond, Cause::ClosedMidHead),
