@@ -95,7 +95,7 @@ impl Sink<'_> {
                 .map_err(sink_error),
             Sink::Executor(half) => write_within(half, buf, from, to, None)
                 .await
-                .map_err(sink_error),
+                .map_err(|_| PumpError::Sink),
             Sink::Collect(body) => {
                 body.extend_from_slice(&buf[from..to]);
                 Ok(())
@@ -284,9 +284,12 @@ impl Body {
                     held.clear();
                 }
                 if self.emit == Emit::AsChunks {
-                    if let Sink::Client(..) = &dst {
-                        let mut last = LAST_CHUNK.to_vec();
-                        dst.write(&mut last, 0, LAST_CHUNK.len()).await?;
+                    if let Sink::Client(stream, stall) = &mut dst {
+                        let write = stream.write_all(LAST_CHUNK);
+                        match monoio::time::timeout(*stall, write).await {
+                            Err(_) => return Err(PumpError::SinkStalled),
+                            Ok((res, _)) => res.map_err(|_| PumpError::Sink)?,
+                        };
                         self.written += LAST_CHUNK.len() as u64;
                     }
                 }
