@@ -87,3 +87,74 @@ pub(crate) enum Step<E, H, T, R> {
     /// The answer came while the body was being sent, and was relayed alongside it.
     Relayed(T, R),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::{pending, ready};
+    use std::pin::pin;
+
+    fn run<F: Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// `E = bool`: `true` is a failure on the executor's side.
+    fn executor_side(e: &bool) -> bool {
+        *e
+    }
+
+    #[test]
+    fn an_answer_that_ends_first_leaves_the_body_unsent() {
+        run(async {
+            let mut up = pin!(pending::<Result<u8, bool>>());
+            let mut upload = Upload::Sending;
+            let r = alongside(up.as_mut(), &mut upload, ready(7), executor_side).await;
+            assert_eq!(r, Ok(7));
+            assert!(upload.is_sending() && !upload.is_sent());
+        });
+    }
+
+    #[test]
+    fn a_body_sent_first_lets_the_answer_go_on() {
+        run(async {
+            let mut up = pin!(ready(Ok::<u8, bool>(3)));
+            let mut upload = Upload::Sending;
+            let mut down = pin!(pending::<u8>());
+            let r = first(up.as_mut(), &mut upload, down.as_mut(), executor_side).await;
+            assert_eq!(r, Ok(None));
+            assert_eq!(upload, Upload::Sent(3));
+
+            let mut up = pin!(ready(Ok::<u8, bool>(3)));
+            let mut upload = Upload::Sending;
+            let later = async {
+                monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                9
+            };
+            let r = alongside(up.as_mut(), &mut upload, later, executor_side).await;
+            assert_eq!(r, Ok(9));
+            assert!(upload.is_sent());
+        });
+    }
+
+    #[test]
+    fn an_executor_side_failure_stops_the_body_only_and_a_client_one_ends_both() {
+        run(async {
+            let mut up = pin!(ready(Err::<u8, bool>(true)));
+            let mut upload = Upload::Sending;
+            let mut down = pin!(pending::<u8>());
+            let r = first(up.as_mut(), &mut upload, down.as_mut(), executor_side).await;
+            assert_eq!(r, Ok(None));
+            assert_eq!(upload, Upload::Stopped);
+
+            let mut up = pin!(ready(Err::<u8, bool>(false)));
+            let mut upload = Upload::Sending;
+            let r = alongside(up.as_mut(), &mut upload, pending::<u8>(), executor_side).await;
+            assert_eq!(r, Err(false));
+            assert!(upload.is_sending());
+        });
+    }
+}
