@@ -74,19 +74,24 @@ fn assert_fds(p: &ProxyProcess, want: usize, what: &str) {
     );
 }
 
-/// The proxy with one executor; returns it and its fd count with one executor connection
-/// pooled (after a warm-up request).
+/// The proxy with one executor; returns it and its socket count with one executor
+/// connection pooled (after a warm-up upload, which the next request reuses).
 fn warm_proxy(ex: &ScriptedExecutor, extra: &[(&str, &str)]) -> (ProxyProcess, usize) {
     let mut env = vec![NO_HEALTH, ("OPR_PROXY_MAX_BODY_SIZE", "0")];
     env.extend_from_slice(extra);
     let p = ProxyProcess::start(&[ex.hostname()], &env);
     let idle = sockets(&p);
-    let r = get(p.addr, "/warm");
+    // A 1 MiB upload the executor reads before it answers: the body streams while the
+    // answer is awaited, and the connection is pooled after it as before.
+    let auth = bearer();
+    let body = vec![b'w'; MIB as usize];
+    let r = Client::connect(p.addr).request("POST", "/warm", &[("Authorization", &auth)], &body);
     assert_eq!(r.status, 200, "warm-up: {}", r.text());
+    assert_eq!(ex.requests_to("/warm")[0].body().len(), body.len());
     assert_fds(
         &p,
         idle + 1,
-        "one executor connection pooled after the warm-up",
+        "one executor connection pooled after a streamed upload",
     );
     (p, idle + 1)
 }
