@@ -234,6 +234,38 @@ fn an_early_200_whose_executor_keeps_reading_gets_the_whole_body() {
     );
 }
 
+/// A request pipelined right after a streamed chunked upload (the same write: the body's
+/// last read takes its first bytes) is kept while the upload's answer is awaited and
+/// served next, on the executor connection the upload left in the pool.
+#[test]
+fn a_request_pipelined_after_a_streamed_upload_is_served_next() {
+    let ex = answers_413_early();
+    let p = ProxyProcess::start(
+        &[ex.hostname()],
+        &[NO_HEALTH, ("OPR_PROXY_MAX_BODY_SIZE", "0")],
+    );
+    let auth = bearer();
+    let mut raw = format!(
+        "POST /up HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n{MIB:x}\r\n"
+    )
+    .into_bytes();
+    raw.resize(raw.len() + MIB as usize, b'u');
+    raw.extend_from_slice(b"\r\n0\r\n\r\n");
+    raw.extend_from_slice(
+        format!("GET /next HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\r\n").as_bytes(),
+    );
+    let mut c = Client::connect(p.addr);
+    c.send(&raw);
+    let first = c.read_response(false).expect("the upload's answer");
+    assert_eq!(first.text(), genuine_body(0, 0), "{}", first.text());
+    let second = c
+        .read_response(false)
+        .expect("the pipelined request's answer");
+    assert_eq!(second.text(), genuine_body(0, 1), "{}", second.text());
+    let up = ex.requests_to("/up")[0].body().to_vec();
+    assert!(up.ends_with(b"\r\n0\r\n\r\n") && up.len() as u64 > MIB);
+}
+
 /// Run `f` on a monoio runtime (the `h2` crate's client over monoio-compat).
 fn on_runtime<F: std::future::Future>(f: F) -> F::Output {
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()

@@ -537,8 +537,15 @@ impl Anycast<'_> {
         };
         let sent = upload.is_sent();
         // The client's connection stays in step only when its body was read whole before
-        // the answer began (pipelined bytes are kept only then).
+        // the answer began: pipelined bytes of the next request are kept only then.
         let in_step = sent && matches!(step, Step::BodyEnded);
+        if let (true, Upload::Sent(after)) = (in_step, &upload) {
+            if !after.is_empty() {
+                conn.buf.extend_from_slice(&ub.get()[after.clone()]);
+            }
+        }
+        // Back to the pool before the answer takes a body buffer of its own.
+        drop(ub);
         let (relayed, ex_r) = match step {
             // The client's side of the body failed: its error, if no answer went out yet.
             Step::Client(e) => {
@@ -566,12 +573,6 @@ impl Anycast<'_> {
                         };
                         *(if big { eb.get() } else { hb.get() }) = rb;
                         *response_headers = headers;
-                        // Pipelined bytes of the next request: kept for the client loop.
-                        if let Upload::Sent(after) = &upload {
-                            if !after.is_empty() {
-                                conn.buf.extend_from_slice(&ub.get()[after.clone()]);
-                            }
-                        }
                         (r, ex_r)
                     }
                 };
