@@ -70,12 +70,13 @@ impl ClientClose {
     }
 }
 
-const DISCARDS: [Discard; 10] = [
+const DISCARDS: [Discard; 11] = [
     Discard::ExecutorClose,
     Discard::CloseDelimited,
     Discard::RequestUnfinished,
     Discard::Leftover,
     Discard::Unfinished,
+    Discard::ClientStalled,
     Discard::IdleBytes,
     Discard::IdleClosed,
     Discard::Expired,
@@ -90,6 +91,7 @@ fn discard_label(d: Discard) -> &'static str {
         Discard::RequestUnfinished => "request_unfinished",
         Discard::Leftover => "leftover_bytes",
         Discard::Unfinished => "unfinished",
+        Discard::ClientStalled => "client_stalled",
         Discard::IdleBytes => "idle_bytes",
         Discard::IdleClosed => "idle_closed",
         Discard::Expired => "idle_expired",

@@ -1,7 +1,7 @@
 //! The raw calls monoio does not offer: a non-blocking `MSG_PEEK` that tells whether
 //! anything (bytes or EOF) is waiting on a socket without taking it, a `shutdown` by fd
-//! (the idle sweep wakes a connection's wait with it), growing a pipe, and attaching
-//! a reuseport program to the listeners.
+//! (the idle sweep wakes a connection's wait with it), a second handle on a socket,
+//! growing a pipe, and attaching a reuseport program to the listeners.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -50,6 +50,18 @@ pub(crate) fn shutdown(fd: RawFd) {
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
     }
+}
+
+/// A second stream on the socket `fd` (`dup`): one task can write on it while another
+/// reads on the first. Closing it leaves the socket open through `fd`.
+#[allow(unsafe_code)]
+pub(crate) fn twin(fd: RawFd) -> std::io::Result<monoio::net::TcpStream> {
+    // SAFETY: the caller keeps the stream that owns `fd` open for the call; the borrow
+    // ends before this returns, and `try_clone_to_owned` makes a new fd of our own.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let stream = monoio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// `SO_ATTACH_REUSEPORT_CBPF` from asm-generic/socket.h (x86-64 and arm64 use it);

@@ -189,7 +189,7 @@ async fn read_body(
 
 fn client_error(e: PumpError) -> Option<ProxyError> {
     match e {
-        PumpError::SourceClosed | PumpError::Sink => None,
+        PumpError::SourceClosed | PumpError::Sink | PumpError::SinkStalled => None,
         PumpError::Stalled => Some(ProxyError::BodyTimeout),
         PumpError::Chunk(e) => Some(ProxyError::BadChunk(e)),
         PumpError::TooLarge => Some(ProxyError::BodyTooLarge),

@@ -7,7 +7,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, Splitable};
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use super::pump::{Body, Delimit, Emit, PumpError};
@@ -22,6 +23,8 @@ use crate::http::head::{self, HeaderRef, ResponseFraming, ResponseHead};
 /// closed and counted as a failed exchange.
 pub(crate) struct ExecutorConn<'a> {
     stream: Option<TcpStream>,
+    /// Its halves are out (`split`): dropped without `join`, it counts as failed.
+    split: bool,
     pub(crate) reused: bool,
     executor: usize,
     addr: SocketAddr,
@@ -36,6 +39,24 @@ impl ExecutorConn<'_> {
             .expect("executor stream is present until released")
     }
 
+    /// Both halves, so the answer can be read while the request body is still written
+    /// (RFC 9112 §9.6). Give them back with `join` before `release`.
+    pub(crate) fn split(&mut self) -> (TcpOwnedReadHalf, TcpOwnedWriteHalf) {
+        self.split = true;
+        self.stream
+            .take()
+            .expect("executor stream is present until released")
+            .into_split()
+    }
+
+    pub(crate) fn join(&mut self, read: TcpOwnedReadHalf, write: TcpOwnedWriteHalf) {
+        // Halves of one stream always reunite; others are dropped (closed).
+        if let Ok(stream) = read.reunite(write) {
+            self.stream = Some(stream);
+            self.split = false;
+        }
+    }
+
     /// The exchange ended: pool the connection or close it, as `reuse` says.
     pub(crate) fn release(mut self, reuse: Reuse) {
         let Some(stream) = self.stream.take() else {
@@ -44,19 +65,55 @@ impl ExecutorConn<'_> {
         let m = self.ctx.m();
         match reuse {
             Reuse::Reusable => self.ctx.pool.put(self.executor, self.addr, stream, m),
-            Reuse::Discard(why) => m.executor_discarded(self.executor, why),
+            Reuse::Discard(why) => {
+                if why == Discard::ClientStalled {
+                    log_client_stalled(self.ctx.config.body_timeout);
+                }
+                m.executor_discarded(self.executor, why);
+            }
         }
     }
 }
 
 impl Drop for ExecutorConn<'_> {
     fn drop(&mut self) {
-        if self.stream.is_some() {
+        if self.stream.is_some() || self.split {
             self.ctx
                 .m()
                 .executor_discarded(self.executor, Discard::Failed);
         }
     }
+}
+
+/// At most one line per worker per `STALL_LOG_EVERY` about clients that stopped reading:
+/// many such clients must not turn into a log flood.
+const STALL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+thread_local! {
+    /// When this worker last logged a stalled client, and how many it has not logged since.
+    static STALL_LOG: std::cell::Cell<(Option<std::time::Instant>, u64)> =
+        const { std::cell::Cell::new((None, 0)) };
+}
+
+fn log_client_stalled(bound: std::time::Duration) {
+    STALL_LOG.with(|c| {
+        let (last, quiet) = c.get();
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < STALL_LOG_EVERY) {
+            c.set((last, quiet + 1));
+            return;
+        }
+        c.set((Some(now), 0));
+        let more = match quiet {
+            0 => String::new(),
+            n => format!(" ({n} more since the last line)"),
+        };
+        crate::warn!(
+            "a client took no byte of its answer for {} s (OPR_PROXY_BODY_TIMEOUT): \
+             its connection and the executor's closed{more}",
+            bound.as_secs()
+        );
+    });
 }
 
 /// Why no connection could be had.
@@ -78,6 +135,7 @@ pub(crate) async fn open(
 ) -> Result<ExecutorConn<'_>, OpenError> {
     let conn = |stream, reused| ExecutorConn {
         stream: Some(stream),
+        split: false,
         reused,
         executor,
         addr,
@@ -131,8 +189,8 @@ pub(crate) enum HeadFailure {
 
 /// Read until a final response head is in `eb`; interim `1xx` heads are skipped (the
 /// proxy answers `100-continue` itself), but they count as an answer for replays.
-pub(crate) async fn read_response_head(
-    ex: &mut TcpStream,
+pub(crate) async fn read_response_head<R: AsyncReadRent>(
+    ex: &mut R,
     eb: &mut Vec<u8>,
     is_head: bool,
     headers: &mut Vec<HeaderRef>,
@@ -178,7 +236,7 @@ pub(crate) async fn read_response_head(
 
 /// Append to `buf` after its current bytes, growing a full head buffer up to the head
 /// limit. `Ok(0)` is EOF (or a head larger than the limit).
-async fn read_append(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_append<R: AsyncReadRent>(stream: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut owned = std::mem::take(buf);
     let len = owned.len();
     if len == owned.capacity() {

@@ -3,16 +3,23 @@
 //! deadline wraps it. Framing goes through `pump`, reuse and replay through `reuse`.
 
 mod broadcast;
+pub(crate) mod duplex;
 pub(crate) mod exchange;
 pub(crate) mod pump;
 pub(crate) mod reuse;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use monoio::io::splice::SpliceSource;
+use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use crate::admission::{self, Refused};
@@ -27,7 +34,9 @@ use crate::http::head::{
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::snapshot::Snapshot;
-use exchange::{HeadFailure, OpenError};
+use crate::socket;
+use duplex::{Step, Upload};
+use exchange::{ExecutorConn, HeadFailure, OpenError};
 use pump::{Body, Delimit, Emit, PumpError, Sink};
 use reuse::{ResponseEnd, Reuse, Silence};
 
@@ -241,12 +250,12 @@ impl Anycast<'_> {
         let mut replayed = false;
         // Pending request bytes to consume when the request turns out to be read whole.
         let request_len = head.head_len + first.consumed;
-        let mut read_whole = in_hand.then_some(request_len);
+        let read_whole = in_hand.then_some(request_len);
         // The request counts as in flight to the executor it was last assigned to until
         // `run` ends or its future is dropped (deadline, client gone).
         let mut _assigned = None;
 
-        let (mut ex, response, early_answer) = loop {
+        let (mut ex, response) = loop {
             // Selection: every refusal flags that executor offline for every worker and
             // moves on (nothing was sent).
             let runtime = self.runtime_id(conn);
@@ -310,45 +319,20 @@ impl Anycast<'_> {
                 }
             }
 
-            // The rest of the request body.
-            let mut early_answer = false;
-            if let Some(rest) = first.rest.as_mut() {
-                let stall = Some(ctx.config.body_timeout);
-                let sink = Sink::Socket(ex.stream());
-                let pipes = ctx.config.splice.then_some(&ctx.pipes);
-                let pumped = rest
-                    .pump(&mut conn.stream, sink, &mut eb, stall, pipes)
-                    .await;
-                ctx.m().spliced(rest.spliced, rest.splice_fallback);
-                match pumped {
-                    // Pipelined bytes of the next request: keep them for the client loop.
-                    Ok(after) => {
-                        conn.bytes_in += rest.read - after.len() as u64;
-                        if !after.is_empty() {
-                            conn.buf.extend_from_slice(&eb.get()[after]);
-                        }
-                        read_whole = Some(request_len);
-                    }
-                    Err(PumpError::SourceClosed) => return (After::Close, 0),
-                    Err(PumpError::Stalled) => {
-                        return ctx.answer(conn, out, ProxyError::BodyTimeout, false).await
-                    }
-                    Err(PumpError::Chunk(e)) => {
-                        return ctx.answer(conn, out, ProxyError::BadChunk(e), false).await
-                    }
-                    Err(PumpError::TooLarge) => {
-                        return ctx.answer(conn, out, ProxyError::BodyTooLarge, false).await
-                    }
-                    // The executor stopped reading; it may have answered early (e.g. 413).
-                    Err(PumpError::Sink) => early_answer = true,
-                }
+            // The rest of the request body streams while the answer is read (`upload`).
+            if first.rest.is_some() {
+                break (ex, None);
             }
 
             let rb = if big { eb.get() } else { hb.get() };
             rb.clear();
-            match wait_head(conn, ex.stream(), rb, is_head, response_headers).await {
+            let head = {
+                let read = exchange::read_response_head(ex.stream(), rb, is_head, response_headers);
+                wait_head(conn, std::pin::pin!(read)).await
+            };
+            match head {
                 None => return (After::Close, 0),
-                Some(Ok(r)) => break (ex, r, early_answer),
+                Some(Ok(r)) => break (ex, Some(r)),
                 Some(Err(HeadFailure::Silent)) => {
                     match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
                         // A pooled connection the executor closed just as it was taken:
@@ -367,16 +351,36 @@ impl Anycast<'_> {
                 }
             }
         };
-        let (after, status, reuse) = self
-            .relay(
-                conn,
-                ex.stream(),
-                (&mut hb, &mut eb, big),
-                out,
-                (&response, response_headers),
-                early_answer,
-            )
-            .await;
+        let (after, status, reuse) = match (response, first.rest.as_mut()) {
+            (Some(response), _) => {
+                let client = (&mut conn.stream, &mut conn.bytes_out);
+                let bufs = (&mut hb, &mut eb, big);
+                let answer = (&response, &response_headers[..]);
+                match self
+                    .relay(client, ex.stream(), bufs, out, answer, false)
+                    .await
+                {
+                    Ok(relayed) => relayed,
+                    Err(cause) => {
+                        let (after, status) = self.fail(conn, out, cause, Some(0)).await;
+                        (after, status, Reuse::Discard(Discard::Unfinished))
+                    }
+                }
+            }
+            (None, Some(rest)) => {
+                let bufs = (&mut hb, &mut eb, big);
+                let silent = match reuse::after_silence(idempotent, ex.reused, replayed, false) {
+                    Silence::Fail(cause) => cause,
+                    Silence::Replay => Cause::ClosedNotReplayed,
+                };
+                let request = (rest, silent);
+                // Its state lives in its own allocation, not in every request's.
+                let upload = self.upload(conn, &mut ex, request, bufs, out, response_headers);
+                Box::pin(upload).await
+            }
+            // The loop breaks without an answer only for a body still to come.
+            (None, None) => (After::Close, 0, Reuse::Discard(Discard::Failed)),
+        };
         if !self.failed.get() {
             if let Some(choice) = self.choice.get() {
                 ctx.exchange_answered(choice.executor);
@@ -475,17 +479,166 @@ impl Anycast<'_> {
         out.extend_from_slice(&pending[start..start + sent]);
     }
 
-    /// Send the response head and stream the body to the client. Returns what happens to
-    /// the client connection, the status, and whether the executor connection is reusable.
-    async fn relay(
+    /// The rest of the request body streams to the executor while its answer is read
+    /// (RFC 9112 §9.6). An answer that begins first is relayed at once, through a second
+    /// handle on the client's socket, while the body goes on as long as the executor takes
+    /// it; sending stops when the answer has ended. Such an exchange closes both
+    /// connections: the executor's is never pooled, and the client's closes after the
+    /// answer with a lingering close when its body was not read whole.
+    /// `silent`: the 502 cause when the executor closes without a byte of an answer.
+    async fn upload(
         &self,
         conn: &mut ClientConn,
-        ex: &mut TcpStream,
+        ex: &mut ExecutorConn<'_>,
+        (rest, silent): (&mut Body, Cause),
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+    ) -> (After, u16, Reuse) {
+        let ctx = self.ctx;
+        let broken = Reuse::Discard(Discard::Unfinished);
+        let is_head = conn.head_request;
+        let (ex_r, mut ex_w) = ex.split();
+        // The head read owns its reader and buffers, so it can outlive the body's sending
+        // (or not) and give them back.
+        let rb = std::mem::take(if big { eb.get() } else { hb.get() });
+        let headers = std::mem::take(response_headers);
+        let mut head = std::pin::pin!(async move {
+            let (mut ex_r, mut rb, mut headers) = (ex_r, rb, headers);
+            rb.clear();
+            let r = exchange::read_response_head(&mut ex_r, &mut rb, is_head, &mut headers).await;
+            (r, ex_r, rb, headers)
+        });
+        let mut ub = ctx.bodies.lend();
+        let mut upload = Upload::Sending;
+        let stall = Some(ctx.config.body_timeout);
+        let pipes = ctx.config.splice.then_some(&ctx.pipes);
+        let client_fd = conn.stream.as_raw_fd();
+        let mut bytes_out = 0;
+        let executor_side = |e: &PumpError| *e == PumpError::Sink;
+        let step = {
+            let sink = Sink::Executor(&mut ex_w);
+            let mut up = std::pin::pin!(rest.pump(&mut conn.stream, sink, &mut ub, stall, pipes));
+            match duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side).await {
+                Err(e) => Step::Client(e),
+                Ok(None) => Step::BodyEnded,
+                Ok(Some((r, ex_r, rb, headers))) => {
+                    *(if big { eb.get() } else { hb.get() }) = rb;
+                    *response_headers = headers;
+                    match (r, socket::twin(client_fd)) {
+                        (Ok(response), Ok(mut client)) => {
+                            let mut ex_r = ex_r;
+                            let bufs = (&mut *hb, &mut *eb, big);
+                            let answer = (&response, &response_headers[..]);
+                            let client = (&mut client, &mut bytes_out);
+                            let relay = self.relay(client, &mut ex_r, bufs, out, answer, true);
+                            let relayed =
+                                duplex::alongside(up.as_mut(), &mut upload, relay, executor_side)
+                                    .await;
+                            match relayed {
+                                Ok(relayed) => Step::Relayed(relayed, ex_r),
+                                Err(e) => Step::Client(e),
+                            }
+                        }
+                        // No second handle (out of fds): stop sending and relay after.
+                        (r, _) => Step::Head(r, ex_r),
+                    }
+                }
+            }
+        };
+        ctx.m().spliced(rest.spliced, rest.splice_fallback);
+        conn.bytes_out += bytes_out;
+        conn.bytes_in += match &upload {
+            Upload::Sent(after) => rest.read - after.len() as u64,
+            _ => rest.read,
+        };
+        let sent = upload.is_sent();
+        // The client's connection stays in step only when its body was read whole before
+        // the answer began: pipelined bytes of the next request are kept only then.
+        let in_step = sent && matches!(step, Step::BodyEnded);
+        if let (true, Upload::Sent(after)) = (in_step, &upload) {
+            if !after.is_empty() {
+                conn.buf.extend_from_slice(&ub.get()[after.clone()]);
+            }
+        }
+        // Back to the pool before the answer takes a body buffer of its own.
+        drop(ub);
+        let (relayed, ex_r) = match step {
+            // The client's side of the body failed: its error, if no answer went out yet.
+            Step::Client(e) => {
+                if let Phase::HeadSent(status) = self.phase.get() {
+                    return (After::Close, status, broken);
+                }
+                let e = match e {
+                    PumpError::Stalled => ProxyError::BodyTimeout,
+                    PumpError::Chunk(e) => ProxyError::BadChunk(e),
+                    PumpError::TooLarge => ProxyError::BodyTooLarge,
+                    _ => return (After::Close, 0, broken),
+                };
+                let (after, status) = ctx.answer(conn, out, e, false).await;
+                return (after, status, broken);
+            }
+            Step::Relayed(relayed, ex_r) => (relayed, ex_r),
+            step => {
+                let (r, mut ex_r) = match step {
+                    Step::Head(r, ex_r) => (r, ex_r),
+                    _ => {
+                        // The body ended first: wait for the head, watching the client.
+                        let Some((r, ex_r, rb, headers)) = wait_head(conn, head.as_mut()).await
+                        else {
+                            return (After::Close, 0, broken);
+                        };
+                        *(if big { eb.get() } else { hb.get() }) = rb;
+                        *response_headers = headers;
+                        (r, ex_r)
+                    }
+                };
+                let relayed = match r {
+                    Ok(response) => {
+                        let client = (&mut conn.stream, &mut conn.bytes_out);
+                        let answer = (&response, &response_headers[..]);
+                        let bufs = (&mut *hb, &mut *eb, big);
+                        self.relay(client, &mut ex_r, bufs, out, answer, !sent)
+                            .await
+                    }
+                    Err(HeadFailure::Silent) => Err(silent),
+                    Err(HeadFailure::Failed(cause)) => Err(cause),
+                };
+                (relayed, ex_r)
+            }
+        };
+        ex.join(ex_r, ex_w);
+        match relayed {
+            Ok((after, status, reuse)) => {
+                // The client may still be sending the rest of its body: it reads the answer
+                // before the connection closes (RFC 9112 §9.6).
+                if !sent && after == After::Close {
+                    conn.linger_close().await;
+                }
+                (after, status, reuse)
+            }
+            Err(cause) => {
+                let (after, status) = self.fail(conn, out, cause, in_step.then_some(0)).await;
+                (after, status, broken)
+            }
+        }
+    }
+
+    /// Send the response head and stream the body to the client (`client`: its socket
+    /// and byte count). Returns what happens to the client connection, the status, and
+    /// whether the executor connection is reusable; `Err` when nothing reached the client
+    /// yet, so a 502 with that cause is still possible. `early_answer`: the request body
+    /// was not sent whole (both connections close). A client that takes no byte for
+    /// `OPR_PROXY_BODY_TIMEOUT` is given up on, and the executor connection with it.
+    async fn relay<R: AsyncReadRent + SpliceSource>(
+        &self,
+        (client, bytes_out): (&mut TcpStream, &mut u64),
+        ex: &mut R,
         (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
         out: &mut Vec<u8>,
         (response, response_headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
-    ) -> (After, u16, Reuse) {
+    ) -> Result<(After, u16, Reuse), Cause> {
         let client_http10 = self.head.minor_version == 0;
         let (mut body, framing) = exchange::response_body(response.framing, client_http10);
         let close = !self.head.keep_alive
@@ -503,71 +656,74 @@ impl Anycast<'_> {
         }
         let status = response.status;
         let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
+        let stalled = reuse::Reuse::Discard(reuse::Discard::ClientStalled);
+        let stall = self.ctx.config.body_timeout;
 
-        let end = match exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
-        {
-            Ok(end) => end,
-            Err(e) => {
-                // The head is not sent yet: a clean 502 is still possible.
-                let cause = match e {
-                    PumpError::Chunk(e) => Cause::MalformedBody(e),
-                    _ => Cause::ClosedMidHead,
-                };
-                let read_whole = (!early_answer).then_some(0);
-                let (after, status) = self.fail(conn, out, cause, read_whole).await;
-                return (after, status, broken);
-            }
-        };
+        // The head is not sent yet: a clean 502 is still possible.
+        let end = exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
+            .map_err(|e| match e {
+                PumpError::Chunk(e) => Cause::MalformedBody(e),
+                _ => Cause::ClosedMidHead,
+            })?;
         self.phase.set(Phase::HeadSent(status));
         // The read filled its buffer, so more of the body is likely waiting: the head goes
         // out with it in one write. Otherwise it goes now (the executor may pause).
         let unfinished = matches!((end, &body), (ResponseEnd::Unfinished, Some(_)));
         let head_len = out.len() as u64;
         let hold = unfinished && rb.len() == rb.capacity();
-        if !hold && conn.write_out(out).await.is_err() {
-            return (After::Close, status, broken);
+        if !hold {
+            *bytes_out += head_len;
+            let len = out.len();
+            let written = pump::write_within(client, out, 0, len, Some(stall)).await;
+            out.clear();
+            if let Err(e) = written {
+                let why = if e.kind() == io::ErrorKind::TimedOut {
+                    stalled
+                } else {
+                    broken
+                };
+                return Ok((After::Close, status, why));
+            }
         }
         let mut answer_len = head_len;
         let end = match (end, body.as_mut()) {
             (ResponseEnd::Unfinished, Some(body)) => {
                 let pipes = self.ctx.config.splice.then_some(&self.ctx.pipes);
-                let sink = Sink::Socket(&mut conn.stream);
+                let sink = Sink::Client(client, stall);
                 let held = !out.is_empty();
                 let pumped = body.pump_after(ex, sink, eb, None, pipes, out).await;
                 if held && out.is_empty() {
-                    conn.bytes_out += head_len;
+                    *bytes_out += head_len;
                 }
-                conn.bytes_out += body.written;
+                *bytes_out += body.written;
                 answer_len += body.written;
                 self.ctx.m().spliced(body.spliced, body.splice_fallback);
                 match pumped {
                     Ok(after) if after.is_empty() => ResponseEnd::Clean,
                     Ok(_) => ResponseEnd::Leftover,
+                    Err(PumpError::SinkStalled) => return Ok((After::Close, status, stalled)),
                     // The held head never left: nothing reached the client, so a clean 502
                     // is still possible (a client that left gets nothing).
                     Err(e) if !out.is_empty() && e != PumpError::Sink => {
-                        let cause = match e {
+                        return Err(match e {
                             PumpError::Chunk(e) => Cause::MalformedBody(e),
                             _ => Cause::ClosedMidBody,
-                        };
-                        let read_whole = (!early_answer).then_some(0);
-                        let (after, status) = self.fail(conn, out, cause, read_whole).await;
-                        return (after, status, broken);
+                        });
                     }
                     // Truncated or malformed: the client must see it (close), and a client
                     // that left takes the executor connection with it.
-                    Err(_) => return (After::Close, status, broken),
+                    Err(_) => return Ok((After::Close, status, broken)),
                 }
             }
             (end, _) => end,
         };
         self.ctx.answer_sizes.saw(answer_len);
         let after = After::close_if(close);
-        (
+        Ok((
             after,
             status,
             reuse::after_exchange(response, !early_answer, end),
-        )
+        ))
     }
 }
 
@@ -621,17 +777,10 @@ pub(crate) fn explain_queued(waited: Option<Duration>, out: &mut Vec<u8>) {
     );
 }
 
-/// Wait for the response head; once the executor has worked for `WATCH_CLIENT_AFTER`,
-/// also watch the client. `None`: the client left, so the request is abandoned and its
-/// executor connection closed (SPEC §5).
-async fn wait_head(
-    conn: &ClientConn,
-    ex: &mut TcpStream,
-    eb: &mut Vec<u8>,
-    is_head: bool,
-    headers: &mut Vec<HeaderRef>,
-) -> Option<Result<ResponseHead, HeadFailure>> {
-    let mut read = std::pin::pin!(exchange::read_response_head(ex, eb, is_head, headers));
+/// Wait for the response head (`read`); once the executor has worked for
+/// `WATCH_CLIENT_AFTER`, also watch the client. `None`: the client left, so the request is
+/// abandoned and its executor connection closed.
+async fn wait_head<F: Future>(conn: &ClientConn, mut read: Pin<&mut F>) -> Option<F::Output> {
     if let Ok(r) = monoio::time::timeout(WATCH_CLIENT_AFTER, read.as_mut()).await {
         return Some(r);
     }

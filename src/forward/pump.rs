@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::splice::{SpliceDestination, SpliceSource};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::tcp::TcpOwnedWriteHalf;
 use monoio::net::TcpStream;
 
 use crate::buffers::{Loan, PipePool};
@@ -60,25 +61,39 @@ pub(crate) enum PumpError {
     TooLarge,
     /// Writing to the destination failed.
     Sink,
+    /// The destination took no byte for its stall limit (a client that stopped reading).
+    SinkStalled,
 }
 
 /// Where the pump puts the body.
 pub(crate) enum Sink<'a> {
-    Socket(&'a mut TcpStream),
+    /// A client's socket: a write that moves no byte within the duration is a stall (the
+    /// client stopped reading its answer).
+    Client(&'a mut TcpStream, Duration),
+    /// The write side of an executor connection whose read side reads the answer
+    /// meanwhile (a request body: the executor may answer before it is sent whole).
+    Executor(&'a mut TcpOwnedWriteHalf),
     /// Kept in memory (a broadcast body, bounded by the body's limit).
     Collect(&'a mut Vec<u8>),
     /// Read and dropped (a broadcast's answers).
     Discard,
     /// An HTTP/2 stream: DATA frames as its flow-control window allows (the payload only:
-    /// the body is pumped with `Emit::Payload` or a length).
+    /// the body is pumped with `Emit::Payload` or a length); a window that stays shut for
+    /// the duration is a stall.
     /// In a cell so the stream's reset can be watched while the pump waits.
-    H2(&'a std::cell::RefCell<h2::SendStream<bytes::Bytes>>),
+    H2(
+        &'a std::cell::RefCell<h2::SendStream<bytes::Bytes>>,
+        Duration,
+    ),
 }
 
 impl Sink<'_> {
     async fn write(&mut self, buf: &mut Vec<u8>, from: usize, to: usize) -> Result<(), PumpError> {
         match self {
-            Sink::Socket(stream) => write_range(stream, buf, from, to)
+            Sink::Client(stream, stall) => write_within(stream, buf, from, to, Some(*stall))
+                .await
+                .map_err(sink_error),
+            Sink::Executor(half) => write_within(half, buf, from, to, None)
                 .await
                 .map_err(|_| PumpError::Sink),
             Sink::Collect(body) => {
@@ -86,10 +101,19 @@ impl Sink<'_> {
                 Ok(())
             }
             Sink::Discard => Ok(()),
-            Sink::H2(stream) => crate::http2::send_data(stream, &buf[from..to])
+            Sink::H2(stream, stall) => crate::http2::send_data(stream, &buf[from..to], *stall)
                 .await
-                .map_err(|_| PumpError::Sink),
+                .map_err(sink_error),
         }
+    }
+}
+
+/// A failed write: a stall (`TimedOut`) or anything else.
+fn sink_error(e: io::Error) -> PumpError {
+    if e.kind() == io::ErrorKind::TimedOut {
+        PumpError::SinkStalled
+    } else {
+        PumpError::Sink
     }
 }
 
@@ -177,9 +201,9 @@ impl Body {
     /// read (client bodies). Returns the bytes read past the end of the body
     /// (`buf[range]`, empty when none): pipelined client bytes, or leftovers that make an
     /// executor connection unusable.
-    pub(crate) async fn pump(
+    pub(crate) async fn pump<S: AsyncReadRent + SpliceSource>(
         &mut self,
-        src: &mut TcpStream,
+        src: &mut S,
         dst: Sink<'_>,
         buf: &mut Loan<'_, Vec<u8>>,
         stall: Option<Duration>,
@@ -193,9 +217,9 @@ impl Body {
     /// first: in the same write as the next body bytes when they are copied, which saves
     /// a write (and a small TCP segment) per mid-sized answer. `held` comes back empty
     /// once it was sent; still full on an error, nothing reached `dst`.
-    pub(crate) async fn pump_after(
+    pub(crate) async fn pump_after<S: AsyncReadRent + SpliceSource>(
         &mut self,
-        src: &mut TcpStream,
+        src: &mut S,
         mut dst: Sink<'_>,
         buf: &mut Loan<'_, Vec<u8>>,
         stall: Option<Duration>,
@@ -204,7 +228,11 @@ impl Body {
     ) -> Result<Range<usize>, PumpError> {
         let splice = match (pipes, &self.delimit, &dst) {
             // A length-delimited body leaves as it came, whatever `emit` says.
-            (Some(pipes), Delimit::Length(n), Sink::Socket(_)) if *n >= SPLICE_MIN => Some(pipes),
+            (Some(pipes), Delimit::Length(n), Sink::Client(..) | Sink::Executor(_))
+                if *n >= SPLICE_MIN =>
+            {
+                Some(pipes)
+            }
             _ => None,
         };
         let room = if self.emit == Emit::AsChunks {
@@ -217,8 +245,16 @@ impl Body {
             dst.write(held, 0, len).await?;
             held.clear();
         }
-        if let (Some(pipes), Sink::Socket(out)) = (splice, &mut dst) {
-            if self.splice(src, out, pipes, stall).await? {
+        if let Some(pipes) = splice {
+            let spliced = match &mut dst {
+                Sink::Client(out, sink_stall) => {
+                    self.splice(src, *out, pipes, (stall, Some(*sink_stall)))
+                        .await?
+                }
+                Sink::Executor(out) => self.splice(src, *out, pipes, (stall, None)).await?,
+                _ => false,
+            };
+            if spliced {
                 return Ok(0..0);
             }
             self.splice_fallback = true;
@@ -248,9 +284,12 @@ impl Body {
                     held.clear();
                 }
                 if self.emit == Emit::AsChunks {
-                    if let Sink::Socket(stream) = &mut dst {
-                        let (res, _) = stream.write_all(LAST_CHUNK).await;
-                        res.map_err(|_| PumpError::Sink)?;
+                    if let Sink::Client(stream, stall) = &mut dst {
+                        let write = stream.write_all(LAST_CHUNK);
+                        match monoio::time::timeout(*stall, write).await {
+                            Err(_) => return Err(PumpError::SinkStalled),
+                            Ok((res, _)) => res.map_err(|_| PumpError::Sink)?,
+                        };
                         self.written += LAST_CHUNK.len() as u64;
                     }
                 }
@@ -281,12 +320,14 @@ impl Body {
     /// Move the rest of a Content-Length body with splice. `Ok(false)`: nothing was moved
     /// because no pipe could be made or the kernel refused the first splice; copy instead.
     /// A pipe goes back to the pool only empty; on any error it is closed.
-    async fn splice(
+    /// `stall`: the bounds of each step into the pipe (a source that sends nothing) and
+    /// out of it (a destination that takes nothing).
+    async fn splice<S: SpliceSource, D: SpliceDestination>(
         &mut self,
-        src: &mut TcpStream,
-        dst: &mut TcpStream,
+        src: &mut S,
+        dst: &mut D,
         pipes: &PipePool,
-        stall: Option<Duration>,
+        (stall, sink_stall): (Option<Duration>, Option<Duration>),
     ) -> Result<bool, PumpError> {
         let Some(mut pipe) = pipes.take() else {
             return Ok(false);
@@ -319,7 +360,15 @@ impl Body {
             self.read += u64::from(got);
             let mut left = got;
             while left > 0 {
-                match dst.splice_from_pipe(&mut pipe.r, left).await {
+                let out = dst.splice_from_pipe(&mut pipe.r, left);
+                let put = match sink_stall {
+                    Some(limit) => match monoio::time::timeout(limit, out).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(PumpError::SinkStalled),
+                    },
+                    None => out.await,
+                };
+                match put {
                     Ok(0) | Err(_) => return Err(PumpError::Sink),
                     Ok(n) => left -= n.min(left),
                 }
@@ -334,8 +383,8 @@ impl Body {
 }
 
 /// Read at most `want` bytes into `buf[at..]` (`buf` is reset to `at` zero bytes first).
-async fn read_at(
-    src: &mut TcpStream,
+async fn read_at<S: AsyncReadRent>(
+    src: &mut S,
     buf: &mut Vec<u8>,
     at: usize,
     want: usize,
@@ -404,24 +453,46 @@ fn chunk_size_line(line: &mut [u8], len: usize) -> usize {
     digits + 2
 }
 
-/// Write `buf[from..to]` whole; `buf` comes back unchanged.
-pub(crate) async fn write_range(
-    stream: &mut TcpStream,
+/// Write `buf[from..to]` whole; `buf` comes back unchanged. With `stall`, a write that
+/// moves no byte for that long fails with `TimedOut` (and `buf` is lost with the
+/// cancelled write: the caller closes the connection).
+pub(crate) async fn write_within<W: AsyncWriteRent>(
+    stream: &mut W,
     buf: &mut Vec<u8>,
     from: usize,
     to: usize,
+    stall: Option<Duration>,
 ) -> io::Result<()> {
-    if from == to {
-        return Ok(());
+    let Some(limit) = stall else {
+        if from == to {
+            return Ok(());
+        }
+        let owned = std::mem::take(buf);
+        let (res, slice) = stream.write_all(owned.slice(from..to)).await;
+        *buf = slice.into_inner();
+        return res.map(|_| ());
+    };
+    let mut at = from;
+    while at < to {
+        let owned = std::mem::take(buf);
+        let write = stream.write(owned.slice(at..to));
+        let Ok((res, slice)) = monoio::time::timeout(limit, write).await else {
+            return Err(io::ErrorKind::TimedOut.into());
+        };
+        *buf = slice.into_inner();
+        match res? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => at += n,
+        }
     }
-    let owned = std::mem::take(buf);
-    let (res, slice) = stream.write_all(owned.slice(from..to)).await;
-    *buf = slice.into_inner();
-    res.map(|_| ())
+    Ok(())
 }
 
 /// Write `buf` whole without clearing it (it may be needed again for a replay).
-pub(crate) async fn write_keep(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+pub(crate) async fn write_keep<W: AsyncWriteRent>(
+    stream: &mut W,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     let owned = std::mem::take(buf);
     let (res, owned) = stream.write_all(owned).await;
     *buf = owned;

@@ -26,6 +26,8 @@ pub(crate) enum Discard {
     Leftover,
     /// The response did not end cleanly (truncated, malformed, or its client left).
     Unfinished,
+    /// Its client took no byte of the answer for `OPR_PROXY_BODY_TIMEOUT`.
+    ClientStalled,
     /// Bytes arrived while it sat in the pool (checked when taken).
     IdleBytes,
     /// The executor closed it while it sat in the pool.

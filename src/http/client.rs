@@ -109,13 +109,6 @@ impl ClientConn {
         res
     }
 
-    /// Write all of `out` (a relayed response: the whole-request deadline bounds it);
-    /// `out` comes back cleared.
-    pub(crate) async fn write_out(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        self.bytes_out += out.len() as u64;
-        write_vec(&mut self.stream, out).await
-    }
-
     /// Write an answer the proxy made itself within `limit`: a client that does not take
     /// it in time is given up on (the caller closes the connection).
     pub(crate) async fn write_answer(

@@ -179,24 +179,28 @@ fn log_cut_off(peer: SocketAddr, offense: guard::Offense) {
 
 /// Send `data` on an h2 stream as its window allows: h2 buffers no more than it granted
 /// (`MAX_SEND_BUFFER`), so a slow client holds the pump, not memory. The stream is
-/// borrowed only between awaits, so a reset can be watched on it meanwhile.
+/// borrowed only between awaits, so a reset can be watched on it meanwhile. A window
+/// that grants nothing for `stall` fails with `TimedOut` (a client that stopped reading).
 pub(crate) async fn send_data(
     send: &RefCell<SendStream<Bytes>>,
     mut data: &[u8],
-) -> Result<(), h2::Error> {
+    stall: Duration,
+) -> std::io::Result<()> {
     while !data.is_empty() {
         send.borrow_mut().reserve_capacity(data.len());
-        let granted = std::future::poll_fn(|cx| send.borrow_mut().poll_capacity(cx)).await;
-        let n = match granted {
-            Some(Ok(n)) => n.min(data.len()),
-            Some(Err(e)) => return Err(e),
-            None => return Err(h2::Error::from(Reason::CANCEL)),
+        let granted = std::future::poll_fn(|cx| send.borrow_mut().poll_capacity(cx));
+        let n = match monoio::time::timeout(stall, granted).await {
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            Ok(Some(Ok(n))) => n.min(data.len()),
+            Ok(Some(Err(e))) => return Err(std::io::Error::other(e)),
+            Ok(None) => return Err(std::io::Error::other(h2::Error::from(Reason::CANCEL))),
         };
         if n == 0 {
             continue;
         }
         send.borrow_mut()
-            .send_data(Bytes::copy_from_slice(&data[..n]), false)?;
+            .send_data(Bytes::copy_from_slice(&data[..n]), false)
+            .map_err(std::io::Error::other)?;
         data = &data[n..];
     }
     Ok(())

@@ -10,23 +10,46 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
+use h2::{Reason, RecvStream, SendStream};
+use monoio::io::splice::SpliceSource;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::access_log;
 use crate::admission::{self, Refused};
 use crate::api::{self, Route};
 use crate::balance::{Addressing, Choice};
+use crate::buffers::Loan;
 use crate::ctx::WorkerCtx;
 use crate::error::{Cause, ProxyError};
 use crate::forward;
+use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, OpenError};
 use crate::forward::pump::{self, PumpError, Sink};
-use crate::forward::reuse::{self, ResponseEnd, Silence};
-use crate::http::head::{self, HeaderRef, RequestFraming, RequestHead, ResponseFraming};
+use crate::forward::reuse::{self, Discard, ResponseEnd, Reuse, Silence};
+use crate::http::head::{
+    self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
+};
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::report::Report;
+
+/// What an answer is read and written with: the head buffer, the body buffer, and the
+/// vector its head is written into.
+type Buffers<'b, 'p> = (
+    &'b mut Loan<'p, Vec<u8>>,
+    &'b mut Loan<'p, Vec<u8>>,
+    &'b mut Vec<u8>,
+);
+
+/// What a relayed answer needs of its stream's request.
+struct Answer<'a> {
+    request: &'a Request,
+    /// The first executor that could not be reached, and how (for `x-opr-route`).
+    failover: Option<(usize, &'static str)>,
+    /// Explain the choice in `x-opr-route`.
+    debug: bool,
+    /// How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
+    queued: Option<Duration>,
+}
 
 /// A stream's request as the HTTP/1 code sees it: its head written out as HTTP/1.1.
 struct Request {
@@ -82,6 +105,9 @@ struct Stream {
     bytes_out: Cell<u64>,
     /// `METHOD target` for the access log (kept only when it is on).
     request_line: RefCell<Vec<u8>>,
+    /// The request body was stopped because its answer ended first: the stream ends with
+    /// `RST_STREAM(NO_ERROR)` (h2 sends it once the handles drop) instead of lingering.
+    stopped: Cell<bool>,
 }
 
 /// Serve one stream to its end. Never panics on anything the client or the executor
@@ -104,6 +130,7 @@ pub(crate) async fn serve(
         bytes_in: Cell::new(0),
         bytes_out: Cell::new(0),
         request_line: RefCell::new(Vec::new()),
+        stopped: Cell::new(false),
     };
     let status = s.handle(parts, &mut body, &mut respond).await;
     let executor = s.choice.get().map(|c| c.executor);
@@ -127,7 +154,9 @@ pub(crate) async fn serve(
         };
         log.write(&entry, ctx.m());
     }
-    linger(&mut body).await;
+    if !s.stopped.get() {
+        linger(&mut body).await;
+    }
 }
 
 /// How long the rest of a request body answered early (an error, or an executor that
@@ -268,7 +297,7 @@ impl Stream {
         // How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
         let mut queued = None;
 
-        let (mut ex, response, early_answer) = loop {
+        let (mut ex, response) = loop {
             // A stream waiting for a slot is dropped from the queue when its client
             // resets it.
             let admitted = admission::admit(
@@ -332,23 +361,9 @@ impl Stream {
                     }
                 }
             }
-            let mut early_answer = false;
+            // A body streams while the answer is read (`upload`).
             if has_body {
-                let chunked = request.head.framing == RequestFraming::Chunked;
-                let stall = ctx.config.body_timeout;
-                match self
-                    .send_body(body, ex.stream(), chunked, limit, stall, &mut out)
-                    .await
-                {
-                    Ok(()) => {}
-                    // The executor connection is dropped (closed) with `ex`.
-                    Err(BodyError::Client) => return 0,
-                    Err(BodyError::Stalled) => return self.error(respond, ProxyError::BodyTimeout),
-                    Err(BodyError::TooLarge) => {
-                        return self.error(respond, ProxyError::BodyTooLarge)
-                    }
-                    Err(BodyError::Executor) => early_answer = true,
-                }
+                break (ex, None);
             }
             let rb = hb.get();
             rb.clear();
@@ -366,7 +381,7 @@ impl Stream {
                 _ = reset => return 0,
             };
             match r {
-                Ok(r) => break (ex, r, early_answer),
+                Ok(r) => break (ex, Some(r)),
                 Err(HeadFailure::Silent) => {
                     match reuse::after_silence(idempotent, ex.reused, replayed, !has_body) {
                         Silence::Replay => {
@@ -382,9 +397,201 @@ impl Stream {
             }
         };
 
-        // The answer: the rewrite of HTTP/1 (hop-by-hop fields, Connection-listed ones),
-        // then as h2 fields. A length is kept; chunked and close-delimited bodies leave
-        // as DATA frames of their payload.
+        let debug = ctx.config.is_development() || request.find("x-opr-debug") == Some(b"1");
+        let answer = Answer {
+            request,
+            failover: failover.get(),
+            queued,
+            debug,
+        };
+        let (status, reuse) = match response {
+            Some(response) => {
+                let answered = (&response, &response_headers[..]);
+                let bufs = (&mut hb, &mut eb, &mut out);
+                self.relay(&answer, respond, ex.stream(), bufs, answered, false)
+                    .await
+            }
+            None => {
+                let silent = match reuse::after_silence(idempotent, ex.reused, replayed, false) {
+                    Silence::Fail(cause) => cause,
+                    Silence::Replay => Cause::ClosedNotReplayed,
+                };
+                let bufs = (&mut hb, &mut eb, &mut out);
+                let upload = self.upload(
+                    &answer,
+                    body,
+                    respond,
+                    &mut ex,
+                    bufs,
+                    response_headers,
+                    limit,
+                    silent,
+                );
+                // Its state lives in its own allocation, not in every stream's.
+                Box::pin(upload).await
+            }
+        };
+        // `None`: the exchange failed (already counted) or the client reset the stream;
+        // the executor connection is closed with `ex`.
+        if let Some(reuse) = reuse {
+            ex.release(reuse);
+            if let Some(choice) = self.choice.get() {
+                ctx.exchange_answered(choice.executor);
+            }
+        }
+        status
+    }
+
+    /// The request body streams to the executor while its answer is read (RFC 9112 §9.6),
+    /// as over HTTP/1 (`forward::Anycast::upload`): an answer that begins first is relayed
+    /// at once while the body goes on as long as the executor takes it; sending stops
+    /// when the answer has ended, and the executor connection is then never pooled. A
+    /// body stopped that way ends the stream with `RST_STREAM(NO_ERROR)` after the
+    /// complete answer (RFC 9113 §8.1). `silent`: the 502 cause when the executor closes
+    /// without a byte of an answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload(
+        &self,
+        answer: &Answer<'_>,
+        body: &mut RecvStream,
+        respond: &mut SendResponse<Bytes>,
+        ex: &mut exchange::ExecutorConn<'_>,
+        (hb, eb, out): Buffers<'_, '_>,
+        mut response_headers: Vec<HeaderRef>,
+        limit: Option<u64>,
+        silent: Cause,
+    ) -> (u16, Option<Reuse>) {
+        let ctx = &*self.ctx;
+        let request = answer.request;
+        let is_head = self.head_only;
+        let (ex_r, mut ex_w) = ex.split();
+        // The head read owns its reader and buffers, so it can outlive the body's sending
+        // (or not) and give them back.
+        let rb = std::mem::take(hb.get());
+        let headers = std::mem::take(&mut response_headers);
+        let mut head = std::pin::pin!(async move {
+            let (mut ex_r, mut rb, mut headers) = (ex_r, rb, headers);
+            rb.clear();
+            let r = exchange::read_response_head(&mut ex_r, &mut rb, is_head, &mut headers).await;
+            (r, ex_r, rb, headers)
+        });
+        let mut upload = Upload::Sending;
+        let chunked = request.head.framing == RequestFraming::Chunked;
+        let stall = ctx.config.body_timeout;
+        let executor_side = |e: &BodyError| matches!(e, BodyError::Executor);
+        // Chunk framing of the body, apart from `out` (the answer's head meanwhile).
+        let mut framed = Vec::new();
+        let step = {
+            let up = self.send_body(body, &mut ex_w, chunked, limit, stall, &mut framed);
+            let mut up = std::pin::pin!(up);
+            let first = duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side);
+            // A client that resets the stream abandons the request: the executor
+            // connection is closed with `ex`.
+            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+            let first = monoio::select! {
+                r = first => r,
+                _ = reset => return (0, None),
+            };
+            match first {
+                Err(e) => Step::Client(e),
+                Ok(None) => Step::BodyEnded,
+                Ok(Some((r, mut ex_r, rb, headers))) => {
+                    *hb.get() = rb;
+                    response_headers = headers;
+                    match r {
+                        Ok(response) => {
+                            let answered = (&response, &response_headers[..]);
+                            let bufs = (&mut *hb, &mut *eb, &mut *out);
+                            let relay =
+                                self.relay(answer, respond, &mut ex_r, bufs, answered, true);
+                            let relayed =
+                                duplex::alongside(up.as_mut(), &mut upload, relay, executor_side)
+                                    .await;
+                            match relayed {
+                                Ok(relayed) => Step::Relayed(relayed, ex_r),
+                                Err(e) => Step::Client(e),
+                            }
+                        }
+                        Err(failure) => Step::Head(Err::<ResponseHead, _>(failure), ex_r),
+                    }
+                }
+            }
+        };
+        let sent = upload.is_sent();
+        // An answer of the executor's while the body was not sent whole: no lingering, the
+        // stream ends with RST_STREAM(NO_ERROR) once its handles drop.
+        let stopped = !sent && matches!(step, Step::Relayed(..) | Step::BodyEnded);
+        self.stopped.set(stopped);
+        let (relayed, ex_r) = match step {
+            Step::Client(e) => {
+                if let Phase::HeadSent(status) = self.phase.get() {
+                    return (status, None);
+                }
+                return match e {
+                    // The executor connection is dropped (closed) with `ex`.
+                    BodyError::Client | BodyError::Executor => (0, None),
+                    BodyError::Stalled => (self.error(respond, ProxyError::BodyTimeout), None),
+                    BodyError::TooLarge => (self.error(respond, ProxyError::BodyTooLarge), None),
+                };
+            }
+            Step::Relayed(relayed, ex_r) => (relayed, ex_r),
+            // The head could not be read while the body was being sent.
+            Step::Head(r, ex_r) => {
+                let cause = match r {
+                    Ok(_) | Err(HeadFailure::Silent) => silent,
+                    Err(HeadFailure::Failed(cause)) => cause,
+                };
+                ex.join(ex_r, ex_w);
+                return (self.bad_gateway(request, respond, cause), None);
+            }
+            Step::BodyEnded => {
+                // The body ended first: wait for the head, watching for a reset.
+                let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+                let (r, mut ex_r, rb, headers) = monoio::select! {
+                    r = head.as_mut() => r,
+                    _ = reset => return (0, None),
+                };
+                *hb.get() = rb;
+                response_headers = headers;
+                let relayed = match r {
+                    Ok(response) => {
+                        let answered = (&response, &response_headers[..]);
+                        let bufs = (&mut *hb, &mut *eb, &mut *out);
+                        self.relay(answer, respond, &mut ex_r, bufs, answered, !sent)
+                            .await
+                    }
+                    Err(failure) => {
+                        let cause = match failure {
+                            HeadFailure::Silent => silent,
+                            HeadFailure::Failed(cause) => cause,
+                        };
+                        (self.bad_gateway(request, respond, cause), None)
+                    }
+                };
+                (relayed, ex_r)
+            }
+        };
+        ex.join(ex_r, ex_w);
+        relayed
+    }
+
+    /// The answer: the rewrite of HTTP/1 (hop-by-hop fields, Connection-listed ones), then
+    /// as h2 fields. A length is kept; chunked and close-delimited bodies leave as DATA
+    /// frames of their payload. Returns the status and, when the executor answered, whether
+    /// its connection is reusable (`early_answer`: the request body was not sent whole, so
+    /// it is not). A client whose window grants nothing for `OPR_PROXY_BODY_TIMEOUT` gets
+    /// its stream reset, and the executor connection is closed.
+    async fn relay<R: AsyncReadRent + SpliceSource>(
+        &self,
+        answer: &Answer<'_>,
+        respond: &mut SendResponse<Bytes>,
+        ex: &mut R,
+        (hb, eb, out): Buffers<'_, '_>,
+        (response, response_headers): (&ResponseHead, &[HeaderRef]),
+        early_answer: bool,
+    ) -> (u16, Option<Reuse>) {
+        let ctx = &*self.ctx;
+        let request = answer.request;
         let rb = hb.get();
         let (mut rbody, _) = exchange::response_body(response.framing, true);
         let framing = match response.framing {
@@ -397,16 +604,20 @@ impl Stream {
             framing,
             close: false,
         };
-        rewrite::write_response_head(&mut out, rb, &response, &response_headers, &rw);
-        let debug = ctx.config.is_development() || request.find("x-opr-debug") == Some(b"1");
-        if debug {
-            forward::explain(ctx, self.choice.get(), failover.get(), &mut out);
-            forward::explain_queued(queued, &mut out);
+        rewrite::write_response_head(out, rb, response, response_headers, &rw);
+        if answer.debug {
+            forward::explain(ctx, self.choice.get(), answer.failover, out);
+            forward::explain_queued(answer.queued, out);
         }
         let mut headers = Vec::new();
-        let answer = match head::parse_response(&out, self.head_only, &mut headers) {
-            Ok(Some(r)) => super::head::response(&out, &r, &headers),
-            _ => return self.bad_gateway(request, respond, Cause::ClosedMidHead),
+        let head = match head::parse_response(out, self.head_only, &mut headers) {
+            Ok(Some(r)) => super::head::response(out, &r, &headers),
+            _ => {
+                return (
+                    self.bad_gateway(request, respond, Cause::ClosedMidHead),
+                    None,
+                )
+            }
         };
         let status = response.status;
         let mut first = Vec::new();
@@ -422,25 +633,25 @@ impl Stream {
                     PumpError::Chunk(e) => Cause::MalformedBody(e),
                     _ => Cause::ClosedMidHead,
                 };
-                return self.bad_gateway(request, respond, cause);
+                return (self.bad_gateway(request, respond, cause), None);
             }
         };
         let no_body = rbody.is_none();
-        let Ok(send) = respond.send_response(answer, no_body) else {
-            return 0;
+        let Ok(send) = respond.send_response(head, no_body) else {
+            return (0, None);
         };
         let send = RefCell::new(send);
         self.phase.set(Phase::HeadSent(status));
+        let stall = ctx.config.body_timeout;
+        // The client stopped reading: its stream is reset, the executor connection closed.
+        let stalled = |send: &RefCell<SendStream<Bytes>>| {
+            send.borrow_mut().send_reset(Reason::CANCEL);
+            (status, Some(Reuse::Discard(Discard::ClientStalled)))
+        };
         let end = match (end, rbody.as_mut()) {
             (ResponseEnd::Unfinished, Some(rbody)) => {
-                let pump = rbody.pump_after(
-                    ex.stream(),
-                    Sink::H2(&send),
-                    &mut eb,
-                    None,
-                    None,
-                    &mut first,
-                );
+                let sink = Sink::H2(&send, stall);
+                let pump = rbody.pump_after(ex, sink, eb, None, None, &mut first);
                 // A client that resets the stream mid-body abandons it: the executor
                 // connection is closed with `ex`, even while the executor is silent.
                 let pumped = monoio::select! {
@@ -449,21 +660,26 @@ impl Stream {
                 };
                 self.bytes_out.set(rbody.written);
                 match pumped {
-                    None => return status,
+                    None => return (status, None),
                     Some(Ok(after)) if after.is_empty() => ResponseEnd::Clean,
                     Some(Ok(_)) => ResponseEnd::Leftover,
+                    Some(Err(PumpError::SinkStalled)) => return stalled(&send),
                     // Truncated or malformed: the client sees a reset, the executor
                     // connection is closed.
                     Some(Err(_)) => {
                         send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
-                        return status;
+                        return (status, None);
                     }
                 }
             }
             (end, _) => {
                 if !first.is_empty() {
-                    if super::send_data(&send, &first).await.is_err() {
-                        return status;
+                    match super::send_data(&send, &first, stall).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            return stalled(&send)
+                        }
+                        Err(_) => return (status, None),
                     }
                     self.bytes_out.set(first.len() as u64);
                 }
@@ -471,13 +687,12 @@ impl Stream {
             }
         };
         if !no_body && send.borrow_mut().send_data(Bytes::new(), true).is_err() {
-            return status;
+            return (status, None);
         }
-        ex.release(reuse::after_exchange(&response, !early_answer, end));
-        if let Some(choice) = self.choice.get() {
-            ctx.exchange_answered(choice.executor);
-        }
-        status
+        (
+            status,
+            Some(reuse::after_exchange(response, !early_answer, end)),
+        )
     }
 
     /// `x-opr-addressing-method: broadcast`: the whole (bounded) body, then every online
@@ -526,10 +741,10 @@ impl Stream {
 
     /// Stream the request body to the executor: a length as it came, otherwise as
     /// chunks; flow-control capacity is released once a frame was written on.
-    async fn send_body(
+    async fn send_body<W: AsyncWriteRent>(
         &self,
         body: &mut RecvStream,
-        ex: &mut TcpStream,
+        ex: &mut W,
         chunked: bool,
         limit: Option<u64>,
         stall: Duration,

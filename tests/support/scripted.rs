@@ -6,6 +6,10 @@
 //! trailers included, so pipelined and keep-alive requests are separated correctly),
 //! recorded byte for byte, and handed to the script, which returns what to do next.
 //!
+//! Started with `start_on_head`, the script runs as soon as a request's head arrived
+//! (its record holds what came so far; it is completed once the request was read whole),
+//! so it can answer before the body and stop reading (`Action::Pause`).
+//!
 //! Connections get an index (0, 1, …) at their first non-health request; requests are
 //! numbered per connection. The executor also records when each connection saw EOF or a
 //! reset from the proxy, so a test can assert "the proxy closed this connection within X".
@@ -39,6 +43,10 @@ pub enum Action {
     CloseWrite,
     /// Stop here and read the next request (the same as ending the list).
     KeepReading,
+    /// Wait this many milliseconds without reading: the proxy's writes back up.
+    Pause(u64),
+    /// Read until the request is whole (`start_on_head`: its body may still be coming).
+    ReadRequest,
 }
 
 /// What the script gets for each non-health request.
@@ -110,6 +118,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     script: Box<Script>,
+    /// The script runs when a head arrived, not when the whole request did.
+    on_head: bool,
 }
 
 impl Shared {
@@ -134,11 +144,23 @@ impl ScriptedExecutor {
     pub fn start(
         script: impl Fn(ConnIndex, RequestIndex, &RecordedRaw) -> Vec<Action> + Send + Sync + 'static,
     ) -> ScriptedExecutor {
+        ScriptedExecutor::with(Box::new(script), false)
+    }
+
+    /// The script runs as soon as each request's head arrived (see the module doc).
+    pub fn start_on_head(
+        script: impl Fn(ConnIndex, RequestIndex, &RecordedRaw) -> Vec<Action> + Send + Sync + 'static,
+    ) -> ScriptedExecutor {
+        ScriptedExecutor::with(Box::new(script), true)
+    }
+
+    fn with(script: Box<Script>, on_head: bool) -> ScriptedExecutor {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted executor");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
-            script: Box::new(script),
+            script,
+            on_head,
         });
         let listening = Some(listen(listener, shared.clone()));
         ScriptedExecutor {
@@ -311,13 +333,29 @@ impl Conn {
     fn serve(mut self) {
         let mut index: Option<ConnIndex> = None;
         let mut next: RequestIndex = 0;
-        while let Some((len, head_len)) = self.next_request() {
-            let bytes: Vec<u8> = self.buf.drain(..len).collect();
-            if bytes.starts_with(b"GET /v1/health") {
+        loop {
+            let framed = if self.shared.on_head {
+                self.next_head().map(|head_len| (None, head_len))
+            } else {
+                self.next_request()
+                    .map(|(len, head_len)| (Some(len), head_len))
+            };
+            let Some((len, head_len)) = framed else {
+                return;
+            };
+            if self.buf.starts_with(b"GET /v1/health") {
+                let Some((len, _)) = self.next_request() else {
+                    return;
+                };
+                self.buf.drain(..len);
                 self.shared.lock().health.push(Instant::now());
                 let _ = self.stream.write_all(HEALTH_ANSWER);
                 continue;
             }
+            let bytes: Vec<u8> = match len {
+                Some(len) => self.buf.drain(..len).collect(),
+                None => self.buf.clone(),
+            };
             let conn = *index.get_or_insert_with(|| {
                 let mut state = self.shared.lock();
                 let i = state.next_index;
@@ -333,7 +371,12 @@ impl Conn {
                 at: Instant::now(),
             };
             next += 1;
-            self.shared.lock().requests.push(recorded.clone());
+            let slot = {
+                let mut state = self.shared.lock();
+                state.requests.push(recorded.clone());
+                state.requests.len() - 1
+            };
+            let mut whole = len.is_some();
             let actions = (self.shared.script)(conn, recorded.index, &recorded);
             for action in actions {
                 match action {
@@ -350,12 +393,51 @@ impl Conn {
                         let _ = self.stream.shutdown(Shutdown::Write);
                     }
                     Action::KeepReading => break,
+                    Action::Pause(ms) => thread::sleep(Duration::from_millis(ms)),
+                    Action::ReadRequest => {
+                        if !whole && !self.finish_request(slot) {
+                            return;
+                        }
+                        whole = true;
+                    }
                 }
                 if self.ended && self.buf.is_empty() {
                     return;
                 }
             }
+            if !whole && !self.finish_request(slot) {
+                return;
+            }
         }
+    }
+
+    /// Read until a head is buffered: its length, or None when the connection ended.
+    fn next_head(&mut self) -> Option<usize> {
+        loop {
+            if !self.buf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; 128];
+                match httparse::Request::new(&mut headers).parse(&self.buf) {
+                    Ok(httparse::Status::Complete(n)) => return Some(n),
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => return Some(self.buf.len()),
+                }
+            }
+            if self.ended {
+                return None;
+            }
+            self.read_once(Duration::from_millis(100));
+        }
+    }
+
+    /// Read the rest of the request recorded at `slot` (its head is at the start of the
+    /// buffer) and complete its record; false when the connection ended first.
+    fn finish_request(&mut self, slot: usize) -> bool {
+        let Some((len, _)) = self.next_request() else {
+            return false;
+        };
+        let bytes: Vec<u8> = self.buf.drain(..len).collect();
+        self.shared.lock().requests[slot].bytes = bytes;
+        true
     }
 
     /// Read until a whole request is buffered: `(its length, its head length)`, or None
