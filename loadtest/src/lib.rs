@@ -10,8 +10,9 @@ pub mod mock;
 pub mod plan;
 pub mod procs;
 pub mod report;
+pub mod warm;
 
-pub use fastmock::FastMock;
+pub use fastmock::{FastMock, FastMockOptions, MockStats};
 pub use mock::{
     pattern_byte, pattern_sha256, sha256_hex, HealthMode, MockExecutor, MockOptions,
     RecordedRequest,
