@@ -3,6 +3,7 @@
 //! plan (`plan`) and report.
 
 pub mod cli;
+pub mod coldstart;
 pub mod fastmock;
 pub mod gen;
 pub mod idle;
