@@ -66,6 +66,8 @@ load:
   --stop-executor I    with --runtimes: after the run stop mock executor I, wait
                        --settle, run again and report the runtimes that moved
   --settle SECS        wait after stopping the executor [1]
+  --moved-min N        count a runtime as moved or not only when it was answered at
+                       least N times in each phase [5]
   --hold SECS          idle mode: wait before reading the proxy's RSS [1]
   --slo-p99 MS         latency objective for p99 [10]
   --target-rps N       capacity asked about in the summary [100000]
@@ -130,6 +132,7 @@ pub struct Args {
     /// Mock executor (1-based) stopped between the two phases of a cold-start run.
     pub stop_executor: Option<usize>,
     pub settle: Duration,
+    pub moved_min: u64,
     pub proxy_env: Vec<(String, String)>,
     pub pin: bool,
     pub proxy_cpus: Option<Vec<usize>>,
@@ -264,6 +267,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         seed: 1,
         stop_executor: None,
         settle: Duration::from_secs(1),
+        moved_min: 5,
         proxy_env: Vec::new(),
         pin: true,
         proxy_cpus: None,
@@ -400,6 +404,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--stop-executor" => a.stop_executor = Some(number(&flag, &value()?, 1..=64)?),
             "--settle" => a.settle = seconds(&flag, &value()?, 0.0, 60.0)?,
+            "--moved-min" => a.moved_min = number(&flag, &value()?, 1..=1_000_000)? as u64,
             "--proxy-cpus" => {
                 let v = value()?;
                 a.proxy_cpus = Some(
@@ -614,6 +619,7 @@ mod tests {
             (None, Duration::ZERO, 0)
         );
         assert_eq!((a.stop_executor, a.settle), (None, Duration::from_secs(1)));
+        assert_eq!(a.moved_min, 5);
         let a = args(
             "--mode open --rate 10 --executors 4 --runtimes 100 --zipf 0.8 --seed 5 \
              --cold-start-ms 20 --warm-capacity 8 --service-ms 2 --mock-concurrency 3 \

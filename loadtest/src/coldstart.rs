@@ -209,6 +209,13 @@ impl Tally {
         (n > 0).then(|| 100.0 * self.cold_waits as f64 / n as f64)
     }
 
+    /// Answers to a runtime from known executors.
+    pub fn answers(&self, runtime: usize) -> u64 {
+        self.served
+            .get(runtime * self.executors..(runtime + 1) * self.executors)
+            .map_or(0, |row| row.iter().map(|&n| u64::from(n)).sum())
+    }
+
     /// The executor (0-based) that answered a runtime most often; ties go to the lower
     /// index; None when the runtime was not answered.
     pub fn primary(&self, runtime: usize) -> Option<usize> {
@@ -238,12 +245,16 @@ pub fn shares(counts: &[u64], up: usize) -> (Vec<f64>, Option<f64>) {
     (pct, Some(max / (100.0 / up as f64)))
 }
 
-/// Runtimes answered in both phases, and how many of them have another primary executor
-/// in the second (a runtime "moved").
-pub fn moved(before: &Tally, after: &Tally) -> (usize, usize) {
+/// Runtimes answered at least `min` times in each phase, and how many of them have
+/// another primary executor in the second (a runtime "moved"). The floor keeps runtimes
+/// seen once or twice, whose primary is chance, out of the figure.
+pub fn moved(before: &Tally, after: &Tally, min: u64) -> (usize, usize) {
     let mut both = 0;
     let mut moved = 0;
     for r in 0..before.runtimes().min(after.runtimes()) {
+        if before.answers(r) < min.max(1) || after.answers(r) < min.max(1) {
+            continue;
+        }
         if let (Some(a), Some(b)) = (before.primary(r), after.primary(r)) {
             both += 1;
             if a != b {

@@ -308,7 +308,14 @@ fn tally_shares_and_moved_runtimes() {
     assert_eq!(after.unknown, 1);
     assert_eq!(before.primary(0), Some(0));
     assert_eq!(before.primary(3), None);
-    assert_eq!(coldstart::moved(&before, &after), (3, 1));
+    assert_eq!(coldstart::moved(&before, &after, 1), (3, 1));
+    // With a floor of 2 answers per phase only runtime 0 counts (3 before, 2 after; the
+    // answer from an unknown executor does not count), and it stayed.
+    let mut busier = after.clone();
+    busier.record(0, &answer(1, Warmth::Warm));
+    assert_eq!((before.answers(0), busier.answers(0)), (3, 2));
+    assert_eq!(coldstart::moved(&before, &busier, 2), (1, 0));
+    assert_eq!(coldstart::moved(&before, &after, 2), (0, 0));
     assert!((before.cold_pct().expect("cold") - 100.0 / 6.0).abs() < 1e-9);
     let mut merged = before.clone();
     merged.merge(&after);

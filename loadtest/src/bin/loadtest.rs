@@ -586,7 +586,7 @@ fn coldstart_run(
         check_alive(target)?;
         let empty = Tally::new(0, 1);
         let after = r2.tally.as_ref().unwrap_or(&empty);
-        let (both, moved) = coldstart::moved(before, after);
+        let (both, moved) = coldstart::moved(before, after, args.moved_min);
         let pct = if both > 0 {
             format!("{:.1}", 100.0 * moved as f64 / both as f64)
         } else {
@@ -594,7 +594,9 @@ fn coldstart_run(
         };
         let (shares2, _) = coldstart::shares(&after.per_executor, args.executors - 1);
         line.push_str(&format!(
-            " moved_runtimes={both} moved={moved} moved_pct={pct} phase2_errors={} phase2_shares={}",
+            " moved_runtimes={both} moved={moved} moved_pct={pct} moved_min={} phase2_errors={} \
+             phase2_shares={}",
+            args.moved_min,
             r2.errors.total(),
             join_pct(&shares2)
         ));
