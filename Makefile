@@ -135,6 +135,15 @@ loadtest:
 compare:
 	bash loadtest/scripts/compare.sh
 
+## Cold starts and overload (loadtest/README.md, "Cold starts"): random, round-robin,
+## least-request, p2c and affinity over 4 mock executors with a warm-runtime model (cold-start
+## rate, p50/p99/p99.9, executor shares, runtimes moved when one stops), then the per-executor
+## cap + queue under 2x overload; 3 interleaved rounds, medians (about 4 minutes on 2 cores).
+## Env knobs: loadtest/scripts/coldstart.sh (ALGORITHMS, ROUNDS, DURATION, TABLES, ...).
+.PHONY: coldstart
+coldstart:
+	bash loadtest/scripts/coldstart.sh
+
 ## Soak (tests/soak.rs): SOAK_SECONDS (default 180) of mixed traffic through the release
 ## binary from 8 client threads while a chaos thread stops and restarts the 3 mock executors
 ## on their ports. Fails on any outcome SPEC does not allow, a hang, the proxy dying, RSS

@@ -32,6 +32,12 @@ target (default: 2 in-process mock executors and opr-proxy, all on 127.0.0.1):
                        requests queue on it under load, like an overloaded host
   --mock fast|std      fast: monoio mock, one thread each; std: the std-threads
                        MockExecutor (a thread per connection, costlier) [fast]
+  --warm-capacity K    fast mocks: at most K runtimes warm each (least recently used
+                       evicted); needs --cold-start-ms
+  --cold-start-ms C    fast mocks: a request for a cold runtime waits C ms first
+  --service-ms S       fast mocks: every request takes S ms once its runtime is warm [0]
+  --mock-concurrency M fast mocks: at most M requests run at once, the rest wait in
+                       arrival order (0: no limit) [0]
   --proxy-env K=V      extra proxy environment (repeatable)
   --pin auto|off       auto: proxy on the first --cores CPUs, generator and mocks on the
                        others (taskset) [auto]
@@ -53,6 +59,15 @@ load:
   --duration SECS      measured window: per step in plan mode [4], per run otherwise [10]
   --warmup SECS        load before each window [0.5]
   --timeout SECS       per request [5]
+  --runtimes R         send x-opr-runtime-id rt-1..rt-R drawn by Zipf popularity and
+                       print a COLDSTART line (cold starts, executor shares, 503s)
+  --zipf S             popularity exponent: rank k drawn ∝ k^-S [1.0]
+  --seed N             draws of connection c start from seed N+c (reproducible) [1]
+  --stop-executor I    with --runtimes: after the run stop mock executor I, wait
+                       --settle, run again and report the runtimes that moved
+  --settle SECS        wait after stopping the executor [1]
+  --moved-min N        count a runtime as moved or not only when it was answered at
+                       least N times in each phase [5]
   --hold SECS          idle mode: wait before reading the proxy's RSS [1]
   --slo-p99 MS         latency objective for p99 [10]
   --target-rps N       capacity asked about in the summary [100000]
@@ -107,6 +122,19 @@ pub struct Args {
     pub slow_executor: Option<Duration>,
     /// The slow executor serves one request at a time (`--slow-queue`).
     pub slow_queue: bool,
+    /// Fast mocks: `(K, C)` warm runtimes at most and the cold-start delay.
+    pub warm: Option<(usize, Duration)>,
+    /// Fast mocks: service time per request and parallel slots (0 = no limit).
+    pub service: Duration,
+    pub mock_concurrency: usize,
+    /// Runtimes (`x-opr-runtime-id`) drawn by Zipf popularity, with its exponent and seed.
+    pub runtimes: Option<usize>,
+    pub zipf: f64,
+    pub seed: u64,
+    /// Mock executor (1-based) stopped between the two phases of a cold-start run.
+    pub stop_executor: Option<usize>,
+    pub settle: Duration,
+    pub moved_min: u64,
     pub proxy_env: Vec<(String, String)>,
     pub pin: bool,
     pub proxy_cpus: Option<Vec<usize>>,
@@ -235,6 +263,15 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         mock: MockKind::Fast,
         slow_executor: None,
         slow_queue: false,
+        warm: None,
+        service: Duration::ZERO,
+        mock_concurrency: 0,
+        runtimes: None,
+        zipf: 1.0,
+        seed: 1,
+        stop_executor: None,
+        settle: Duration::from_secs(1),
+        moved_min: 5,
         proxy_env: Vec::new(),
         pin: true,
         proxy_cpus: None,
@@ -248,6 +285,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         rules: DEFAULT_RULES,
         repeat: DEFAULT_REPEATS,
     };
+    let (mut warm_capacity, mut cold_start) = (false, false);
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -339,6 +377,39 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 a.slow_executor = Some(Duration::from_millis(ms));
             }
             "--slow-queue" => a.slow_queue = true,
+            "--warm-capacity" => {
+                let k = number(&flag, &value()?, 1..=1_000_000)?;
+                a.warm = Some((k, a.warm.map_or(Duration::ZERO, |w| w.1)));
+                warm_capacity = true;
+            }
+            "--cold-start-ms" => {
+                let c = number(&flag, &value()?, 0..=600_000)?;
+                let c = Duration::from_millis(c as u64);
+                a.warm = Some((a.warm.map_or(1, |w| w.0), c));
+                cold_start = true;
+            }
+            "--service-ms" => {
+                a.service = Duration::from_millis(number(&flag, &value()?, 0..=600_000)? as u64)
+            }
+            "--mock-concurrency" => a.mock_concurrency = number(&flag, &value()?, 0..=1_000_000)?,
+            "--runtimes" => a.runtimes = Some(number(&flag, &value()?, 1..=100_000)?),
+            "--zipf" => {
+                let v = value()?;
+                a.zipf = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && (0.0..=10.0).contains(s))
+                    .ok_or_else(|| format!("--zipf {v:?}: expected an exponent in 0..=10"))?;
+            }
+            "--seed" => {
+                let v = value()?;
+                a.seed = v
+                    .parse()
+                    .map_err(|_| format!("--seed {v:?}: expected an unsigned integer"))?;
+            }
+            "--stop-executor" => a.stop_executor = Some(number(&flag, &value()?, 1..=64)?),
+            "--settle" => a.settle = seconds(&flag, &value()?, 0.0, 60.0)?,
+            "--moved-min" => a.moved_min = number(&flag, &value()?, 1..=1_000_000)? as u64,
             "--proxy-cpus" => {
                 let v = value()?;
                 a.proxy_cpus = Some(
@@ -384,6 +455,31 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
     }
     if a.slow_queue && a.slow_executor.is_none() {
         return Err("--slow-queue needs --slow-executor MS".into());
+    }
+    if warm_capacity != cold_start {
+        return Err("--warm-capacity and --cold-start-ms go together".into());
+    }
+    let modelled = a.warm.is_some() || !a.service.is_zero() || a.mock_concurrency > 0;
+    if modelled && (a.mock != MockKind::Fast || a.url.is_some()) {
+        return Err(
+            "--warm-capacity, --cold-start-ms, --service-ms and --mock-concurrency model the \
+             spawned fast mocks (--mock fast, no --url)"
+                .into(),
+        );
+    }
+    if let Some(i) = a.stop_executor {
+        if a.runtimes.is_none() || a.url.is_some() || a.direct {
+            return Err("--stop-executor needs --runtimes and the spawned proxy and mocks".into());
+        }
+        if i > a.executors {
+            return Err(format!(
+                "--stop-executor {i}: only {} executors (--executors)",
+                a.executors
+            ));
+        }
+    }
+    if a.runtimes.is_some() && !matches!(a.mode, Mode::Open | Mode::Closed) {
+        return Err("--runtimes goes with --mode open or closed".into());
     }
     if a.url.is_none() && !a.proxy_pids.is_empty() {
         return Err("--proxy-pid is for --url (a spawned proxy is measured anyway)".into());
@@ -518,6 +614,50 @@ mod tests {
             "--resolution 0",
             "--max-steps 0",
             "--bogus",
+        ] {
+            assert!(args(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cold_start_options() {
+        let a = args("--mode open --rate 10").expect("defaults");
+        assert_eq!((a.runtimes, a.zipf, a.seed), (None, 1.0, 1));
+        assert_eq!(
+            (a.warm, a.service, a.mock_concurrency),
+            (None, Duration::ZERO, 0)
+        );
+        assert_eq!((a.stop_executor, a.settle), (None, Duration::from_secs(1)));
+        assert_eq!(a.moved_min, 5);
+        let a = args(
+            "--mode open --rate 10 --executors 4 --runtimes 100 --zipf 0.8 --seed 5 \
+             --cold-start-ms 20 --warm-capacity 8 --service-ms 2 --mock-concurrency 3 \
+             --stop-executor 4 --settle 0.5",
+        )
+        .expect("valid");
+        assert_eq!((a.runtimes, a.zipf, a.seed), (Some(100), 0.8, 5));
+        assert_eq!(a.warm, Some((8, Duration::from_millis(20))));
+        assert_eq!(
+            (a.service, a.mock_concurrency),
+            (Duration::from_millis(2), 3)
+        );
+        assert_eq!(
+            (a.stop_executor, a.settle),
+            (Some(4), Duration::from_millis(500))
+        );
+        for bad in [
+            "--mode open --rate 1 --warm-capacity 8",
+            "--mode open --rate 1 --cold-start-ms 5",
+            "--mode open --rate 1 --warm-capacity 0 --cold-start-ms 5",
+            "--mode open --rate 1 --mock std --service-ms 1",
+            "--mode open --rate 1 --url http://127.0.0.1:1 --mock-concurrency 1",
+            "--mode open --rate 1 --stop-executor 1",
+            "--mode open --rate 1 --runtimes 5 --stop-executor 3",
+            "--mode open --rate 1 --runtimes 5 --direct --stop-executor 1",
+            "--mode open --rate 1 --runtimes 0",
+            "--mode open --rate 1 --zipf -1",
+            "--mode open --rate 1 --seed x",
+            "--runtimes 5",
         ] {
             assert!(args(bad).is_err(), "{bad}");
         }

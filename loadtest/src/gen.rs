@@ -6,6 +6,7 @@ pub mod framing;
 pub mod schedule;
 pub mod stats;
 
+use crate::coldstart::{Mix, Tally};
 use framing::{FramingError, Response, ResponseParser};
 use hdrhistogram::Histogram;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -122,6 +123,9 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// Set to end the run early (Ctrl-C).
     pub stop: Arc<AtomicBool>,
+    /// Cold-start runs: send one request per runtime by popularity instead of `request`,
+    /// and tally who answered each runtime.
+    pub mix: Option<Arc<Mix>>,
 }
 
 /// What a run measured inside its window.
@@ -129,6 +133,10 @@ pub struct RunConfig {
 pub struct RunResult {
     /// Latency of successful requests started in the window, µs.
     pub latency: Histogram<u64>,
+    /// Latency of `503` answers started in the window (shed by the proxy), µs.
+    pub shed: Histogram<u64>,
+    /// With a `mix`: successful answers in the window by runtime and executor.
+    pub tally: Option<Tally>,
     /// Open loop: how late sends left after their scheduled time when the connection was
     /// free (timer granularity and generator overload, not the server), µs.
     pub lag: Histogram<u64>,
@@ -193,7 +201,7 @@ pub fn run(cfg: &RunConfig, cpu: Option<CpuSampler<'_>>) -> io::Result<RunResult
             })
             .collect::<io::Result<_>>()?;
         let sampled = sample_window(cfg, cpu, &barrier);
-        let mut total = ThreadStats::new();
+        let mut total = ThreadStats::new(cfg.mix.as_deref());
         let mut driver = String::new();
         let mut first_err = None;
         for w in workers {
@@ -211,6 +219,8 @@ pub fn run(cfg: &RunConfig, cpu: Option<CpuSampler<'_>>) -> io::Result<RunResult
         }
         Ok(RunResult {
             latency: total.latency,
+            shed: total.shed,
+            tally: total.tally,
             lag: total.lag,
             ok: total.ok,
             sent: total.sent,
@@ -266,6 +276,8 @@ fn sleep_until_or_stop(deadline: Instant, stop: &AtomicBool) -> Option<()> {
 #[derive(Clone, Debug)]
 struct ThreadStats {
     latency: Histogram<u64>,
+    shed: Histogram<u64>,
+    tally: Option<Tally>,
     lag: Histogram<u64>,
     ok: u64,
     sent: u64,
@@ -274,9 +286,11 @@ struct ThreadStats {
 }
 
 impl ThreadStats {
-    fn new() -> ThreadStats {
+    fn new(mix: Option<&Mix>) -> ThreadStats {
         ThreadStats {
             latency: new_histogram(),
+            shed: new_histogram(),
+            tally: mix.map(|m| Tally::new(m.requests.len(), m.executors)),
             lag: new_histogram(),
             ok: 0,
             sent: 0,
@@ -288,6 +302,10 @@ impl ThreadStats {
     fn merge(&mut self, other: &ThreadStats) {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        let _ = self.shed.add(&other.shed);
+        if let (Some(a), Some(b)) = (&mut self.tally, &other.tally) {
+            a.merge(b);
+        }
         let _ = self.lag.add(&other.lag);
         self.ok += other.ok;
         self.sent += other.sent;
@@ -347,7 +365,7 @@ async fn thread_async(cfg: RunConfig, conns: Vec<usize>, barrier: &Barrier) -> T
         t0,
         win_start,
         win_end: win_start + cfg.duration,
-        stats: RefCell::new(ThreadStats::new()),
+        stats: RefCell::new(ThreadStats::new(cfg.mix.as_deref())),
         cfg,
     });
     ctx.stats.borrow_mut().errors = initial_errors;
@@ -378,6 +396,7 @@ async fn drive(ctx: Rc<Ctx>, index: usize, mut stream: Option<TcpStream>) {
         Load::Closed => None,
     };
     let mut parser = ResponseParser::new(cfg.request.head_request);
+    let mut rng = cfg.mix.as_ref().map(|m| m.rng_for(index));
     let mut buf = Vec::with_capacity(READ_BUF);
     let mut k: u64 = 0;
     // When the previous response ended (or the run started).
@@ -423,12 +442,17 @@ async fn drive(ctx: Rc<Ctx>, index: usize, mut stream: Option<TcpStream>) {
         if belongs {
             ctx.stats.borrow_mut().sent += 1;
         }
+        let (request, runtime) = match (&cfg.mix, &mut rng) {
+            (Some(mix), Some(rng)) => {
+                let i = mix.zipf.draw(rng);
+                (&mix.requests[i], Some(i))
+            }
+            _ => (&cfg.request, None),
+        };
         let left = cfg.timeout.saturating_sub(start.elapsed());
-        let outcome = monoio::time::timeout(
-            left,
-            exchange(&mut stream, addr, &cfg.request, &mut parser, buf),
-        )
-        .await;
+        let outcome =
+            monoio::time::timeout(left, exchange(&mut stream, addr, request, &mut parser, buf))
+                .await;
         let done = Instant::now();
         free_since = done;
         let result = match outcome {
@@ -453,12 +477,18 @@ async fn drive(ctx: Rc<Ctx>, index: usize, mut stream: Option<TcpStream>) {
                     if belongs {
                         record(&mut st.latency, done - start);
                         st.body_bytes += resp.body_len;
+                        if let (Some(t), Some(i)) = (&mut st.tally, runtime) {
+                            t.record(i, &resp);
+                        }
                     }
                     if done >= ctx.win_start && done <= ctx.win_end {
                         st.ok += 1;
                     }
                 } else if belongs {
                     st.errors.add(ErrorKind::Status(resp.status));
+                    if resp.status == 503 {
+                        record(&mut st.shed, done - start);
+                    }
                 }
             }
             Err(kind) => {

@@ -3,6 +3,7 @@
 //! plan (`plan`) and report.
 
 pub mod cli;
+pub mod coldstart;
 pub mod fastmock;
 pub mod gen;
 pub mod idle;
@@ -10,8 +11,9 @@ pub mod mock;
 pub mod plan;
 pub mod procs;
 pub mod report;
+pub mod warm;
 
-pub use fastmock::FastMock;
+pub use fastmock::{FastMock, FastMockOptions, MockStats};
 pub use mock::{
     pattern_byte, pattern_sha256, sha256_hex, HealthMode, MockExecutor, MockOptions,
     RecordedRequest,

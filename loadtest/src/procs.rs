@@ -344,6 +344,15 @@ impl ProxyProcess {
                     return Ok(proxy);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                // Its stderr closed without the line: it is exiting (e.g. a bad setting).
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = proxy.child.wait()?;
+                    return Err(io::Error::other(format!(
+                        "proxy exited with {status} before listening; log {}:\n{}",
+                        spec.log.display(),
+                        tail(&spec.log, 20)
+                    )));
+                }
                 Err(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,

@@ -20,6 +20,7 @@ fn config(addrs: Vec<SocketAddr>, request: Request, connections: usize, load: Lo
         duration: Duration::from_millis(900),
         timeout: Duration::from_secs(5),
         stop: Arc::new(AtomicBool::new(false)),
+        mix: None,
     }
 }
 

@@ -2,13 +2,14 @@
 //! targets `--url`), drives load with the generator, writes the report (`--help`).
 
 use opr_loadtest::cli::{self, Args, MockKind, Mode};
+use opr_loadtest::coldstart::{self, Mix, Tally};
 use opr_loadtest::gen::stats::{ms, Summary};
 use opr_loadtest::gen::{self, Load, Request, RunConfig, RunResult};
 use opr_loadtest::idle;
 use opr_loadtest::plan::{self, CpuSets, Scenario, ScenarioRun, Step, Verdict};
 use opr_loadtest::procs::{self, BusyMeter, CpuMeter, ProxyProcess, ProxySpec};
 use opr_loadtest::report::{self, Machine, Report};
-use opr_loadtest::{FastMock, MockExecutor, MockOptions};
+use opr_loadtest::{FastMock, FastMockOptions, MockExecutor, MockOptions};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,6 +105,13 @@ fn run(args: &Args) -> Result<(), String> {
                     },
                     _ => Load::Closed,
                 };
+                if args.runtimes.is_some() {
+                    coldstart_run(&runner, &mut target, scenario, conns, load)?;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    continue;
+                }
                 let before = target.mocks.requests();
                 let r = runner.run(&target, scenario, conns, load, args.window())?;
                 print_run(scenario, conns, load, &r, &runner);
@@ -137,12 +145,19 @@ enum Mocks {
 }
 
 impl Mocks {
-    fn start(
-        kind: MockKind,
-        n: usize,
-        slow: Option<Duration>,
-        queue: bool,
-    ) -> Result<Mocks, String> {
+    fn start(args: &Args) -> Result<Mocks, String> {
+        let (kind, n, slow, queue) = (
+            args.mock,
+            args.executors,
+            args.slow_executor,
+            args.slow_queue,
+        );
+        let model = FastMockOptions {
+            warm: args.warm,
+            service: args.service,
+            slots: args.mock_concurrency,
+        };
+        let any = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
         let err = |e: std::io::Error| format!("cannot start mock executor: {e}");
         if slow.is_some() && kind != MockKind::Std {
             return Err("--slow-executor needs --mock std".into());
@@ -150,7 +165,9 @@ impl Mocks {
         Ok(match kind {
             MockKind::Fast => Mocks::Fast(
                 (1..=n)
-                    .map(|i| FastMock::start_named(&format!("executor-{i}")).map_err(err))
+                    .map(|i| {
+                        FastMock::start_with(&format!("executor-{i}"), any, model).map_err(err)
+                    })
                     .collect::<Result<_, _>>()?,
             ),
             MockKind::Std => Mocks::Std(
@@ -182,6 +199,31 @@ impl Mocks {
             Mocks::None => Vec::new(),
             Mocks::Fast(m) => m.iter().map(FastMock::hostname).collect(),
             Mocks::Std(m) => m.iter().map(MockExecutor::hostname).collect(),
+        }
+    }
+
+    /// Fast mocks' counters, in executor order (empty otherwise).
+    fn stats(&self) -> Vec<opr_loadtest::MockStats> {
+        match self {
+            Mocks::Fast(m) => m.iter().map(FastMock::stats).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Stops mock executor `i` (0-based): its port refuses connections from now on.
+    fn stop(&mut self, i: usize) {
+        match self {
+            Mocks::None => {}
+            Mocks::Fast(m) => {
+                if let Some(m) = m.get_mut(i) {
+                    m.stop();
+                }
+            }
+            Mocks::Std(m) => {
+                if let Some(m) = m.get(i) {
+                    m.stop();
+                }
+            }
         }
     }
 
@@ -246,12 +288,7 @@ fn local_target(args: &Args, cpus: &[usize]) -> Result<Target, String> {
     } else {
         (cpus.to_vec(), cpus.to_vec())
     };
-    let mocks = Mocks::start(
-        args.mock,
-        args.executors,
-        args.slow_executor,
-        args.slow_queue,
-    )?;
+    let mocks = Mocks::start(args)?;
     setup.push(("executors".to_string(), mocks.describe()));
     if args.direct {
         setup.push((
@@ -436,6 +473,20 @@ impl Runner<'_> {
         load: Load,
         window: Duration,
     ) -> Result<RunResult, String> {
+        self.run_mix(target, addrs, scenario, connections, load, window, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_mix(
+        &self,
+        target: &Target,
+        addrs: &[SocketAddr],
+        scenario: Scenario,
+        connections: usize,
+        load: Load,
+        window: Duration,
+        mix: Option<Arc<Mix>>,
+    ) -> Result<RunResult, String> {
         let cfg = RunConfig {
             addrs: addrs.to_vec(),
             request: request(target, scenario),
@@ -446,9 +497,154 @@ impl Runner<'_> {
             duration: window,
             timeout: self.args.timeout,
             stop: Arc::clone(self.stop),
+            mix,
         };
         gen::run(&cfg, Some(self.sampler)).map_err(|e| format!("load generator: {e}"))
     }
+}
+
+/// A cold-start run (`--runtimes`): requests spread over runtimes by popularity; prints the
+/// usual RESULT line, then `COLDSTART key=value ...` for coldstart.sh. With
+/// `--stop-executor` a second phase follows with that executor stopped, and the line says
+/// how many runtimes moved to another executor.
+fn coldstart_run(
+    runner: &Runner<'_>,
+    target: &mut Target,
+    scenario: Scenario,
+    conns: usize,
+    load: Load,
+) -> Result<(), String> {
+    let args = runner.args;
+    let runtimes = args.runtimes.unwrap_or(1);
+    let mix = {
+        let t = &*target;
+        Arc::new(Mix::new(
+            runtimes,
+            args.zipf,
+            args.seed,
+            args.executors,
+            |id| {
+                let mut headers = t.headers.clone();
+                headers.push(("x-opr-runtime-id".into(), id.to_string()));
+                Request::new(
+                    scenario.method(),
+                    scenario.path(),
+                    &t.host_header,
+                    &headers,
+                    scenario.body_len(),
+                )
+            },
+        ))
+    };
+    let window = args.window();
+    let r = runner.run_mix(
+        target,
+        &target.addrs,
+        scenario,
+        conns,
+        load,
+        window,
+        Some(Arc::clone(&mix)),
+    )?;
+    print_run(scenario, conns, load, &r, runner);
+    check_alive(target)?;
+    let mut line = coldstart_fields(&r, args.executors);
+    let stats = target.mocks.stats();
+    for (i, s) in stats.iter().enumerate() {
+        println!(
+            "MOCK executor-{} requests={} cold_starts={} cold_waits={} warm_hits={} max_in_flight={}",
+            i + 1,
+            s.requests,
+            s.cold_starts,
+            s.cold_waits,
+            s.warm_hits,
+            s.max_in_flight
+        );
+    }
+    let max_inflight = stats.iter().map(|s| s.max_in_flight).max();
+    line.push_str(&format!(
+        " mock_max_inflight={}",
+        max_inflight.map_or_else(|| "NA".to_string(), |m| m.to_string())
+    ));
+    if let (Some(stop), Some(before)) = (args.stop_executor, r.tally.as_ref()) {
+        target.mocks.stop(stop - 1);
+        eprintln!(
+            "loadtest: stopped executor-{stop}; settling {:.1} s",
+            args.settle.as_secs_f64()
+        );
+        std::thread::sleep(args.settle);
+        let r2 = runner.run_mix(
+            target,
+            &target.addrs,
+            scenario,
+            conns,
+            load,
+            window,
+            Some(mix),
+        )?;
+        print_run(scenario, conns, load, &r2, runner);
+        check_alive(target)?;
+        let empty = Tally::new(0, 1);
+        let after = r2.tally.as_ref().unwrap_or(&empty);
+        let (both, moved) = coldstart::moved(before, after, args.moved_min);
+        let pct = if both > 0 {
+            format!("{:.1}", 100.0 * moved as f64 / both as f64)
+        } else {
+            "NA".into()
+        };
+        let (shares2, _) = coldstart::shares(&after.per_executor, args.executors - 1);
+        line.push_str(&format!(
+            " moved_runtimes={both} moved={moved} moved_pct={pct} moved_min={} phase2_errors={} \
+             phase2_shares={}",
+            args.moved_min,
+            r2.errors.total(),
+            join_pct(&shares2)
+        ));
+    }
+    println!("COLDSTART {line}");
+    Ok(())
+}
+
+/// The COLDSTART fields of one window.
+fn coldstart_fields(r: &RunResult, executors: usize) -> String {
+    let s = Summary::of(&r.latency);
+    let shed = Summary::of(&r.shed);
+    let shed_n = r.errors.status.get(&503).copied().unwrap_or(0);
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "NA".to_string(), |v| format!("{v:.digits$}"))
+    };
+    let empty = Tally::new(0, executors.max(1));
+    let t = r.tally.as_ref().unwrap_or(&empty);
+    let (shares, max_share) = coldstart::shares(&t.per_executor, executors);
+    format!(
+        "requests={} ok={} rps={:.0} p50_ms={} p99_ms={} p999_ms={} cold_pct={} wait_pct={} cold_starts={} cold_waits={} warm={} untracked={} shares={} max_share={} shed={shed_n} shed_p50_ms={} shed_p99_ms={} errors={} other_errors={}",
+        r.sent,
+        r.ok,
+        r.throughput(),
+        if s.count > 0 { ms(s.p50) } else { "NA".into() },
+        if s.count > 0 { ms(s.p99) } else { "NA".into() },
+        if s.count > 0 { ms(s.p999) } else { "NA".into() },
+        opt(t.cold_pct(), 2),
+        opt(t.wait_pct(), 2),
+        t.cold_starts,
+        t.cold_waits,
+        t.warm,
+        t.untracked,
+        join_pct(&shares),
+        opt(max_share, 2),
+        if shed.count > 0 { ms(shed.p50) } else { "NA".into() },
+        if shed.count > 0 { ms(shed.p99) } else { "NA".into() },
+        r.errors.total(),
+        r.errors.total() - shed_n,
+    )
+}
+
+/// `25.1/24.9/...`
+fn join_pct(v: &[f64]) -> String {
+    v.iter()
+        .map(|p| format!("{p:.1}"))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn check_alive(target: &mut Target) -> Result<(), String> {

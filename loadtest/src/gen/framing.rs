@@ -9,6 +9,8 @@ const MAX_LINE: usize = 8 * 1024;
 /// Most header fields accepted in a response head.
 const MAX_HEADERS: usize = 128;
 
+use crate::warm::Warmth;
+
 /// A complete response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Response {
@@ -17,6 +19,10 @@ pub struct Response {
     pub keep_alive: bool,
     /// Decoded body length (chunk framing excluded).
     pub body_len: u64,
+    /// N of `x-mock-name: …-N` (the mock executors of a load test are `executor-N`).
+    pub executor: Option<u16>,
+    /// `x-mock-cold`: how warm the mock's runtime was.
+    pub warmth: Warmth,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +87,8 @@ pub struct ResponseParser {
     status: u16,
     keep_alive: bool,
     body_len: u64,
+    executor: Option<u16>,
+    warmth: Warmth,
     /// The request was HEAD: no response carries a body.
     head_request: bool,
 }
@@ -94,6 +102,8 @@ impl ResponseParser {
             status: 0,
             keep_alive: true,
             body_len: 0,
+            executor: None,
+            warmth: Warmth::Untracked,
             head_request,
         }
     }
@@ -231,6 +241,8 @@ impl ResponseParser {
         let mut keep_alive = minor == 1;
         let mut chunked_last = None;
         let mut length: Option<u64> = None;
+        let mut executor = None;
+        let mut warmth = Warmth::Untracked;
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection") {
                 for token in h.value.split(|&b| b == b',') {
@@ -250,6 +262,10 @@ impl ResponseParser {
                 if let Some(last) = last {
                     chunked_last = Some(last.eq_ignore_ascii_case(b"chunked"));
                 }
+            } else if h.name.eq_ignore_ascii_case("x-mock-name") {
+                executor = trailing_number(h.value);
+            } else if h.name.eq_ignore_ascii_case("x-mock-cold") {
+                warmth = Warmth::parse(trim(h.value));
             } else if h.name.eq_ignore_ascii_case("content-length") {
                 for v in h.value.split(|&b| b == b',') {
                     let n = parse_decimal(trim(v))
@@ -264,6 +280,8 @@ impl ResponseParser {
         self.status = status;
         self.keep_alive = keep_alive;
         self.body_len = 0;
+        self.executor = executor;
+        self.warmth = warmth;
         self.head.clear();
 
         // RFC 9112 §6.3, in order.
@@ -337,6 +355,8 @@ impl ResponseParser {
             status: self.status,
             keep_alive: self.keep_alive,
             body_len: self.body_len,
+            executor: self.executor,
+            warmth: self.warmth,
         };
         self.reset();
         Feed {
@@ -364,6 +384,14 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, FramingError> {
         None | Some(b';') => Ok(size),
         Some(_) => Err(FramingError::BadChunk("invalid chunk size")),
     }
+}
+
+/// `12` of `executor-12`.
+fn trailing_number(v: &[u8]) -> Option<u16> {
+    let v = trim(v);
+    let digits = v.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let n = parse_decimal(&v[v.len() - digits..])?;
+    u16::try_from(n).ok()
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {
@@ -426,6 +454,8 @@ mod tests {
             status,
             keep_alive,
             body_len,
+            executor: None,
+            warmth: Warmth::Untracked,
         }
     }
 
@@ -563,5 +593,20 @@ mod tests {
             input.extend_from_slice(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
         assert_eq!(run(&input, 4096, false), Err(FramingError::HeadTooLarge));
+    }
+
+    #[test]
+    fn mock_tags_are_captured() {
+        let r = run(
+            b"HTTP/1.1 200 OK\r\nX-Mock-Name: executor-12\r\nx-mock-cold: wait \r\ncontent-length: 0\r\n\r\n\
+              HTTP/1.1 200 OK\r\nx-mock-name: b\r\ncontent-length: 0\r\n\r\n",
+            7,
+            false,
+        )
+        .expect("two responses");
+        assert_eq!((r[0].executor, r[0].warmth), (Some(12), Warmth::ColdWait));
+        // Nothing carried over from the previous response.
+        assert_eq!((r[1].executor, r[1].warmth), (None, Warmth::Untracked));
+        assert_eq!(trailing_number(b"executor-70000"), None);
     }
 }
