@@ -192,11 +192,15 @@ const AUTO_OFF: [(&str, bool); 2] = [("auto", true), ("off", false)];
 pub struct ExecutorAddr {
     pub host: String,
     pub port: u16,
+    /// The item as the operator spelled it (trimmed): the executor's name in
+    /// `x-opr-executor-hostname`, `/v1/proxy/containers`, logs, reports and metrics, as
+    /// the original shows it (`mockoon1`, not `mockoon1:80`).
+    pub name: String,
 }
 
 impl ExecutorAddr {
-    /// `host:port`, with IPv6 in brackets (`[::1]:8080`): the executor's name in logs,
-    /// `/v1/proxy/containers` and the `Host` header.
+    /// `host:port`, with IPv6 in brackets (`[::1]:8080`): where the executor is reached
+    /// (the health probe's URL and the `Host` header sent for HTTP/1.0 clients).
     pub fn hostname(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -625,7 +629,8 @@ fn parse_executor(item: &str) -> Result<ExecutorAddr, String> {
         },
     };
     let host = host.to_string();
-    Ok(ExecutorAddr { host, port })
+    let name = item.to_string();
+    Ok(ExecutorAddr { host, port, name })
 }
 
 /// The forms `OPR_PROXY_LOGGING_CONFIG` takes for `provider`, for error messages.
@@ -849,7 +854,13 @@ mod tests {
         ExecutorAddr {
             host: host.into(),
             port,
+            name: format!("{host}:{port}"),
         }
+    }
+
+    /// Where the executors are reached, without the names they are shown by.
+    fn reached(executors: &[ExecutorAddr]) -> Vec<(String, u16)> {
+        executors.iter().map(|e| (e.host.clone(), e.port)).collect()
     }
 
     #[test]
@@ -860,7 +871,8 @@ mod tests {
             (c.algorithm, c.worker_per_core, c.cores),
             (Algorithm::Random, 1, None)
         );
-        assert_eq!(c.executors, vec![addr("exc1", 80)]);
+        assert_eq!(reached(&c.executors), reached(&[addr("exc1", 80)]));
+        assert_eq!(c.executors[0].name, "exc1");
         assert!(c.healthcheck);
         assert_eq!(c.healthcheck_interval, Duration::from_millis(10_000));
         assert_eq!(c.healthcheck_timeout, Duration::from_millis(10_000));
@@ -1109,7 +1121,7 @@ mod tests {
             ("a,a", &[addr("a", 80), addr("a", 80)]),
         ];
         for (list, want) in cases {
-            assert_eq!(executors(list).unwrap(), *want, "{list}");
+            assert_eq!(reached(&executors(list).unwrap()), reached(want), "{list}");
         }
         assert_eq!(addr("exc1", 80).hostname(), "exc1:80");
         assert_eq!(addr("::1", 8080).hostname(), "[::1]:8080");

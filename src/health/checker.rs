@@ -45,8 +45,11 @@ struct Settings {
 struct Target {
     host: String,
     port: u16,
-    /// `host:port` (`[v6]:port`): the snapshot's name and the probe's URL authority.
+    /// `host:port` (`[v6]:port`): the probe's URL authority, and the `Host` sent for
+    /// HTTP/1.0 clients.
     hostname: String,
+    /// As the operator spelled it: the name the snapshot shows.
+    name: String,
 }
 
 impl From<&ExecutorAddr> for Target {
@@ -55,6 +58,7 @@ impl From<&ExecutorAddr> for Target {
             host: executor.host.clone(),
             port: executor.port,
             hostname: executor.hostname(),
+            name: executor.name.clone(),
         }
     }
 }
@@ -259,7 +263,8 @@ fn probe_one(
         ProbeResult::online_unknown()
     };
     ExecutorStatus {
-        hostname: target.hostname.clone(),
+        hostname: target.name.clone(),
+        authority: target.hostname.clone(),
         online: result.online,
         state_status: result.state_status,
         usage: result.usage,
@@ -294,7 +299,8 @@ fn resolve(target: &Target) -> Result<Vec<SocketAddr>, String> {
 /// An offline executor with no addresses; the caller may keep older ones.
 fn failed(target: &Target, reason: String) -> ExecutorStatus {
     ExecutorStatus {
-        hostname: target.hostname.clone(),
+        hostname: target.name.clone(),
+        authority: target.hostname.clone(),
         online: false,
         state_status: None,
         usage: None,
@@ -475,6 +481,7 @@ mod tests {
             ExecutorAddr {
                 host: self.addr.ip().to_string(),
                 port: self.addr.port(),
+                name: self.addr.to_string(),
             }
         }
 
@@ -525,6 +532,7 @@ mod tests {
         ExecutorAddr {
             host: "127.0.0.1".to_string(),
             port,
+            name: format!("127.0.0.1:{port}"),
         }
     }
 
@@ -621,6 +629,7 @@ mod tests {
             host: hostname.to_string(),
             port: 80,
             hostname: hostname.to_string(),
+            name: hostname.to_string(),
         };
         let mut status = failed(&target, "connection refused".to_string());
         status.online = online;
@@ -724,6 +733,7 @@ mod tests {
         let unresolvable = ExecutorAddr {
             host: "nonexistent.invalid".to_string(),
             port: 80,
+            name: "nonexistent.invalid".to_string(),
         };
         let mut checker = checker_for(
             &[up.executor(), local(free_port()), unresolvable],
@@ -740,7 +750,9 @@ mod tests {
             assert_eq!(executor.last_error, None);
         }
         let dns = &snapshot.executors[2];
-        assert_eq!(dns.hostname, "nonexistent.invalid:80");
+        // Shown as spelled, reached at host:port.
+        assert_eq!(dns.hostname, "nonexistent.invalid");
+        assert_eq!(dns.authority, "nonexistent.invalid:80");
         assert!(!dns.online);
         assert!(dns.addrs.is_empty());
         let reason = dns.last_error.as_deref().unwrap_or_default();
@@ -753,6 +765,7 @@ mod tests {
         let executor = ExecutorAddr {
             host: "nonexistent.invalid".to_string(),
             port: 8080,
+            name: "nonexistent.invalid:8080".to_string(),
         };
         let mut checker = checker_for(&[executor], true, None);
         let mut before = failed(&checker.settings.targets[0], "old".to_string());
@@ -776,6 +789,7 @@ mod tests {
         let executor = ExecutorAddr {
             host: "::1".to_string(),
             port,
+            name: format!("[::1]:{port}"),
         };
         let snapshot = checker_for(&[executor], true, None).round();
         let e = &snapshot.executors[0];

@@ -279,7 +279,7 @@ impl Stream {
             let rw = RequestRewrite {
                 authorization: &ctx.executor_authorization,
                 forwarded_for: self.peer.ip(),
-                executor_host: &status.hostname,
+                executor_host: &status.authority,
                 dev_executor_hostname: ctx.config.is_development().then_some(&status.hostname),
                 strip_expect: true,
             };

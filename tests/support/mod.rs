@@ -15,6 +15,8 @@ use opr_proxy::Server;
 use sha2::{Digest, Sha256};
 
 pub mod h2raw;
+pub mod mockoon;
+pub mod netns;
 pub mod scripted;
 
 pub const SECRET: &str = "proxy-secret";
@@ -465,6 +467,21 @@ impl ProxyProcess {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        ProxyProcess::spawn(cmd)
+    }
+
+    /// Start the binary with exactly `env` (nothing of the test defaults).
+    pub fn start_env(env: &[(&str, &str)]) -> ProxyProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opr-proxy"));
+        cmd.env_clear()
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        ProxyProcess::spawn(cmd)
+    }
+
+    /// Spawn and wait for the `listening on` line.
+    fn spawn(mut cmd: Command) -> ProxyProcess {
         let mut child = cmd.spawn().expect("spawn opr-proxy");
         let stderr = child.stderr.take().unwrap();
         let stdout = child.stdout.take().unwrap();
