@@ -64,6 +64,26 @@ pub enum Algorithm {
     P2c,
 }
 
+impl Algorithm {
+    /// The `OPR_PROXY_ALGORITHM` word, as logs and messages show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::Random => "random",
+            Algorithm::First => "first",
+            Algorithm::Last => "last",
+            Algorithm::LeastRequest => "least-request",
+            Algorithm::P2c => "p2c",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 const ALGORITHMS: [(&str, Algorithm); 6] = [
     ("round-robin", Algorithm::RoundRobin),
     ("random", Algorithm::Random),
@@ -392,14 +412,48 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The value of a URL-valued variable is shown without its user info: the message
+    /// goes to logs, the password must not.
     fn new(variable: &'static str, value: &str, allowed: impl Into<String>) -> ConfigError {
-        let (value, allowed) = (value.to_string(), allowed.into());
+        let value = if URL_VALUED.contains(&variable) {
+            redact_user_info(value)
+        } else {
+            value.to_string()
+        };
+        let allowed = allowed.into();
         ConfigError {
             variable,
             value,
             allowed,
         }
     }
+}
+
+/// Variables whose values are URLs (or lists of them) that may carry `user:password@`.
+const URL_VALUED: [&str; 3] = [
+    OPR_PROXY_EXECUTORS,
+    OPR_PROXY_HEALTHCHECK_URL,
+    OPR_PROXY_LOGGING_ENDPOINT,
+];
+
+/// `value` with the user info of each comma-separated item shown as `<redacted>`
+/// (`http://<redacted>@host/`): everything between the scheme (or the item's start) and
+/// its last `@` goes, so a password holding `/`, `?` or `#` cannot leak either.
+fn redact_user_info(value: &str) -> String {
+    let items: Vec<String> = value
+        .split(',')
+        .map(|item| {
+            let Some(at) = item.rfind('@') else {
+                return item.to_string();
+            };
+            let start = match item.find("://") {
+                Some(i) if i < at => i + 3,
+                _ => item.len() - item.trim_start().len(),
+            };
+            format!("{}<redacted>{}", &item[..start], &item[at..])
+        })
+        .collect();
+    items.join(",")
 }
 
 impl fmt::Display for ConfigError {
@@ -564,8 +618,8 @@ impl Source<'_> {
     fn healthcheck_url(&self) -> Parsed<Option<String>> {
         match self.get(OPR_PROXY_HEALTHCHECK_URL) {
             Some(url) if !valid_http_url(&url) => {
-                let allowed =
-                    "allowed values are http:// or https:// URLs with a host, or empty for none";
+                let allowed = "allowed values are http:// or https:// URLs with a host (and a \
+                    port from 1 to 65535), or empty for none";
                 Err(ConfigError::new(OPR_PROXY_HEALTHCHECK_URL, &url, allowed))
             }
             url => Ok(url),
@@ -783,11 +837,23 @@ fn valid_http_url(url: &str) -> bool {
     // authority = [userinfo@]host[:port], up to the path, query or fragment.
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host_port = authority.rsplit('@').next().unwrap_or("");
-    let host = match host_port.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
-        None => host_port.split(':').next().unwrap_or(""),
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, tail) = bracketed.split_once(']').unwrap_or((bracketed, ""));
+            (host, tail.strip_prefix(':'))
+        }
+        None => match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
     };
-    !host.is_empty()
+    // RFC 3986 §3.2.3: the port is decimal digits; a connection needs 1-65535 (empty
+    // means the scheme's default).
+    let port_ok = port.is_none_or(|p| {
+        p.is_empty()
+            || (p.bytes().all(|b| b.is_ascii_digit()) && matches!(p.parse::<u16>(), Ok(1..)))
+    });
+    !host.is_empty() && port_ok
 }
 
 /// Where `opr-proxy healthcheck` reaches the proxy on this host: `OPR_PROXY_HOST` and
@@ -1027,7 +1093,14 @@ mod tests {
             (OPR_PROXY_HEALTHCHECK_TIMEOUT, &["0", "3600001"]),
             (OPR_PROXY_HEALTHCHECK_URL, &["h.io", "ftp://h/", "http://"]),
             (OPR_PROXY_HEALTHCHECK_URL, &["https:///p", "http://:80/"]),
-            (OPR_PROXY_HEALTHCHECK_URL, &["http://u@/x", "http://[]/"]),
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                &["http://[]/", "http://h:99999/"],
+            ),
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                &["http://h:0/", "http://h:8o/", "http://[::1]:65536"],
+            ),
             (OPR_PROXY_HEALTHCHECK_URL, &["http://h/a b"]),
             (OPR_PROXY_MAX_TIMEOUT, &["0", "86401", "1.5"]),
             (OPR_PROXY_CONNECT_TIMEOUT, &["0", "3601"]),
@@ -1128,6 +1201,72 @@ mod tests {
     }
 
     #[test]
+    fn executors_are_named_as_spelled() {
+        let list = " mockoon1 , mockoon2:80,http://exc3:3000/ ,\t[::1]:8080";
+        let names: Vec<String> = executors(list)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["mockoon1", "mockoon2:80", "http://exc3:3000/", "[::1]:8080"]
+        );
+    }
+
+    #[test]
+    fn algorithms_are_shown_as_spelled() {
+        for (word, algorithm) in ALGORITHMS {
+            assert_eq!(algorithm.as_str(), word);
+            assert_eq!(algorithm.to_string(), word);
+            assert_eq!(ok(&[(OPR_PROXY_ALGORITHM, word)]).algorithm, algorithm);
+        }
+    }
+
+    #[test]
+    fn url_errors_never_show_user_info() {
+        let cases = [
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                "http://u:s3cret@h:99999/x",
+                "http://<redacted>@h:99999/x",
+            ),
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                "https://u:s3/c#r?et@/x",
+                "https://<redacted>@/x",
+            ),
+            (
+                OPR_PROXY_EXECUTORS,
+                "a, http://u:s3cret@b:80",
+                "http://<redacted>@b:80",
+            ),
+            (OPR_PROXY_EXECUTORS, "u:s3cret@b", "<redacted>@b"),
+            (
+                OPR_PROXY_EXECUTORS,
+                "a,,http://u:s3cret@b",
+                "a,,http://<redacted>@b",
+            ),
+        ];
+        for (variable, value, shown) in cases {
+            let e = err(&[(variable, value)]);
+            assert_eq!((e.variable, e.value.as_str()), (variable, shown));
+            assert!(!e.to_string().contains("s3"), "{e}");
+        }
+        let pairs = [
+            (OPR_PROXY_LOGGING_CONFIG, "raygun://k"),
+            (
+                OPR_PROXY_LOGGING_ENDPOINT,
+                "https://u:s3cret@relay.internal/",
+            ),
+        ];
+        let e = err(&pairs);
+        assert_eq!(e.variable, OPR_PROXY_LOGGING_ENDPOINT);
+        assert_eq!(e.value, "https://<redacted>@relay.internal/");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
     fn executor_errors_name_the_item() {
         let bad = "https://exc1 ftp://exc1 http://exc1/v1 exc1/v1 http://exc1:80/x exc1? exc1?x \
                    exc1#x http://exc1// user@exc1 http://u:p@exc1 exc1:0 exc1:65536 exc1:http \
@@ -1135,9 +1274,10 @@ mod tests {
                    [::1]:0 []:80";
         for item in bad.split_whitespace().chain(["exc 1"]) {
             let e = executors(&format!("good, {item}")).unwrap_err();
+            // Shown without user info (`<redacted>@exc1`).
             assert_eq!(
                 (e.variable, e.value.as_str()),
-                (OPR_PROXY_EXECUTORS, item),
+                (OPR_PROXY_EXECUTORS, redact_user_info(item).as_str()),
                 "{e}"
             );
         }
@@ -1422,7 +1562,7 @@ mod tests {
             (
                 &[(C, "raygun://k"), (E, "http://u:p@h")],
                 E,
-                "http://u:p@h",
+                "http://<redacted>@h",
                 "no user info",
             ),
         ];

@@ -588,11 +588,22 @@ impl Drop for ProxyProcess {
 /// Start the binary with exactly `env` and expect a start error: exit code 2 and one
 /// stderr line naming `var`. Returns that line.
 pub fn assert_start_error(env: &[(&str, &str)], var: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_opr-proxy"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opr-proxy"))
         .env_clear()
         .envs(env.iter().copied())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A value wrongly accepted starts the proxy, which would never exit by itself.
+    let exited = eventually(Duration::from_secs(20), || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(exited, "{env:?}: started instead of exiting 2");
     assert_eq!(out.status.code(), Some(2), "{env:?}");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
