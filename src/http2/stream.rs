@@ -161,6 +161,10 @@ impl Stream {
         super::head::write_request(&mut buf, &parts, has_body);
         drop(parts);
         let mut headers = Vec::new();
+        if self.ctx.access_log.is_some() {
+            // A head refused below is logged with its request line, as over HTTP/1.
+            access_log::keep_partial_request_line(&mut self.request_line.borrow_mut(), &buf);
+        }
         let head = match head::parse_request(&buf, &mut headers) {
             Ok(Some(head)) => head,
             Ok(None) => {
