@@ -112,12 +112,14 @@ impl AccessLog {
             return;
         }
         let (method, target) = split_request_line(e.request_line);
-        let target = String::from_utf8_lossy(&target[..target.len().min(MAX_TARGET)]);
-        let method = String::from_utf8_lossy(method);
+        let target = &target[..target.len().min(MAX_TARGET)];
         let mut w = VecWriter(&mut lines);
         let _ = match self.format {
-            AccessLogFormat::Text => text(&mut w, e, &method, &target),
-            AccessLogFormat::Json => json(&mut w, e, &method, &target),
+            AccessLogFormat::Text => text(&mut w, e, method, target),
+            AccessLogFormat::Json => {
+                let target = String::from_utf8_lossy(target);
+                json(&mut w, e, &String::from_utf8_lossy(method), &target)
+            }
         };
     }
 
@@ -160,6 +162,29 @@ pub(crate) fn keep_request_line(line: &mut Vec<u8>, buf: &[u8], head: &RequestHe
     line.extend_from_slice(&target[..target.len().min(4096)]);
 }
 
+/// Keep the request line of a head the proxy refused (or one still arriving), as far as
+/// it was read: from its first byte (empty lines before it skipped) up to CR, LF or 4 KiB,
+/// without the version when the line is whole, so it reads like any other line.
+pub(crate) fn keep_partial_request_line(line: &mut Vec<u8>, pending: &[u8]) {
+    line.clear();
+    let skip = pending
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(pending.len());
+    let read = &pending[skip..pending.len().min(skip + 4096)];
+    let (mut kept, whole) = match read.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(end) => (&read[..end], true),
+        None => (read, false),
+    };
+    if whole {
+        kept = kept
+            .strip_suffix(b" HTTP/1.1")
+            .or_else(|| kept.strip_suffix(b" HTTP/1.0"))
+            .unwrap_or(kept);
+    }
+    line.extend_from_slice(kept);
+}
+
 fn split_request_line(line: &[u8]) -> (&[u8], &[u8]) {
     match line.iter().position(|&b| b == b' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
@@ -168,12 +193,12 @@ fn split_request_line(line: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// `2026-12-02T01:02:03.456Z 10.0.0.1 "GET /v1/x" 200 executor=10.0.0.2:80 tier=1 in=312 out=2048 us=845`
-fn text(w: &mut VecWriter<'_>, e: &Entry<'_>, method: &str, target: &str) -> std::fmt::Result {
+fn text(w: &mut VecWriter<'_>, e: &Entry<'_>, method: &[u8], target: &[u8]) -> std::fmt::Result {
     write_rfc3339(w, SystemTime::now())?;
     write!(w, " {} \"", e.client)?;
-    JsonEscape(w).write_str(method)?;
+    escape_bytes(w, method);
     w.write_char(' ')?;
-    JsonEscape(w).write_str(target)?;
+    escape_bytes(w, target);
     write!(
         w,
         "\" {} executor={} tier=",
@@ -191,6 +216,26 @@ fn text(w: &mut VecWriter<'_>, e: &Entry<'_>, method: &str, target: &str) -> std
         e.bytes_out,
         e.duration.as_micros()
     )
+}
+
+/// Request bytes inside the text line's quotes: printable ASCII as it is (`"` and `\`
+/// escaped), every other byte as `\xHH` — C0 controls, DEL, and each byte of non-ASCII
+/// text, C1 controls (U+0080–U+009F) included — so no byte a client sent reaches a
+/// terminal raw, and none is lost to a lossy UTF-8 conversion.
+fn escape_bytes(w: &mut VecWriter<'_>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        match b {
+            b'"' | b'\\' => w.0.extend_from_slice(&[b'\\', b]),
+            0x20..=0x7e => w.0.push(b),
+            _ => w.0.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
+    }
 }
 
 /// `{"time":…,"client":…,"method":…,"target":…,"status":…,"executor":…,"tier":…,
@@ -248,8 +293,8 @@ mod tests {
         text(
             &mut VecWriter(&mut out),
             &entry(b"GET /v1/x?a=\"b\""),
-            "GET",
-            "/v1/x?a=\"b\"",
+            b"GET",
+            b"/v1/x?a=\"b\"",
         )
         .unwrap();
         let line = String::from_utf8(out).unwrap();
@@ -267,6 +312,55 @@ mod tests {
         assert_eq!(v["target"].as_str(), Some("/\u{1}"));
         assert_eq!(v["durationUs"].as_u64(), Some(845));
         assert_eq!(v["tier"].as_u64(), Some(1));
+    }
+
+    /// Every byte outside printable ASCII is escaped in text lines: C0 controls, DEL, the
+    /// UTF-8 bytes of C1 controls (U+0085 NEL, U+009B CSI), invalid UTF-8; JSON lines
+    /// escape DEL and C1 controls as `\u` sequences.
+    #[test]
+    fn non_printable_bytes_are_escaped() {
+        let raw = b"G\x1bT /a\x7fb\xc2\x85c\xc2\x9b[2Jd\xffe\\f\x00\xc3\xa9";
+        let mut out = Vec::new();
+        let (method, target) = split_request_line(raw);
+        text(&mut VecWriter(&mut out), &entry(raw), method, target).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.is_ascii(), "{line}");
+        assert!(
+            line.bytes()
+                .all(|b| (0x20..0x7f).contains(&b) || b == b'\n'),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#""G\x1bT /a\x7fb\xc2\x85c\xc2\x9b[2Jd\xffe\\f\x00\xc3\xa9" 200"#),
+            "{line}"
+        );
+        let mut out = Vec::new();
+        let target = String::from_utf8_lossy(target);
+        json(&mut VecWriter(&mut out), &entry(raw), "G", &target).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.contains(r#"\u007fb\u0085c\u009b[2J"#), "{line}");
+        let v: sonic_rs::Value = sonic_rs::from_str(line.trim_end()).unwrap();
+        use sonic_rs::JsonValueTrait;
+        assert_eq!(v["target"].as_str(), Some(&*target));
+    }
+
+    #[test]
+    fn partial_request_lines() {
+        let mut line = b"stale".to_vec();
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"GET /a HTTP/1.1\r\nHost: h\r\n", b"GET /a"),
+            (b"\r\nPOST /b?x HTTP/1.0\n", b"POST /b?x"),
+            (b"GET /partial?q=", b"GET /partial?q="),
+            (b"GET /v HTTP/2.0\r\n", b"GET /v HTTP/2.0"),
+            (b"G\x7fT /\xc2\x85", b"G\x7fT /\xc2\x85"),
+            (b"", b""),
+        ];
+        for (pending, want) in cases {
+            keep_partial_request_line(&mut line, pending);
+            assert_eq!(line, want);
+        }
+        keep_partial_request_line(&mut line, &[b'a'; 10_000]);
+        assert_eq!(line.len(), 4096);
     }
 
     #[test]

@@ -70,6 +70,26 @@ pub enum Algorithm {
     P2c,
 }
 
+impl Algorithm {
+    /// The `OPR_PROXY_ALGORITHM` word, as logs and messages show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::Random => "random",
+            Algorithm::First => "first",
+            Algorithm::Last => "last",
+            Algorithm::LeastRequest => "least-request",
+            Algorithm::P2c => "p2c",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 const ALGORITHMS: [(&str, Algorithm); 6] = [
     ("round-robin", Algorithm::RoundRobin),
     ("random", Algorithm::Random),
@@ -78,16 +98,6 @@ const ALGORITHMS: [(&str, Algorithm); 6] = [
     ("least-request", Algorithm::LeastRequest),
     ("p2c", Algorithm::P2c),
 ];
-
-impl Algorithm {
-    /// The `OPR_PROXY_ALGORITHM` word for this algorithm.
-    pub fn name(self) -> &'static str {
-        ALGORITHMS
-            .iter()
-            .find(|(_, a)| *a == self)
-            .map_or("?", |(word, _)| word)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Env {
@@ -208,11 +218,15 @@ const AUTO_OFF: [(&str, bool); 2] = [("auto", true), ("off", false)];
 pub struct ExecutorAddr {
     pub host: String,
     pub port: u16,
+    /// The item as the operator spelled it (trimmed): the executor's name in
+    /// `x-opr-executor-hostname`, `/v1/proxy/containers`, logs, reports and metrics, as
+    /// the original shows it (`mockoon1`, not `mockoon1:80`).
+    pub name: String,
 }
 
 impl ExecutorAddr {
-    /// `host:port`, with IPv6 in brackets (`[::1]:8080`): the executor's name in logs,
-    /// `/v1/proxy/containers` and the `Host` header.
+    /// `host:port`, with IPv6 in brackets (`[::1]:8080`): where the executor is reached
+    /// (the health probe's URL and the `Host` header sent for HTTP/1.0 clients).
     pub fn hostname(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -434,14 +448,48 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The value of a URL-valued variable is shown without its user info: the message
+    /// goes to logs, the password must not.
     fn new(variable: &'static str, value: &str, allowed: impl Into<String>) -> ConfigError {
-        let (value, allowed) = (value.to_string(), allowed.into());
+        let value = if URL_VALUED.contains(&variable) {
+            redact_user_info(value)
+        } else {
+            value.to_string()
+        };
+        let allowed = allowed.into();
         ConfigError {
             variable,
             value,
             allowed,
         }
     }
+}
+
+/// Variables whose values are URLs (or lists of them) that may carry `user:password@`.
+const URL_VALUED: [&str; 3] = [
+    OPR_PROXY_EXECUTORS,
+    OPR_PROXY_HEALTHCHECK_URL,
+    OPR_PROXY_LOGGING_ENDPOINT,
+];
+
+/// `value` with the user info of each comma-separated item shown as `<redacted>`
+/// (`http://<redacted>@host/`): everything between the scheme (or the item's start) and
+/// its last `@` goes, so a password holding `/`, `?` or `#` cannot leak either.
+fn redact_user_info(value: &str) -> String {
+    let items: Vec<String> = value
+        .split(',')
+        .map(|item| {
+            let Some(at) = item.rfind('@') else {
+                return item.to_string();
+            };
+            let start = match item.find("://") {
+                Some(i) if i < at => i + 3,
+                _ => item.len() - item.trim_start().len(),
+            };
+            format!("{}<redacted>{}", &item[..start], &item[at..])
+        })
+        .collect();
+    items.join(",")
 }
 
 impl fmt::Display for ConfigError {
@@ -606,8 +654,8 @@ impl Source<'_> {
     fn healthcheck_url(&self) -> Parsed<Option<String>> {
         match self.get(OPR_PROXY_HEALTHCHECK_URL) {
             Some(url) if !valid_http_url(&url) => {
-                let allowed =
-                    "allowed values are http:// or https:// URLs with a host, or empty for none";
+                let allowed = "allowed values are http:// or https:// URLs with a host (and a \
+                    port from 1 to 65535), or empty for none";
                 Err(ConfigError::new(OPR_PROXY_HEALTHCHECK_URL, &url, allowed))
             }
             url => Ok(url),
@@ -671,7 +719,8 @@ fn parse_executor(item: &str) -> Result<ExecutorAddr, String> {
         },
     };
     let host = host.to_string();
-    Ok(ExecutorAddr { host, port })
+    let name = item.to_string();
+    Ok(ExecutorAddr { host, port, name })
 }
 
 /// A DSN as it may be logged: scheme, host, port and path; user-info becomes
@@ -840,11 +889,23 @@ fn valid_http_url(url: &str) -> bool {
     // authority = [userinfo@]host[:port], up to the path, query or fragment.
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host_port = authority.rsplit('@').next().unwrap_or("");
-    let host = match host_port.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
-        None => host_port.split(':').next().unwrap_or(""),
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, tail) = bracketed.split_once(']').unwrap_or((bracketed, ""));
+            (host, tail.strip_prefix(':'))
+        }
+        None => match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
     };
-    !host.is_empty()
+    // RFC 3986 §3.2.3: the port is decimal digits; a connection needs 1-65535 (empty
+    // means the scheme's default).
+    let port_ok = port.is_none_or(|p| {
+        p.is_empty()
+            || (p.bytes().all(|b| b.is_ascii_digit()) && matches!(p.parse::<u16>(), Ok(1..)))
+    });
+    !host.is_empty() && port_ok
 }
 
 /// Where `opr-proxy healthcheck` reaches the proxy on this host: `OPR_PROXY_HOST` and
@@ -911,7 +972,13 @@ mod tests {
         ExecutorAddr {
             host: host.into(),
             port,
+            name: format!("{host}:{port}"),
         }
+    }
+
+    /// Where the executors are reached, without the names they are shown by.
+    fn reached(executors: &[ExecutorAddr]) -> Vec<(String, u16)> {
+        executors.iter().map(|e| (e.host.clone(), e.port)).collect()
     }
 
     #[test]
@@ -922,7 +989,8 @@ mod tests {
             (c.algorithm, c.worker_per_core, c.cores),
             (Algorithm::Random, 1, None)
         );
-        assert_eq!(c.executors, vec![addr("exc1", 80)]);
+        assert_eq!(reached(&c.executors), reached(&[addr("exc1", 80)]));
+        assert_eq!(c.executors[0].name, "exc1");
         assert!(c.healthcheck);
         assert_eq!(c.healthcheck_interval, Duration::from_millis(10_000));
         assert_eq!(c.healthcheck_timeout, Duration::from_millis(10_000));
@@ -1087,7 +1155,14 @@ mod tests {
             (OPR_PROXY_HEALTHCHECK_TIMEOUT, &["0", "3600001"]),
             (OPR_PROXY_HEALTHCHECK_URL, &["h.io", "ftp://h/", "http://"]),
             (OPR_PROXY_HEALTHCHECK_URL, &["https:///p", "http://:80/"]),
-            (OPR_PROXY_HEALTHCHECK_URL, &["http://u@/x", "http://[]/"]),
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                &["http://[]/", "http://h:99999/"],
+            ),
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                &["http://h:0/", "http://h:8o/", "http://[::1]:65536"],
+            ),
             (OPR_PROXY_HEALTHCHECK_URL, &["http://h/a b"]),
             (OPR_PROXY_MAX_TIMEOUT, &["0", "86401", "1.5"]),
             (OPR_PROXY_CONNECT_TIMEOUT, &["0", "3601"]),
@@ -1187,10 +1262,76 @@ mod tests {
             ("a,a", &[addr("a", 80), addr("a", 80)]),
         ];
         for (list, want) in cases {
-            assert_eq!(executors(list).unwrap(), *want, "{list}");
+            assert_eq!(reached(&executors(list).unwrap()), reached(want), "{list}");
         }
         assert_eq!(addr("exc1", 80).hostname(), "exc1:80");
         assert_eq!(addr("::1", 8080).hostname(), "[::1]:8080");
+    }
+
+    #[test]
+    fn executors_are_named_as_spelled() {
+        let list = " mockoon1 , mockoon2:80,http://exc3:3000/ ,\t[::1]:8080";
+        let names: Vec<String> = executors(list)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["mockoon1", "mockoon2:80", "http://exc3:3000/", "[::1]:8080"]
+        );
+    }
+
+    #[test]
+    fn algorithms_are_shown_as_spelled() {
+        for (word, algorithm) in ALGORITHMS {
+            assert_eq!(algorithm.as_str(), word);
+            assert_eq!(algorithm.to_string(), word);
+            assert_eq!(ok(&[(OPR_PROXY_ALGORITHM, word)]).algorithm, algorithm);
+        }
+    }
+
+    #[test]
+    fn url_errors_never_show_user_info() {
+        let cases = [
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                "http://u:s3cret@h:99999/x",
+                "http://<redacted>@h:99999/x",
+            ),
+            (
+                OPR_PROXY_HEALTHCHECK_URL,
+                "https://u:s3/c#r?et@/x",
+                "https://<redacted>@/x",
+            ),
+            (
+                OPR_PROXY_EXECUTORS,
+                "a, http://u:s3cret@b:80",
+                "http://<redacted>@b:80",
+            ),
+            (OPR_PROXY_EXECUTORS, "u:s3cret@b", "<redacted>@b"),
+            (
+                OPR_PROXY_EXECUTORS,
+                "a,,http://u:s3cret@b",
+                "a,,http://<redacted>@b",
+            ),
+        ];
+        for (variable, value, shown) in cases {
+            let e = err(&[(variable, value)]);
+            assert_eq!((e.variable, e.value.as_str()), (variable, shown));
+            assert!(!e.to_string().contains("s3"), "{e}");
+        }
+        let pairs = [
+            (OPR_PROXY_LOGGING_CONFIG, "raygun://k"),
+            (
+                OPR_PROXY_LOGGING_ENDPOINT,
+                "https://u:s3cret@relay.internal/",
+            ),
+        ];
+        let e = err(&pairs);
+        assert_eq!(e.variable, OPR_PROXY_LOGGING_ENDPOINT);
+        assert_eq!(e.value, "https://<redacted>@relay.internal/");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]
@@ -1201,9 +1342,10 @@ mod tests {
                    [::1]:0 []:80";
         for item in bad.split_whitespace().chain(["exc 1"]) {
             let e = executors(&format!("good, {item}")).unwrap_err();
+            // Shown without user info (`<redacted>@exc1`).
             assert_eq!(
                 (e.variable, e.value.as_str()),
-                (OPR_PROXY_EXECUTORS, item),
+                (OPR_PROXY_EXECUTORS, redact_user_info(item).as_str()),
                 "{e}"
             );
         }
@@ -1488,7 +1630,7 @@ mod tests {
             (
                 &[(C, "raygun://k"), (E, "http://u:p@h")],
                 E,
-                "http://u:p@h",
+                "http://<redacted>@h",
                 "no user info",
             ),
         ];

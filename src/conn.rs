@@ -85,13 +85,31 @@ async fn serve_request(
     scratch: &mut Scratch,
 ) -> Option<Stop> {
     let out = &mut scratch.out;
-    let head = match read_head(ctx, conn, &mut scratch.headers).await {
+    let reading = Instant::now();
+    let line = &mut scratch.request_line;
+    let head = match read_head(ctx, conn, &mut scratch.headers, line).await {
         Ok(head) => head,
         Err(Ended::Quietly(why)) => return Some(Stop::Close(why)),
         Err(Ended::Http2) => return Some(Stop::Http2),
-        Err(Ended::Badly(e)) => {
+        Err(Ended::Badly(e, read)) => {
             conn.head_request = false;
+            let out_before = conn.bytes_out;
             ctx.answer(conn, out, e, false).await;
+            // A refused head leaves a line too (a smuggling attempt must leave a trace),
+            // with its request line as far as it was read.
+            if let Some(log) = &ctx.access_log {
+                let entry = access_log::Entry {
+                    client: conn.peer.ip(),
+                    request_line: &scratch.request_line,
+                    status: e.status(),
+                    executor: None,
+                    tier: None,
+                    bytes_in: read,
+                    bytes_out: conn.bytes_out - out_before,
+                    duration: reading.elapsed(),
+                };
+                log.write(&entry, ctx.m());
+            }
             return Some(Stop::Close(match e {
                 ProxyError::HeadTimeout => ClientClose::HeaderTimeout,
                 _ => ClientClose::Closed,
@@ -142,8 +160,8 @@ async fn serve_request(
 enum Ended {
     /// Closed, idle or draining between requests: nothing to answer.
     Quietly(ClientClose),
-    /// A bad or late head: answer it, then close.
-    Badly(ProxyError),
+    /// A bad or late head: answer it, then close. With the bytes of it that were read.
+    Badly(ProxyError, u64),
     /// The connection's first bytes are the HTTP/2 preface.
     Http2,
 }
@@ -171,14 +189,19 @@ async fn wait_for_request(
 }
 
 /// Read until a complete head is pending; the whole head must arrive within the header
-/// timeout, counted from the moment its first bytes could be read.
+/// timeout, counted from the moment its first bytes could be read. With the access log
+/// on, `line` keeps the request line as far as it was read, for the line of a refused
+/// head (a read cut off by the timeout takes the buffer with it).
 async fn read_head(
     ctx: &WorkerCtx,
     conn: &mut ClientConn,
     headers: &mut Vec<HeaderRef>,
+    line: &mut Vec<u8>,
 ) -> Result<RequestHead, Ended> {
     let deadline = Instant::now() + ctx.config.header_timeout;
     conn.take_buffer(&ctx.heads);
+    let mut read = conn.pending().len() as u64;
+    let logged = ctx.access_log.is_some();
     loop {
         // Only a connection's first bytes can be the HTTP/2 preface; an HTTP/1 request
         // costs one comparison here.
@@ -195,14 +218,22 @@ async fn read_head(
             match head::parse_request(conn.pending(), headers) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
-                Err(e) => return Err(Ended::Badly(ProxyError::BadHead(e))),
+                Err(e) => {
+                    if logged {
+                        access_log::keep_partial_request_line(line, conn.pending());
+                    }
+                    return Err(Ended::Badly(ProxyError::BadHead(e), read));
+                }
             }
+        }
+        if logged {
+            access_log::keep_partial_request_line(line, conn.pending());
         }
         match monoio::time::timeout_at(deadline.into(), conn.read_more()).await {
             Ok(Ok(0) | Err(_)) => return Err(Ended::Quietly(ClientClose::Client)),
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => read += n as u64,
             // The cancelled read took the buffer with it; the answer needs none.
-            Err(_) => return Err(Ended::Badly(ProxyError::HeadTimeout)),
+            Err(_) => return Err(Ended::Badly(ProxyError::HeadTimeout, read)),
         }
     }
 }

@@ -308,7 +308,8 @@ impl std::fmt::Write for JsonEscape<'_> {
                 '\n' => self.0.write_str("\\n")?,
                 '\r' => self.0.write_str("\\r")?,
                 '\t' => self.0.write_str("\\t")?,
-                c if (c as u32) < 0x20 => write!(self.0, "\\u{:04x}", c as u32)?,
+                // C0 and C1 controls and DEL: valid JSON raw, but they drive terminals.
+                c if c.is_control() => write!(self.0, "\\u{:04x}", c as u32)?,
                 c => self.0.write_char(c)?,
             }
         }

@@ -34,7 +34,7 @@ fn main() {
         }
     };
     info!(
-        "opr-proxy {} starting: {} executor(s), algorithm {:?}, health checks {}",
+        "opr-proxy {} starting: {} executor(s), algorithm {}, health checks {}",
         config.version,
         config.executors.len(),
         config.algorithm,

@@ -26,8 +26,13 @@ impl RuntimeState {
 /// What the checker knows about one executor after a round.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExecutorStatus {
-    /// As configured, normalised to `host:port`.
+    /// As the operator spelled it in `OPR_PROXY_EXECUTORS` (trimmed, e.g. `mockoon1`):
+    /// the executor's name in `x-opr-executor-hostname`, `/v1/proxy/containers`, logs,
+    /// reports and metrics labels.
     pub hostname: String,
+    /// `host:port` (`[v6]:port`, port 80 when not spelled): the `Host` sent for HTTP/1.0
+    /// clients.
+    pub authority: String,
     pub online: bool,
     /// `status` string of the health body when it had one (`stateStatus`).
     pub state_status: Option<String>,

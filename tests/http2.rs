@@ -246,6 +246,37 @@ fn connection_specific_response_fields_are_not_sent_over_h2() {
     }
 }
 
+/// Issue 19: an executor's own `x-opr-route` is dropped over h2 as over HTTP/1; asked
+/// for, only the proxy's explanation is there.
+#[test]
+fn an_executors_route_header_is_dropped_over_h2() {
+    if !have("curl") {
+        return;
+    }
+    let ex = ScriptedExecutor::start(|_, _, _| {
+        let answer =
+            b"HTTP/1.1 200 OK\r\nx-opr-route: executor=spoofed\r\nContent-Length: 2\r\n\r\nok";
+        vec![Action::Write(answer.to_vec())]
+    });
+    let p = Proxy::start_hosts(&[ex.hostname()], &[]);
+    let routes = |r: &CurlResponse| -> Vec<String> {
+        let all = r.headers.iter();
+        let routes = all.filter(|(n, _)| n.eq_ignore_ascii_case("x-opr-route"));
+        routes.map(|(_, v)| v.clone()).collect()
+    };
+    let r = curl(&["-H", &auth(), &url(p.addr, "/v1/x")], b"");
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    assert_eq!(routes(&r), Vec::<String>::new());
+    let debug = ["-H", &auth(), "-H", "x-opr-debug: 1", &url(p.addr, "/v1/x")];
+    let r = curl(&debug, b"");
+    let routes = routes(&r);
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert!(
+        routes[0].starts_with(&format!("executor={}; ", ex.hostname())),
+        "{routes:?}"
+    );
+}
+
 #[test]
 fn h2c_errors_are_spec_json_on_their_stream() {
     if !have("curl") {

@@ -435,3 +435,117 @@ fn large_bodies_are_spliced_unless_turned_off() {
         }
     }
 }
+
+/// Issue 19: an executor's own `x-opr-route` never reaches the client — not in
+/// production, and in debug mode only the proxy's explanation is there.
+#[test]
+fn an_executors_route_header_is_dropped() {
+    use support::scripted::{Action, ScriptedExecutor};
+    let ex = ScriptedExecutor::start(|_, _, _| {
+        let answer = b"HTTP/1.1 200 OK\r\nX-Opr-Route: executor=spoofed; tier=1\r\n\
+x-opr-route: again\r\nContent-Length: 2\r\n\r\nok";
+        vec![Action::Write(answer.to_vec())]
+    });
+    let proxy = Proxy::start_hosts(&[ex.hostname()], &[]);
+    let key = bearer();
+    let routes = |r: &Response| -> Vec<String> {
+        let all = r.headers.iter();
+        let routes = all.filter(|(k, _)| k.eq_ignore_ascii_case("x-opr-route"));
+        routes.map(|(_, v)| v.clone()).collect()
+    };
+    let r = proxy.get("/v1/ping");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(routes(&r), Vec::<String>::new(), "production");
+    let debug = [("Authorization", key.as_str()), ("x-opr-debug", "1")];
+    let r = proxy.client().request("GET", "/v1/ping", &debug, b"");
+    let routes = routes(&r);
+    assert_eq!(routes.len(), 1, "debug: {routes:?}");
+    let want = format!("executor={}; tier=", ex.hostname());
+    assert!(routes[0].starts_with(&want), "debug: {routes:?}");
+}
+
+/// Issue 19: requests the proxy refuses itself leave an access log line too, with the
+/// request line as far as it was read (escaped), in both formats.
+#[test]
+fn refused_requests_are_logged() {
+    let a = mock("a");
+    let key = bearer();
+    let long_field = format!("X-Big: {}\r\n", "a".repeat(70_000));
+    let smuggle = "POST /smuggle HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let too_large = format!(
+        "POST /v1/echo HTTP/1.1\r\nHost: h\r\nAuthorization: {key}\r\nContent-Length: 100\r\n\r\n"
+    );
+    // (bytes sent, status, the request line as read, as the text log shows it)
+    let cases: Vec<(Vec<u8>, u16, &[u8], &str)> = vec![
+        (smuggle.into(), 400, b"POST /smuggle", "POST /smuggle"),
+        // A DEL and C1 controls (NEL, CSI) in the target.
+        (
+            b"GET /a\x7f\xc2\x85\xc2\x9b[2Jb HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+            400,
+            b"GET /a\x7f\xc2\x85\xc2\x9b[2Jb",
+            r"GET /a\x7f\xc2\x85\xc2\x9b[2Jb",
+        ),
+        (
+            format!("GET /big HTTP/1.1\r\nHost: h\r\n{long_field}\r\n").into_bytes(),
+            431,
+            b"GET /big",
+            "GET /big",
+        ),
+        (
+            b"POST /gz HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            501,
+            b"POST /gz",
+            "POST /gz",
+        ),
+        (too_large.into(), 413, b"POST /v1/echo", "POST /v1/echo"),
+        // Cut off by the header timeout inside the request line.
+        (
+            b"GET /slow?q=\"1\" HT".to_vec(),
+            408,
+            b"GET /slow?q=\"1\" HT",
+            r#"GET /slow?q=\"1\" HT"#,
+        ),
+    ];
+    for format in ["text", "json"] {
+        let env = [
+            ("OPR_PROXY_ACCESS_LOG", "enabled"),
+            ("OPR_PROXY_ACCESS_LOG_FORMAT", format),
+            ("OPR_PROXY_HEADER_TIMEOUT", "1"),
+            ("OPR_PROXY_MAX_BODY_SIZE", "10"),
+        ];
+        let p = ProxyProcess::start(&[a.hostname()], &env);
+        for (i, (bytes, status, _, _)) in cases.iter().enumerate() {
+            let mut c = Client::connect(p.addr);
+            c.send(bytes);
+            let r = c.read_response(false).unwrap();
+            assert_eq!(r.status, *status, "{format}: case {i}");
+            assert!(
+                eventually(Duration::from_secs(10), || p.stdout().lines().count() > i),
+                "{format}: no line for {status}: {:?}",
+                p.stdout()
+            );
+        }
+        let out = p.stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), cases.len(), "{out}");
+        for (line, (_, status, raw, shown)) in lines.iter().zip(&cases) {
+            assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line:?}");
+            if format == "text" {
+                let want = format!(" 127.0.0.1 \"{shown}\" {status} executor=- tier=- in=");
+                assert!(line.contains(&want), "{line}\nwant {want}");
+            } else {
+                let v: sonic_rs::Value = sonic_rs::from_str(line).unwrap();
+                assert_eq!(v["status"].as_u64(), Some(u64::from(*status)), "{line}");
+                assert!(v["executor"].is_null(), "{line}");
+                let raw = String::from_utf8_lossy(raw);
+                let (method, target) = raw.split_once(' ').unwrap();
+                assert_eq!(v["method"].as_str(), Some(method), "{line}");
+                assert_eq!(v["target"].as_str(), Some(target), "{line}");
+                // What was read of a refused head: at least its request line.
+                let read = v["bytesIn"].as_u64().unwrap();
+                assert!(*status == 413 || read >= raw.len() as u64, "{line}");
+            }
+        }
+    }
+}

@@ -54,6 +54,42 @@ fn bad_config_exits_2_naming_the_variable() {
     }
 }
 
+/// URL-valued variables: a password in the user info never reaches the error line, and
+/// a port outside 1-65535 is a start error (issue 19).
+#[test]
+fn url_errors_exit_2_without_the_password() {
+    let base = [("OPR_PROXY_EXECUTORS", "a:1"), ("OPR_PROXY_SECRET", "s")];
+    let cases = [
+        ("OPR_PROXY_HEALTHCHECK_URL", "http://127.0.0.1:99999/ping"),
+        ("OPR_PROXY_HEALTHCHECK_URL", "http://u:hunter2@h:99999/ping"),
+        ("OPR_PROXY_EXECUTORS", "a:1,http://u:hunter2@b:80"),
+        (
+            "OPR_PROXY_LOGGING_ENDPOINT",
+            "https://u:hunter2@relay.internal",
+        ),
+    ];
+    for (var, value) in cases {
+        let mut env = base.to_vec();
+        env.push((var, value));
+        env.push(("OPR_PROXY_LOGGING_CONFIG", "raygun://k"));
+        let line = assert_start_error(&env, var);
+        assert!(!line.contains("hunter2"), "{line}");
+        if value.contains('@') {
+            assert!(line.contains("<redacted>@"), "{line}");
+        }
+    }
+}
+
+#[test]
+fn start_line_spells_the_algorithm_as_configured() {
+    let a = mock("a");
+    for algorithm in ["p2c", "least-request", "round-robin"] {
+        let p = ProxyProcess::start(&[a.hostname()], &[("OPR_PROXY_ALGORITHM", algorithm)]);
+        let want = format!(" executor(s), algorithm {algorithm}, health checks ");
+        assert!(p.log().contains(&want), "{}", p.log());
+    }
+}
+
 #[test]
 fn sigterm_drains_and_exits_0() {
     let a = mock("a");

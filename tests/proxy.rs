@@ -244,6 +244,39 @@ fn containers_lists_executors_in_order() {
     assert_eq!(r.status, 401);
 }
 
+/// An executor is shown as the operator spelled it in `OPR_PROXY_EXECUTORS` (here
+/// `http://127.0.0.1:<port>/`), as the original shows it; it is still reached at
+/// host:port, which is also the `Host` an HTTP/1.0 request gets.
+#[test]
+fn executors_are_shown_as_spelled() {
+    let a = mock("a");
+    let spelled = format!("http://{}/", a.hostname());
+    let env = [("OPR_PROXY_ENV", "development")];
+    let proxy = Proxy::start_hosts(&[format!(" {spelled} ")], &env);
+    let r = proxy.get("/v1/echo");
+    assert_eq!(r.status, 200);
+    let seen = a.last_request().unwrap();
+    assert_eq!(
+        seen.header_all("x-opr-executor-hostname"),
+        vec![spelled.as_str()]
+    );
+    let route = format!("executor={spelled}; tier=1; reason=usage < 80");
+    assert_eq!(r.header("x-opr-route"), Some(route.as_str()));
+    let v = proxy.get("/v1/proxy/containers").json();
+    assert_eq!(v[0]["hostname"].as_str(), Some(spelled.as_str()));
+    let metrics = proxy.get("/v1/proxy/metrics").text();
+    assert!(
+        metrics.contains(&format!("executor=\"{spelled}\"")),
+        "{metrics}"
+    );
+    let mut c = proxy.client();
+    let key = bearer();
+    c.send(format!("GET /v1/echo HTTP/1.0\r\nAuthorization: {key}\r\n\r\n").as_bytes());
+    assert_eq!(c.read_response(false).unwrap().status, 200);
+    let seen = a.last_request().unwrap();
+    assert_eq!(seen.header("host"), Some(a.hostname().as_str()));
+}
+
 #[test]
 fn headers_are_rewritten_for_the_executor() {
     let a = mock("a");
@@ -482,6 +515,8 @@ fn broadcast_reaches_every_online_executor() {
         b"",
     );
     assert_eq!(r.status, 204);
+    // As the original answers it (its own test suite reads the field).
+    assert_eq!(r.header("content-length"), Some("0"));
     assert_eq!((a.requests(), b.requests(), down.requests()), (1, 1, 0));
     assert_eq!(a.last_request().unwrap().method, "DELETE");
 }

@@ -55,7 +55,10 @@ pub(super) async fn broadcast(
     }
 
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
+    // RFC 9110 §8.6 says a 204 carries no Content-Length, but the original sends
+    // `Content-Length: 0` here and its clients read the field (README "Differences from
+    // the original"). Only this answer the proxy makes: relayed 1xx/204 carry none.
+    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n");
     let close = !head.keep_alive || ctx.stopping.get();
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -110,7 +113,7 @@ pub(crate) async fn fan_out(
         let rw = RequestRewrite {
             authorization: &ctx.executor_authorization,
             forwarded_for: peer,
-            executor_host: &status.hostname,
+            executor_host: &status.authority,
             dev_executor_hostname: ctx
                 .config
                 .is_development()

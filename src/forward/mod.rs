@@ -33,7 +33,7 @@ use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ExecutorStatus, Snapshot};
 use crate::socket;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, OpenError};
@@ -291,7 +291,7 @@ impl Anycast<'_> {
             let i = choice.executor;
             self.choice.set(Some(choice));
             let status = &snapshot.executors[i];
-            self.write_head(conn, out, &status.hostname, first.sent);
+            self.write_head(conn, out, status, first.sent);
             let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
                 Ok(ex) => ex,
                 Err(OpenError::Unreachable(why)) => {
@@ -463,14 +463,21 @@ impl Anycast<'_> {
     }
 
     /// The rewritten head followed by the body bytes already buffered.
-    fn write_head(&self, conn: &ClientConn, out: &mut Vec<u8>, hostname: &str, sent: usize) {
+    fn write_head(
+        &self,
+        conn: &ClientConn,
+        out: &mut Vec<u8>,
+        executor: &ExecutorStatus,
+        sent: usize,
+    ) {
+        let hostname = executor.hostname.as_str();
         let ctx = self.ctx;
         let pending = conn.pending();
         out.clear();
         let rw = RequestRewrite {
             authorization: &ctx.executor_authorization,
             forwarded_for: conn.peer.ip(),
-            executor_host: hostname,
+            executor_host: &executor.authority,
             dev_executor_hostname: ctx.config.is_development().then_some(hostname),
             strip_expect: self.head.expect_continue,
         };

@@ -64,8 +64,11 @@ struct Settings {
 struct Target {
     host: String,
     port: u16,
-    /// `host:port` (`[v6]:port`): the snapshot's name and the probe's URL authority.
+    /// `host:port` (`[v6]:port`): the probe's URL authority, and the `Host` sent for
+    /// HTTP/1.0 clients.
     hostname: String,
+    /// As the operator spelled it: the name the snapshot shows.
+    name: String,
 }
 
 impl From<&ExecutorAddr> for Target {
@@ -74,6 +77,7 @@ impl From<&ExecutorAddr> for Target {
             host: executor.host.clone(),
             port: executor.port,
             hostname: executor.hostname(),
+            name: executor.name.clone(),
         }
     }
 }
@@ -291,7 +295,8 @@ fn probe_one(
         ProbeResult::online_unknown()
     };
     ExecutorStatus {
-        hostname: target.hostname.clone(),
+        hostname: target.name.clone(),
+        authority: target.hostname.clone(),
         online: result.online,
         state_status: result.state_status,
         usage: result.usage,
@@ -326,7 +331,8 @@ fn resolve(target: &Target) -> Result<Vec<SocketAddr>, String> {
 /// An offline executor with no addresses; the caller may keep older ones.
 fn failed(target: &Target, reason: String) -> ExecutorStatus {
     ExecutorStatus {
-        hostname: target.hostname.clone(),
+        hostname: target.name.clone(),
+        authority: target.hostname.clone(),
         online: false,
         state_status: None,
         usage: None,
@@ -455,7 +461,7 @@ fn blind_routing(algorithm: Algorithm, healthcheck: bool, snapshot: &Snapshot) -
          OPR_PROXY_ALGORITHM=affinity to keep each runtime on the same executors, and \
          optionally OPR_PROXY_EXECUTOR_CONCURRENCY=<N> to cap the requests in flight to \
          each executor",
-        algorithm.name()
+        algorithm.as_str()
     ))
 }
 
@@ -537,6 +543,7 @@ mod tests {
             ExecutorAddr {
                 host: self.addr.ip().to_string(),
                 port: self.addr.port(),
+                name: self.addr.to_string(),
             }
         }
 
@@ -587,6 +594,7 @@ mod tests {
         ExecutorAddr {
             host: "127.0.0.1".to_string(),
             port,
+            name: format!("127.0.0.1:{port}"),
         }
     }
 
@@ -723,6 +731,7 @@ mod tests {
             host: hostname.to_string(),
             port: 80,
             hostname: hostname.to_string(),
+            name: hostname.to_string(),
         };
         let mut status = failed(&target, "connection refused".to_string());
         status.online = online;
@@ -826,6 +835,7 @@ mod tests {
         let unresolvable = ExecutorAddr {
             host: "nonexistent.invalid".to_string(),
             port: 80,
+            name: "nonexistent.invalid".to_string(),
         };
         let mut checker = checker_for(
             &[up.executor(), local(free_port()), unresolvable],
@@ -842,7 +852,9 @@ mod tests {
             assert_eq!(executor.last_error, None);
         }
         let dns = &snapshot.executors[2];
-        assert_eq!(dns.hostname, "nonexistent.invalid:80");
+        // Shown as spelled, reached at host:port.
+        assert_eq!(dns.hostname, "nonexistent.invalid");
+        assert_eq!(dns.authority, "nonexistent.invalid:80");
         assert!(!dns.online);
         assert!(dns.addrs.is_empty());
         let reason = dns.last_error.as_deref().unwrap_or_default();
@@ -855,6 +867,7 @@ mod tests {
         let executor = ExecutorAddr {
             host: "nonexistent.invalid".to_string(),
             port: 8080,
+            name: "nonexistent.invalid:8080".to_string(),
         };
         let mut checker = checker_for(&[executor], true, None);
         let mut before = failed(&checker.settings.targets[0], "old".to_string());
@@ -878,6 +891,7 @@ mod tests {
         let executor = ExecutorAddr {
             host: "::1".to_string(),
             port,
+            name: format!("[::1]:{port}"),
         };
         let snapshot = checker_for(&[executor], true, None).round();
         let e = &snapshot.executors[0];

@@ -166,6 +166,11 @@ pub fn write_response_head(
         if !keep_content_length && name.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
+        // Only the proxy explains its routing (README "Why this executor?"): an
+        // executor's copy would mislead, in production as in debug mode.
+        if name.eq_ignore_ascii_case(b"x-opr-route") {
+            continue;
+        }
         field(out, name, &buf[h.value.clone()]);
     }
     match rw.framing {
@@ -756,6 +761,15 @@ Keep-Alive: 5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\
         assert_eq!(
             response(input, false, ResponseFraming::Length(0), true),
             "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn executors_route_explanation_is_dropped() {
+        let input = b"HTTP/1.1 200 OK\r\nX-Opr-Route: executor=evil; tier=1\r\nX: 1\r\nx-opr-route: b\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            response(input, false, ResponseFraming::Length(0), false),
+            "HTTP/1.1 200 OK\r\nX: 1\r\nContent-Length: 0\r\n\r\n"
         );
     }
 

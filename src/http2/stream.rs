@@ -191,6 +191,10 @@ impl Stream {
         super::head::write_request(&mut buf, &parts, has_body);
         drop(parts);
         let mut headers = Vec::new();
+        if self.ctx.access_log.is_some() {
+            // A head refused below is logged with its request line, as over HTTP/1.
+            access_log::keep_partial_request_line(&mut self.request_line.borrow_mut(), &buf);
+        }
         let head = match head::parse_request(&buf, &mut headers) {
             Ok(Some(head)) => head,
             Ok(None) => {
@@ -327,7 +331,7 @@ impl Stream {
             let rw = RequestRewrite {
                 authorization: &ctx.executor_authorization,
                 forwarded_for: self.peer.ip(),
-                executor_host: &status.hostname,
+                executor_host: &status.authority,
                 dev_executor_hostname: ctx.config.is_development().then_some(&status.hostname),
                 strip_expect: true,
             };

@@ -15,6 +15,8 @@ use opr_proxy::Server;
 use sha2::{Digest, Sha256};
 
 pub mod h2raw;
+pub mod mockoon;
+pub mod netns;
 pub mod scripted;
 
 pub const SECRET: &str = "proxy-secret";
@@ -465,6 +467,21 @@ impl ProxyProcess {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        ProxyProcess::spawn(cmd)
+    }
+
+    /// Start the binary with exactly `env` (nothing of the test defaults).
+    pub fn start_env(env: &[(&str, &str)]) -> ProxyProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opr-proxy"));
+        cmd.env_clear()
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        ProxyProcess::spawn(cmd)
+    }
+
+    /// Spawn and wait for the `listening on` line.
+    fn spawn(mut cmd: Command) -> ProxyProcess {
         let mut child = cmd.spawn().expect("spawn opr-proxy");
         let stderr = child.stderr.take().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -571,11 +588,22 @@ impl Drop for ProxyProcess {
 /// Start the binary with exactly `env` and expect a start error: exit code 2 and one
 /// stderr line naming `var`. Returns that line.
 pub fn assert_start_error(env: &[(&str, &str)], var: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_opr-proxy"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opr-proxy"))
         .env_clear()
         .envs(env.iter().copied())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A value wrongly accepted starts the proxy, which would never exit by itself.
+    let exited = eventually(Duration::from_secs(20), || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(exited, "{env:?}: started instead of exiting 2");
     assert_eq!(out.status.code(), Some(2), "{env:?}");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
