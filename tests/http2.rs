@@ -1178,3 +1178,71 @@ fn h2_streams_count_in_flight_and_for_ejection() {
         "{route:?}"
     );
 }
+
+/// Broadcast bodies are held whole while every executor gets its copy, so they are
+/// budgeted: 4 MiB per HTTP/2 connection (and 64 MiB per worker). 30 streams × 1 MB on
+/// one connection to a slow executor used to hold all 30 bodies at once (and a copy per
+/// executor: 60 MiB); now 4 are taken and the others are refused with `REFUSED_STREAM`
+/// before anything is read or sent (RFC 9113 §8.7), which clients may retry.
+#[test]
+fn broadcast_bodies_over_http2_are_budgeted_per_connection() {
+    let a = mock("a");
+    let p = ProxyProcess::start(
+        &[a.hostname()],
+        &[("OPR_PROXY_HEALTHCHECK_INTERVAL", "60000")],
+    );
+    let addr = p.addr;
+    let broadcast = |ms: u32, len: usize| {
+        let mut request = h2_request(addr, "POST", &format!("/v1/sleep?ms={ms}"));
+        let headers = request.headers_mut();
+        headers.insert("x-opr-addressing-method", "broadcast".parse().unwrap());
+        headers.insert("content-length", len.to_string().parse().unwrap());
+        request
+    };
+    // Warm the worker (allocator, pools) with one small broadcast.
+    let warm = on_runtime(async move {
+        let mut send = h2_connect(addr).await;
+        let (response, mut body) = send.send_request(broadcast(1, 10), false).unwrap();
+        body.send_data(Bytes::from_static(b"0123456789"), true)
+            .unwrap();
+        response.await.unwrap().status()
+    });
+    assert_eq!(warm, 204);
+    let before = p.status_kib("VmHWM");
+    let streams = 30;
+    let outcomes = on_runtime(async move {
+        let mut send = h2_connect(addr).await;
+        let mut waiting = Vec::new();
+        for _ in 0..streams {
+            let (response, mut body) = send.send_request(broadcast(600, 1_000_000), false).unwrap();
+            body.send_data(Bytes::from(vec![b'b'; 1_000_000]), true)
+                .unwrap();
+            waiting.push((response, body));
+        }
+        let mut outcomes = Vec::new();
+        for (response, _body) in waiting {
+            let response = monoio::time::timeout(Duration::from_secs(30), response).await;
+            outcomes.push(match response {
+                Ok(Ok(r)) => format!("{}", r.status().as_u16()),
+                Ok(Err(e)) => format!("{:?}", e.reason()),
+                Err(_) => "timeout".to_string(),
+            });
+        }
+        outcomes
+    });
+    let peak = p.status_kib("VmHWM");
+    let grew = peak.saturating_sub(before);
+    let taken = outcomes.iter().filter(|o| *o == "204").count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| *o == "Some(REFUSED_STREAM)")
+        .count();
+    eprintln!(
+        "{streams} broadcasts of 1 MB on one connection: {taken} taken, {refused} refused; \
+         peak RSS {before} -> {peak} KiB (+{grew})"
+    );
+    assert_eq!(taken + refused, streams, "{outcomes:?}");
+    assert!((4..streams).contains(&taken), "{outcomes:?}");
+    // 4 MiB of bodies, h2's 1 MiB connection window and allocator slack.
+    assert!(grew < 14 * 1024, "peak RSS grew by {grew} KiB");
+}

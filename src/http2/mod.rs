@@ -101,6 +101,9 @@ pub(crate) async fn serve(
     };
 
     let live = Rc::new(Cell::new(0usize));
+    let budget = Rc::new(crate::forward::Budget::new(
+        crate::forward::CONNECTION_BUDGET,
+    ));
     let mut idle_since = Instant::now();
     let mut closing: Option<ClientClose> = None;
     let mut tick = monoio::time::interval(TICK);
@@ -109,9 +112,9 @@ pub(crate) async fn serve(
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
                     live.set(live.get() + 1);
-                    let (ctx, live) = (ctx.clone(), live.clone());
+                    let (ctx, live, budget) = (ctx.clone(), live.clone(), budget.clone());
                     monoio::spawn(async move {
-                        stream::serve(ctx, peer, request, respond).await;
+                        stream::serve(ctx, peer, request, respond, budget).await;
                         live.set(live.get() - 1);
                     });
                 }
