@@ -1246,3 +1246,162 @@ fn broadcast_bodies_over_http2_are_budgeted_per_connection() {
     // 4 MiB of bodies, h2's 1 MiB connection window and allocator slack.
     assert!(grew < 14 * 1024, "peak RSS grew by {grew} KiB");
 }
+
+/// A literal field with incremental indexing, new name (RFC 7541 §6.2.1).
+fn hpack_indexed_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.push(0x40);
+    hpack_int(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(out, 0, 7, value.len());
+    out.extend_from_slice(value);
+}
+
+/// Read frames until stream `good` ends; returns its status line bytes seen (HEADERS
+/// count), its body, and the RST_STREAM codes per stream.
+fn answers(c: &mut H2Raw, good: u32) -> (bool, Vec<u8>, Vec<(u32, u32)>) {
+    let (mut headers, mut body, mut resets) = (false, Vec::new(), Vec::new());
+    while let Some(f) = c.read_frame(Duration::from_secs(5)) {
+        assert_ne!(f.kind, GOAWAY, "the connection must survive: {f:?}");
+        if f.kind == RST_STREAM {
+            let p = &f.payload;
+            resets.push((f.stream, u32::from_be_bytes([p[0], p[1], p[2], p[3]])));
+        }
+        if f.stream == good && f.kind == HEADERS {
+            headers = true;
+        }
+        if f.stream == good && f.kind == DATA {
+            body.extend_from_slice(&f.payload);
+        }
+        if f.stream == good && f.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    (headers, body, resets)
+}
+
+const PROTOCOL_ERROR: u32 = 0x1;
+
+/// RFC 9113 §8.1.1: a malformed request is a stream error. An upper-case field name or a
+/// CR/LF in a value used to close the whole connection (GOAWAY PROTOCOL_ERROR), losing a
+/// slow stream's answer; now only the offending streams are reset, also a later stream
+/// that refers to a bad field through the HPACK table, and the table stays in step.
+#[test]
+fn a_bad_header_resets_its_stream_only() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let mut c = H2Raw::connect(p.addr);
+    let authority = p.addr.to_string();
+    let auth = bearer();
+    let slow = request_block(
+        "GET",
+        "/v1/sleep?ms=700",
+        &authority,
+        &[("authorization", &auth)],
+    );
+    let mut burst = frame(HEADERS, END_HEADERS | END_STREAM, 1, &slow);
+    // Stream 3: an upper-case name, indexed into the dynamic table (index 62).
+    let mut upper = request_block("GET", "/v1/ping", &authority, &[("authorization", &auth)]);
+    hpack_indexed_literal(&mut upper, "X-Upper", b"1");
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &upper));
+    // Stream 5: CR LF in a value.
+    let crlf = request_block(
+        "GET",
+        "/v1/ping",
+        &authority,
+        &[("authorization", &auth), ("x-split", "a\r\nx-injected: 1")],
+    );
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 5, &crlf));
+    // Stream 7: the bad field again, by its index.
+    let mut by_index = request_block("GET", "/v1/ping", &authority, &[("authorization", &auth)]);
+    by_index.push(0x80 | 62);
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 7, &by_index));
+    // Stream 9: a good request that adds to the table after the bad entry.
+    let mut good = request_block("GET", "/v1/ping", &authority, &[("authorization", &auth)]);
+    hpack_indexed_literal(&mut good, "x-good", b"yes");
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 9, &good));
+    c.send(&burst);
+    let (headers, body, resets) = answers(&mut c, 1);
+    assert!(headers, "the slow stream was answered");
+    assert!(!body.is_empty(), "the slow stream's body arrived");
+    for stream in [3, 5, 7] {
+        assert!(
+            resets.contains(&(stream, PROTOCOL_ERROR)),
+            "stream {stream} reset with PROTOCOL_ERROR: {resets:?}"
+        );
+    }
+    assert!(
+        !resets.iter().any(|(s, _)| *s == 1 || *s == 9),
+        "{resets:?}"
+    );
+    // The table is in step: index 62 is now `x-good: yes` (newest first).
+    let mut again = request_block("GET", "/v1/ping", &authority, &[("authorization", &auth)]);
+    again.push(0x80 | 62);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 11, &again));
+    let (headers, _, resets) = answers(&mut c, 11);
+    assert!(headers && resets.is_empty(), "{resets:?}");
+    // Neither the bad requests nor their fields reached an executor.
+    let seen = a.last_request().expect("the good requests were forwarded");
+    assert_eq!(seen.header("x-good"), Some("yes"));
+    assert!(eventually(Duration::from_secs(2), || a.requests() == 3));
+}
+
+/// RFC 9113 §8.3.1: `#` is not allowed in `:path`. The `http` crate used to cut the
+/// fragment silently (`/v1/ping?q=1#x` went out as `/v1/ping?q=1`); the stream is reset.
+#[test]
+fn a_fragment_in_path_resets_the_stream() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let mut c = H2Raw::connect(p.addr);
+    let authority = p.addr.to_string();
+    let auth = bearer();
+    let bad = request_block(
+        "GET",
+        "/v1/ping?q=1#x",
+        &authority,
+        &[("authorization", &auth)],
+    );
+    let mut burst = frame(HEADERS, END_HEADERS | END_STREAM, 1, &bad);
+    let health = request_block("GET", "/v1/proxy/health", &authority, &[]);
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &health));
+    c.send(&burst);
+    let (headers, body, resets) = answers(&mut c, 3);
+    assert!(headers && body == b"OK");
+    assert_eq!(resets, vec![(1, PROTOCOL_ERROR)]);
+    assert_eq!(a.requests(), 0, "the request must not be forwarded");
+}
+
+/// RFC 9113 §8.1: trailers must not carry pseudo-header fields; such a request is
+/// malformed: its stream is reset and its executor connection closed (the request
+/// never completes there). It used to be forwarded and answered.
+#[test]
+fn trailers_with_a_pseudo_header_reset_the_stream() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let mut c = H2Raw::connect(p.addr);
+    let authority = p.addr.to_string();
+    let auth = bearer();
+    let head = request_block(
+        "POST",
+        "/v1/upload",
+        &authority,
+        &[("authorization", &auth)],
+    );
+    let mut burst = frame(HEADERS, END_HEADERS, 1, &head);
+    burst.extend(frame(DATA, 0, 1, b"hello"));
+    let mut trailers = Vec::new();
+    hpack_literal(&mut trailers, ":path", b"/v1/other");
+    hpack_literal(&mut trailers, "x-trailer", b"1");
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers));
+    let health = request_block("GET", "/v1/proxy/health", &authority, &[]);
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &health));
+    c.send(&burst);
+    let (headers, body, resets) = answers(&mut c, 3);
+    assert!(headers && body == b"OK");
+    assert!(resets.contains(&(1, PROTOCOL_ERROR)), "{resets:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        a.requests(),
+        0,
+        "the executor must not get a complete request"
+    );
+}

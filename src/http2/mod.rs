@@ -3,8 +3,10 @@
 //! an HTTP/1.1 request (`stream`); executors are still spoken to over HTTP/1.1 from the
 //! same pool. The limits against HTTP/2's own attacks are set here and in `guard`.
 
+mod fields;
 mod guard;
 mod head;
+mod huffman;
 mod io;
 mod stream;
 
@@ -130,6 +132,12 @@ pub(crate) async fn serve(
                 return ClientClose::Closed;
             },
             _ = tick.tick() => {
+                // RFC 9113 gives no deadline for a header block; the proxy gives it the
+                // header timeout, as HTTP/1 gives a head (a held block holds memory).
+                let since = trip.block_since();
+                if since.is_some_and(|t| t.elapsed() >= ctx.config.header_timeout) {
+                    trip.set(guard::Offense::SlowHeaders);
+                }
                 // Drain: GOAWAY, in-flight streams finish, then h2 closes (accept: None).
                 if ctx.stopping.get() && closing.is_none() {
                     conn.graceful_shutdown();
