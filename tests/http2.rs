@@ -1405,3 +1405,30 @@ fn trailers_with_a_pseudo_header_reset_the_stream() {
         "the executor must not get a complete request"
     );
 }
+
+/// An incomplete header block gets the header timeout, as an HTTP/1 head does (it held
+/// its memory until the idle timeout, 60 s by default): the connection is cut off.
+#[test]
+fn an_unfinished_header_block_is_cut_off_at_the_header_timeout() {
+    let a = mock("a");
+    let p = Proxy::start(
+        &[&a],
+        &[
+            ("OPR_PROXY_HEADER_TIMEOUT", "1"),
+            ("OPR_PROXY_IDLE_TIMEOUT", "600"),
+        ],
+    );
+    let mut c = H2Raw::connect(p.addr);
+    let block = request_block("GET", "/v1/ping", &p.addr.to_string(), &[]);
+    // HEADERS without END_HEADERS: a CONTINUATION should follow and never does.
+    c.send(&frame(HEADERS, END_STREAM, 1, &block));
+    let started = Instant::now();
+    let (goaway, _) = c.until_goaway(Duration::from_secs(8));
+    let goaway = goaway.expect("GOAWAY within the header timeout");
+    assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

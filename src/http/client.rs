@@ -10,7 +10,8 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::buffers::{FreeList, HEAD_BUF};
+use crate::buffers::{FreeList, FIRST_HEAD_READ, HEAD_BUF};
+use crate::http::head::MAX_HEAD;
 use crate::socket::{self, Waiting};
 
 /// How long a closing connection keeps reading what the client still sends after an
@@ -63,10 +64,13 @@ impl ClientConn {
         }
     }
 
-    /// Take a head buffer from the worker's pool, unless one is held.
+    /// Take a head buffer from the worker's pool, unless one is held; with none kept,
+    /// start small (`read_more` grows it as bytes come).
     pub(crate) fn take_buffer(&mut self, heads: &FreeList<Vec<u8>>) {
         if self.buf.capacity() == 0 {
-            self.buf = heads.get();
+            self.buf = heads
+                .take_kept()
+                .unwrap_or_else(|| Vec::with_capacity(FIRST_HEAD_READ));
             self.start = 0;
         }
     }
@@ -99,8 +103,16 @@ impl ClientConn {
             self.start = 0;
         }
         if self.buf.len() == self.buf.capacity() {
-            // Only reached while a head is incomplete; the head limits bound the growth.
-            self.buf.reserve(self.buf.capacity().max(HEAD_BUF));
+            // Only reached while a head is incomplete. Grow as bytes come: to a head
+            // buffer (kept for reuse afterwards), then a head buffer at a time up to the
+            // head limit (a head that fills it is refused before the next read).
+            let grown = if self.buf.capacity() < HEAD_BUF {
+                HEAD_BUF
+            } else {
+                (self.buf.capacity() + HEAD_BUF).min(MAX_HEAD)
+            };
+            let grown = grown.max(self.buf.len() + 1);
+            self.buf.reserve_exact(grown - self.buf.len());
         }
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
