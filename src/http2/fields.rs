@@ -96,9 +96,41 @@ struct Entry {
     bad: bool,
 }
 
+/// Why decoding stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// The field goes on in the next frame.
+    More,
+    /// Not valid HPACK.
+    Bad,
+}
+
+/// Not valid HPACK: h2 ends the connection on it; nothing after it can be followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Broken;
+
+/// What one header block showed so far.
+struct BlockCheck {
+    /// Not the stream's first block.
+    trailers: bool,
+    malformed: bool,
+    fields: usize,
+}
+
+impl BlockCheck {
+    fn new(trailers: bool) -> BlockCheck {
+        BlockCheck {
+            trailers,
+            malformed: false,
+            fields: 0,
+        }
+    }
+}
+
 /// What a header block needs before h2 may decode it.
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
+enum Verdict {
     Clean,
     /// Malformed: this block instead (same table effect, h2 resets the stream).
     Refuse(Vec<u8>),
@@ -181,37 +213,60 @@ impl Hpack {
     }
 
     /// Check one complete header block (`trailers`: not the stream's first).
-    pub(crate) fn check(&mut self, block: &[u8], trailers: bool) -> Verdict {
-        self.scratch.clear();
-        let mut malformed = false;
-        // Fields rewritten: (start, end) in `block` and their new bytes.
-        let mut rewritten: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    #[cfg(test)]
+    fn check(&mut self, block: &[u8], trailers: bool) -> Verdict {
+        let mut st = BlockCheck::new(trailers);
+        let mut out = Vec::new();
+        match self.fields(block, &mut st, &mut out) {
+            Ok(n) if n == block.len() && st.malformed => {
+                out.extend_from_slice(MALFORMED_MARK);
+                Verdict::Refuse(out)
+            }
+            Ok(n) if n == block.len() => Verdict::Clean,
+            _ => Verdict::Broken,
+        }
+    }
+
+    /// Decode the complete fields at the start of `block` (part of a header block),
+    /// appending each to `out` as it came, or rewritten when h2 could not decode it.
+    /// Returns the bytes used: an incomplete last field waits for the next frame.
+    fn fields(
+        &mut self,
+        block: &[u8],
+        st: &mut BlockCheck,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, Broken> {
         let mut pos = 0;
-        let mut fields = 0;
         while pos < block.len() {
             let start = pos;
+            // Truncated: wait for more; anything else is a compression error.
+            macro_rules! take {
+                ($e:expr) => {
+                    match $e {
+                        Ok(v) => v,
+                        Err(Stop::More) => return Ok(start),
+                        Err(Stop::Bad) => return Err(Broken),
+                    }
+                };
+            }
             let first = block[pos];
             if first & 0x80 != 0 {
-                let Some(index) = int(block, &mut pos, 7) else {
-                    return Verdict::Broken;
-                };
-                let Some(e) = self.entry(index) else {
-                    return Verdict::Broken;
-                };
-                malformed |= e.bad || (trailers && matches!(e.name, Name::Pseudo(_)));
-                fields += 1;
+                let index = take!(int(block, &mut pos, 7));
+                let e = self.entry(index).ok_or(Broken)?;
+                st.malformed |= e.bad || (st.trailers && matches!(e.name, Name::Pseudo(_)));
+                st.fields += 1;
+                out.extend_from_slice(&block[start..pos]);
                 continue;
             }
             if first & 0xe0 == 0x20 {
                 // Dynamic table size update: only before the first field.
-                let Some(size) = int(block, &mut pos, 5) else {
-                    return Verdict::Broken;
-                };
-                if fields > 0 || size > HEADER_TABLE_SIZE {
-                    return Verdict::Broken;
+                let size = take!(int(block, &mut pos, 5));
+                if st.fields > 0 || size > HEADER_TABLE_SIZE {
+                    return Err(Broken);
                 }
                 self.max = size;
                 self.evict_to(size);
+                out.extend_from_slice(&block[start..pos]);
                 continue;
             }
             let (indexing, prefix, bits) = if first & 0xc0 == 0x40 {
@@ -219,26 +274,20 @@ impl Hpack {
             } else {
                 (false, first & 0xf0, 4)
             };
-            let Some(index) = int(block, &mut pos, bits) else {
-                return Verdict::Broken;
-            };
+            let index = take!(int(block, &mut pos, bits));
             self.scratch.clear();
             let (name, name_len, name_str) = if index == 0 {
-                let Some(s) = self.string(block, &mut pos) else {
-                    return Verdict::Broken;
-                };
+                let s = take!(self.string(block, &mut pos));
                 (Name::of(&self.scratch[s.at..s.at + s.len]), s.len, Some(s))
             } else {
-                let Some(e) = self.entry(index) else {
-                    return Verdict::Broken;
-                };
-                malformed |= e.bad;
+                let e = self.entry(index).ok_or(Broken)?;
                 (e.name, e.name_len, None)
             };
-            let Some(value) = self.string(block, &mut pos) else {
-                return Verdict::Broken;
-            };
-            fields += 1;
+            let value = take!(self.string(block, &mut pos));
+            if index != 0 {
+                st.malformed |= self.entry(index).is_some_and(|e| e.bad);
+            }
+            st.fields += 1;
             let v = &self.scratch[value.at..value.at + value.len];
             // What h2 would fail the connection on, and what else is malformed.
             let fails = match name {
@@ -249,12 +298,14 @@ impl Hpack {
             let bad = fails
                 || name == Name::Invalid
                 || (name == Name::Pseudo(Pseudo::Path) && v.contains(&b'#'));
-            malformed |= bad || (trailers && matches!(name, Name::Pseudo(_)));
+            st.malformed |= bad || (st.trailers && matches!(name, Name::Pseudo(_)));
             if fails {
-                let Some(bytes) = self.rewrite(prefix, bits, index, name, &name_str, &value) else {
-                    return Verdict::Broken;
-                };
-                rewritten.push((start, pos, bytes));
+                let bytes = self
+                    .rewrite(prefix, bits, index, name, &name_str, &value)
+                    .ok_or(Broken)?;
+                out.extend_from_slice(&bytes);
+            } else {
+                out.extend_from_slice(&block[start..pos]);
             }
             if indexing {
                 // A rewritten pseudo-header stands in h2's table as a regular name.
@@ -271,34 +322,22 @@ impl Hpack {
                 });
             }
         }
-        if !malformed {
-            return Verdict::Clean;
-        }
-        let mut out = Vec::with_capacity(block.len() + MALFORMED_MARK.len());
-        let mut copied = 0;
-        for (start, end, bytes) in &rewritten {
-            out.extend_from_slice(&block[copied..*start]);
-            out.extend_from_slice(bytes);
-            copied = *end;
-        }
-        out.extend_from_slice(&block[copied..]);
-        out.extend_from_slice(MALFORMED_MARK);
-        Verdict::Refuse(out)
+        Ok(pos)
     }
 
     /// Decode a string literal (RFC 7541 §5.2) into `scratch`.
-    fn string(&mut self, block: &[u8], pos: &mut usize) -> Option<Str> {
-        let huffman = *block.get(*pos)? & 0x80 != 0;
+    fn string(&mut self, block: &[u8], pos: &mut usize) -> Result<Str, Stop> {
+        let huffman = *block.get(*pos).ok_or(Stop::More)? & 0x80 != 0;
         let len = int(block, pos, 7)?;
-        let raw = block.get(*pos..pos.checked_add(len)?)?;
+        let raw = block.get(*pos..*pos + len).ok_or(Stop::More)?;
         *pos += len;
         let at = self.scratch.len();
         if huffman {
-            huffman::decode(raw, &mut self.scratch)?;
+            huffman::decode(raw, &mut self.scratch).ok_or(Stop::Bad)?;
         } else {
             self.scratch.extend_from_slice(raw);
         }
-        Some(Str {
+        Ok(Str {
             at,
             len: self.scratch.len() - at,
         })
@@ -357,24 +396,28 @@ impl Hpack {
 }
 
 /// RFC 7541 §5.1 integer with an `n`-bit prefix, at `pos`.
-fn int(block: &[u8], pos: &mut usize, n: u32) -> Option<usize> {
+fn int(block: &[u8], pos: &mut usize, n: u32) -> Result<usize, Stop> {
     let max = (1usize << n) - 1;
-    let mut value = usize::from(*block.get(*pos)?) & max;
+    let mut value = usize::from(*block.get(*pos).ok_or(Stop::More)?) & max;
     *pos += 1;
     if value < max {
-        return Some(value);
+        return Ok(value);
     }
     let mut shift = 0;
     loop {
-        let b = *block.get(*pos)?;
+        let b = *block.get(*pos).ok_or(Stop::More)?;
         *pos += 1;
-        value = value.checked_add(usize::from(b & 0x7f).checked_shl(shift)?)?;
+        value += usize::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
-            return (value <= u32::MAX as usize).then_some(value);
+            return if value <= u32::MAX as usize {
+                Ok(value)
+            } else {
+                Err(Stop::Bad)
+            };
         }
         shift += 7;
         if shift > 28 {
-            return None;
+            return Err(Stop::Bad);
         }
     }
 }
@@ -461,9 +504,9 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// h2's `SETTINGS_MAX_FRAME_SIZE` (its default; the proxy does not change it).
 const MAX_FRAME: usize = 16 * 1024;
-/// The largest header block (HEADERS and CONTINUATION frames, as sent) held until its
-/// end: the header-list limit and one more frame. A larger one cannot be a request the
-/// proxy serves (h2 would refuse it whole), so its connection is cut off.
+/// The largest part of a header block held back from h2: one field that goes on in the
+/// next frame (its bytes as sent). No field that long fits the header-list limit, so a
+/// client that sends one is cut off.
 pub(crate) const MAX_BLOCK: usize = super::MAX_HEADER_LIST as usize + MAX_FRAME;
 
 /// Where the walk through the client's bytes stands.
@@ -478,18 +521,19 @@ enum At {
 }
 
 /// The client's bytes on their way to h2: every frame passes as it came except header
-/// blocks, which are held until complete (`MAX_BLOCK` at most), checked, and passed as
-/// they came or rewritten (`Hpack::check`).
+/// block frames, which pass once complete with the fields they complete (checked, as
+/// they came or rewritten: `Hpack::fields`); a field split across frames waits for its
+/// end (`MAX_BLOCK` at most), so h2 decodes as much of a block as it did without this.
 pub(crate) struct Blocks {
     hpack: Hpack,
     at: At,
     /// Bytes read and not yet given to h2: `pend[..ready]` may go, the rest is a frame
-    /// header or a header block still incomplete (walked up to `walked`).
+    /// header or a header block frame still incomplete (walked up to `walked`).
     pend: Vec<u8>,
     ready: usize,
     walked: usize,
-    /// Where the header block in progress starts in `pend`.
-    block: Option<usize>,
+    /// The header block in progress.
+    block: Option<Block>,
     /// Highest stream a request opened: a later block on it is its trailers.
     last_request: u32,
     /// The HPACK state could not be followed (h2 ends the connection on the same bytes):
@@ -497,7 +541,18 @@ pub(crate) struct Blocks {
     unchecked: bool,
 }
 
-/// A header block over `MAX_BLOCK`.
+/// A header block in progress.
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    check: BlockCheck,
+    /// The start of a field that goes on in the next frame.
+    carry: Vec<u8>,
+    /// Its HEADERS frame went to h2: what follows goes as CONTINUATION.
+    started: bool,
+}
+
+/// A header field over `MAX_BLOCK`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TooLarge;
 
@@ -578,9 +633,6 @@ impl Blocks {
         self.pend.drain(..n);
         self.ready -= n;
         self.walked -= n;
-        if let Some(b) = self.block.as_mut() {
-            *b -= n;
-        }
         if self.pend.is_empty() {
             // An idle connection keeps no buffer.
             self.pend = Vec::new();
@@ -630,61 +682,105 @@ impl Blocks {
                         self.at = At::Payload(len);
                         continue;
                     }
-                    let start = *self.block.get_or_insert(self.walked);
-                    if self.walked + 9 + len - start > MAX_BLOCK {
-                        return Err(TooLarge);
-                    }
                     if left_in_pend < 9 + len {
                         return Ok(());
                     }
-                    let end_headers = h[4] & END_HEADERS != 0;
-                    self.walked += 9 + len;
-                    if end_headers {
-                        self.finish_block(start);
-                    }
+                    let end = self.walked + 9 + len;
+                    let frames = self.frame_out(end)?;
+                    let n = frames.len();
+                    self.pend.splice(self.walked..end, frames);
+                    self.walked += n;
+                    self.ready = self.walked;
                 }
             }
         }
     }
 
-    /// The block `pend[start..walked]` is complete: check it, pass or rewrite it.
-    fn finish_block(&mut self, start: usize) {
-        self.block = None;
-        let frames = &self.pend[start..self.walked];
-        let Some((stream, flags, fragment)) = fragment(frames) else {
+    /// The header block frame `pend[walked..end]` is complete: check the fields it
+    /// completes and return what h2 gets instead: those fields, as they came or
+    /// rewritten, in a HEADERS or CONTINUATION frame (none while a field is incomplete);
+    /// at the block's end a malformed request gets the field that makes h2 reset it.
+    fn frame_out(&mut self, end: usize) -> Result<Vec<u8>, TooLarge> {
+        let frame = &self.pend[self.walked..end];
+        let (kind, flags) = (frame[3], frame[4]);
+        let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+        let Some(fragment) = fragment(kind, flags, &frame[9..]) else {
+            // Bad padding: h2 ends the connection on it.
             self.unchecked = true;
-            return;
+            return Ok(frame.to_vec());
         };
-        // Client streams are odd and rise (RFC 9113 §5.1.1): a block on one already
-        // opened is its trailers.
-        let trailers = stream <= self.last_request;
-        if !trailers {
-            self.last_request = stream;
+        if kind == HEADERS {
+            // Client streams are odd and rise (RFC 9113 §5.1.1): a block on one already
+            // opened is its trailers.
+            let trailers = stream <= self.last_request;
+            if !trailers {
+                self.last_request = stream;
+            }
+            self.block = Some(Block {
+                stream,
+                end_stream: flags & END_STREAM != 0,
+                check: BlockCheck::new(trailers),
+                carry: Vec::new(),
+                started: false,
+            });
         }
-        match self.hpack.check(&fragment, trailers) {
-            Verdict::Clean => {}
-            Verdict::Broken => self.unchecked = true,
-            Verdict::Refuse(block) => {
-                let mut frames =
-                    Vec::with_capacity(block.len() + 9 * (block.len() / MAX_FRAME + 1));
-                let chunks: Vec<&[u8]> = block.chunks(MAX_FRAME).collect();
-                for (i, chunk) in chunks.iter().enumerate() {
-                    let mut f = if i == 0 { flags & END_STREAM } else { 0 };
-                    if i + 1 == chunks.len() {
-                        f |= END_HEADERS;
-                    }
-                    let kind = if i == 0 { HEADERS } else { CONTINUATION };
-                    frames.extend_from_slice(&(chunk.len() as u32).to_be_bytes()[1..]);
-                    frames.extend_from_slice(&[kind, f]);
-                    frames.extend_from_slice(&stream.to_be_bytes());
-                    frames.extend_from_slice(chunk);
-                }
-                let n = frames.len();
-                self.pend.splice(start..self.walked, frames);
-                self.walked = start + n;
+        let Some(block) = self.block.as_mut() else {
+            self.unchecked = true;
+            return Ok(frame.to_vec());
+        };
+        block.carry.extend_from_slice(fragment);
+        if block.carry.len() > MAX_BLOCK {
+            return Err(TooLarge);
+        }
+        let mut out = Vec::new();
+        match self.hpack.fields(&block.carry, &mut block.check, &mut out) {
+            Ok(n) => {
+                block.carry.drain(..n);
+            }
+            Err(Broken) => {
+                // h2 gets the fields as they came and fails on the same bytes.
+                self.unchecked = true;
+                out = std::mem::take(&mut block.carry);
             }
         }
-        self.ready = self.walked;
+        let last = flags & END_HEADERS != 0;
+        if last {
+            // A block that ends inside a field: h2 fails on it as well.
+            out.append(&mut block.carry);
+            if block.check.malformed && !self.unchecked {
+                out.extend_from_slice(MALFORMED_MARK);
+            }
+        }
+        let mut frames = Vec::new();
+        if out.is_empty() && !last {
+            return Ok(frames);
+        }
+        let chunks: Vec<&[u8]> = if out.is_empty() {
+            vec![&[]]
+        } else {
+            out.chunks(MAX_FRAME).collect()
+        };
+        for (i, chunk) in chunks.iter().enumerate() {
+            let (kind, mut f) = if block.started {
+                (CONTINUATION, 0)
+            } else if block.end_stream {
+                (HEADERS, END_STREAM)
+            } else {
+                (HEADERS, 0)
+            };
+            block.started = true;
+            if last && i + 1 == chunks.len() {
+                f |= END_HEADERS;
+            }
+            frames.extend_from_slice(&(chunk.len() as u32).to_be_bytes()[1..]);
+            frames.extend_from_slice(&[kind, f]);
+            frames.extend_from_slice(&block.stream.to_be_bytes());
+            frames.extend_from_slice(chunk);
+        }
+        if last {
+            self.block = None;
+        }
+        Ok(frames)
     }
 }
 
@@ -692,34 +788,20 @@ fn frame_len(h: &[u8]) -> usize {
     u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize
 }
 
-/// The stream, the first frame's flags and the header block fragment of complete
-/// HEADERS + CONTINUATION frames (padding and priority left out). `None`: malformed
-/// framing (h2 ends the connection on it).
-fn fragment(mut frames: &[u8]) -> Option<(u32, u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut first = None;
-    while frames.len() >= 9 {
-        let len = frame_len(frames);
-        let (kind, flags) = (frames[3], frames[4]);
-        let stream = u32::from_be_bytes([frames[5], frames[6], frames[7], frames[8]]) & 0x7fff_ffff;
-        let mut payload = frames.get(9..9 + len)?;
-        frames = &frames[9 + len..];
-        if kind == HEADERS {
-            if flags & PADDED != 0 {
-                let pad = usize::from(*payload.first()?);
-                payload = payload.get(1..payload.len().checked_sub(pad)?)?;
-            }
-            if flags & PRIORITY != 0 {
-                payload = payload.get(5..)?;
-            }
-            first = Some((stream, flags));
+/// The header block fragment of a HEADERS or CONTINUATION frame's payload (padding and
+/// priority left out). `None`: bad padding.
+fn fragment(kind: u8, flags: u8, mut payload: &[u8]) -> Option<&[u8]> {
+    if kind == HEADERS {
+        if flags & PADDED != 0 {
+            let pad = usize::from(*payload.first()?);
+            payload = payload.get(1..payload.len().checked_sub(pad)?)?;
         }
-        out.extend_from_slice(payload);
+        if flags & PRIORITY != 0 {
+            payload = payload.get(5..)?;
+        }
     }
-    let (stream, flags) = first?;
-    Some((stream, flags, out))
+    Some(payload)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
