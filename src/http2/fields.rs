@@ -115,6 +115,9 @@ struct BlockCheck {
     trailers: bool,
     malformed: bool,
     fields: usize,
+    /// The header list's size so far as RFC 9113 §6.5.2 counts it (names, values and 32
+    /// per field).
+    list: usize,
 }
 
 impl BlockCheck {
@@ -123,6 +126,7 @@ impl BlockCheck {
             trailers,
             malformed: false,
             fields: 0,
+            list: 0,
         }
     }
 }
@@ -255,6 +259,7 @@ impl Hpack {
                 let e = self.entry(index).ok_or(Broken)?;
                 st.malformed |= e.bad || (st.trailers && matches!(e.name, Name::Pseudo(_)));
                 st.fields += 1;
+                st.list += e.size.max(e.name_len + ENTRY_OVERHEAD);
                 out.extend_from_slice(&block[start..pos]);
                 continue;
             }
@@ -288,6 +293,7 @@ impl Hpack {
                 st.malformed |= self.entry(index).is_some_and(|e| e.bad);
             }
             st.fields += 1;
+            st.list += name_len + value.len + ENTRY_OVERHEAD;
             let v = &self.scratch[value.at..value.at + value.len];
             // What h2 would fail the connection on, and what else is malformed.
             let fails = match name {
@@ -504,10 +510,14 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// h2's `SETTINGS_MAX_FRAME_SIZE` (its default; the proxy does not change it).
 const MAX_FRAME: usize = 16 * 1024;
-/// The largest part of a header block held back from h2: one field that goes on in the
-/// next frame (its bytes as sent). No field that long fits the header-list limit, so a
-/// client that sends one is cut off.
+/// The most a header block may hold while incomplete: its header list so far (what h2
+/// has decoded) and the field that goes on in the next frame (its bytes as sent). A
+/// block past it cannot be served (h2 refuses a list over the limit), so its client is
+/// cut off rather than left to fill memory until the header timeout.
 pub(crate) const MAX_BLOCK: usize = super::MAX_HEADER_LIST as usize + MAX_FRAME;
+/// The most fields a header block may have: a request over HTTP/1's 100 header fields is
+/// refused anyway, and h2 stores every decoded field in its header map.
+const MAX_FIELDS: usize = 4 * crate::http::head::MAX_HEADERS;
 
 /// Where the walk through the client's bytes stands.
 #[derive(Clone, Copy, Debug)]
@@ -552,7 +562,7 @@ struct Block {
     started: bool,
 }
 
-/// A header field over `MAX_BLOCK`.
+/// A header block over `MAX_BLOCK` or `MAX_FIELDS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TooLarge;
 
@@ -729,9 +739,6 @@ impl Blocks {
             return Ok(frame.to_vec());
         };
         block.carry.extend_from_slice(fragment);
-        if block.carry.len() > MAX_BLOCK {
-            return Err(TooLarge);
-        }
         let mut out = Vec::new();
         match self.hpack.fields(&block.carry, &mut block.check, &mut out) {
             Ok(n) => {
@@ -742,6 +749,10 @@ impl Blocks {
                 self.unchecked = true;
                 out = std::mem::take(&mut block.carry);
             }
+        }
+        let check = &block.check;
+        if check.list + block.carry.len() > MAX_BLOCK || check.fields > MAX_FIELDS {
+            return Err(TooLarge);
         }
         let last = flags & END_HEADERS != 0;
         if last {

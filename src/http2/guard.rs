@@ -28,7 +28,7 @@ const END_STREAM: u8 = 0x1;
 pub(crate) enum Offense {
     Resets,
     ControlFrames,
-    /// A header field over `fields::MAX_BLOCK`.
+    /// A header block over `fields::MAX_BLOCK` or `fields::MAX_FIELDS`.
     HeaderBlock,
     /// A header block left incomplete past the header timeout.
     SlowHeaders,
@@ -39,7 +39,7 @@ impl Offense {
         match self {
             Offense::Resets => "too many stream resets",
             Offense::ControlFrames => "too many control frames",
-            Offense::HeaderBlock => "header field over 80 KiB",
+            Offense::HeaderBlock => "header block over 80 KiB or 400 fields",
             Offense::SlowHeaders => "header block incomplete past the header timeout",
         }
     }
