@@ -16,8 +16,8 @@ pub(crate) const BODY_BUF: usize = 128 * 1024;
 /// Size of a head buffer (a client's request head, an executor's response head); it grows
 /// (up to the head limit) only for unusually large heads, and a grown one is not kept.
 pub(crate) const HEAD_BUF: usize = 8 * 1024;
-/// A client head is first read into this much when no head buffer is kept (a burst of new
-/// connections): a connection that sent only a few bytes holds no more than that.
+/// A new connection's first head is read into this much when no head buffer is kept (a
+/// burst of new connections): a connection that sent only a few bytes holds no more.
 pub(crate) const FIRST_HEAD_READ: usize = 1024;
 /// Body buffers kept for reuse (16 MiB at most); more in flight at once are allocated
 /// and freed.

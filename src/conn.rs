@@ -71,26 +71,21 @@ async fn serve_requests(
             }
         }
         let mut scratch = ctx.scratch.lend();
-        // The head is read in its own small allocation: a client that sends part of a
-        // head and stops holds that and its bytes, not a whole request's state.
-        let head = Box::pin(read_head(ctx, conn, &mut scratch.get().headers)).await;
-        let request = Box::pin(serve_request(ctx, conn, scratch.get(), head));
+        let request = Box::pin(serve_request(ctx, conn, scratch.get()));
         if let Some(why) = request.await {
             return why;
         }
     }
 }
 
-/// Answer one request (its head read, or why none came). `Some`: the HTTP/1 loop ends,
-/// and why.
+/// Read one request and answer it. `Some`: the HTTP/1 loop ends, and why.
 async fn serve_request(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,
     scratch: &mut Scratch,
-    head: Result<RequestHead, Ended>,
 ) -> Option<Stop> {
     let out = &mut scratch.out;
-    let head = match head {
+    let head = match read_head(ctx, conn, &mut scratch.headers).await {
         Ok(head) => head,
         Err(Ended::Quietly(why)) => return Some(Stop::Close(why)),
         Err(Ended::Http2) => return Some(Stop::Http2),

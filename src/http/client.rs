@@ -64,13 +64,17 @@ impl ClientConn {
         }
     }
 
-    /// Take a head buffer from the worker's pool, unless one is held; with none kept,
-    /// start small (`read_more` grows it as bytes come).
+    /// Take a head buffer from the worker's pool, unless one is held. A new connection's
+    /// first head starts small when none is kept (a burst of new connections, or clients
+    /// that send part of a head and stop): `read_more` grows it as bytes come. Later heads
+    /// take a full head buffer, so a keep-alive connection returns one to the pool.
     pub(crate) fn take_buffer(&mut self, heads: &FreeList<Vec<u8>>) {
         if self.buf.capacity() == 0 {
-            self.buf = heads
-                .take_kept()
-                .unwrap_or_else(|| Vec::with_capacity(FIRST_HEAD_READ));
+            self.buf = match heads.take_kept() {
+                Some(buf) => buf,
+                None if self.bytes_in == 0 => Vec::with_capacity(FIRST_HEAD_READ),
+                None => Vec::with_capacity(HEAD_BUF),
+            };
             self.start = 0;
         }
     }
