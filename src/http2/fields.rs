@@ -876,4 +876,62 @@ mod tests {
         assert_eq!(h.check(&trailer, true), Verdict::Clean);
         assert!(matches!(h.check(&[0x84], true), Verdict::Refuse(_)));
     }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// All bytes `Blocks` lets through for `input`, fed in one piece.
+    fn through(input: &[u8]) -> Vec<u8> {
+        let mut b = Blocks::new();
+        let pass = b.pass_in_place(input);
+        let mut out = input[..pass].to_vec();
+        b.push(&input[pass..]).unwrap();
+        let mut buf = vec![0; 1 << 20];
+        let n = b.take(&mut buf);
+        out.extend_from_slice(&buf[..n]);
+        out
+    }
+
+    #[test]
+    fn a_bad_field_split_across_frames_is_rewritten_in_the_last_one() {
+        let mut block = vec![0x82, 0x84];
+        literal(&mut block, 0x00, b"x-bad", b"a\nb");
+        let (first, rest) = block.split_at(5);
+        // PADDED HEADERS with END_STREAM: pad length 2, the fragment, 2 bytes of padding.
+        let mut padded = vec![2];
+        padded.extend_from_slice(first);
+        padded.extend_from_slice(&[0, 0]);
+        let mut input = crate::http2::PREFACE.to_vec();
+        input.extend(frame(HEADERS, END_STREAM | PADDED, 1, &padded));
+        input.extend(frame(CONTINUATION, END_HEADERS, 1, rest));
+        input.extend(frame(0x0, 0, 3, b"data"));
+        let mut want = crate::http2::PREFACE.to_vec();
+        // The complete fields of the first frame, then the rewritten one and the mark.
+        want.extend(frame(HEADERS, END_STREAM, 1, &[0x82, 0x84]));
+        let mut last = Vec::new();
+        literal(&mut last, 0x00, b"x-bad", b"a b");
+        last.extend_from_slice(MALFORMED_MARK);
+        want.extend(frame(CONTINUATION, END_HEADERS, 1, &last));
+        want.extend(frame(0x0, 0, 3, b"data"));
+        assert_eq!(through(&input), want);
+    }
+
+    #[test]
+    fn clean_frames_pass_as_they_came() {
+        let mut input = crate::http2::PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[]));
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &[0x82, 0x84, 0x86],
+        ));
+        input.extend(frame(0x8, 0, 0, &[0, 0, 1, 0]));
+        assert_eq!(through(&input), input);
+    }
 }
