@@ -16,6 +16,9 @@ pub(crate) const BODY_BUF: usize = 128 * 1024;
 /// Size of a head buffer (a client's request head, an executor's response head); it grows
 /// (up to the head limit) only for unusually large heads, and a grown one is not kept.
 pub(crate) const HEAD_BUF: usize = 8 * 1024;
+/// A new connection's first head is read into this much when no head buffer is kept (a
+/// burst of new connections): a connection that sent only a few bytes holds no more.
+pub(crate) const FIRST_HEAD_READ: usize = 1024;
 /// Body buffers kept for reuse (16 MiB at most); more in flight at once are allocated
 /// and freed.
 const KEEP_BODIES: usize = 128;
@@ -40,6 +43,11 @@ impl<T> FreeList<T> {
     /// Take an item: a kept one, or a fresh one.
     pub(crate) fn get(&self) -> T {
         self.free.borrow_mut().pop().unwrap_or_else(self.make)
+    }
+
+    /// Take a kept item, if there is one.
+    pub(crate) fn take_kept(&self) -> Option<T> {
+        self.free.borrow_mut().pop()
     }
 
     /// Give an item back; it is kept while the free list has room and `clean` allows.

@@ -1209,3 +1209,257 @@ fn h2_streams_count_in_flight_and_for_ejection() {
         "{route:?}"
     );
 }
+
+/// Broadcast bodies are held whole while every executor gets its copy, so they are
+/// budgeted: 4 MiB per HTTP/2 connection (and 64 MiB per worker). 30 streams × 1 MB on
+/// one connection to a slow executor used to hold all 30 bodies at once (and a copy per
+/// executor: 60 MiB); now 4 are taken and the others are refused with `REFUSED_STREAM`
+/// before anything is read or sent (RFC 9113 §8.7), which clients may retry.
+#[test]
+fn broadcast_bodies_over_http2_are_budgeted_per_connection() {
+    let a = mock("a");
+    let p = ProxyProcess::start(
+        &[a.hostname()],
+        &[("OPR_PROXY_HEALTHCHECK_INTERVAL", "60000")],
+    );
+    let addr = p.addr;
+    let broadcast = |ms: u32, len: usize| {
+        let mut request = h2_request(addr, "POST", &format!("/v1/sleep?ms={ms}"));
+        let headers = request.headers_mut();
+        headers.insert("x-opr-addressing-method", "broadcast".parse().unwrap());
+        headers.insert("content-length", len.to_string().parse().unwrap());
+        request
+    };
+    // Warm the worker (allocator, pools) with one small broadcast.
+    let warm = on_runtime(async move {
+        let mut send = h2_connect(addr).await;
+        let (response, mut body) = send.send_request(broadcast(1, 10), false).unwrap();
+        body.send_data(Bytes::from_static(b"0123456789"), true)
+            .unwrap();
+        response.await.unwrap().status()
+    });
+    assert_eq!(warm, 204);
+    let before = p.status_kib("VmHWM");
+    let streams = 30;
+    let outcomes = on_runtime(async move {
+        let mut send = h2_connect(addr).await;
+        let mut waiting = Vec::new();
+        for _ in 0..streams {
+            let (response, mut body) = send.send_request(broadcast(600, 1_000_000), false).unwrap();
+            body.send_data(Bytes::from(vec![b'b'; 1_000_000]), true)
+                .unwrap();
+            waiting.push((response, body));
+        }
+        let mut outcomes = Vec::new();
+        for (response, _body) in waiting {
+            let response = monoio::time::timeout(Duration::from_secs(30), response).await;
+            outcomes.push(match response {
+                Ok(Ok(r)) => format!("{}", r.status().as_u16()),
+                Ok(Err(e)) => format!("{:?}", e.reason()),
+                Err(_) => "timeout".to_string(),
+            });
+        }
+        outcomes
+    });
+    let peak = p.status_kib("VmHWM");
+    let grew = peak.saturating_sub(before);
+    let taken = outcomes.iter().filter(|o| *o == "204").count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| *o == "Some(REFUSED_STREAM)")
+        .count();
+    eprintln!(
+        "{streams} broadcasts of 1 MB on one connection: {taken} taken, {refused} refused; \
+         peak RSS {before} -> {peak} KiB (+{grew})"
+    );
+    assert_eq!(taken + refused, streams, "{outcomes:?}");
+    assert!((4..streams).contains(&taken), "{outcomes:?}");
+    // 4 MiB of bodies, h2's 1 MiB connection window and allocator slack.
+    assert!(grew < 14 * 1024, "peak RSS grew by {grew} KiB");
+}
+
+/// A literal field with incremental indexing, new name (RFC 7541 §6.2.1).
+fn hpack_indexed_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.push(0x40);
+    hpack_int(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(out, 0, 7, value.len());
+    out.extend_from_slice(value);
+}
+
+/// Read frames until stream `good` ends; returns its status line bytes seen (HEADERS
+/// count), its body, and the RST_STREAM codes per stream.
+fn answers(c: &mut H2Raw, good: u32) -> (bool, Vec<u8>, Vec<(u32, u32)>) {
+    let (mut headers, mut body, mut resets) = (false, Vec::new(), Vec::new());
+    while let Some(f) = c.read_frame(Duration::from_secs(5)) {
+        assert_ne!(f.kind, GOAWAY, "the connection must survive: {f:?}");
+        if f.kind == RST_STREAM {
+            let p = &f.payload;
+            resets.push((f.stream, u32::from_be_bytes([p[0], p[1], p[2], p[3]])));
+        }
+        if f.stream == good && f.kind == HEADERS {
+            headers = true;
+        }
+        if f.stream == good && f.kind == DATA {
+            body.extend_from_slice(&f.payload);
+        }
+        if f.stream == good && f.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    (headers, body, resets)
+}
+
+const PROTOCOL_ERROR: u32 = 0x1;
+
+/// RFC 9113 §8.1.1: a malformed request is a stream error. An upper-case field name or a
+/// CR/LF in a value used to close the whole connection (GOAWAY PROTOCOL_ERROR), losing a
+/// slow stream's answer; now only the offending streams are reset, also a later stream
+/// that refers to a bad field through the HPACK table, and the table stays in step.
+#[test]
+fn a_bad_header_resets_its_stream_only() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let mut c = H2Raw::connect(p.addr);
+    let authority = p.addr.to_string();
+    let auth = bearer();
+    let slow = request_block(
+        "GET",
+        "/v1/sleep?ms=700",
+        &authority,
+        &[("authorization", &auth)],
+    );
+    let mut burst = frame(HEADERS, END_HEADERS | END_STREAM, 1, &slow);
+    // Stream 3: an upper-case name, indexed into the dynamic table (index 62).
+    let mut upper = request_block("GET", "/v1/ping", &authority, &[("authorization", &auth)]);
+    hpack_indexed_literal(&mut upper, "X-Upper", b"1");
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &upper));
+    // Stream 5: CR LF in a value.
+    let crlf = request_block(
+        "GET",
+        "/v1/ping",
+        &authority,
+        &[("authorization", &auth), ("x-split", "a\r\nx-injected: 1")],
+    );
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 5, &crlf));
+    // Stream 7: the bad field again, by its index.
+    let mut by_index = request_block("GET", "/v1/ping", &authority, &[("authorization", &auth)]);
+    by_index.push(0x80 | 62);
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 7, &by_index));
+    // Stream 9: a good request that adds to the table after the bad entry.
+    let mut good = request_block("GET", "/v1/ping", &authority, &[("authorization", &auth)]);
+    hpack_indexed_literal(&mut good, "x-good", b"yes");
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 9, &good));
+    c.send(&burst);
+    let (headers, body, resets) = answers(&mut c, 1);
+    assert!(headers, "the slow stream was answered");
+    assert!(!body.is_empty(), "the slow stream's body arrived");
+    for stream in [3, 5, 7] {
+        assert!(
+            resets.contains(&(stream, PROTOCOL_ERROR)),
+            "stream {stream} reset with PROTOCOL_ERROR: {resets:?}"
+        );
+    }
+    assert!(
+        !resets.iter().any(|(s, _)| *s == 1 || *s == 9),
+        "{resets:?}"
+    );
+    // The table is in step: index 62 is now `x-good: yes` (newest first).
+    let mut again = request_block("GET", "/v1/ping", &authority, &[("authorization", &auth)]);
+    again.push(0x80 | 62);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 11, &again));
+    let (headers, _, resets) = answers(&mut c, 11);
+    assert!(headers && resets.is_empty(), "{resets:?}");
+    // Neither the bad requests nor their fields reached an executor.
+    let seen = a.last_request().expect("the good requests were forwarded");
+    assert_eq!(seen.header("x-good"), Some("yes"));
+    assert!(eventually(Duration::from_secs(2), || a.requests() == 3));
+}
+
+/// RFC 9113 §8.3.1: `#` is not allowed in `:path`. The `http` crate used to cut the
+/// fragment silently (`/v1/ping?q=1#x` went out as `/v1/ping?q=1`); the stream is reset.
+#[test]
+fn a_fragment_in_path_resets_the_stream() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let mut c = H2Raw::connect(p.addr);
+    let authority = p.addr.to_string();
+    let auth = bearer();
+    let bad = request_block(
+        "GET",
+        "/v1/ping?q=1#x",
+        &authority,
+        &[("authorization", &auth)],
+    );
+    let mut burst = frame(HEADERS, END_HEADERS | END_STREAM, 1, &bad);
+    let health = request_block("GET", "/v1/proxy/health", &authority, &[]);
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &health));
+    c.send(&burst);
+    let (headers, body, resets) = answers(&mut c, 3);
+    assert!(headers && body == b"OK");
+    assert_eq!(resets, vec![(1, PROTOCOL_ERROR)]);
+    assert_eq!(a.requests(), 0, "the request must not be forwarded");
+}
+
+/// RFC 9113 §8.1: trailers must not carry pseudo-header fields; such a request is
+/// malformed: its stream is reset and its executor connection closed (the request
+/// never completes there). It used to be forwarded and answered.
+#[test]
+fn trailers_with_a_pseudo_header_reset_the_stream() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[]);
+    let mut c = H2Raw::connect(p.addr);
+    let authority = p.addr.to_string();
+    let auth = bearer();
+    let head = request_block(
+        "POST",
+        "/v1/upload",
+        &authority,
+        &[("authorization", &auth)],
+    );
+    let mut burst = frame(HEADERS, END_HEADERS, 1, &head);
+    burst.extend(frame(DATA, 0, 1, b"hello"));
+    let mut trailers = Vec::new();
+    hpack_literal(&mut trailers, ":path", b"/v1/other");
+    hpack_literal(&mut trailers, "x-trailer", b"1");
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers));
+    let health = request_block("GET", "/v1/proxy/health", &authority, &[]);
+    burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &health));
+    c.send(&burst);
+    let (headers, body, resets) = answers(&mut c, 3);
+    assert!(headers && body == b"OK");
+    assert!(resets.contains(&(1, PROTOCOL_ERROR)), "{resets:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        a.requests(),
+        0,
+        "the executor must not get a complete request"
+    );
+}
+
+/// An incomplete header block gets the header timeout, as an HTTP/1 head does (it held
+/// its memory until the idle timeout, 60 s by default): the connection is cut off.
+#[test]
+fn an_unfinished_header_block_is_cut_off_at_the_header_timeout() {
+    let a = mock("a");
+    let p = Proxy::start(
+        &[&a],
+        &[
+            ("OPR_PROXY_HEADER_TIMEOUT", "1"),
+            ("OPR_PROXY_IDLE_TIMEOUT", "600"),
+        ],
+    );
+    let mut c = H2Raw::connect(p.addr);
+    let block = request_block("GET", "/v1/ping", &p.addr.to_string(), &[]);
+    // HEADERS without END_HEADERS: a CONTINUATION should follow and never does.
+    c.send(&frame(HEADERS, END_STREAM, 1, &block));
+    let started = Instant::now();
+    let (goaway, _) = c.until_goaway(Duration::from_secs(8));
+    let goaway = goaway.expect("GOAWAY within the header timeout");
+    assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

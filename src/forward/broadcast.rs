@@ -3,9 +3,14 @@
 //! from the same parts as anycast: the pump, `exchange::open` (pool cleanliness, offline
 //! flagging), the replay and reuse rules.
 
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
+
+use bytes::Bytes;
+use monoio::io::AsyncWriteRentExt;
 
 use super::exchange::{self, HeadFailure, OpenError};
 use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
@@ -30,6 +35,108 @@ pub(crate) fn body_limit(config: &crate::config::Config) -> u64 {
         .map_or(BROADCAST_MAX_BODY, |m| m.min(BROADCAST_MAX_BODY))
 }
 
+/// Broadcast bodies held at once by one worker (HTTP/1 and HTTP/2 together): 64 bodies of
+/// the largest size. Broadcasts are operator traffic (Appwrite's are body-less deletions),
+/// so only abuse reaches it.
+pub(crate) const WORKER_BUDGET: u64 = 64 * BROADCAST_MAX_BODY;
+/// Broadcast bodies held at once by one HTTP/2 connection: 4 bodies of the largest size
+/// (a load balancer multiplexing a few broadcasting users).
+pub(crate) const CONNECTION_BUDGET: u64 = 4 * BROADCAST_MAX_BODY;
+// A body within the limit fits once the bodies ahead of it are done.
+const _: () =
+    assert!(CONNECTION_BUDGET >= BROADCAST_MAX_BODY && WORKER_BUDGET >= CONNECTION_BUDGET);
+
+/// Bytes held against a cap, and the HTTP/1 broadcasts waiting for room.
+pub(crate) struct Budget {
+    cap: u64,
+    held: Cell<u64>,
+    waiting: RefCell<Vec<Waker>>,
+}
+
+impl Budget {
+    pub(crate) fn new(cap: u64) -> Budget {
+        Budget {
+            cap,
+            held: Cell::new(0),
+            waiting: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn fits(&self, n: u64) -> bool {
+        self.held.get() + n <= self.cap
+    }
+
+    fn give_back(&self, n: u64) {
+        self.held.set(self.held.get() - n);
+        for w in self.waiting.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+thread_local! {
+    /// This worker's budget (a worker is a thread).
+    static WORKER: Rc<Budget> = Rc::new(Budget::new(WORKER_BUDGET));
+}
+
+/// Room for `n` bytes of one broadcast body, given back when dropped.
+pub(crate) struct Held {
+    n: u64,
+    worker: Rc<Budget>,
+    connection: Option<Rc<Budget>>,
+}
+
+impl Held {
+    /// Keep only `n` bytes (the body turned out smaller than reserved).
+    pub(crate) fn shrink(&mut self, n: u64) {
+        let extra = self.n.saturating_sub(n);
+        self.n -= extra;
+        self.worker.give_back(extra);
+        if let Some(c) = &self.connection {
+            c.give_back(extra);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.shrink(0);
+    }
+}
+
+/// Hold `n` bytes in this worker's budget and in `connection`'s (an HTTP/2 connection's)
+/// if both have room now. `n` is the declared length, or the body limit when the length
+/// is not known in advance. An HTTP/2 stream does not wait for room: its unread DATA
+/// would keep its share of the connection's window, and enough waiting streams would
+/// starve the ones that hold room (it is refused with `REFUSED_STREAM` instead).
+pub(crate) fn try_hold(n: u64, connection: Option<&Rc<Budget>>) -> Option<Held> {
+    let worker = WORKER.with(Rc::clone);
+    if !worker.fits(n) || connection.is_some_and(|c| !c.fits(n)) {
+        return None;
+    }
+    for b in std::iter::once(&worker).chain(connection) {
+        b.held.set(b.held.get() + n);
+    }
+    Some(Held {
+        n,
+        worker,
+        connection: connection.cloned(),
+    })
+}
+
+/// Hold `n` bytes in this worker's budget, waiting for room (an HTTP/1 client sends
+/// nothing more meanwhile: it waits in its socket buffers).
+async fn hold(n: u64) -> Held {
+    std::future::poll_fn(|cx| match try_hold(n, None) {
+        Some(held) => Poll::Ready(held),
+        None => {
+            WORKER.with(|w| w.waiting.borrow_mut().push(cx.waker().clone()));
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 pub(super) async fn broadcast(
     ctx: &Rc<WorkerCtx>,
     conn: &mut ClientConn,
@@ -39,14 +146,25 @@ pub(super) async fn broadcast(
     limit: Option<u64>,
 ) -> (After, u16) {
     let deadline = Instant::now() + ctx.config.max_timeout;
-    let read = monoio::time::timeout_at(deadline.into(), read_body(ctx, conn, head, limit));
-    let body = match read.await {
-        Ok(Ok(body)) => body,
+    let need = match head.framing {
+        RequestFraming::Empty => 0,
+        RequestFraming::Length(n) => n,
+        RequestFraming::Chunked => limit.unwrap_or(BROADCAST_MAX_BODY),
+    };
+    let read = async {
+        let mut held = hold(need).await;
+        let body = read_body(ctx, conn, head, limit).await?;
+        held.shrink(body.len() as u64);
+        Ok((held, body))
+    };
+    let (_held, body) = match monoio::time::timeout_at(deadline.into(), read).await {
+        Ok(Ok(read)) => read,
         Ok(Err(Some(e))) => return ctx.answer(conn, out, e, false).await,
         Ok(Err(None)) | Err(_) => return (After::Close, 0),
     };
 
     let peer = conn.peer.ip();
+    let body = Bytes::from(body);
     let delivered = fan_out(ctx, conn.pending(), head, headers, &body, peer, deadline).await;
     conn.consume(head.head_len);
     if !delivered {
@@ -80,7 +198,7 @@ pub(crate) async fn fan_out(
     buf: &[u8],
     head: &RequestHead,
     headers: &[HeaderRef],
-    body: &[u8],
+    body: &Bytes,
     peer: IpAddr,
     deadline: Instant,
 ) -> bool {
@@ -109,7 +227,7 @@ pub(crate) async fn fan_out(
             ctx.flag_offline(i, &"its address did not resolve");
             continue;
         };
-        let mut request = Vec::with_capacity(1024 + body.len());
+        let mut request = Vec::with_capacity(1024);
         let rw = RequestRewrite {
             authorization: &ctx.executor_authorization,
             forwarded_for: peer,
@@ -121,7 +239,8 @@ pub(crate) async fn fan_out(
             strip_expect: head.expect_continue,
         };
         rewrite::write_request_head(&mut request, buf, &fixed, headers, &rw);
-        request.extend_from_slice(body);
+        // Every copy shares the one body (its bytes are counted once, in the budget).
+        let body = body.clone();
         let ctx = ctx.clone();
         let hostname = status.hostname.clone();
         tasks.push(monoio::spawn(async move {
@@ -134,7 +253,7 @@ pub(crate) async fn fan_out(
             };
             // Counted in flight like an anycast request, so least-request sees the load.
             let _assigned = ctx.assign(i);
-            match monoio::time::timeout_at(deadline.into(), one.send(request)).await {
+            match monoio::time::timeout_at(deadline.into(), one.send(request, body)).await {
                 Ok(Ok(_status)) => ctx.exchange_answered(i),
                 Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
                 Ok(Err(why)) => {
@@ -240,7 +359,7 @@ struct Delivery<'a> {
 impl Delivery<'_> {
     /// Deliver the copy and read (and drop) the executor's whole answer; a stale pooled
     /// connection is replaced once when the request may be replayed.
-    async fn send(&self, mut request: Vec<u8>) -> Result<u16, Failed> {
+    async fn send(&self, mut request: Vec<u8>, body: Bytes) -> Result<u16, Failed> {
         let ctx = self.ctx;
         let mut replayed = false;
         loop {
@@ -251,7 +370,11 @@ impl Delivery<'_> {
             };
             let reused = ex.reused;
             let silence = |replayed| reuse::after_silence(self.idempotent, reused, replayed, true);
-            if let Err(e) = pump::write_keep(ex.stream(), &mut request).await {
+            let mut sent = pump::write_keep(ex.stream(), &mut request).await;
+            if sent.is_ok() && !body.is_empty() {
+                sent = ex.stream().write_all(body.clone()).await.0.map(|_| ());
+            }
+            if let Err(e) = sent {
                 match silence(replayed) {
                     Silence::Replay => {
                         replayed = true;

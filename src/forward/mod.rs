@@ -41,6 +41,7 @@ use pump::{Body, Delimit, Emit, PumpError, Sink};
 use reuse::{ResponseEnd, Reuse, Silence};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
+pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
 pub(crate) use reuse::Discard;
 
 /// How long the executor may work on a request before the proxy starts watching the

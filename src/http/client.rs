@@ -10,7 +10,8 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::buffers::{FreeList, HEAD_BUF};
+use crate::buffers::{FreeList, FIRST_HEAD_READ, HEAD_BUF};
+use crate::http::head::MAX_HEAD;
 use crate::socket::{self, Waiting};
 
 /// How long a closing connection keeps reading what the client still sends after an
@@ -63,10 +64,17 @@ impl ClientConn {
         }
     }
 
-    /// Take a head buffer from the worker's pool, unless one is held.
+    /// Take a head buffer from the worker's pool, unless one is held. A new connection's
+    /// first head starts small when none is kept (a burst of new connections, or clients
+    /// that send part of a head and stop): `read_more` grows it as bytes come. Later heads
+    /// take a full head buffer, so a keep-alive connection returns one to the pool.
     pub(crate) fn take_buffer(&mut self, heads: &FreeList<Vec<u8>>) {
         if self.buf.capacity() == 0 {
-            self.buf = heads.get();
+            self.buf = match heads.take_kept() {
+                Some(buf) => buf,
+                None if self.bytes_in == 0 => Vec::with_capacity(FIRST_HEAD_READ),
+                None => Vec::with_capacity(HEAD_BUF),
+            };
             self.start = 0;
         }
     }
@@ -99,8 +107,16 @@ impl ClientConn {
             self.start = 0;
         }
         if self.buf.len() == self.buf.capacity() {
-            // Only reached while a head is incomplete; the head limits bound the growth.
-            self.buf.reserve(self.buf.capacity().max(HEAD_BUF));
+            // Only reached while a head is incomplete. Grow as bytes come: to a head
+            // buffer (kept for reuse afterwards), then a head buffer at a time up to the
+            // head limit (a head that fills it is refused before the next read).
+            let grown = if self.buf.capacity() < HEAD_BUF {
+                HEAD_BUF
+            } else {
+                (self.buf.capacity() + HEAD_BUF).min(MAX_HEAD)
+            };
+            let grown = grown.max(self.buf.len() + 1);
+            self.buf.reserve_exact(grown - self.buf.len());
         }
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();

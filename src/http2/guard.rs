@@ -28,6 +28,10 @@ const END_STREAM: u8 = 0x1;
 pub(crate) enum Offense {
     Resets,
     ControlFrames,
+    /// A header block over `fields::MAX_BLOCK` or `fields::MAX_FIELDS`.
+    HeaderBlock,
+    /// A header block left incomplete past the header timeout.
+    SlowHeaders,
 }
 
 impl Offense {
@@ -35,6 +39,8 @@ impl Offense {
         match self {
             Offense::Resets => "too many stream resets",
             Offense::ControlFrames => "too many control frames",
+            Offense::HeaderBlock => "header block over 80 KiB or 400 fields",
+            Offense::SlowHeaders => "header block incomplete past the header timeout",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The client socket as `h2` reads and writes it: the bytes already read while looking
-//! for the preface come first, then the socket through `monoio-compat`; every byte read
-//! passes the frame guard, and once it trips reads stop and the driver is woken.
+//! for the preface come first, then the socket through `monoio-compat`; header blocks are
+//! checked on the way (`fields`), every byte passes the frame guard, and once it trips
+//! reads stop and the driver is woken.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -13,6 +14,7 @@ use monoio::net::TcpStream;
 use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::fields::Blocks;
 use super::guard::{FrameGuard, Offense};
 
 /// Read and write buffer of the adapter (h2 writes frames of up to 16 KiB plus headers).
@@ -23,14 +25,21 @@ const ADAPTER_BUF: usize = 16 * 1024;
 pub(crate) struct Trip {
     offense: Cell<Option<Offense>>,
     waker: RefCell<Option<Waker>>,
+    /// Since when a header block has been incomplete (the driver times it out).
+    block_since: Cell<Option<Instant>>,
 }
 
 impl Trip {
-    fn set(&self, offense: Offense) {
+    pub(crate) fn set(&self, offense: Offense) {
         self.offense.set(Some(offense));
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
+    }
+
+    /// Since when the client has left a header block incomplete.
+    pub(crate) fn block_since(&self) -> Option<Instant> {
+        self.block_since.get()
     }
 
     /// Resolves once the guard tripped.
@@ -51,6 +60,7 @@ pub(crate) struct H2Io {
     taken: usize,
     inner: StreamWrapper<TcpStream>,
     guard: FrameGuard,
+    blocks: Blocks,
     trip: Rc<Trip>,
 }
 
@@ -61,8 +71,22 @@ impl H2Io {
             taken: 0,
             inner: StreamWrapper::new_with_buffer_size(stream, ADAPTER_BUF, ADAPTER_BUF),
             guard: FrameGuard::new(Instant::now()),
+            blocks: Blocks::new(),
             trip,
         }
+    }
+}
+
+impl H2Io {
+    /// Bytes `buf.filled()[before..]` are about to go to h2: the guard sees them first.
+    fn guarded(&mut self, buf: &mut ReadBuf<'_>, before: usize) -> Poll<io::Result<()>> {
+        if let Err(offense) = self.guard.scan(&buf.filled()[before..], Instant::now()) {
+            // Take the bytes back: the offending frames never reach h2.
+            buf.set_filled(before);
+            self.trip.set(offense);
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -73,32 +97,65 @@ impl AsyncRead for H2Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // Tripped: nothing more from this client reaches h2 (the driver sends GOAWAY).
-        if this.trip.offense.get().is_some() {
-            return Poll::Pending;
-        }
-        let before = buf.filled().len();
-        if this.taken < this.prefix.len() {
-            let n = (this.prefix.len() - this.taken).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.taken..this.taken + n]);
-            this.taken += n;
-            if this.taken == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.taken = 0;
+        loop {
+            // Tripped: nothing more from this client reaches h2 (the driver sends GOAWAY).
+            if this.trip.offense.get().is_some() {
+                return Poll::Pending;
             }
-        } else {
-            match Pin::new(&mut this.inner).poll_read(cx, buf) {
-                Poll::Ready(Ok(())) => {}
-                other => return other,
+            let before = buf.filled().len();
+            if this.blocks.has_ready() {
+                let n = this.blocks.take(buf.initialize_unfilled());
+                buf.advance(n);
+                return this.guarded(buf, before);
+            }
+            if this.taken < this.prefix.len() {
+                let n = (this.prefix.len() - this.taken).min(buf.remaining());
+                buf.put_slice(&this.prefix[this.taken..this.taken + n]);
+                this.taken += n;
+                if this.taken == this.prefix.len() {
+                    this.prefix = Vec::new();
+                    this.taken = 0;
+                }
+            } else {
+                match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                    Poll::Ready(Ok(())) => {}
+                    other => return other,
+                }
+            }
+            let read = buf.filled().len() - before;
+            if read == 0 {
+                // The client's end: what is held goes to h2, which sees it end.
+                if this.blocks.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.blocks.flush();
+                continue;
+            }
+            let pass = if this.blocks.is_empty() {
+                this.blocks.pass_in_place(&buf.filled()[before..])
+            } else {
+                0
+            };
+            if pass < read {
+                let held = this.blocks.push(&buf.filled()[before + pass..]);
+                buf.set_filled(before + pass);
+                if held.is_err() {
+                    this.trip.set(Offense::HeaderBlock);
+                    return Poll::Pending;
+                }
+                let since = this.trip.block_since.get();
+                this.trip
+                    .block_since
+                    .set(match (this.blocks.in_block(), since) {
+                        (false, _) => None,
+                        (true, Some(t)) => Some(t),
+                        (true, None) => Some(Instant::now()),
+                    });
+            }
+            if pass > 0 {
+                return this.guarded(buf, before);
             }
         }
-        if let Err(offense) = this.guard.scan(&buf.filled()[before..], Instant::now()) {
-            // Take the bytes back: the offending frames never reach h2.
-            buf.set_filled(before);
-            this.trip.set(offense);
-            return Poll::Pending;
-        }
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -3,8 +3,10 @@
 //! an HTTP/1.1 request (`stream`); executors are still spoken to over HTTP/1.1 from the
 //! same pool. The limits against HTTP/2's own attacks are set here and in `guard`.
 
+mod fields;
 mod guard;
 mod head;
+mod huffman;
 mod io;
 mod stream;
 
@@ -101,6 +103,9 @@ pub(crate) async fn serve(
     };
 
     let live = Rc::new(Cell::new(0usize));
+    let budget = Rc::new(crate::forward::Budget::new(
+        crate::forward::CONNECTION_BUDGET,
+    ));
     let mut idle_since = Instant::now();
     let mut closing: Option<ClientClose> = None;
     let mut tick = monoio::time::interval(TICK);
@@ -109,9 +114,9 @@ pub(crate) async fn serve(
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
                     live.set(live.get() + 1);
-                    let (ctx, live) = (ctx.clone(), live.clone());
+                    let (ctx, live, budget) = (ctx.clone(), live.clone(), budget.clone());
                     monoio::spawn(async move {
-                        stream::serve(ctx, peer, request, respond).await;
+                        stream::serve(ctx, peer, request, respond, budget).await;
                         live.set(live.get() - 1);
                     });
                 }
@@ -127,6 +132,12 @@ pub(crate) async fn serve(
                 return ClientClose::Closed;
             },
             _ = tick.tick() => {
+                // RFC 9113 gives no deadline for a header block; the proxy gives it the
+                // header timeout, as HTTP/1 gives a head (a held block holds memory).
+                let since = trip.block_since();
+                if since.is_some_and(|t| t.elapsed() >= ctx.config.header_timeout) {
+                    trip.set(guard::Offense::SlowHeaders);
+                }
                 // Drain: GOAWAY, in-flight streams finish, then h2 closes (accept: None).
                 if ctx.stopping.get() && closing.is_none() {
                     conn.graceful_shutdown();

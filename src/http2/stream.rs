@@ -108,6 +108,8 @@ struct Stream {
     /// The request body was stopped because its answer ended first: the stream ends with
     /// `RST_STREAM(NO_ERROR)` (h2 sends it once the handles drop) instead of lingering.
     stopped: Cell<bool>,
+    /// The connection's budget for broadcast bodies.
+    budget: Rc<forward::Budget>,
 }
 
 /// Serve one stream to its end. Never panics on anything the client or the executor
@@ -117,6 +119,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
+    budget: Rc<forward::Budget>,
 ) {
     let started = Instant::now();
     ctx.m().request_started();
@@ -131,6 +134,7 @@ pub(crate) async fn serve(
         bytes_out: Cell::new(0),
         request_line: RefCell::new(Vec::new()),
         stopped: Cell::new(false),
+        budget,
     };
     let status = s.handle(parts, &mut body, &mut respond).await;
     let executor = s.choice.get().map(|c| c.executor);
@@ -717,6 +721,17 @@ impl Stream {
         let deadline = Instant::now() + ctx.config.max_timeout;
         let mut collected = Vec::new();
         let stall = ctx.config.body_timeout;
+        let need = match request.head.framing {
+            RequestFraming::Length(n) => n,
+            RequestFraming::Empty => 0,
+            RequestFraming::Chunked => limit,
+        };
+        // Room in the worker's and this connection's budgets, or the stream is refused
+        // before anything was read or sent (RFC 9113 §8.7: the client may retry it).
+        let Some(mut held) = forward::try_hold_broadcast(need, Some(&self.budget)) else {
+            respond.send_reset(Reason::REFUSED_STREAM);
+            return 0;
+        };
         let read = async {
             while let Some(data) = next_data(body, stall).await? {
                 if (collected.len() + data.len()) as u64 > limit {
@@ -726,17 +741,19 @@ impl Stream {
                 self.bytes_in.set(collected.len() as u64);
                 let _ = body.flow_control().release_capacity(data.len());
             }
-            Ok(())
+            held.shrink(collected.len() as u64);
+            Ok(held)
         };
-        match monoio::time::timeout_at(deadline.into(), read).await {
-            Ok(Ok(())) => {}
+        let _held = match monoio::time::timeout_at(deadline.into(), read).await {
+            Ok(Ok(held)) => held,
             Ok(Err(BodyError::Stalled)) => return self.error(respond, ProxyError::BodyTimeout),
             Ok(Err(BodyError::TooLarge)) => return self.error(respond, ProxyError::BodyTooLarge),
             Ok(Err(_)) => return 0,
             Err(_) => return self.error(respond, ProxyError::GatewayTimeout),
-        }
+        };
         let (buf, head, headers) = (&request.buf, &request.head, &request.headers);
         let peer = self.peer.ip();
+        let collected = Bytes::from(collected);
         if !forward::fan_out(ctx, buf, head, headers, &collected, peer, deadline).await {
             return self.error(respond, ProxyError::NoOnlineExecutor);
         }
