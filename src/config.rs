@@ -48,6 +48,7 @@ pub const OPR_PROXY_CONNECTION_BALANCE: &str = "OPR_PROXY_CONNECTION_BALANCE";
 pub const OPR_PROXY_HEALTHCHECK_RISE: &str = "OPR_PROXY_HEALTHCHECK_RISE";
 pub const OPR_PROXY_HEALTHCHECK_FALL: &str = "OPR_PROXY_HEALTHCHECK_FALL";
 pub const OPR_PROXY_EJECT_AFTER: &str = "OPR_PROXY_EJECT_AFTER";
+pub const OPR_PROXY_AFFINITY_LOAD_FACTOR: &str = "OPR_PROXY_AFFINITY_LOAD_FACTOR";
 
 /// 22 MiB, the original's request body limit.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
@@ -62,16 +63,26 @@ pub enum Algorithm {
     LeastRequest,
     /// Power of two choices: two random candidates, the one with fewer in flight.
     P2c,
+    /// A stable order of executors per runtime (rendezvous hashing) with bounded loads;
+    /// `p2c` for requests without a runtime id.
+    Affinity,
 }
 
-const ALGORITHMS: [(&str, Algorithm); 6] = [
+const ALGORITHMS: [(&str, Algorithm); 7] = [
     ("round-robin", Algorithm::RoundRobin),
     ("random", Algorithm::Random),
     ("first", Algorithm::First),
     ("last", Algorithm::Last),
     ("least-request", Algorithm::LeastRequest),
     ("p2c", Algorithm::P2c),
+    ("affinity", Algorithm::Affinity),
 ];
+
+/// `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths (1.25 = 1250), so the bound is integer
+/// arithmetic and exact.
+pub const LOAD_FACTOR_SCALE: u32 = 1000;
+/// 1.0 (no executor may take more than its share) to 100 (almost plain affinity).
+const LOAD_FACTORS: RangeInclusive<u32> = 1000..=100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Env {
@@ -255,6 +266,8 @@ pub struct Config {
     /// Client connections one worker serves at once; at the cap it stops accepting.
     pub max_connections: usize,
     pub connection_balance: ConnectionBalance,
+    /// `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths of the mean load (`LOAD_FACTOR_SCALE`).
+    pub affinity_load_factor: u32,
 }
 
 impl Config {
@@ -321,6 +334,7 @@ impl Config {
                 ConnectionBalance::Cpu,
                 &CONNECTION_BALANCES,
             )?,
+            affinity_load_factor: src.load_factor()?,
         })
     }
 
@@ -373,6 +387,7 @@ impl fmt::Debug for Config {
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
             .field("connection_balance", &self.connection_balance)
+            .field("affinity_load_factor", &self.affinity_load_factor)
             .finish()
     }
 }
@@ -555,6 +570,40 @@ impl Source<'_> {
         }
         reporting.endpoint = Some(url.trim_end_matches('/').to_string());
         Ok(Some(reporting))
+    }
+
+    /// A plain decimal with at most three decimals (`1`, `1.5`, `1.25`), kept in
+    /// thousandths; default 1.25.
+    fn load_factor(&self) -> Parsed<u32> {
+        let Some(value) = self.get(OPR_PROXY_AFFINITY_LOAD_FACTOR) else {
+            return Ok(1250);
+        };
+        let (whole, fraction) = match value.split_once('.') {
+            Some((w, f)) => (w, Some(f)),
+            None => (value.as_str(), None),
+        };
+        let digits = |s: &str, most: usize| {
+            (1..=most).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+        };
+        let parsed = match fraction {
+            _ if !digits(whole, 3) => None,
+            Some(f) if !digits(f, 3) => None,
+            // Both parts are 1-3 digits, so neither parse nor the sum can fail or overflow.
+            f => {
+                let thousandths = format!("{:0<3}", f.unwrap_or(""));
+                let (w, f) = (whole.parse::<u32>(), thousandths.parse::<u32>());
+                w.ok().zip(f.ok()).map(|(w, f)| w * LOAD_FACTOR_SCALE + f)
+            }
+        };
+        match parsed {
+            Some(n) if LOAD_FACTORS.contains(&n) => Ok(n),
+            _ => Err(ConfigError::new(
+                OPR_PROXY_AFFINITY_LOAD_FACTOR,
+                &value,
+                "allowed values are decimals from 1.0 to 100 with at most 3 decimals \
+                 (e.g. 1.25: an executor may take 25 % more than its share)",
+            )),
+        }
     }
 
     fn healthcheck_url(&self) -> Parsed<Option<String>> {
@@ -885,6 +934,7 @@ mod tests {
         assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 16_384);
         assert_eq!(c.connection_balance, ConnectionBalance::Cpu);
+        assert_eq!(c.affinity_load_factor, 1250);
     }
 
     #[test]
@@ -917,6 +967,15 @@ mod tests {
             (OPR_PROXY_ALGORITHM, "last", "Last"),
             (OPR_PROXY_ALGORITHM, "least-request", "LeastRequest"),
             (OPR_PROXY_ALGORITHM, "p2c", "P2c"),
+            (OPR_PROXY_ALGORITHM, "affinity", "Affinity"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "1", "1000"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "1.0", "1000"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, " 1.25 ", "1250"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "1.5", "1500"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "2.005", "2005"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "010", "10000"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "100", "100000"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "100.000", "100000"),
             (OPR_PROXY_HEALTHCHECK_RISE, "2", "2"),
             (OPR_PROXY_HEALTHCHECK_RISE, "100", "100"),
             (OPR_PROXY_HEALTHCHECK_FALL, "1", "1"),
@@ -1031,6 +1090,30 @@ mod tests {
             (OPR_PROXY_SHUTDOWN_TIMEOUT, &["3601"]),
             (OPR_PROXY_ACCESS_LOG, &["on", "1"]),
             (OPR_PROXY_CONNECTION_BALANCE, &["CPU", "random", "off"]),
+            (
+                OPR_PROXY_AFFINITY_LOAD_FACTOR,
+                &[
+                    "0.999",
+                    "0",
+                    "100.001",
+                    "101",
+                    "1000",
+                    "1.2345",
+                    "1.",
+                    ".5",
+                    "1,25",
+                    "-1.5",
+                    "+1.5",
+                    "1e0",
+                    "1.2.3",
+                    "1 .5",
+                    "NaN",
+                    "inf",
+                    "1.-5",
+                    "1.+5",
+                    "4294967.296",
+                ],
+            ),
             (OPR_PROXY_EXECUTORS, &["https://exc1"]),
         ];
         for (variable, values) in cases {
@@ -1048,7 +1131,13 @@ mod tests {
     fn error_lines_read_well() {
         let e = err(&[(OPR_PROXY_ALGORITHM, "fastest")]).to_string();
         let want = "invalid OPR_PROXY_ALGORITHM=\"fastest\": \
-                    allowed values are round-robin, random, first, last, least-request, p2c";
+                    allowed values are round-robin, random, first, last, least-request, p2c, \
+                    affinity";
+        assert_eq!(e, want);
+        let e = err(&[(OPR_PROXY_AFFINITY_LOAD_FACTOR, "0.5")]).to_string();
+        let want = "invalid OPR_PROXY_AFFINITY_LOAD_FACTOR=\"0.5\": allowed values are decimals \
+                    from 1.0 to 100 with at most 3 decimals (e.g. 1.25: an executor may take \
+                    25 % more than its share)";
         assert_eq!(e, want);
         let e = err(&[(OPR_PROXY_HEALTHCHECK_INTERVAL, "5")]).to_string();
         let want = "invalid OPR_PROXY_HEALTHCHECK_INTERVAL=\"5\": \

@@ -77,7 +77,8 @@ impl WorkerCtx {
                 .as_nanos() as u64;
         WorkerCtx {
             id,
-            picker: Picker::new(config.algorithm, executors, seed),
+            picker: Picker::new(config.algorithm, executors, seed)
+                .with_affinity(&config.executors, config.affinity_load_factor),
             outliers: Outliers::new(config.eject_after, executors),
             pool: Pool::new(executors, config.pool_size, config.pool_idle_timeout),
             bodies: buffers::body_buffers(),
