@@ -4,7 +4,7 @@ CARGO ?= cargo
 PORT ?= 9800
 SECRET ?= proxy-secret-key
 
-.PHONY: run test ci fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay build clean
+.PHONY: run test ci fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay build clean mutants
 
 build:
 	$(CARGO) build --release --bin opr-proxy -p opr-proxy
@@ -75,6 +75,17 @@ bench-build:
 fuzz-replay:
 	$(CARGO) test --manifest-path fuzz/Cargo.toml --lib
 	$(CARGO) build --manifest-path fuzz/Cargo.toml --bins
+
+## Mutation testing of executor selection (cargo-mutants: `cargo install cargo-mutants`):
+## every viable mutant of the selection code must make a library unit test fail. One job
+## (the unit tests are fast; the build per mutant is the cost). It copies the tree to a
+## scratch directory and builds it there once; MUTANTS_FLAGS=--in-place reuses target/
+## instead (one job; the tree is restored after each mutant). Report in mutants.out/.
+MUTANTS_FILES := src/balance.rs src/forward/reuse.rs src/outlier.rs
+MUTANTS_FLAGS ?= --jobs 1
+mutants:
+	$(CARGO) mutants --timeout 120 $(MUTANTS_FLAGS) \
+	  $(addprefix --file ,$(MUTANTS_FILES)) -- --lib
 
 clean:
 	$(CARGO) clean
