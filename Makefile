@@ -77,15 +77,17 @@ fuzz-replay:
 	$(CARGO) build --manifest-path fuzz/Cargo.toml --bins
 
 ## Mutation testing of executor selection (cargo-mutants: `cargo install cargo-mutants`):
-## every viable mutant of the selection code must make a library unit test fail. One job
-## (the unit tests are fast; the build per mutant is the cost). It copies the tree to a
-## scratch directory and builds it there once; MUTANTS_FLAGS=--in-place reuses target/
-## instead (one job; the tree is restored after each mutant). Report in mutants.out/.
-MUTANTS_FILES := src/balance.rs src/forward/reuse.rs src/outlier.rs
+## every viable mutant of the selection code must make a library unit test fail. Only the
+## library's test binary is built per mutant (the build is the cost). It copies the tree
+## to a scratch directory and builds it there (one job); MUTANTS_FLAGS="--in-place"
+## reuses target/ instead (the tree is restored after each mutant). Report in mutants.out/.
+## Those three files whole, and of src/config.rs the affinity load factor's parser.
+MUTANTS_FILES := src/balance.rs src/forward/reuse.rs src/outlier.rs src/config.rs
+MUTANTS_ONLY := ^src/(balance|forward/reuse|outlier)\.rs|load_factor
 MUTANTS_FLAGS ?= --jobs 1
 mutants:
-	$(CARGO) mutants --timeout 120 $(MUTANTS_FLAGS) \
-	  $(addprefix --file ,$(MUTANTS_FILES)) -- --lib
+	$(CARGO) mutants --timeout 120 $(MUTANTS_FLAGS) --cargo-arg=--lib \
+	  $(addprefix --file ,$(MUTANTS_FILES)) -F '$(MUTANTS_ONLY)'
 
 clean:
 	$(CARGO) clean
