@@ -10,9 +10,10 @@ use std::rc::Rc;
 use crate::config::{Algorithm, ExecutorAddr, LOAD_FACTOR_SCALE};
 use crate::snapshot::Snapshot;
 
-/// Longest `x-opr-runtime-id` the optimistic overlay remembers, in bytes. Appwrite's ids
-/// are at most 36 characters, and its runtime ids join two of them (73 bytes): 256 leaves
-/// room for other schemes while keeping one mark small. A longer id is still routed
+/// Longest `x-opr-runtime-id` the optimistic overlay remembers, in bytes. Appwrite's
+/// runtime ids join a project and a deployment id of at most 36 characters each
+/// (`<project>-<deployment>`, `-build` for builds: under 80 bytes): 256 leaves room for
+/// other schemes while keeping one mark small. A longer id is still routed
 /// (reported-warm tier, affinity), just not marked.
 pub const MAX_MARKED_ID: usize = 256;
 /// Runtimes one worker's overlay remembers; past it the oldest mark goes. A health round
