@@ -4,7 +4,7 @@ CARGO ?= cargo
 PORT ?= 9800
 SECRET ?= proxy-secret-key
 
-.PHONY: run test ci fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay build clean
+.PHONY: run test ci fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay build clean mutants
 
 build:
 	$(CARGO) build --release --bin opr-proxy -p opr-proxy
@@ -86,6 +86,19 @@ bench-build:
 fuzz-replay:
 	$(CARGO) test --manifest-path fuzz/Cargo.toml --lib
 	$(CARGO) build --manifest-path fuzz/Cargo.toml --bins
+
+## Mutation testing of executor selection (cargo-mutants: `cargo install cargo-mutants`):
+## every viable mutant of the selection code must make a library unit test fail. Only the
+## library's test binary is built per mutant (the build is the cost). It copies the tree
+## to a scratch directory and builds it there (one job); MUTANTS_FLAGS="--in-place"
+## reuses target/ instead (the tree is restored after each mutant). Report in mutants.out/.
+## Those three files whole, and of src/config.rs the affinity load factor's parser.
+MUTANTS_FILES := src/balance.rs src/forward/reuse.rs src/outlier.rs src/config.rs
+MUTANTS_ONLY := ^src/(balance|forward/reuse|outlier)\.rs|load_factor
+MUTANTS_FLAGS ?= --jobs 1
+mutants:
+	$(CARGO) mutants --timeout 120 $(MUTANTS_FLAGS) --cargo-arg=--lib \
+	  $(addprefix --file ,$(MUTANTS_FILES)) -F '$(MUTANTS_ONLY)'
 
 clean:
 	$(CARGO) clean

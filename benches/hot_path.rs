@@ -89,6 +89,7 @@ fn selection(c: &mut Criterion) {
             ("last", Algorithm::Last),
             ("least-request", Algorithm::LeastRequest),
             ("p2c", Algorithm::P2c),
+            ("affinity", Algorithm::Affinity),
         ] {
             let picker = Picker::new(algorithm, n, 7);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {

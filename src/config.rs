@@ -54,6 +54,7 @@ pub const OPR_PROXY_CONNECTIONS_STATE: &str = "OPR_PROXY_CONNECTIONS_STATE";
 pub const OPR_PROXY_EXECUTOR_CONCURRENCY: &str = "OPR_PROXY_EXECUTOR_CONCURRENCY";
 pub const OPR_PROXY_QUEUE_SIZE: &str = "OPR_PROXY_QUEUE_SIZE";
 pub const OPR_PROXY_QUEUE_TIMEOUT: &str = "OPR_PROXY_QUEUE_TIMEOUT";
+pub const OPR_PROXY_AFFINITY_LOAD_FACTOR: &str = "OPR_PROXY_AFFINITY_LOAD_FACTOR";
 
 /// 22 MiB, the original's request body limit.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
@@ -68,6 +69,9 @@ pub enum Algorithm {
     LeastRequest,
     /// Power of two choices: two random candidates, the one with fewer in flight.
     P2c,
+    /// A stable order of executors per runtime (rendezvous hashing) with bounded loads;
+    /// `p2c` for requests without a runtime id.
+    Affinity,
 }
 
 impl Algorithm {
@@ -80,6 +84,7 @@ impl Algorithm {
             Algorithm::Last => "last",
             Algorithm::LeastRequest => "least-request",
             Algorithm::P2c => "p2c",
+            Algorithm::Affinity => "affinity",
         }
     }
 }
@@ -90,14 +95,21 @@ impl fmt::Display for Algorithm {
     }
 }
 
-const ALGORITHMS: [(&str, Algorithm); 6] = [
+const ALGORITHMS: [(&str, Algorithm); 7] = [
     ("round-robin", Algorithm::RoundRobin),
     ("random", Algorithm::Random),
     ("first", Algorithm::First),
     ("last", Algorithm::Last),
     ("least-request", Algorithm::LeastRequest),
     ("p2c", Algorithm::P2c),
+    ("affinity", Algorithm::Affinity),
 ];
+
+/// `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths (1.25 = 1250), so the bound is integer
+/// arithmetic and exact.
+pub const LOAD_FACTOR_SCALE: u32 = 1000;
+/// 1.0 (no executor may take more than its share) to 100 (almost plain affinity).
+const LOAD_FACTORS: RangeInclusive<u32> = 1000..=100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Env {
@@ -295,6 +307,8 @@ pub struct Config {
     pub queue_size: usize,
     /// Longest wait in the queue before a `503`.
     pub queue_timeout: Duration,
+    /// `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths of the mean load (`LOAD_FACTOR_SCALE`).
+    pub affinity_load_factor: u32,
 }
 
 impl Config {
@@ -377,6 +391,7 @@ impl Config {
                 "requests per worker, 0 = no waiting",
             )? as usize,
             queue_timeout: src.millis(OPR_PROXY_QUEUE_TIMEOUT, 30_000, 1..=3_600_000)?,
+            affinity_load_factor: src.load_factor()?,
         })
     }
 
@@ -433,6 +448,7 @@ impl fmt::Debug for Config {
             .field("executor_concurrency", &self.executor_concurrency)
             .field("queue_size", &self.queue_size)
             .field("queue_timeout", &self.queue_timeout)
+            .field("affinity_load_factor", &self.affinity_load_factor)
             .finish()
     }
 }
@@ -649,6 +665,40 @@ impl Source<'_> {
         }
         reporting.endpoint = Some(url.trim_end_matches('/').to_string());
         Ok(Some(reporting))
+    }
+
+    /// A plain decimal with at most three decimals (`1`, `1.5`, `1.25`), kept in
+    /// thousandths; default 1.25.
+    fn load_factor(&self) -> Parsed<u32> {
+        let Some(value) = self.get(OPR_PROXY_AFFINITY_LOAD_FACTOR) else {
+            return Ok(1250);
+        };
+        let (whole, fraction) = match value.split_once('.') {
+            Some((w, f)) => (w, Some(f)),
+            None => (value.as_str(), None),
+        };
+        let digits = |s: &str, most: usize| {
+            (1..=most).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+        };
+        let parsed = match fraction {
+            _ if !digits(whole, 3) => None,
+            Some(f) if !digits(f, 3) => None,
+            // Both parts are 1-3 digits, so neither parse nor the sum can fail or overflow.
+            f => {
+                let thousandths = format!("{:0<3}", f.unwrap_or(""));
+                let (w, f) = (whole.parse::<u32>(), thousandths.parse::<u32>());
+                w.ok().zip(f.ok()).map(|(w, f)| w * LOAD_FACTOR_SCALE + f)
+            }
+        };
+        match parsed {
+            Some(n) if LOAD_FACTORS.contains(&n) => Ok(n),
+            _ => Err(ConfigError::new(
+                OPR_PROXY_AFFINITY_LOAD_FACTOR,
+                &value,
+                "allowed values are decimals from 1.0 to 100 with at most 3 decimals \
+                 (e.g. 1.25: an executor may take 25 % more than its share)",
+            )),
+        }
     }
 
     fn healthcheck_url(&self) -> Parsed<Option<String>> {
@@ -1018,6 +1068,7 @@ mod tests {
         assert_eq!(c.executor_concurrency, None);
         assert_eq!(c.queue_size, 1024);
         assert_eq!(c.queue_timeout, Duration::from_millis(30_000));
+        assert_eq!(c.affinity_load_factor, 1250);
     }
 
     #[test]
@@ -1050,6 +1101,15 @@ mod tests {
             (OPR_PROXY_ALGORITHM, "last", "Last"),
             (OPR_PROXY_ALGORITHM, "least-request", "LeastRequest"),
             (OPR_PROXY_ALGORITHM, "p2c", "P2c"),
+            (OPR_PROXY_ALGORITHM, "affinity", "Affinity"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "1", "1000"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "1.0", "1000"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, " 1.25 ", "1250"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "1.5", "1500"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "2.005", "2005"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "010", "10000"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "100", "100000"),
+            (OPR_PROXY_AFFINITY_LOAD_FACTOR, "100.000", "100000"),
             (OPR_PROXY_HEALTHCHECK_RISE, "2", "2"),
             (OPR_PROXY_HEALTHCHECK_RISE, "100", "100"),
             (OPR_PROXY_HEALTHCHECK_FALL, "1", "1"),
@@ -1184,6 +1244,30 @@ mod tests {
             ),
             (OPR_PROXY_QUEUE_SIZE, &["1048577", "-1", "1k"]),
             (OPR_PROXY_QUEUE_TIMEOUT, &["0", "3600001", "30s"]),
+            (
+                OPR_PROXY_AFFINITY_LOAD_FACTOR,
+                &[
+                    "0.999",
+                    "0",
+                    "100.001",
+                    "101",
+                    "1000",
+                    "1.2345",
+                    "1.",
+                    ".5",
+                    "1,25",
+                    "-1.5",
+                    "+1.5",
+                    "1e0",
+                    "1.2.3",
+                    "1 .5",
+                    "NaN",
+                    "inf",
+                    "1.-5",
+                    "1.+5",
+                    "4294967.296",
+                ],
+            ),
             (OPR_PROXY_EXECUTORS, &["https://exc1"]),
         ];
         for (variable, values) in cases {
@@ -1201,7 +1285,13 @@ mod tests {
     fn error_lines_read_well() {
         let e = err(&[(OPR_PROXY_ALGORITHM, "fastest")]).to_string();
         let want = "invalid OPR_PROXY_ALGORITHM=\"fastest\": \
-                    allowed values are round-robin, random, first, last, least-request, p2c";
+                    allowed values are round-robin, random, first, last, least-request, p2c, \
+                    affinity";
+        assert_eq!(e, want);
+        let e = err(&[(OPR_PROXY_AFFINITY_LOAD_FACTOR, "0.5")]).to_string();
+        let want = "invalid OPR_PROXY_AFFINITY_LOAD_FACTOR=\"0.5\": allowed values are decimals \
+                    from 1.0 to 100 with at most 3 decimals (e.g. 1.25: an executor may take \
+                    25 % more than its share)";
         assert_eq!(e, want);
         let e = err(&[(OPR_PROXY_HEALTHCHECK_INTERVAL, "5")]).to_string();
         let want = "invalid OPR_PROXY_HEALTHCHECK_INTERVAL=\"5\": \

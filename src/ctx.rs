@@ -80,7 +80,8 @@ impl WorkerCtx {
                 .as_nanos() as u64;
         WorkerCtx {
             id,
-            picker: Picker::new(config.algorithm, executors, seed),
+            picker: Picker::new(config.algorithm, executors, seed)
+                .with_affinity(&config.executors, config.affinity_load_factor),
             admission: Admission::new(
                 config
                     .executor_concurrency

@@ -151,6 +151,8 @@ pub(crate) struct WorkerMetrics {
     ejections: Box<[Counter]>,
     /// `executors × DISCARDS`.
     discarded: Box<[Counter]>,
+    /// `affinity`: requests the executor owned but could not take (bounded load).
+    affinity_spills: Box<[Counter]>,
     clients_open: Counter,
     clients_accepted: Counter,
     clients_closed: [Counter; ClientClose::ALL.len()],
@@ -182,6 +184,7 @@ impl WorkerMetrics {
             executor_in_flight: counters(executors),
             ejections: counters(executors),
             discarded: counters(executors * DISCARDS.len()),
+            affinity_spills: counters(executors),
             clients_open: Counter::default(),
             clients_accepted: Counter::default(),
             clients_closed: Default::default(),
@@ -256,6 +259,14 @@ impl WorkerMetrics {
 
     pub(crate) fn executor_ejected(&self, executor: usize) {
         if let Some(c) = self.ejections.get(executor) {
+            c.add(1);
+        }
+    }
+
+    /// `affinity` sent a request its runtime's owner `executor` would have taken, had
+    /// it been under its bounded load, to the next executor in the order.
+    pub(crate) fn affinity_spilled(&self, executor: usize) {
+        if let Some(c) = self.affinity_spills.get(executor) {
             c.add(1);
         }
     }
@@ -597,6 +608,20 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "opr_proxy_executor_ejections_total{{executor=\"{}\"}} {n}",
+                esc(host)
+            );
+        }
+        family(
+            out,
+            "opr_proxy_affinity_spills_total",
+            "counter",
+            "Requests for a runtime this executor owns (OPR_PROXY_ALGORITHM=affinity) sent to the next executor because it was at its bounded load.",
+        );
+        for (i, host) in hosts.iter().enumerate() {
+            let n = self.sum(|m| m.affinity_spills.get(i).map_or(0, Counter::get));
+            let _ = writeln!(
+                out,
+                "opr_proxy_affinity_spills_total{{executor=\"{}\"}} {n}",
                 esc(host)
             );
         }

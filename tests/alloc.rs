@@ -244,6 +244,18 @@ fn forwarding_and_error_answers_do_not_allocate() {
         "{logged:.3} allocations per request with the access log on"
     );
 
+    // `affinity` orders the executors for the runtime id in one pass, without a heap.
+    let affinity_env = [
+        ("OPR_PROXY_HEALTHCHECK", "disabled"),
+        ("OPR_PROXY_ALGORITHM", "affinity"),
+    ];
+    let (affinity, _) = per_request(fixed_executor(), &affinity_env, b"200");
+    eprintln!("with affinity: {affinity:.4}");
+    assert!(
+        affinity < 1.1,
+        "{affinity:.3} allocations per request with affinity"
+    );
+
     // The meter itself: `/v1/proxy/containers` serialises a JSON array per request, which
     // must show.
     let (listed, _) = per_request_to("/v1/proxy/containers", fixed_executor(), &disabled, b"200");

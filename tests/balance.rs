@@ -58,7 +58,8 @@ fn least_request_and_p2c_send_less_to_a_slow_executor() {
     // Round-robin alternates whatever the speed: half of the requests wait on the slow one.
     let rr = slow_share("round-robin", &fast, &slow);
     assert!((0.45..=0.55).contains(&rr), "round-robin share {rr}");
-    for algorithm in ["least-request", "p2c"] {
+    // `affinity` without a runtime id is `p2c`.
+    for algorithm in ["least-request", "p2c", "affinity"] {
         let share = slow_share(algorithm, &fast, &slow);
         eprintln!("{algorithm}: slow executor share {share:.3} (round-robin {rr:.3})");
         assert!(

@@ -231,3 +231,65 @@ fn unfinished_http2_header_blocks_without_the_key_are_bounded() {
         "{per:.2} KiB per unfinished HTTP/2 header block"
     );
 }
+
+/// `n` GETs on `c`, pipelined in batches, the i-th with `x-opr-runtime-id: id(i)`.
+fn runtime_requests(c: &mut Client, n: usize, id: impl Fn(usize) -> String) {
+    const BATCH: usize = 32;
+    let auth = bearer();
+    for start in (0..n).step_by(BATCH) {
+        let end = (start + BATCH).min(n);
+        let mut raw = String::new();
+        for i in start..end {
+            raw.push_str(&format!(
+                "GET /v1/ping HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\
+                 x-opr-runtime-id: {}\r\n\r\n",
+                id(i)
+            ));
+        }
+        c.send(raw.as_bytes());
+        for _ in start..end {
+            assert_eq!(c.read_response(false).unwrap().status, 200);
+        }
+    }
+}
+
+/// Issue 19, item 2: the optimistic "runtime warm here" marks are bounded per worker. Before,
+/// every distinct `x-opr-runtime-id` stayed until the next health round: 1000 requests
+/// with 30 KB ids grew RSS by 31 MiB. Now ids over 256 bytes are not marked and at most
+/// 4096 marks are kept (the oldest go).
+#[test]
+fn warm_marks_stay_bounded_for_long_and_many_runtime_ids() {
+    let a = mock("a");
+    // No health round during the test: nothing clears the marks but their bounds.
+    let p = ProxyProcess::start(
+        &[a.hostname()],
+        &[("OPR_PROXY_HEALTHCHECK_INTERVAL", "3600000")],
+    );
+    let mut c = Client::connect(p.addr);
+    runtime_requests(&mut c, 200, |i| format!("warm-up-{i}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = p.status_kib("VmRSS");
+    // 1000 distinct 30 KB ids: over the length bound, none is kept.
+    let long = "x".repeat(30_000);
+    runtime_requests(&mut c, 1000, |i| format!("{long}-{i}"));
+    let after_long = p.status_kib("VmRSS");
+    // 16384 distinct ids of 250 bytes: only the last 4096 are kept (about 1.5 MiB, where
+    // keeping all would take about 6 MiB).
+    let pad = "y".repeat(240);
+    runtime_requests(&mut c, 16_384, |i| format!("{pad}-{i:08}"));
+    let after_many = p.status_kib("VmRSS");
+    eprintln!(
+        "warm marks: RSS {before} KiB, after 1000 x 30 KB ids {after_long} KiB, \
+         after 16384 x 250 B ids {after_many} KiB"
+    );
+    let long_growth = after_long.saturating_sub(before);
+    assert!(
+        long_growth < 4 * 1024,
+        "1000 long ids grew RSS by {long_growth} KiB"
+    );
+    let many_growth = after_many.saturating_sub(after_long);
+    assert!(
+        many_growth < 3 * 1024,
+        "16384 ids grew RSS by {many_growth} KiB"
+    );
+}

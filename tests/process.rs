@@ -48,6 +48,15 @@ fn bad_config_exits_2_naming_the_variable() {
             ],
             "OPR_PROXY_EJECT_AFTER",
         ),
+        (
+            &[
+                ("OPR_PROXY_EXECUTORS", "a:1"),
+                ("OPR_PROXY_SECRET", "s"),
+                ("OPR_PROXY_ALGORITHM", "affinity"),
+                ("OPR_PROXY_AFFINITY_LOAD_FACTOR", "0.9"),
+            ],
+            "OPR_PROXY_AFFINITY_LOAD_FACTOR",
+        ),
     ];
     for (env, var) in cases {
         assert_start_error(env, var);

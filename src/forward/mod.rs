@@ -216,7 +216,12 @@ pub(crate) fn pick<'c>(
         let i = choice.executor;
         *assigned = Some(ctx.assign(i));
         match snapshot.executors[i].addrs.first() {
-            Some(&addr) => return Some((choice, addr)),
+            Some(&addr) => {
+                if let Some(owner) = choice.spilled_from {
+                    ctx.m().affinity_spilled(owner);
+                }
+                return Some((choice, addr));
+            }
             None => {
                 ctx.flag_offline(i, &"its address did not resolve");
                 unresolved(i);
@@ -736,7 +741,8 @@ impl Anycast<'_> {
 }
 
 /// Add `x-opr-route: executor=<host>; tier=<n>; reason=<why>[; failover from <host>:
-/// <how>]` to the response head in `out` (it ends with the empty line). Shared by
+/// <how>]` to the response head (`affinity`: the reason is `affinity owner` or
+/// `spilled from <host>: load`) in `out` (it ends with the empty line). Shared by
 /// HTTP/1 requests and HTTP/2 streams.
 pub(crate) fn explain(
     ctx: &WorkerCtx,
@@ -761,7 +767,10 @@ pub(crate) fn explain(
         0 => write!(w, "none"),
         n => write!(w, "{n}"),
     };
-    let _ = write!(w, "; reason={}", choice.reason);
+    let _ = match choice.spilled_from {
+        Some(owner) => write!(w, "; reason=spilled from {}: load", host(owner)),
+        None => write!(w, "; reason={}", choice.reason),
+    };
     if let Some((from, why)) = failover {
         let _ = write!(w, "; failover from {}: {why}", host(from));
     }

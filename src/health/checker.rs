@@ -33,7 +33,7 @@ pub struct Checker {
 /// Algorithms that keep each runtime on the same executors without usage or runtime
 /// reports from the executors: with these, the start-up warning of `blind_routing` is
 /// not logged.
-const WARM_WITHOUT_REPORTS: &[Algorithm] = &[];
+const WARM_WITHOUT_REPORTS: &[Algorithm] = &[Algorithm::Affinity];
 
 /// What the first round with an online executor says about routing (`blind_routing`).
 #[derive(Debug, PartialEq)]
