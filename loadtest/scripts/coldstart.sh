@@ -23,9 +23,9 @@
 # An algorithm or variable the proxy does not know (exit 2 at start) is reported and skipped.
 #
 # Usage: bash loadtest/scripts/coldstart.sh
-#   env: ALGORITHMS="random round-robin least-request p2c affinity" ROUNDS=3 DURATION=3
+#   env: ALGORITHMS="random round-robin least-request p2c affinity" ROUNDS=3 DURATION=8
 #        WARMUP=1.5 RATE=1000 CONNS=128 RUNTIMES=100 ZIPF=1.0 SEED=1 WARM=48 COLD_MS=50
-#        SERVICE_MS=20 SETTLE=1 MOVED_MIN=5 HEALTH_MS=1000 CORES=1 PROXY_ENV="K=V ..."
+#        SERVICE_MS=20 SETTLE=1 MOVED_MIN=30 HEALTH_MS=1000 CORES=1 PROXY_ENV="K=V ..."
 #        TABLES="cold cap"
 #        OPR_BIN=path/to/opr-proxy NO_BUILD=1
 #        CAP_ALGORITHM=p2c CAP=4 CAP_QUEUE=32 CAP_QUEUE_TIMEOUT=100 CAP_SERVICE_MS=10
@@ -38,7 +38,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ALGORITHMS="${ALGORITHMS:-random round-robin least-request p2c affinity}"
 TABLES="${TABLES:-cold cap}"
 ROUNDS="${ROUNDS:-3}"
-DURATION="${DURATION:-3}"
+DURATION="${DURATION:-8}"
 WARMUP="${WARMUP:-1.5}"
 RATE="${RATE:-1000}"
 CONNS="${CONNS:-128}"
@@ -49,7 +49,7 @@ WARM="${WARM:-48}"
 COLD_MS="${COLD_MS:-50}"
 SERVICE_MS="${SERVICE_MS:-20}"
 SETTLE="${SETTLE:-1}"
-MOVED_MIN="${MOVED_MIN:-5}"
+MOVED_MIN="${MOVED_MIN:-30}"
 HEALTH_MS="${HEALTH_MS:-1000}"
 CORES="${CORES:-1}"
 PROXY_ENV="${PROXY_ENV:-}"
