@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn original_era_body() {
-        // Shape of /work/shared/fixtures/mockoon.json's /v1/health answer.
+        // Shape of tests/fixtures/mockoon.json's /v1/health answer.
         let body = br#"{
   "status": "pass",
   "usage": 37,
