@@ -52,6 +52,26 @@ pub(crate) fn shutdown(fd: RawFd) {
     }
 }
 
+/// `TCP_USER_TIMEOUT`: the kernel fails the connection (`ETIMEDOUT` on the pending write)
+/// when sent data stays unacknowledged, or queued data unsent behind a zero window (a
+/// peer that stopped reading), for `limit` (Linux 5.1+ for the zero window). The bound
+/// on a client that stops reading its answer, at no cost per write (a timer per write
+/// cost ~1 µs per small request, `loadtest/scripts/ab.sh`).
+#[allow(unsafe_code)]
+pub(crate) fn set_user_timeout(fd: RawFd, limit: std::time::Duration) {
+    let ms = libc::c_uint::try_from(limit.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: `ms` outlives the call and its size is passed; the caller owns `fd`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            std::ptr::addr_of!(ms).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        );
+    }
+}
+
 /// A second stream on the socket `fd` (`dup`): one task can write on it while another
 /// reads on the first. Closing it leaves the socket open through `fd`.
 #[allow(unsafe_code)]

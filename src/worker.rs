@@ -249,6 +249,12 @@ where
                             );
                         }
                         let _ = stream.set_nodelay(true);
+                        // A client that stops reading an answer is cut off after
+                        // OPR_PROXY_BODY_TIMEOUT by the kernel, not by a timer per write.
+                        crate::socket::set_user_timeout(
+                            std::os::fd::AsRawFd::as_raw_fd(&stream),
+                            ctx.config.body_timeout,
+                        );
                         let guard = ActiveGuard::new(ctx.clone());
                         let ctx = ctx.clone();
                         monoio::spawn(async move {

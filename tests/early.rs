@@ -490,13 +490,27 @@ fn closed_by_proxy(ex: &ScriptedExecutor, i: usize, within: Duration) -> bool {
 
 /// Issue 19 item 2 over HTTP/1: a client that reads nothing of a 64 MiB answer is cut off
 /// after `OPR_PROXY_BODY_TIMEOUT` (1 s here) instead of `OPR_PROXY_MAX_TIMEOUT`: both
-/// connections close, and the stall is counted.
+/// connections close, and the stall is counted. Spliced (a stall bound per step) ...
 #[test]
 fn a_client_that_reads_nothing_of_a_large_answer_is_cut_off() {
+    reads_nothing_of_a_large_answer("auto");
+}
+
+/// ... and copied (writes bounded by the client socket's `TCP_USER_TIMEOUT`).
+#[test]
+fn a_client_that_reads_nothing_of_a_copied_answer_is_cut_off() {
+    reads_nothing_of_a_large_answer("off");
+}
+
+fn reads_nothing_of_a_large_answer(splice: &str) {
     let ex = big_answer();
     let p = ProxyProcess::start(
         &[ex.hostname()],
-        &[NO_HEALTH, ("OPR_PROXY_BODY_TIMEOUT", "1")],
+        &[
+            NO_HEALTH,
+            ("OPR_PROXY_BODY_TIMEOUT", "1"),
+            ("OPR_PROXY_SPLICE", splice),
+        ],
     );
     let idle = sockets(&p);
     let mut c = Client::connect(p.addr);

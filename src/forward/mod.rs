@@ -687,7 +687,8 @@ impl Anycast<'_> {
         if !hold {
             *bytes_out += head_len;
             let len = out.len();
-            let written = pump::write_within(client, out, 0, len, Some(stall)).await;
+            // Bounded by the socket's TCP_USER_TIMEOUT (socket::set_user_timeout).
+            let written = pump::write_within(client, out, 0, len, None).await;
             out.clear();
             if let Err(e) = written {
                 let why = if e.kind() == io::ErrorKind::TimedOut {

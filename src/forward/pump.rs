@@ -90,7 +90,8 @@ pub(crate) enum Sink<'a> {
 impl Sink<'_> {
     async fn write(&mut self, buf: &mut Vec<u8>, from: usize, to: usize) -> Result<(), PumpError> {
         match self {
-            Sink::Client(stream, stall) => write_within(stream, buf, from, to, Some(*stall))
+            // The socket's TCP_USER_TIMEOUT (socket::set_user_timeout) bounds a stall.
+            Sink::Client(stream, _) => write_within(stream, buf, from, to, None)
                 .await
                 .map_err(sink_error),
             Sink::Executor(half) => write_within(half, buf, from, to, None)
@@ -284,12 +285,9 @@ impl Body {
                     held.clear();
                 }
                 if self.emit == Emit::AsChunks {
-                    if let Sink::Client(stream, stall) = &mut dst {
-                        let write = stream.write_all(LAST_CHUNK);
-                        match monoio::time::timeout(*stall, write).await {
-                            Err(_) => return Err(PumpError::SinkStalled),
-                            Ok((res, _)) => res.map_err(|_| PumpError::Sink)?,
-                        };
+                    if let Sink::Client(stream, _) = &mut dst {
+                        let (res, _) = stream.write_all(LAST_CHUNK).await;
+                        res.map_err(sink_error)?;
                         self.written += LAST_CHUNK.len() as u64;
                     }
                 }
