@@ -777,16 +777,8 @@ fn parse_executor(item: &str) -> Result<ExecutorAddr, String> {
 /// `<redacted>@` (everything up to the last `@`, so a password holding `/` or `@` is
 /// cut too), and the query and fragment (`?password=`) are dropped.
 pub fn redact_dsn(dsn: &str) -> String {
-    let (scheme, rest) = match dsn.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), dsn),
-    };
-    let (user_info, rest) = match rest.rsplit_once('@') {
-        Some((_, host)) => ("<redacted>@", host),
-        None => ("", rest),
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    format!("{scheme}{user_info}{rest}")
+    let redacted = redact_user_info(dsn);
+    redacted.split(['?', '#']).next().unwrap_or("").to_string()
 }
 
 /// The forms `OPR_PROXY_LOGGING_CONFIG` takes for `provider`, for error messages.
