@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::balance::{Addressing, Choice};
 use crate::ctx::{Assignment, WorkerCtx};
-use crate::error::{ProxyError, Shed};
+use crate::error::ProxyError;
+use crate::outcome::Shed;
 use crate::snapshot::Snapshot;
 
 /// How often a worker with waiting requests looks again at the snapshot and the offline

@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use crate::ctx::WorkerCtx;
 use crate::error::write_json_response;
-use crate::http::client::After;
-use crate::logging::rfc3339;
+use crate::outcome::After;
 use crate::snapshot::Snapshot;
+use crate::text::rfc3339;
 
 /// Where a request goes. One table for HTTP/1 (conn.rs) and HTTP/2 streams
 /// (http2/stream.rs), so the endpoints and the key rule cannot drift apart.

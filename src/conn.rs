@@ -14,11 +14,11 @@ use crate::api::{self, Route};
 use crate::buffers::Scratch;
 use crate::ctx::WorkerCtx;
 use crate::error::ProxyError;
-use crate::forward::{self, Served};
-use crate::http::client::{After, ClientConn};
+use crate::forward;
+use crate::http::client::ClientConn;
 use crate::http::head::{self, HeaderRef, RequestHead};
 use crate::idle::{Closed, Registration};
-use crate::metrics::ClientClose;
+use crate::outcome::{After, ClientClose, Served};
 
 /// Serve one accepted connection until it closes.
 pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {

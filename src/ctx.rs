@@ -11,10 +11,11 @@ use crate::balance::{Assigned, Picker};
 use crate::buffers::{self, AnswerSizes, FreeList, PipePool, Scratch};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::http::client::{After, ClientConn};
+use crate::http::client::ClientConn;
 use crate::http::head::{self, RequestHead};
 use crate::idle::{Closed, IdleConns};
 use crate::metrics::{Metrics, WorkerMetrics};
+use crate::outcome::After;
 use crate::outlier::Outliers;
 use crate::pool::Pool;
 use crate::report::{Report, Reporter};
@@ -234,9 +235,15 @@ impl WorkerCtx {
     /// An exchange with `executor` failed in a way the proxy answers `502` (or logs, for a
     /// broadcast copy). After `OPR_PROXY_EJECT_AFTER` of them in a row on this worker the
     /// executor is flagged offline for every worker until a probe passes.
-    /// Failures that are not the executor's (see `ExecutorFault`) are not counted.
-    pub(crate) fn exchange_failed(&self, executor: usize, cause: &dyn ExecutorFault) {
-        if !cause.is_executor_fault() {
+    /// Failures that are not the executor's (`fault` false, see
+    /// `Cause::is_executor_fault`) are not counted; `cause` is what the log says.
+    pub(crate) fn exchange_failed(
+        &self,
+        executor: usize,
+        fault: bool,
+        cause: &dyn std::fmt::Display,
+    ) {
+        if !fault {
             return;
         }
         if let Some(n) = self.outliers.failed(executor) {
@@ -278,12 +285,6 @@ impl WorkerCtx {
         }
         true
     }
-}
-
-/// A failed exchange, as passive ejection (`OPR_PROXY_EJECT_AFTER`) sees it: whether it
-/// was the executor's fault, and what to log.
-pub(crate) trait ExecutorFault: std::fmt::Display {
-    fn is_executor_fault(&self) -> bool;
 }
 
 /// One request in flight to one executor: counted in the picker (selection) and the

@@ -2,68 +2,11 @@
 //! JSON shape with the no-cache headers of SPEC §7, rendered in one place.
 
 use std::fmt::Write as _;
-use std::io;
 
 use crate::http::chunked::ChunkedError;
 use crate::http::head::HeadError;
-
-/// Why an exchange with an executor failed before its response head (a `502`): typed and
-/// `Copy`, so failing costs no allocation; shown in dev-mode bodies and in logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cause {
-    /// Connecting failed for a reason that does not make the executor unreachable.
-    Connect(io::ErrorKind),
-    /// Writing the request failed.
-    Send(io::ErrorKind),
-    /// EOF or reset before any byte of a response, on a fresh connection.
-    ClosedBeforeAnswer,
-    /// The same on a pooled connection, for a request that must not be sent twice
-    /// (RFC 9110 §9.2.2), or after a byte (even `1xx`) had come back.
-    ClosedNotReplayed,
-    /// EOF in the middle of the response head.
-    ClosedMidHead,
-    /// EOF in the response body before any of the answer was relayed.
-    ClosedMidBody,
-    /// Reading the response failed.
-    Read(io::ErrorKind),
-    /// The response head broke a rule (RFC 9112).
-    MalformedHead(HeadError),
-    /// The chunked response body broke RFC 9112 §7.1 before anything was relayed.
-    MalformedBody(ChunkedError),
-    /// `101 Switching Protocols`: not relayed.
-    Upgrade,
-}
-
-impl crate::ctx::ExecutorFault for Cause {
-    /// Whether the failure is the executor's, for passive ejection
-    /// (`OPR_PROXY_EJECT_AFTER`). Not a connect error left after refusals and timeouts
-    /// (those flag the executor at once): what remains is local, such as running out of
-    /// file descriptors. Not `101`: the client asked for the upgrade, and a client must
-    /// not be able to eject executors.
-    fn is_executor_fault(&self) -> bool {
-        !matches!(self, Cause::Connect(_) | Cause::Upgrade)
-    }
-}
-
-impl std::fmt::Display for Cause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Cause::Connect(kind) => write!(f, "connecting to the executor failed: {kind}"),
-            Cause::Send(kind) => write!(f, "sending the request to the executor failed: {kind}"),
-            Cause::ClosedBeforeAnswer => f.write_str("executor closed the connection before answering"),
-            Cause::ClosedNotReplayed => f.write_str(
-                "executor closed a reused connection before answering; the request is not replayed \
-                 (not idempotent, or part of an answer had arrived)",
-            ),
-            Cause::ClosedMidHead => f.write_str("executor closed the connection inside its response head"),
-            Cause::ClosedMidBody => f.write_str("executor closed the connection inside its response body"),
-            Cause::Read(kind) => write!(f, "reading the executor's response failed: {kind}"),
-            Cause::MalformedHead(e) => write!(f, "malformed response head from executor: {}", e.message()),
-            Cause::MalformedBody(e) => write!(f, "malformed chunked body from executor: {}", e.message()),
-            Cause::Upgrade => f.write_str("executor switched protocols, which the proxy does not relay"),
-        }
-    }
-}
+use crate::outcome::{Cause, Shed};
+use crate::text::{JsonEscape, VecWriter};
 
 /// An error answered by the proxy (never by an executor).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -89,30 +32,6 @@ pub(crate) enum ProxyError {
     /// Every executor is at `OPR_PROXY_EXECUTOR_CONCURRENCY` and the request could not
     /// wait for a slot (`503` with `Retry-After`).
     Overloaded(Shed),
-}
-
-/// Why a request was answered `503` for lack of capacity (the `reason` label of
-/// `opr_proxy_shed_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Shed {
-    /// The worker's queue was full (or `OPR_PROXY_QUEUE_SIZE=0`).
-    QueueFull,
-    /// No slot freed within `OPR_PROXY_QUEUE_TIMEOUT`.
-    QueueTimeout,
-    /// The proxy began to stop while the request waited.
-    Draining,
-}
-
-impl Shed {
-    pub(crate) const ALL: [Shed; 3] = [Shed::QueueFull, Shed::QueueTimeout, Shed::Draining];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Shed::QueueFull => "queue_full",
-            Shed::QueueTimeout => "queue_timeout",
-            Shed::Draining => "draining",
-        }
-    }
 }
 
 /// `Retry-After` of a `503` for lack of capacity (RFC 9110 §10.2.3), in seconds: soon, so
@@ -296,43 +215,12 @@ fn write_json_string(w: &mut dyn std::fmt::Write, s: &str) -> std::fmt::Result {
     w.write_char('"')
 }
 
-/// Escapes what is written through it as the inside of a JSON string.
-pub(crate) struct JsonEscape<'a>(pub(crate) &'a mut dyn std::fmt::Write);
-
-impl std::fmt::Write for JsonEscape<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        for c in s.chars() {
-            match c {
-                '"' => self.0.write_str("\\\"")?,
-                '\\' => self.0.write_str("\\\\")?,
-                '\n' => self.0.write_str("\\n")?,
-                '\r' => self.0.write_str("\\r")?,
-                '\t' => self.0.write_str("\\t")?,
-                // C0 and C1 controls and DEL: valid JSON raw, but they drive terminals.
-                c if c.is_control() => write!(self.0, "\\u{:04x}", c as u32)?,
-                c => self.0.write_char(c)?,
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Counts the bytes a body will take, so its Content-Length is known before writing.
 struct Counter(usize);
 
 impl std::fmt::Write for Counter {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0 += s.len();
-        Ok(())
-    }
-}
-
-/// `fmt::Write` into a byte buffer without an intermediate String.
-pub(crate) struct VecWriter<'a>(pub(crate) &'a mut Vec<u8>);
-
-impl std::fmt::Write for VecWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
         Ok(())
     }
 }
@@ -382,17 +270,6 @@ mod tests {
         assert_eq!(body, e.body("1.2.3", true));
         assert!(dev.contains("Connection: close"));
         assert!(dev.starts_with("HTTP/1.1 502 Bad Gateway"));
-    }
-
-    #[test]
-    fn only_the_executors_faults_count_for_ejection() {
-        use crate::ctx::ExecutorFault;
-        assert!(Cause::ClosedBeforeAnswer.is_executor_fault());
-        assert!(Cause::Read(io::ErrorKind::ConnectionReset).is_executor_fault());
-        assert!(Cause::MalformedHead(HeadError::HeadTooLarge).is_executor_fault());
-        // Out of file descriptors here; an upgrade the client asked for.
-        assert!(!Cause::Connect(io::ErrorKind::Other).is_executor_fault());
-        assert!(!Cause::Upgrade.is_executor_fault());
     }
 
     #[test]

@@ -19,12 +19,14 @@ mod idle;
 mod io_driver;
 pub mod logging;
 mod metrics;
+mod outcome;
 mod outlier;
 mod pool;
 mod report;
 mod reuseport;
 pub mod snapshot;
 mod socket;
+mod text;
 mod worker;
 
 use std::net::SocketAddr;

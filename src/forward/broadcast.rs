@@ -15,12 +15,13 @@ use monoio::io::AsyncWriteRentExt;
 use super::exchange::{self, HeadFailure, OpenError};
 use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
 use super::reuse::{self, ResponseEnd, Silence};
-use crate::ctx::{ExecutorFault, WorkerCtx};
-use crate::error::{Cause, ProxyError};
+use crate::ctx::WorkerCtx;
+use crate::error::ProxyError;
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::client::{After, ClientConn};
+use crate::http::client::ClientConn;
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite::{self, RequestRewrite};
+use crate::outcome::{After, Cause};
 use crate::warn;
 
 /// The body is copied to every executor, so it is held in memory: bounded by this (or
@@ -258,7 +259,7 @@ pub(crate) async fn fan_out(
                 Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
                 Ok(Err(why)) => {
                     warn!("Broadcast to executor \"{hostname}\" failed: {why}");
-                    ctx.exchange_failed(i, &why);
+                    ctx.exchange_failed(i, why.is_executor_fault(), &why);
                 }
                 // A slow executor is not a broken one: timeouts are not counted.
                 Err(_) => warn!("Broadcast to executor \"{hostname}\" failed: timed out"),
@@ -326,7 +327,7 @@ enum Failed {
     Body(PumpError),
 }
 
-impl ExecutorFault for Failed {
+impl Failed {
     /// Counted for passive ejection (as `Cause` says, for an exchange).
     fn is_executor_fault(&self) -> bool {
         match self {

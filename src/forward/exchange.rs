@@ -12,11 +12,12 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use super::pump::{Body, Delimit, Emit, PumpError};
-use super::reuse::{Discard, ResponseEnd, Reuse};
+use super::reuse::{ResponseEnd, Reuse};
 use crate::ctx::WorkerCtx;
-use crate::error::Cause;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, HeaderRef, ResponseFraming, ResponseHead};
+use crate::outcome::Cause;
+use crate::outcome::Discard;
 
 /// A connection to an executor, and whether it came from the pool. It goes back to the
 /// pool only through `release` with `Reuse::Reusable`; dropped any other way it is

@@ -26,13 +26,14 @@ use crate::admission::{self, Refused};
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
-use crate::error::{Cause, ProxyError};
+use crate::error::ProxyError;
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::client::{After, ClientConn};
+use crate::http::client::ClientConn;
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
+use crate::outcome::{After, Cause, Discard, Served};
 use crate::snapshot::{ExecutorStatus, Snapshot};
 use crate::socket;
 use duplex::{Step, Upload};
@@ -42,7 +43,6 @@ use reuse::{ResponseEnd, Reuse, Silence};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
-pub(crate) use reuse::Discard;
 
 /// How long the executor may work on a request before the proxy starts watching the
 /// client for a close (SPEC §5: a client that leaves abandons its request). Most answers
@@ -56,25 +56,6 @@ enum Phase {
     BeforeHead,
     /// The response head (with this status) went out: only closing is left.
     HeadSent(u16),
-}
-
-/// How one request was served: what happens to the client connection, the status sent,
-/// and the executor chosen (for metrics, the access log and `x-opr-route`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Served {
-    pub(crate) after: After,
-    pub(crate) status: u16,
-    pub(crate) choice: Option<Choice>,
-}
-
-impl Served {
-    pub(crate) fn local((after, status): (After, u16)) -> Served {
-        Served {
-            after,
-            status,
-            choice: None,
-        }
-    }
 }
 
 /// Forward one request (anycast or broadcast) and answer the client.
@@ -424,7 +405,8 @@ impl Anycast<'_> {
         let keep_alive = self.head.keep_alive && read_whole.is_some();
         if let Some(choice) = self.choice.get() {
             self.failed.set(true);
-            self.ctx.exchange_failed(choice.executor, &cause);
+            self.ctx
+                .exchange_failed(choice.executor, cause.is_executor_fault(), &cause);
         }
         // Consumed after the answer: its report reads the request's method and path.
         let e = ProxyError::BadGateway(cause);
@@ -668,8 +650,8 @@ impl Anycast<'_> {
             explain_queued(self.queued.get(), out);
         }
         let status = response.status;
-        let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
-        let stalled = reuse::Reuse::Discard(reuse::Discard::ClientStalled);
+        let broken = reuse::Reuse::Discard(Discard::Unfinished);
+        let stalled = reuse::Reuse::Discard(Discard::ClientStalled);
         let stall = self.ctx.config.body_timeout;
 
         // The head is not sent yet: a clean 502 is still possible.
@@ -762,7 +744,7 @@ pub(crate) fn explain(
             .map_or("?", |e| e.hostname.as_str())
     };
     out.truncate(out.len() - 2);
-    let mut w = crate::error::VecWriter(out);
+    let mut w = crate::text::VecWriter(out);
     let _ = write!(w, "x-opr-route: executor={}; tier=", host(choice.executor));
     let _ = match choice.tier {
         0 => write!(w, "none"),
@@ -789,7 +771,7 @@ pub(crate) fn explain_queued(waited: Option<Duration>, out: &mut Vec<u8>) {
     }
     out.truncate(out.len() - 4);
     let _ = write!(
-        crate::error::VecWriter(out),
+        crate::text::VecWriter(out),
         "; queued {} ms\r\n\r\n",
         waited.as_millis()
     );

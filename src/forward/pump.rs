@@ -102,7 +102,7 @@ impl Sink<'_> {
                 Ok(())
             }
             Sink::Discard => Ok(()),
-            Sink::H2(stream, stall) => crate::http2::send_data(stream, &buf[from..to], *stall)
+            Sink::H2(stream, stall) => crate::http2::io::send_data(stream, &buf[from..to], *stall)
                 .await
                 .map_err(sink_error),
         }

@@ -2,42 +2,14 @@
 //! executor connection go back to the pool, and may a request be sent again after an
 //! executor closed without answering. Every exchange path asks these, nothing else does.
 
-use crate::error::Cause;
 use crate::http::head::{ResponseFraming, ResponseHead};
+use crate::outcome::{Cause, Discard};
 
 /// Whether an executor connection may carry another request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Reuse {
     Reusable,
     Discard(Discard),
-}
-
-/// Why an executor connection was closed instead of pooled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Discard {
-    /// The executor said `Connection: close`, or spoke HTTP/1.0.
-    ExecutorClose,
-    /// The response body ran until the executor closed.
-    CloseDelimited,
-    /// The executor answered before the request body was sent whole.
-    RequestUnfinished,
-    /// Bytes arrived after the end of the response: a late or stray answer that would
-    /// reach the next client as its own.
-    Leftover,
-    /// The response did not end cleanly (truncated, malformed, or its client left).
-    Unfinished,
-    /// Its client took no byte of the answer for `OPR_PROXY_BODY_TIMEOUT`.
-    ClientStalled,
-    /// Bytes arrived while it sat in the pool (checked when taken).
-    IdleBytes,
-    /// The executor closed it while it sat in the pool.
-    IdleClosed,
-    /// Idle longer than `OPR_PROXY_POOL_IDLE_TIMEOUT`.
-    Expired,
-    /// The pool was full (`OPR_PROXY_POOL_SIZE`).
-    PoolFull,
-    /// The exchange failed (an error, a timeout, or the client left before an answer).
-    Failed,
 }
 
 /// How the response ended, as far as the executor connection is concerned.

@@ -18,23 +18,6 @@ use crate::socket::{self, Waiting};
 /// error answer (RFC 9112 §9.6), so the close does not reset the answer away.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Whether the client connection may carry another request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum After {
-    KeepAlive,
-    Close,
-}
-
-impl After {
-    pub(crate) fn close_if(close: bool) -> After {
-        if close {
-            After::Close
-        } else {
-            After::KeepAlive
-        }
-    }
-}
-
 /// The client side of a connection: the socket and the bytes read but not yet used.
 pub(crate) struct ClientConn {
     pub(crate) stream: TcpStream,

@@ -20,16 +20,17 @@ use crate::api::{self, Route};
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
 use crate::ctx::WorkerCtx;
-use crate::error::{Cause, ProxyError};
+use crate::error::ProxyError;
 use crate::forward;
 use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, OpenError};
 use crate::forward::pump::{self, PumpError, Sink};
-use crate::forward::reuse::{self, Discard, ResponseEnd, Reuse, Silence};
+use crate::forward::reuse::{self, ResponseEnd, Reuse, Silence};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
+use crate::outcome::{Cause, Discard};
 use crate::report::Report;
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
@@ -664,7 +665,7 @@ impl Stream {
                 // connection is closed with `ex`, even while the executor is silent.
                 let pumped = monoio::select! {
                     r = pump => Some(r),
-                    _ = super::reset(&send) => None,
+                    _ = super::io::reset(&send) => None,
                 };
                 self.bytes_out.set(rbody.written);
                 match pumped {
@@ -682,7 +683,7 @@ impl Stream {
             }
             (end, _) => {
                 if !first.is_empty() {
-                    match super::send_data(&send, &first, stall).await {
+                    match super::io::send_data(&send, &first, stall).await {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                             return stalled(&send)
@@ -827,7 +828,8 @@ impl Stream {
     ) -> u16 {
         // Counted for passive ejection exactly as over HTTP/1.
         if let Some(choice) = self.choice.get() {
-            self.ctx.exchange_failed(choice.executor, &cause);
+            self.ctx
+                .exchange_failed(choice.executor, cause.is_executor_fault(), &cause);
         }
         let e = ProxyError::BadGateway(cause);
         self.report(request, &e);
