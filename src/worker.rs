@@ -258,7 +258,7 @@ where
                         let guard = ActiveGuard::new(ctx.clone());
                         let ctx = ctx.clone();
                         monoio::spawn(async move {
-                            crate::conn::serve(ctx, stream, peer).await;
+                            crate::http1::serve(ctx, stream, peer).await;
                             drop(guard);
                         });
                     }

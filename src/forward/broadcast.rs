@@ -18,9 +18,9 @@ use super::reuse::{self, ResponseEnd, Silence};
 use crate::ctx::WorkerCtx;
 use crate::error::ProxyError;
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::client::ClientConn;
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite::{self, RequestRewrite};
+use crate::http1::client::ClientConn;
 use crate::outcome::{After, Cause};
 use crate::warn;
 

@@ -28,11 +28,11 @@ use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
 use crate::error::ProxyError;
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::client::ClientConn;
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
+use crate::http1::client::ClientConn;
 use crate::outcome::{After, Cause, Discard, Served};
 use crate::snapshot::{ExecutorStatus, Snapshot};
 use crate::socket;

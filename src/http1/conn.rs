@@ -15,8 +15,8 @@ use crate::buffers::Scratch;
 use crate::ctx::WorkerCtx;
 use crate::error::ProxyError;
 use crate::forward;
-use crate::http::client::ClientConn;
 use crate::http::head::{self, HeaderRef, RequestHead};
+use crate::http1::client::ClientConn;
 use crate::idle::{Closed, Registration};
 use crate::outcome::{After, ClientClose, Served};
 
