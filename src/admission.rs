@@ -11,9 +11,9 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::answer::ProxyError;
 use crate::balance::{Addressing, Choice};
 use crate::ctx::{Assignment, WorkerCtx};
-use crate::error::ProxyError;
 use crate::outcome::Shed;
 use crate::snapshot::Snapshot;
 

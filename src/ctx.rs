@@ -10,12 +10,8 @@ use crate::admission::{self, Admission};
 use crate::balance::{Assigned, Picker};
 use crate::buffers::{self, AnswerSizes, FreeList, PipePool, Scratch};
 use crate::config::Config;
-use crate::error::ProxyError;
-use crate::http::head::{self, RequestHead};
-use crate::http1::client::ClientConn;
 use crate::idle::{Closed, IdleConns};
 use crate::metrics::{Metrics, WorkerMetrics};
-use crate::outcome::After;
 use crate::outlier::Outliers;
 use crate::pool::Pool;
 use crate::report::{Report, Reporter};
@@ -141,85 +137,6 @@ impl WorkerCtx {
 
     pub(crate) fn active_connections(&self) -> usize {
         self.active.get()
-    }
-
-    /// Answer an error the proxy makes itself (SPEC §7) and return what happens to the
-    /// connection and the status sent. `keep_alive`: the request was read whole and its
-    /// client allows another; errors that leave the stream out of step close anyway
-    /// (`ProxyError::closes_connection`). A closing answer lingers, so a client still
-    /// sending its body reads the answer instead of a reset.
-    pub(crate) async fn answer(
-        &self,
-        conn: &mut ClientConn,
-        out: &mut Vec<u8>,
-        e: ProxyError,
-        keep_alive: bool,
-    ) -> (After, u16) {
-        self.answer_forwarded(conn, out, e, keep_alive, None).await
-    }
-
-    /// `answer` for a request being forwarded. A `502` or `504` is also reported (SPEC §8)
-    /// with the request's method and path, read from `request`'s head (its bytes must
-    /// still be pending in `conn`), and the executor it went to last.
-    pub(crate) async fn answer_forwarded(
-        &self,
-        conn: &mut ClientConn,
-        out: &mut Vec<u8>,
-        e: ProxyError,
-        keep_alive: bool,
-        request: Option<(&RequestHead, Option<usize>)>,
-    ) -> (After, u16) {
-        if matches!(e, ProxyError::BadGateway(_) | ProxyError::GatewayTimeout) {
-            self.report_http_error(conn, &e, request);
-        }
-        let close = !keep_alive || e.closes_connection() || self.stopping.get();
-        out.clear();
-        let dev = self.config.is_development();
-        e.write_response(out, &self.config.version, dev, close, conn.head_request);
-        let written = conn
-            .write_answer(out, self.config.body_timeout)
-            .await
-            .is_ok();
-        if close && written {
-            conn.linger_close().await;
-        }
-        (After::close_if(close || !written), e.status())
-    }
-
-    /// Queue the report of an error answer (only on that path, and only when reporting is
-    /// on: the allocations here never touch a request that succeeds).
-    fn report_http_error(
-        &self,
-        conn: &ClientConn,
-        e: &ProxyError,
-        request: Option<(&RequestHead, Option<usize>)>,
-    ) {
-        if !self.reporter.is_enabled() {
-            return;
-        }
-        let pending = conn.pending();
-        let text =
-            |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
-        let (method, path, executor) = match request {
-            Some((head, executor)) => {
-                let method = pending.get(head.method.clone());
-                let target = pending.get(head.target.clone());
-                let executor = executor.and_then(|i| {
-                    let snapshot = self.snapshot();
-                    snapshot.executors.get(i).map(|e| e.hostname.clone())
-                });
-                (text(method), text(target.map(head::path_of)), executor)
-            }
-            None => (String::new(), String::new(), None),
-        };
-        self.reporter.report(Report::HttpError {
-            status: e.status(),
-            method,
-            path,
-            executor,
-            cause: e.to_string(),
-            worker: self.id,
-        });
     }
 
     /// Count a request in flight to `executor` (for `least-request`, `p2c` and the

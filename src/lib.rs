@@ -3,13 +3,12 @@
 
 mod access_log;
 mod admission;
-mod api;
+mod answer;
 mod auth;
 pub mod balance;
 mod buffers;
 pub mod config;
 mod ctx;
-mod error;
 mod forward;
 pub mod health;
 pub mod http;

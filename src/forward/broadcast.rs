@@ -15,8 +15,8 @@ use monoio::io::AsyncWriteRentExt;
 use super::exchange::{self, HeadFailure, OpenError};
 use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
 use super::reuse::{self, ResponseEnd, Silence};
+use crate::answer::{Answer, ProxyError};
 use crate::ctx::WorkerCtx;
-use crate::error::ProxyError;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite::{self, RequestRewrite};
@@ -160,7 +160,7 @@ pub(super) async fn broadcast(
     };
     let (_held, body) = match monoio::time::timeout_at(deadline.into(), read).await {
         Ok(Ok(read)) => read,
-        Ok(Err(Some(e))) => return ctx.answer(conn, out, e, false).await,
+        Ok(Err(Some(e))) => return conn.answer_error(ctx, out, e, false).await,
         Ok(Err(None)) | Err(_) => return (After::Close, 0),
     };
 
@@ -170,19 +170,12 @@ pub(super) async fn broadcast(
     conn.consume(head.head_len);
     if !delivered {
         let e = ProxyError::NoOnlineExecutor;
-        return ctx.answer(conn, out, e, head.keep_alive).await;
+        return conn.answer_error(ctx, out, e, head.keep_alive).await;
     }
 
     out.clear();
-    // RFC 9110 §8.6 says a 204 carries no Content-Length, but the original sends
-    // `Content-Length: 0` here and its clients read the field (README "Differences from
-    // the original"). Only this answer the proxy makes: relayed 1xx/204 carry none.
-    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n");
     let close = !head.keep_alive || ctx.stopping.get();
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    Answer::no_content().write_http1(out, close, false);
     let ok = conn
         .write_answer(out, ctx.config.body_timeout)
         .await

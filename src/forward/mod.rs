@@ -23,10 +23,10 @@ use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use crate::admission::{self, Refused};
+use crate::answer::ProxyError;
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
-use crate::error::ProxyError;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
@@ -34,6 +34,7 @@ use crate::http::head::{
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::http1::client::ClientConn;
 use crate::outcome::{After, Cause, Discard, Served};
+use crate::report::Report;
 use crate::snapshot::{ExecutorStatus, Snapshot};
 use crate::socket;
 use duplex::{Step, Upload};
@@ -98,7 +99,9 @@ async fn forward_request(
     // RFC 9110 §15.5.14: a declared length over the limit is refused before reading it.
     if let (RequestFraming::Length(n), Some(max)) = (head.framing, limit) {
         if n > max {
-            return ctx.answer(conn, out, ProxyError::BodyTooLarge, false).await;
+            return conn
+                .answer_error(ctx, out, ProxyError::BodyTooLarge, false)
+                .await;
         }
     }
     // RFC 9110 §10.1.1: answer 100-continue ourselves so the client starts sending; the
@@ -137,9 +140,12 @@ async fn forward_request(
         Ok(result) => result,
         Err(_) => match phase.get() {
             Phase::BeforeHead => {
-                let request = Some((head, choice.get().map(|c| c.executor)));
                 let e = ProxyError::GatewayTimeout;
-                ctx.answer_forwarded(conn, out, e, false, request).await
+                let pending = conn.pending();
+                let (method, target) =
+                    (&pending[head.method.clone()], &pending[head.target.clone()]);
+                report_http_error(ctx, &e, method, target, choice.get());
+                conn.answer_error(ctx, out, e, false).await
             }
             Phase::HeadSent(status) => (After::Close, status),
         },
@@ -225,7 +231,7 @@ impl Anycast<'_> {
         let idempotent = reuse::is_idempotent(&conn.pending()[head.method.clone()]);
         let mut first = match self.first_bytes(conn) {
             Ok(first) => first,
-            Err(e) => return ctx.answer(conn, out, e, false).await,
+            Err(e) => return conn.answer_error(ctx, out, e, false).await,
         };
         let in_hand = first.rest.is_none();
         // A body buffer only if a body is copied. The answer is read into a head buffer,
@@ -272,7 +278,7 @@ impl Anycast<'_> {
                     // The request is answered: it must not be parsed again on keep-alive.
                     conn.consume(request_len);
                     let keep = head.keep_alive && in_hand;
-                    return ctx.answer(conn, out, e, keep).await;
+                    return conn.answer_error(ctx, out, e, keep).await;
                 }
             };
             let i = choice.executor;
@@ -410,11 +416,11 @@ impl Anycast<'_> {
         }
         // Consumed after the answer: its report reads the request's method and path.
         let e = ProxyError::BadGateway(cause);
-        let request = Some((self.head, self.choice.get().map(|c| c.executor)));
-        let answered = self
-            .ctx
-            .answer_forwarded(conn, out, e, keep_alive, request)
-            .await;
+        let pending = conn.pending();
+        let head = self.head;
+        let (method, target) = (&pending[head.method.clone()], &pending[head.target.clone()]);
+        report_http_error(self.ctx, &e, method, target, self.choice.get());
+        let answered = conn.answer_error(self.ctx, out, e, keep_alive).await;
         if let Some(n) = read_whole {
             conn.consume(n);
         }
@@ -570,7 +576,7 @@ impl Anycast<'_> {
                     PumpError::TooLarge => ProxyError::BodyTooLarge,
                     _ => return (After::Close, 0, broken),
                 };
-                let (after, status) = ctx.answer(conn, out, e, false).await;
+                let (after, status) = conn.answer_error(ctx, out, e, false).await;
                 return (after, status, broken);
             }
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
@@ -775,6 +781,37 @@ pub(crate) fn explain_queued(waited: Option<Duration>, out: &mut Vec<u8>) {
         "; queued {} ms\r\n\r\n",
         waited.as_millis()
     );
+}
+
+/// Queue the report of a `502` or `504` (docs/behaviour.md §8) with the request's method
+/// and path and the executor it went to last. Only on that path, and only when reporting
+/// is on: the allocations here never touch a request that succeeds.
+pub(crate) fn report_http_error(
+    ctx: &WorkerCtx,
+    e: &ProxyError,
+    method: &[u8],
+    target: &[u8],
+    choice: Option<Choice>,
+) {
+    if !ctx.reporter.is_enabled() {
+        return;
+    }
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let executor = choice.and_then(|c| {
+        let snapshot = ctx.snapshot();
+        snapshot
+            .executors
+            .get(c.executor)
+            .map(|e| e.hostname.clone())
+    });
+    ctx.reporter.report(Report::HttpError {
+        status: e.status(),
+        method: text(method),
+        path: text(head::path_of(target)),
+        executor,
+        cause: e.to_string(),
+        worker: ctx.id,
+    });
 }
 
 /// Wait for the response head (`read`); once the executor has worked for

@@ -10,8 +10,11 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::answer::{Answer, ProxyError};
 use crate::buffers::{FreeList, FIRST_HEAD_READ, HEAD_BUF};
+use crate::ctx::WorkerCtx;
 use crate::http::head::MAX_HEAD;
+use crate::outcome::After;
 use crate::socket::{self, Waiting};
 
 /// How long a closing connection keeps reading what the client still sends after an
@@ -120,6 +123,31 @@ impl ClientConn {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }
+    }
+
+    /// Answer an error the proxy makes itself (docs/behaviour.md §7) and return what
+    /// happens to the connection and the status sent. `keep_alive`: the request was read
+    /// whole and its client allows another; errors that leave the stream out of step
+    /// close anyway (`ProxyError::closes_connection`). A closing answer lingers, so a
+    /// client still sending its body reads the answer instead of a reset.
+    pub(crate) async fn answer_error(
+        &mut self,
+        ctx: &WorkerCtx,
+        out: &mut Vec<u8>,
+        e: ProxyError,
+        keep_alive: bool,
+    ) -> (After, u16) {
+        let close = !keep_alive || e.closes_connection() || ctx.stopping.get();
+        out.clear();
+        Answer::error(e, &ctx.config).write_http1(out, close, self.head_request);
+        let written = self
+            .write_answer(out, ctx.config.body_timeout)
+            .await
+            .is_ok();
+        if close && written {
+            self.linger_close().await;
+        }
+        (After::close_if(close || !written), e.status())
     }
 
     /// Completes only when the client closed or reset its connection; pipelined bytes of

@@ -10,10 +10,9 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use crate::access_log;
-use crate::api::{self, Route};
+use crate::answer::{self, Answer, ProxyError, Route};
 use crate::buffers::Scratch;
 use crate::ctx::WorkerCtx;
-use crate::error::ProxyError;
 use crate::forward;
 use crate::http::head::{self, HeaderRef, RequestHead};
 use crate::http1::client::ClientConn;
@@ -94,7 +93,7 @@ async fn serve_request(
         Err(Ended::Badly(e, read)) => {
             conn.head_request = false;
             let out_before = conn.bytes_out;
-            ctx.answer(conn, out, e, false).await;
+            conn.answer_error(ctx, out, e, false).await;
             // A refused head leaves a line too (a smuggling attempt must leave a trace),
             // with its request line as far as it was read.
             if let Some(log) = &ctx.access_log {
@@ -251,55 +250,45 @@ async fn handle(
     let method = &pending[head.method.clone()];
     let path = head::path_of(&pending[head.target.clone()]);
     let authorization = head::find_header(pending, headers, "authorization");
-    let head_only = method == b"HEAD";
     let close = !head.keep_alive || head.has_body();
-    match api::route(method, path, authorization, ctx.config.secret.as_bytes()) {
-        Route::Health => {
-            let after = api::health(close, head_only, out);
-            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
-        }
+    let own = match answer::route(method, path, authorization, ctx.config.secret.as_bytes()) {
+        Route::Health => None,
         Route::Unauthorized => {
             // The body (if any) is not read: the answer closes and lingers.
             let keep_alive = head.keep_alive && !head.has_body();
             conn.consume(head.head_len);
             let e = ProxyError::Unauthorized;
-            return Served::local(ctx.answer(conn, out, e, keep_alive).await);
+            return Served::local(conn.answer_error(ctx, out, e, keep_alive).await);
         }
-        Route::Containers => {
-            api::containers(&ctx.snapshot(), ctx, head_only, close, out);
-            let after = After::close_if(close);
-            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
+        Route::Containers => Some((false, answer::containers_body(&ctx.snapshot(), ctx))),
+        Route::Metrics => Some((true, answer::metrics_body(&ctx.snapshot(), ctx))),
+        Route::Forward => {
+            return forward::forward(ctx, conn, head, headers, response_headers, out).await
         }
-        Route::Metrics => {
-            api::metrics(&ctx.snapshot(), ctx, head_only, close, out);
-            let after = After::close_if(close);
-            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
-        }
-        Route::Forward => {}
-    }
-
-    forward::forward(ctx, conn, head, headers, response_headers, out).await
+    };
+    let answer = match &own {
+        None => Answer::health(),
+        Some((true, body)) => Answer::metrics(body.as_bytes()),
+        Some((false, body)) => Answer::json(body.as_bytes()),
+    };
+    finish_local(ctx, conn, head, out, &answer, close).await
 }
 
-/// Send a response the proxy made itself (within the answer deadline) and consume the
+/// Send an answer the proxy made itself (within the answer deadline) and consume the
 /// request head.
 async fn finish_local(
     ctx: &WorkerCtx,
     conn: &mut ClientConn,
     head: &RequestHead,
     out: &mut Vec<u8>,
-    after: After,
-    status: u16,
-) -> (After, u16) {
+    answer: &Answer<'_>,
+    close: bool,
+) -> Served {
     conn.consume(head.head_len);
-    if conn
-        .write_answer(out, ctx.config.body_timeout)
-        .await
-        .is_err()
-    {
-        return (After::Close, status);
-    }
-    (after, status)
+    out.clear();
+    answer.write_http1(out, close, conn.head_request);
+    let written = conn.write_answer(out, ctx.config.body_timeout).await;
+    Served::local((After::close_if(close || written.is_err()), answer.status))
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
-use crate::http::head::{self, is_hop_by_hop, HeaderRef, ResponseHead};
+use crate::answer::{Answer, Value};
+use crate::http::head::{is_hop_by_hop, HeaderRef, ResponseHead};
 
 /// Append the HTTP/1.1 head of an h2 request. `:authority` becomes `Host` (RFC 9113
 /// §8.3.1: it takes the place of Host, which is then ignored); a body without
@@ -83,20 +84,28 @@ pub(crate) fn response(buf: &[u8], r: &ResponseHead, headers: &[HeaderRef]) -> R
     response
 }
 
-/// A complete HTTP/1.1 answer the proxy made (`api`, `ProxyError`) as an h2 response
-/// and the range of its body in `buf`.
-pub(crate) fn local_answer(
-    buf: &[u8],
-    head_only: bool,
-) -> Option<(Response<()>, std::ops::Range<usize>)> {
-    let mut headers = Vec::new();
-    let r = head::parse_response(buf, head_only, &mut headers).ok()??;
-    let body = if head_only {
-        buf.len()..buf.len()
-    } else {
-        r.head_len..buf.len()
-    };
-    Some((response(buf, &r, &headers), body))
+/// The h2 response head of an answer the proxy makes itself (`Answer`'s fields; no
+/// connection-specific field is among them).
+pub(crate) fn own_answer(answer: &Answer<'_>) -> Response<()> {
+    let mut response = Response::new(());
+    let status = StatusCode::from_u16(answer.status);
+    *response.status_mut() = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let map = response.headers_mut();
+    answer.fields(|name, value| {
+        // RFC 9110 §8.6: a 204 carries no Content-Length (HTTP/1's is for the original's
+        // clients).
+        if answer.status == 204 && name == "Content-Length" {
+            return;
+        }
+        let value = match value {
+            Value::Text(t) => HeaderValue::from_static(t),
+            Value::Number(n) => HeaderValue::from(n),
+        };
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            map.append(name, value);
+        }
+    });
+    response
 }
 
 #[cfg(test)]
@@ -142,12 +151,13 @@ mod tests {
     }
 
     #[test]
-    fn local_answer_drops_connection_fields() {
-        let buf = b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
-        let (r, body) = local_answer(buf, false).unwrap();
-        assert_eq!(r.status(), 401);
-        assert!(r.headers().get("connection").is_none());
-        assert_eq!(r.headers()["content-type"], "application/json");
-        assert_eq!(&buf[body], b"{}");
+    fn own_answers_carry_their_fields_lowercased() {
+        let r = own_answer(&Answer::health());
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        assert_eq!(r.headers()["content-length"], "2");
+        let r = own_answer(&Answer::no_content());
+        assert_eq!(r.status(), 204);
+        assert!(r.headers().get("content-length").is_none());
     }
 }

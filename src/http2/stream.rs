@@ -16,11 +16,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::access_log;
 use crate::admission::{self, Refused};
-use crate::api::{self, Route};
+use crate::answer::{self, Answer, ProxyError, Route};
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
 use crate::ctx::WorkerCtx;
-use crate::error::ProxyError;
 use crate::forward;
 use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, OpenError};
@@ -31,7 +30,6 @@ use crate::http::head::{
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::outcome::{Cause, Discard};
-use crate::report::Report;
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -42,7 +40,7 @@ type Buffers<'b, 'p> = (
 );
 
 /// What a relayed answer needs of its stream's request.
-struct Answer<'a> {
+struct Relay<'a> {
     request: &'a Request,
     /// The first executor that could not be reached, and how (for `x-opr-route`).
     failover: Option<(usize, &'static str)>,
@@ -215,25 +213,17 @@ impl Stream {
         }
         let path = head::path_of(&request.buf[request.head.target.clone()]);
         let authorization = request.find("authorization");
-        let mut out = Vec::new();
-        match api::route(
-            request.method(),
-            path,
-            authorization,
-            ctx.config.secret.as_bytes(),
-        ) {
-            Route::Health => {
-                api::health(false, self.head_only, &mut out);
-                return self.local(respond, &out);
-            }
+        let secret = ctx.config.secret.as_bytes();
+        match answer::route(request.method(), path, authorization, secret) {
+            Route::Health => return self.local(respond, &Answer::health()),
             Route::Unauthorized => return self.error(respond, ProxyError::Unauthorized),
             Route::Containers => {
-                api::containers(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
-                return self.local(respond, &out);
+                let body = answer::containers_body(&ctx.snapshot(), ctx);
+                return self.local(respond, &Answer::json(body.as_bytes()));
             }
             Route::Metrics => {
-                api::metrics(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
-                return self.local(respond, &out);
+                let body = answer::metrics_body(&ctx.snapshot(), ctx);
+                return self.local(respond, &Answer::metrics(body.as_bytes()));
             }
             Route::Forward => {}
         }
@@ -407,7 +397,7 @@ impl Stream {
         };
 
         let debug = ctx.config.is_development() || request.find("x-opr-debug") == Some(b"1");
-        let answer = Answer {
+        let answer = Relay {
             request,
             failover: failover.get(),
             queued,
@@ -461,7 +451,7 @@ impl Stream {
     #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
-        answer: &Answer<'_>,
+        answer: &Relay<'_>,
         body: &mut RecvStream,
         respond: &mut SendResponse<Bytes>,
         ex: &mut exchange::ExecutorConn<'_>,
@@ -592,7 +582,7 @@ impl Stream {
     /// its stream reset, and the executor connection is closed.
     async fn relay<R: AsyncReadRent + SpliceSource>(
         &self,
-        answer: &Answer<'_>,
+        answer: &Relay<'_>,
         respond: &mut SendResponse<Bytes>,
         ex: &mut R,
         (hb, eb, out): Buffers<'_, '_>,
@@ -758,7 +748,7 @@ impl Stream {
         if !forward::fan_out(ctx, buf, head, headers, &collected, peer, deadline).await {
             return self.error(respond, ProxyError::NoOnlineExecutor);
         }
-        self.local(respond, b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.local(respond, &Answer::no_content())
     }
 
     /// Stream the request body to the executor: a length as it came, otherwise as
@@ -805,19 +795,9 @@ impl Stream {
         Ok(())
     }
 
-    /// Answer an error as SPEC §7 JSON on this stream.
+    /// Answer an error as docs/behaviour.md §7 JSON on this stream.
     fn error(&self, respond: &mut SendResponse<Bytes>, e: ProxyError) -> u16 {
-        let mut out = Vec::new();
-        let config = &self.ctx.config;
-        e.write_response(
-            &mut out,
-            &config.version,
-            config.is_development(),
-            false,
-            self.head_only,
-        );
-        self.local(respond, &out);
-        e.status()
+        self.local(respond, &Answer::error(e, &self.ctx.config))
     }
 
     fn bad_gateway(
@@ -836,44 +816,25 @@ impl Stream {
         self.error(respond, e)
     }
 
-    /// Send an answer the proxy made itself (a complete HTTP/1.1 response in `out`).
-    /// These are small, so they go without waiting for window.
-    fn local(&self, respond: &mut SendResponse<Bytes>, out: &[u8]) -> u16 {
-        let Some((answer, body)) = super::head::local_answer(out, self.head_only) else {
-            respond.send_reset(Reason::INTERNAL_ERROR);
-            return 0;
-        };
-        let status = answer.status().as_u16();
-        let empty = body.is_empty();
-        if let Ok(mut send) = respond.send_response(answer, empty) {
+    /// Send an answer the proxy made itself. These are small, so they go without
+    /// waiting for window.
+    fn local(&self, respond: &mut SendResponse<Bytes>, answer: &Answer<'_>) -> u16 {
+        let len = answer.body_len();
+        let empty = self.head_only || len == 0;
+        if let Ok(mut send) = respond.send_response(super::head::own_answer(answer), empty) {
             if !empty {
-                self.bytes_out.set(body.len() as u64);
-                let _ = send.send_data(Bytes::copy_from_slice(&out[body]), true);
+                let mut body = Vec::with_capacity(len);
+                answer.write_body(&mut body);
+                self.bytes_out.set(len as u64);
+                let _ = send.send_data(Bytes::from(body), true);
             }
         }
-        status
+        answer.status
     }
 
-    /// Queue the report of a 502 / 504 (SPEC §8), as HTTP/1 does.
+    /// Queue the report of a 502 / 504 (docs/behaviour.md §8), as HTTP/1 does.
     fn report(&self, request: &Request, e: &ProxyError) {
-        let ctx = &self.ctx;
-        if !ctx.reporter.is_enabled() {
-            return;
-        }
         let target = &request.buf[request.head.target.clone()];
-        let executor = self.choice.get().and_then(|c| {
-            ctx.snapshot()
-                .executors
-                .get(c.executor)
-                .map(|e| e.hostname.clone())
-        });
-        ctx.reporter.report(Report::HttpError {
-            status: e.status(),
-            method: String::from_utf8_lossy(request.method()).into_owned(),
-            path: String::from_utf8_lossy(head::path_of(target)).into_owned(),
-            executor,
-            cause: e.to_string(),
-            worker: ctx.id,
-        });
+        forward::report_http_error(&self.ctx, e, request.method(), target, self.choice.get());
     }
 }

@@ -1,12 +1,12 @@
-//! Every error the proxy answers itself: one enum, one mapping to status + message, one
-//! JSON shape with the no-cache headers of SPEC §7, rendered in one place.
+//! Every error the proxy answers itself: one enum, one mapping to status and message, and
+//! the JSON body of docs/behaviour.md §7 (its fields are `Answer`'s).
 
 use std::fmt::Write as _;
 
 use crate::http::chunked::ChunkedError;
 use crate::http::head::HeadError;
 use crate::outcome::{Cause, Shed};
-use crate::text::{JsonEscape, VecWriter};
+use crate::text::JsonEscape;
 
 /// An error answered by the proxy (never by an executor).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,24 +107,11 @@ impl ProxyError {
         )
     }
 
-    /// The whole response: status line, SPEC §7 headers and JSON body (no body bytes
-    /// when answering `HEAD`, RFC 9110 §9.3.2). Appends to `out`; allocates nothing
-    /// unless `out` must grow.
-    pub(crate) fn write_response(
-        &self,
-        out: &mut Vec<u8>,
-        version: &str,
-        dev: bool,
-        close: bool,
-        head_only: bool,
-    ) {
+    /// The length of the JSON body `write_body` writes.
+    pub(super) fn body_len(&self, version: &str, dev: bool) -> usize {
         let mut counter = Counter(0);
         let _ = self.write_body(&mut counter, version, dev);
-        let retry_after = matches!(self, ProxyError::Overloaded(_)).then_some(RETRY_AFTER_SECONDS);
-        write_json_head(out, self.status(), counter.0, close, retry_after);
-        if !head_only {
-            let _ = self.write_body(&mut VecWriter(out), version, dev);
-        }
+        counter.0
     }
 
     /// The JSON body of SPEC §7 (with `detail` in dev mode), as a String.
@@ -135,7 +122,8 @@ impl ProxyError {
         body
     }
 
-    fn write_body(
+    /// The JSON body of docs/behaviour.md §7 (with `detail` in dev mode).
+    pub(super) fn write_body(
         &self,
         w: &mut dyn std::fmt::Write,
         version: &str,
@@ -169,46 +157,6 @@ impl std::fmt::Display for ProxyError {
     }
 }
 
-/// A JSON response with the no-cache headers every proxy-made answer carries.
-pub(crate) fn write_json_response(
-    out: &mut Vec<u8>,
-    status: u16,
-    body: &str,
-    close: bool,
-    head_only: bool,
-) {
-    write_json_head(out, status, body.len(), close, None);
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
-}
-
-fn write_json_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    body_len: usize,
-    close: bool,
-    retry_after: Option<u32>,
-) {
-    let reason = crate::http::rewrite::canonical_reason(status);
-    let _ = write!(
-        VecWriter(out),
-        "HTTP/1.1 {status} {reason}\r\n\
-         Content-Type: application/json\r\n\
-         Cache-Control: no-cache, no-store, must-revalidate\r\n\
-         Expires: 0\r\n\
-         Pragma: no-cache\r\n\
-         Content-Length: {body_len}\r\n"
-    );
-    if let Some(seconds) = retry_after {
-        let _ = write!(VecWriter(out), "Retry-After: {seconds}\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 fn write_json_string(w: &mut dyn std::fmt::Write, s: &str) -> std::fmt::Result {
     w.write_char('"')?;
     JsonEscape(w).write_str(s)?;
@@ -231,7 +179,7 @@ mod tests {
 
     fn render(e: &ProxyError, dev: bool, close: bool) -> String {
         let mut out = Vec::new();
-        e.write_response(&mut out, "1.2.3", dev, close, false);
+        super::super::Answer::error_with(*e, "1.2.3", dev).write_http1(&mut out, close, false);
         String::from_utf8(out).unwrap()
     }
 
@@ -288,7 +236,8 @@ mod tests {
     #[test]
     fn head_answers_have_headers_but_no_body() {
         let mut out = Vec::new();
-        ProxyError::NoOnlineExecutor.write_response(&mut out, "1", false, false, true);
+        let answer = super::super::Answer::error_with(ProxyError::NoOnlineExecutor, "1", false);
+        answer.write_http1(&mut out, false, true);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         assert!(text.contains("Content-Length: 63"), "{text}");
