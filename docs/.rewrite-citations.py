@@ -187,7 +187,7 @@ def rewrite(text, path, problems):
     for pattern, repl in PHRASES:
         text = re.sub(pattern, lambda m, r=repl: m.group(0).replace(m.group(1), r), text)
     text = rewrite_quoted(text, path, problems)
-    text = re.sub(r"\bSPEC ?§ ?(\d+(?:\.\d+)?)", r"docs/behaviour.md §\1", text)
+    text = re.sub(r"\bSPEC(?:\.md)?,? ?§ ?(\d+(?:\.\d+)?)", r"docs/behaviour.md §\1", text)
     text = re.sub(r"(?<![/\w])SPEC\.md\b", "docs/behaviour.md", text)
     return text
 
