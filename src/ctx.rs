@@ -15,7 +15,7 @@ use crate::metrics::{Metrics, WorkerMetrics};
 use crate::outlier::Outliers;
 use crate::pool::Pool;
 use crate::report::{Report, Reporter};
-use crate::snapshot::{Board, Snapshot, SnapshotReader};
+use crate::snapshot::{Board, ExecutorId, Snapshot, SnapshotReader};
 use crate::warn;
 
 /// Everything one worker owns; shared by its connection tasks through `Rc`.
@@ -141,7 +141,7 @@ impl WorkerCtx {
 
     /// Count a request in flight to `executor` (for `least-request`, `p2c` and the
     /// metrics) until the returned guard drops.
-    pub(crate) fn assign(&self, executor: usize) -> Assignment<'_> {
+    pub(crate) fn assign(&self, executor: ExecutorId) -> Assignment<'_> {
         self.m().executor_in_flight(executor, true);
         Assignment {
             ctx: self,
@@ -156,7 +156,7 @@ impl WorkerCtx {
     /// `Cause::is_executor_fault`) are not counted; `cause` is what the log says.
     pub(crate) fn exchange_failed(
         &self,
-        executor: usize,
+        executor: ExecutorId,
         fault: bool,
         cause: &dyn std::fmt::Display,
     ) {
@@ -172,14 +172,18 @@ impl WorkerCtx {
     }
 
     /// The executor answered: its failures are no longer consecutive.
-    pub(crate) fn exchange_answered(&self, executor: usize) {
+    pub(crate) fn exchange_answered(&self, executor: ExecutorId) {
         self.outliers.answered(executor);
     }
 
     /// The executor refused or did not answer a connection: every worker skips it until
     /// the checker sees a probe pass. Logged once, by the worker that flagged it. Returns
     /// whether this call raised the flag.
-    pub(crate) fn flag_offline(&self, executor: usize, reason: &dyn std::fmt::Display) -> bool {
+    pub(crate) fn flag_offline(
+        &self,
+        executor: ExecutorId,
+        reason: &dyn std::fmt::Display,
+    ) -> bool {
         // Raised by this call only once, however many workers see the refusal.
         if !self.board.flag_offline(executor) {
             return false;
@@ -187,7 +191,7 @@ impl WorkerCtx {
         let snapshot = self.snapshot();
         let name = snapshot
             .executors
-            .get(executor)
+            .get(executor.index())
             .map_or("?", |e| e.hostname.as_str());
         warn!(
             "Executor \"{name}\" went offline: {reason} (flagged by worker {})",

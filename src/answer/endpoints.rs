@@ -59,8 +59,8 @@ pub(crate) fn containers_body(snapshot: &Snapshot, ctx: &WorkerCtx) -> String {
     let list: Vec<Container<'_>> = snapshot
         .executors
         .iter()
-        .enumerate()
-        .map(|(i, e)| {
+        .zip(snapshot.ids())
+        .map(|(e, i)| {
             let online = e.online && !ctx.board.is_flagged_offline(i);
             Container {
                 hostname: &e.hostname,

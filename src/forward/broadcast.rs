@@ -22,6 +22,7 @@ use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite::{self, RequestRewrite};
 use crate::http1::client::ClientConn;
 use crate::outcome::{After, Cause};
+use crate::snapshot::ExecutorId;
 use crate::warn;
 
 /// The body is copied to every executor, so it is held in memory: bounded by this (or
@@ -216,7 +217,7 @@ pub(crate) async fn fan_out(
     let is_head = method == b"HEAD";
     let mut tasks = Vec::with_capacity(targets.len());
     for &i in &targets {
-        let status = &snapshot.executors[i];
+        let status = snapshot.executor(i);
         let Some(&addr) = status.addrs.first() else {
             ctx.flag_offline(i, &"its address did not resolve");
             continue;
@@ -344,7 +345,7 @@ impl std::fmt::Display for Failed {
 /// One copy of the request to one executor.
 struct Delivery<'a> {
     ctx: &'a WorkerCtx,
-    executor: usize,
+    executor: ExecutorId,
     addr: SocketAddr,
     is_head: bool,
     idempotent: bool,

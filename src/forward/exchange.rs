@@ -18,6 +18,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, HeaderRef, ResponseFraming, ResponseHead};
 use crate::outcome::Cause;
 use crate::outcome::Discard;
+use crate::snapshot::ExecutorId;
 
 /// A connection to an executor, and whether it came from the pool. It goes back to the
 /// pool only through `release` with `Reuse::Reusable`; dropped any other way it is
@@ -27,7 +28,7 @@ pub(crate) struct ExecutorConn<'a> {
     /// Its halves are out (`split`): dropped without `join`, it counts as failed.
     split: bool,
     pub(crate) reused: bool,
-    executor: usize,
+    executor: ExecutorId,
     addr: SocketAddr,
     ctx: &'a WorkerCtx,
 }
@@ -130,7 +131,7 @@ pub(crate) enum OpenError {
 /// the connect timeout.
 pub(crate) async fn open(
     ctx: &WorkerCtx,
-    executor: usize,
+    executor: ExecutorId,
     addr: SocketAddr,
     pooled: bool,
 ) -> Result<ExecutorConn<'_>, OpenError> {

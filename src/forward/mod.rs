@@ -35,7 +35,7 @@ use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::http1::client::ClientConn;
 use crate::outcome::{After, Cause, Discard, Served};
 use crate::report::Report;
-use crate::snapshot::{ExecutorStatus, Snapshot};
+use crate::snapshot::{ExecutorId, ExecutorStatus, Snapshot};
 use crate::socket;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, OpenError};
@@ -173,7 +173,7 @@ struct Anycast<'a> {
     /// The executor the request went to, and why.
     choice: &'a Cell<Option<Choice>>,
     /// The first executor that could not be reached, and how (for `x-opr-route`).
-    failover: Cell<Option<(usize, &'static str)>>,
+    failover: Cell<Option<(ExecutorId, &'static str)>>,
     /// A `502` was answered for the executor (`fail`): the exchange does not count as
     /// answered for outlier detection.
     failed: Cell<bool>,
@@ -195,14 +195,14 @@ pub(crate) fn pick<'c>(
     addressing: Addressing,
     runtime: Option<&str>,
     assigned: &mut Option<Assignment<'c>>,
-    mut unresolved: impl FnMut(usize),
+    mut unresolved: impl FnMut(ExecutorId),
 ) -> Option<(Choice, SocketAddr)> {
     loop {
         let flagged = |i| ctx.board.is_flagged_offline(i) || ctx.admission.at_cap(ctx, i);
         let choice = ctx.picker.select(snapshot, addressing, runtime, flagged)?;
         let i = choice.executor;
         *assigned = Some(ctx.assign(i));
-        match snapshot.executors[i].addrs.first() {
+        match snapshot.executor(i).addrs.first() {
             Some(&addr) => {
                 if let Some(owner) = choice.spilled_from {
                     ctx.m().affinity_spilled(owner);
@@ -283,7 +283,7 @@ impl Anycast<'_> {
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
-            let status = &snapshot.executors[i];
+            let status = snapshot.executor(i);
             self.write_head(conn, out, status, first.sent);
             let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
                 Ok(ex) => ex,
@@ -385,7 +385,7 @@ impl Anycast<'_> {
         (after, status)
     }
 
-    fn failed_over(&self, executor: usize, why: &'static str) {
+    fn failed_over(&self, executor: ExecutorId, why: &'static str) {
         if self.failover.get().is_none() {
             self.failover.set(Some((executor, why)));
         }
@@ -736,17 +736,17 @@ impl Anycast<'_> {
 pub(crate) fn explain(
     ctx: &WorkerCtx,
     choice: Option<Choice>,
-    failover: Option<(usize, &'static str)>,
+    failover: Option<(ExecutorId, &'static str)>,
     out: &mut Vec<u8>,
 ) {
     let Some(choice) = choice else {
         return;
     };
     let snapshot = ctx.snapshot();
-    let host = |i: usize| {
+    let host = |i: ExecutorId| {
         snapshot
             .executors
-            .get(i)
+            .get(i.index())
             .map_or("?", |e| e.hostname.as_str())
     };
     out.truncate(out.len() - 2);
@@ -801,7 +801,7 @@ pub(crate) fn report_http_error(
         let snapshot = ctx.snapshot();
         snapshot
             .executors
-            .get(c.executor)
+            .get(c.executor.index())
             .map(|e| e.hostname.clone())
     });
     ctx.reporter.report(Report::HttpError {

@@ -30,6 +30,7 @@ use crate::http::head::{
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::outcome::{Cause, Discard};
+use crate::snapshot::ExecutorId;
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -43,7 +44,7 @@ type Buffers<'b, 'p> = (
 struct Relay<'a> {
     request: &'a Request,
     /// The first executor that could not be reached, and how (for `x-opr-route`).
-    failover: Option<(usize, &'static str)>,
+    failover: Option<(ExecutorId, &'static str)>,
     /// Explain the choice in `x-opr-route`.
     debug: bool,
     /// How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
@@ -148,7 +149,7 @@ pub(crate) async fn serve(
             request_line: &s.request_line.borrow(),
             status,
             executor: executor
-                .and_then(|i| snapshot.executors.get(i))
+                .and_then(|i| snapshot.executors.get(i.index()))
                 .map(|e| e.hostname.as_str()),
             tier: s.choice.get().map(|c| c.tier),
             bytes_in,
@@ -288,7 +289,7 @@ impl Stream {
         let mut assigned = None;
         // The first executor that could not be reached, and how (for `x-opr-route`).
         let failover = Cell::new(None);
-        let failed_over = |i: usize, why: &'static str| {
+        let failed_over = |i: ExecutorId, why: &'static str| {
             if failover.get().is_none() {
                 failover.set(Some((i, why)));
             }
@@ -321,7 +322,7 @@ impl Stream {
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
-            let status = &snapshot.executors[i];
+            let status = snapshot.executor(i);
             out.clear();
             let rw = RequestRewrite {
                 authorization: &ctx.executor_authorization,
