@@ -652,8 +652,8 @@ impl Anycast<'_> {
         let rw = ResponseRewrite { framing, close };
         rewrite::write_response_head(out, rb, response, response_headers, &rw);
         if self.debug {
-            explain(self.ctx, self.choice.get(), self.failover.get(), out);
-            explain_queued(self.queued.get(), out);
+            let (choice, failover) = (self.choice.get(), self.failover.get());
+            explain(self.ctx, choice, failover, self.queued.get(), out);
         }
         let status = response.status;
         let broken = reuse::Reuse::Discard(Discard::Unfinished);
@@ -729,14 +729,32 @@ impl Anycast<'_> {
     }
 }
 
-/// Add `x-opr-route: executor=<host>; tier=<n>; reason=<why>[; failover from <host>:
-/// <how>]` to the response head (`affinity`: the reason is `affinity owner` or
-/// `spilled from <host>: load`) in `out` (it ends with the empty line). Shared by
-/// HTTP/1 requests and HTTP/2 streams.
-pub(crate) fn explain(
+/// Add `x-opr-route: <route>` (`write_route`) to the HTTP/1 response head in `out` (it
+/// ends with the empty line).
+fn explain(
     ctx: &WorkerCtx,
     choice: Option<Choice>,
     failover: Option<(ExecutorId, &'static str)>,
+    queued: Option<Duration>,
+    out: &mut Vec<u8>,
+) {
+    if choice.is_none() {
+        return;
+    }
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(b"x-opr-route: ");
+    write_route(ctx, choice, failover, queued, out);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Append the value of `x-opr-route`: `executor=<host>; tier=<n>; reason=<why>[; failover
+/// from <host>: <how>][; queued <n> ms]` (`affinity`: the reason is `affinity owner` or
+/// `spilled from <host>: load`). Shared by HTTP/1 requests and HTTP/2 streams.
+pub(crate) fn write_route(
+    ctx: &WorkerCtx,
+    choice: Option<Choice>,
+    failover: Option<(ExecutorId, &'static str)>,
+    queued: Option<Duration>,
     out: &mut Vec<u8>,
 ) {
     let Some(choice) = choice else {
@@ -749,9 +767,8 @@ pub(crate) fn explain(
             .get(i.index())
             .map_or("?", |e| e.hostname.as_str())
     };
-    out.truncate(out.len() - 2);
     let mut w = crate::text::VecWriter(out);
-    let _ = write!(w, "x-opr-route: executor={}; tier=", host(choice.executor));
+    let _ = write!(w, "executor={}; tier=", host(choice.executor));
     let _ = match choice.tier {
         0 => write!(w, "none"),
         n => write!(w, "{n}"),
@@ -763,24 +780,9 @@ pub(crate) fn explain(
     if let Some((from, why)) = failover {
         let _ = write!(w, "; failover from {}: {why}", host(from));
     }
-    out.extend_from_slice(b"\r\n\r\n");
-}
-
-/// Add `; queued <n> ms` to the `x-opr-route` line `explain` just wrote (the last one of
-/// the head in `out`) when the request waited for a slot.
-pub(crate) fn explain_queued(waited: Option<Duration>, out: &mut Vec<u8>) {
-    let Some(waited) = waited else {
-        return;
-    };
-    if !out.ends_with(b"\r\n\r\n") {
-        return;
+    if let Some(waited) = queued {
+        let _ = write!(w, "; queued {} ms", waited.as_millis());
     }
-    out.truncate(out.len() - 4);
-    let _ = write!(
-        crate::text::VecWriter(out),
-        "; queued {} ms\r\n\r\n",
-        waited.as_millis()
-    );
 }
 
 /// Queue the report of a `502` or `504` (docs/behaviour.md §8) with the request's method

@@ -28,7 +28,7 @@ use crate::forward::reuse::{self, ResponseEnd, Reuse, Silence};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
+use crate::http::rewrite::{self, RequestRewrite};
 use crate::outcome::{Cause, Discard};
 use crate::snapshot::ExecutorId;
 
@@ -600,25 +600,11 @@ impl Stream {
             _ => ResponseFraming::UntilClose,
         };
         out.clear();
-        let rw = ResponseRewrite {
-            framing,
-            close: false,
-        };
-        rewrite::write_response_head(out, rb, response, response_headers, &rw);
         if answer.debug {
-            forward::explain(ctx, self.choice.get(), answer.failover, out);
-            forward::explain_queued(answer.queued, out);
+            let (choice, failover) = (self.choice.get(), answer.failover);
+            forward::write_route(ctx, choice, failover, answer.queued, out);
         }
-        let mut headers = Vec::new();
-        let head = match head::parse_response(out, self.head_only, &mut headers) {
-            Ok(Some(r)) => super::head::response(out, &r, &headers),
-            _ => {
-                return (
-                    self.bad_gateway(request, respond, Cause::ClosedMidHead),
-                    None,
-                )
-            }
-        };
+        let head = super::head::executor_answer(rb, response, response_headers, framing, out);
         let status = response.status;
         let mut first = Vec::new();
         let end = match exchange::frame_first_bytes(
