@@ -14,7 +14,7 @@ use monoio::io::AsyncWriteRentExt;
 
 use super::exchange::{self, HeadFailure, OpenError};
 use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
-use super::reuse::{self, ResponseEnd, Silence};
+use super::reuse::{self, Attempt, ResponseEnd, Silence};
 use crate::answer::{Answer, ProxyError};
 use crate::ctx::WorkerCtx;
 use crate::http::chunked::ChunkedDecoder;
@@ -364,7 +364,14 @@ impl Delivery<'_> {
                 Err(OpenError::Failed(cause)) => return Err(Failed::Exchange(cause)),
             };
             let reused = ex.reused;
-            let silence = |replayed| reuse::after_silence(self.idempotent, reused, replayed, true);
+            let silence = |replayed| {
+                reuse::after_silence(Attempt {
+                    idempotent: self.idempotent,
+                    reused,
+                    replayed,
+                    in_hand: true,
+                })
+            };
             let mut sent = pump::write_keep(ex.stream(), &mut request).await;
             if sent.is_ok() && !body.is_empty() {
                 sent = ex.stream().write_all(body.clone()).await.0.map(|_| ());

@@ -40,7 +40,7 @@ use crate::socket;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, OpenError};
 use pump::{Body, Delimit, Emit, PumpError, Sink};
-use reuse::{ResponseEnd, Reuse, Silence};
+use reuse::{Attempt, ResponseEnd, Reuse, Silence};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
@@ -299,7 +299,12 @@ impl Anycast<'_> {
                 ctx.picker.mark_warm(&snapshot, i, rt);
             }
             if let Err(e) = pump::write_keep(ex.stream(), out).await {
-                match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
+                match reuse::after_silence(Attempt {
+                    idempotent,
+                    reused: ex.reused,
+                    replayed,
+                    in_hand,
+                }) {
                     Silence::Replay => {
                         replayed = true;
                         ctx.pool.drop_idle(i);
@@ -327,7 +332,12 @@ impl Anycast<'_> {
                 None => return (After::Close, 0),
                 Some(Ok(r)) => break (ex, Some(r)),
                 Some(Err(HeadFailure::Silent)) => {
-                    match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
+                    match reuse::after_silence(Attempt {
+                        idempotent,
+                        reused: ex.reused,
+                        replayed,
+                        in_hand,
+                    }) {
                         // A pooled connection the executor closed just as it was taken:
                         // its other idle ones are likely stale too.
                         Silence::Replay => {
@@ -362,7 +372,12 @@ impl Anycast<'_> {
             }
             (None, Some(rest)) => {
                 let bufs = (&mut hb, &mut eb, big);
-                let silent = match reuse::after_silence(idempotent, ex.reused, replayed, false) {
+                let silent = match reuse::after_silence(Attempt {
+                    idempotent,
+                    reused: ex.reused,
+                    replayed,
+                    in_hand: false,
+                }) {
                     Silence::Fail(cause) => cause,
                     Silence::Replay => Cause::ClosedNotReplayed,
                 };

@@ -56,21 +56,30 @@ pub(crate) enum Silence {
     Fail(Cause),
 }
 
+/// What the replay rule needs to know of a request whose executor closed without a byte
+/// of an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attempt {
+    /// Its method may be sent twice (`is_idempotent`).
+    pub(crate) idempotent: bool,
+    /// It went out on a pooled connection.
+    pub(crate) reused: bool,
+    /// It was replayed once already.
+    pub(crate) replayed: bool,
+    /// The whole request (body included) is still in hand to send again.
+    pub(crate) in_hand: bool,
+}
+
 /// RFC 9110 §9.2.2: a request is replayed only when its method is idempotent, nothing of
 /// an answer came back (not even `1xx`: the caller reports that as an answer), it was
 /// sent on a reused connection (a pooled one the executor had closed: a fresh one
 /// failing is the executor's answer), it was not replayed already, and the whole
 /// request is still in hand.
-pub(crate) fn after_silence(
-    idempotent: bool,
-    reused: bool,
-    replayed: bool,
-    in_hand: bool,
-) -> Silence {
-    if !reused {
+pub(crate) fn after_silence(a: Attempt) -> Silence {
+    if !a.reused {
         return Silence::Fail(Cause::ClosedBeforeAnswer);
     }
-    if idempotent && !replayed && in_hand {
+    if a.idempotent && !a.replayed && a.in_hand {
         Silence::Replay
     } else {
         Silence::Fail(Cause::ClosedNotReplayed)
@@ -141,29 +150,67 @@ mod tests {
 
     #[test]
     fn only_idempotent_requests_on_reused_connections_are_replayed_once() {
-        assert_eq!(after_silence(true, true, false, true), Silence::Replay);
         assert_eq!(
-            after_silence(is_idempotent(b"DELETE"), true, false, true),
+            after_silence(Attempt {
+                idempotent: true,
+                reused: true,
+                replayed: false,
+                in_hand: true
+            }),
             Silence::Replay
         );
         assert_eq!(
-            after_silence(is_idempotent(b"POST"), true, false, true),
+            after_silence(Attempt {
+                idempotent: is_idempotent(b"DELETE"),
+                reused: true,
+                replayed: false,
+                in_hand: true
+            }),
+            Silence::Replay
+        );
+        assert_eq!(
+            after_silence(Attempt {
+                idempotent: is_idempotent(b"POST"),
+                reused: true,
+                replayed: false,
+                in_hand: true
+            }),
             Silence::Fail(Cause::ClosedNotReplayed)
         );
         assert_eq!(
-            after_silence(is_idempotent(b"PATCH"), true, false, true),
+            after_silence(Attempt {
+                idempotent: is_idempotent(b"PATCH"),
+                reused: true,
+                replayed: false,
+                in_hand: true
+            }),
             Silence::Fail(Cause::ClosedNotReplayed)
         );
         assert_eq!(
-            after_silence(true, true, true, true),
+            after_silence(Attempt {
+                idempotent: true,
+                reused: true,
+                replayed: true,
+                in_hand: true
+            }),
             Silence::Fail(Cause::ClosedNotReplayed)
         );
         assert_eq!(
-            after_silence(true, true, false, false),
+            after_silence(Attempt {
+                idempotent: true,
+                reused: true,
+                replayed: false,
+                in_hand: false
+            }),
             Silence::Fail(Cause::ClosedNotReplayed)
         );
         assert_eq!(
-            after_silence(true, false, false, true),
+            after_silence(Attempt {
+                idempotent: true,
+                reused: false,
+                replayed: false,
+                in_hand: true
+            }),
             Silence::Fail(Cause::ClosedBeforeAnswer)
         );
         // Methods are case-sensitive (RFC 9110 §9.1).

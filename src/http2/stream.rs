@@ -24,7 +24,7 @@ use crate::forward;
 use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, OpenError};
 use crate::forward::pump::{self, PumpError, Sink};
-use crate::forward::reuse::{self, ResponseEnd, Reuse, Silence};
+use crate::forward::reuse::{self, Attempt, ResponseEnd, Reuse, Silence};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
@@ -350,7 +350,12 @@ impl Stream {
                 ctx.picker.mark_warm(&snapshot, i, rt);
             }
             if let Err(e) = pump::write_keep(ex.stream(), &mut out).await {
-                match reuse::after_silence(idempotent, ex.reused, replayed, !has_body) {
+                match reuse::after_silence(Attempt {
+                    idempotent,
+                    reused: ex.reused,
+                    replayed,
+                    in_hand: !has_body,
+                }) {
                     Silence::Replay => {
                         replayed = true;
                         ctx.pool.drop_idle(i);
@@ -383,7 +388,12 @@ impl Stream {
             match r {
                 Ok(r) => break (ex, Some(r)),
                 Err(HeadFailure::Silent) => {
-                    match reuse::after_silence(idempotent, ex.reused, replayed, !has_body) {
+                    match reuse::after_silence(Attempt {
+                        idempotent,
+                        reused: ex.reused,
+                        replayed,
+                        in_hand: !has_body,
+                    }) {
                         Silence::Replay => {
                             replayed = true;
                             ctx.pool.drop_idle(i);
@@ -412,7 +422,12 @@ impl Stream {
                     .await
             }
             None => {
-                let silent = match reuse::after_silence(idempotent, ex.reused, replayed, false) {
+                let silent = match reuse::after_silence(Attempt {
+                    idempotent,
+                    reused: ex.reused,
+                    replayed,
+                    in_hand: false,
+                }) {
                     Silence::Fail(cause) => cause,
                     Silence::Replay => Cause::ClosedNotReplayed,
                 };
