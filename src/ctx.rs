@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::access_log::AccessLog;
-use crate::admission::{self, Admission};
+use crate::admission::{self, Admission, Worker};
 use crate::balance::{Assigned, Picker};
 use crate::buffers::{self, AnswerSizes, FreeList, PipePool, Scratch};
 use crate::config::Config;
@@ -205,6 +205,28 @@ impl WorkerCtx {
             });
         }
         true
+    }
+}
+
+impl Worker for WorkerCtx {
+    fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    fn current(&self) -> Rc<Snapshot> {
+        self.snapshot()
+    }
+
+    fn in_flight(&self, executor: ExecutorId) -> u32 {
+        self.picker.in_flight(executor)
+    }
+
+    fn flagged_offline(&self, executor: ExecutorId) -> bool {
+        self.board.is_flagged_offline(executor)
+    }
+
+    fn counters(&self) -> &WorkerMetrics {
+        self.m()
     }
 }
 

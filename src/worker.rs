@@ -188,7 +188,7 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
         });
     }
     if ctx.admission.enabled() {
-        monoio::spawn(crate::admission::watch(ctx.clone()));
+        monoio::spawn(crate::forward::admit::watch(ctx.clone()));
     }
     let driver_name = match driver {
         Driver::IoUring(flags) => format!("io_uring ({flags})"),

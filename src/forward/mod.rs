@@ -2,6 +2,7 @@
 //! one executor, stream the request, relay the answer) or broadcast. The whole-request
 //! deadline wraps it. Framing goes through `pump`, reuse and replay through `reuse`.
 
+pub(crate) mod admit;
 mod broadcast;
 pub(crate) mod duplex;
 pub(crate) mod exchange;
@@ -12,7 +13,7 @@ use std::cell::Cell;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -22,11 +23,11 @@ use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
-use crate::admission::{self, Refused};
+use crate::admission::Refused;
 use crate::answer::ProxyError;
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
-use crate::ctx::{Assignment, WorkerCtx};
+use crate::ctx::WorkerCtx;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
@@ -35,7 +36,7 @@ use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::http1::client::ClientConn;
 use crate::outcome::{After, Cause, Discard, Served};
 use crate::report::Report;
-use crate::snapshot::{ExecutorId, ExecutorStatus, Snapshot};
+use crate::snapshot::{ExecutorId, ExecutorStatus};
 use crate::socket;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, OpenError};
@@ -183,40 +184,6 @@ struct Anycast<'a> {
     queued: Cell<Option<Duration>>,
 }
 
-/// One selection, shared by HTTP/1 requests and HTTP/2 streams (through
-/// `admission::admit`): the picker's choice within the tiers, counted in flight to that
-/// executor (`assigned` holds the count until the request ends or moves on to another
-/// executor), with its address. Executors at their concurrency cap are skipped. An
-/// executor whose name did not resolve is flagged offline for every worker and the next
-/// one is tried (`unresolved` hears of it). `None`: no online executor under its cap.
-pub(crate) fn pick<'c>(
-    ctx: &'c WorkerCtx,
-    snapshot: &Snapshot,
-    addressing: Addressing,
-    runtime: Option<&str>,
-    assigned: &mut Option<Assignment<'c>>,
-    mut unresolved: impl FnMut(ExecutorId),
-) -> Option<(Choice, SocketAddr)> {
-    loop {
-        let flagged = |i| ctx.board.is_flagged_offline(i) || ctx.admission.at_cap(ctx, i);
-        let choice = ctx.picker.select(snapshot, addressing, runtime, flagged)?;
-        let i = choice.executor;
-        *assigned = Some(ctx.assign(i));
-        match snapshot.executor(i).addrs.first() {
-            Some(&addr) => {
-                if let Some(owner) = choice.spilled_from {
-                    ctx.m().affinity_spilled(owner);
-                }
-                return Some((choice, addr));
-            }
-            None => {
-                ctx.flag_offline(i, &"its address did not resolve");
-                unresolved(i);
-            }
-        }
-    }
-}
-
 impl Anycast<'_> {
     async fn run(
         &self,
@@ -256,7 +223,7 @@ impl Anycast<'_> {
             // A request waiting for a slot watches its client, as it does while the
             // executor works.
             let client: &ClientConn = conn;
-            let admitted = admission::admit(
+            let admitted = admit::admit(
                 ctx,
                 &mut snapshot,
                 self.addressing,
@@ -274,7 +241,8 @@ impl Anycast<'_> {
                     (admitted.choice, admitted.addr)
                 }
                 Err(Refused::ClientGone) => return (After::Close, 0),
-                Err(Refused::Answer(e)) => {
+                Err(refused) => {
+                    let e = refused_answer(refused);
                     // The request is answered: it must not be parsed again on keep-alive.
                     conn.consume(request_len);
                     let keep = head.keep_alive && in_hand;
@@ -797,6 +765,14 @@ pub(crate) fn write_route(
     }
     if let Some(waited) = queued {
         let _ = write!(w, "; queued {} ms", waited.as_millis());
+    }
+}
+
+/// The answer to a request admission refused (`ClientGone` has none: nothing is sent).
+pub(crate) fn refused_answer(refused: Refused) -> ProxyError {
+    match refused {
+        Refused::Overloaded(why) => ProxyError::Overloaded(why),
+        Refused::NoOnlineExecutor | Refused::ClientGone => ProxyError::NoOnlineExecutor,
     }
 }
 

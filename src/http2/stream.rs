@@ -15,7 +15,7 @@ use monoio::io::splice::SpliceSource;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::access_log;
-use crate::admission::{self, Refused};
+use crate::admission::Refused;
 use crate::answer::{self, Answer, ProxyError, Route};
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
@@ -300,7 +300,7 @@ impl Stream {
         let (mut ex, response) = loop {
             // A stream waiting for a slot is dropped from the queue when its client
             // resets it.
-            let admitted = admission::admit(
+            let admitted = forward::admit::admit(
                 ctx,
                 &mut snapshot,
                 addressing,
@@ -318,7 +318,7 @@ impl Stream {
                     (admitted.choice, admitted.addr)
                 }
                 Err(Refused::ClientGone) => return 0,
-                Err(Refused::Answer(e)) => return self.error(respond, e),
+                Err(refused) => return self.error(respond, forward::refused_answer(refused)),
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
