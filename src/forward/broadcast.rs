@@ -13,7 +13,7 @@ use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
 use super::exchange::{self, HeadFailure, OpenError};
-use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
+use super::pump::{self, Body, Delimit, Emit, PlainSink, PumpError};
 use super::reuse::{self, Attempt, ResponseEnd, Silence};
 use crate::answer::{Answer, ProxyError};
 use crate::ctx::WorkerCtx;
@@ -291,7 +291,7 @@ async fn read_body(
     if !body.is_done() {
         let mut buf = ctx.bodies.lend();
         let stall = Some(ctx.config.body_timeout);
-        let sink = Sink::Collect(&mut collected);
+        let sink = PlainSink::Collect(&mut collected);
         let after = body
             .pump(&mut conn.stream, sink, &mut buf, stall, None)
             .await
@@ -409,7 +409,7 @@ impl Delivery<'_> {
             if let (ResponseEnd::Unfinished, Some(body)) = (end, body.as_mut()) {
                 let mut eb = ctx.bodies.lend();
                 let after = body
-                    .pump(ex.stream(), Sink::Discard, &mut eb, None, None)
+                    .pump(ex.stream(), PlainSink::Discard, &mut eb, None, None)
                     .await
                     .map_err(Failed::Body)?;
                 end = if after.is_empty() {

@@ -40,7 +40,7 @@ use crate::snapshot::{ExecutorId, ExecutorStatus};
 use crate::socket;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, OpenError};
-use pump::{Body, Delimit, Emit, PumpError, Sink};
+use pump::{Body, Delimit, Emit, PlainSink, PumpError};
 use reuse::{Attempt, ResponseEnd, Reuse, Silence};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
@@ -501,7 +501,7 @@ impl Anycast<'_> {
         let mut bytes_out = 0;
         let executor_side = |e: &PumpError| *e == PumpError::Sink;
         let step = {
-            let sink = Sink::Executor(&mut ex_w);
+            let sink = PlainSink::Executor(&mut ex_w);
             let mut up = std::pin::pin!(rest.pump(&mut conn.stream, sink, &mut ub, stall, pipes));
             match duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side).await {
                 Err(e) => Step::Client(e),
@@ -674,7 +674,7 @@ impl Anycast<'_> {
         let end = match (end, body.as_mut()) {
             (ResponseEnd::Unfinished, Some(body)) => {
                 let pipes = self.ctx.config.splice.then_some(&self.ctx.pipes);
-                let sink = Sink::Client(client, stall);
+                let sink = PlainSink::Client(client, stall);
                 let held = !out.is_empty();
                 let pumped = body.pump_after(ex, sink, eb, None, pipes, out).await;
                 if held && out.is_empty() {

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::fields::Blocks;
 use super::guard::{FrameGuard, Offense};
+use crate::forward::pump::Front;
 
 /// Read and write buffer of the adapter (h2 writes frames of up to 16 KiB plus headers).
 const ADAPTER_BUF: usize = 16 * 1024;
@@ -212,4 +213,11 @@ pub(crate) async fn send_data(
 /// Resolves when the client resets the stream (or its connection ends).
 pub(crate) async fn reset(send: &RefCell<SendStream<Bytes>>) {
     let _ = std::future::poll_fn(|cx| send.borrow_mut().poll_reset(cx)).await;
+}
+
+/// The answer's body over h2, as the back end's pump writes it.
+impl Front for RefCell<SendStream<Bytes>> {
+    async fn send(&self, data: &[u8], stall: Duration) -> io::Result<()> {
+        send_data(self, data, stall).await
+    }
 }

@@ -7,7 +7,7 @@ mod fields;
 mod guard;
 mod head;
 mod huffman;
-pub(crate) mod io;
+mod io;
 mod stream;
 
 use std::cell::Cell;

@@ -651,7 +651,7 @@ impl Stream {
         };
         let end = match (end, rbody.as_mut()) {
             (ResponseEnd::Unfinished, Some(rbody)) => {
-                let sink = Sink::H2(&send, stall);
+                let sink = Sink::Front(&send, stall);
                 let pump = rbody.pump_after(ex, sink, eb, None, None, &mut first);
                 // A client that resets the stream mid-body abandons it: the executor
                 // connection is closed with `ex`, even while the executor is silent.
