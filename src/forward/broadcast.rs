@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
+use super::downstream::Downstream;
 use super::exchange::{self, HeadFailure, OpenError};
 use super::pump::{self, Body, Delimit, Emit, PlainSink, PumpError};
 use super::reuse::{self, Attempt, ResponseEnd, Silence};
@@ -20,7 +21,6 @@ use crate::ctx::WorkerCtx;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite::{self, RequestRewrite};
-use crate::http1::client::ClientConn;
 use crate::outcome::{After, Cause};
 use crate::snapshot::ExecutorId;
 use crate::warn;
@@ -139,9 +139,9 @@ async fn hold(n: u64) -> Held {
     .await
 }
 
-pub(super) async fn broadcast(
+pub(super) async fn broadcast<D: Downstream>(
     ctx: &Rc<WorkerCtx>,
-    conn: &mut ClientConn,
+    conn: &mut D,
     head: &RequestHead,
     headers: &[HeaderRef],
     out: &mut Vec<u8>,
@@ -165,7 +165,7 @@ pub(super) async fn broadcast(
         Ok(Err(None)) | Err(_) => return (After::Close, 0),
     };
 
-    let peer = conn.peer.ip();
+    let peer = conn.peer();
     let body = Bytes::from(body);
     let delivered = fan_out(ctx, conn.pending(), head, headers, &body, peer, deadline).await;
     conn.consume(head.head_len);
@@ -268,9 +268,9 @@ pub(crate) async fn fan_out(
 
 /// Read the whole (bounded) request body, decoded. `Err(None)`: the client went away.
 /// The head stays pending; the body's bytes are taken out of the client's buffer.
-async fn read_body(
+async fn read_body<D: Downstream>(
     ctx: &WorkerCtx,
-    conn: &mut ClientConn,
+    conn: &mut D,
     head: &RequestHead,
     limit: Option<u64>,
 ) -> Result<Vec<u8>, Option<ProxyError>> {
@@ -281,24 +281,24 @@ async fn read_body(
     };
     let mut body = Body::new(delimit, Emit::Payload, limit);
     let mut collected = Vec::new();
-    let from = conn.start + head.head_len;
-    let to = conn.buf.len();
-    let (kept, consumed) = body.frame(&mut conn.buf, from, to).map_err(client_error)?;
-    collected.extend_from_slice(&conn.buf[from..from + kept]);
+    let (buf, start) = conn.buffer();
+    let (from, to) = (start + head.head_len, buf.len());
+    let (kept, consumed) = body.frame(buf, from, to).map_err(client_error)?;
+    collected.extend_from_slice(&buf[from..from + kept]);
     // Keep the head (it is rewritten for every executor) and what follows the body.
-    conn.buf.drain(from..from + consumed);
-    conn.bytes_in += consumed as u64;
+    buf.drain(from..from + consumed);
+    conn.count_in(consumed as u64);
     if !body.is_done() {
         let mut buf = ctx.bodies.lend();
         let stall = Some(ctx.config.body_timeout);
         let sink = PlainSink::Collect(&mut collected);
         let after = body
-            .pump(&mut conn.stream, sink, &mut buf, stall, None)
+            .pump(conn.socket().0, sink, &mut buf, stall, None)
             .await
             .map_err(client_error)?;
-        conn.bytes_in += body.read - after.len() as u64;
+        conn.count_in(body.read - after.len() as u64);
         if !after.is_empty() {
-            conn.buf.extend_from_slice(&buf.get()[after]);
+            conn.buffer().0.extend_from_slice(&buf.get()[after]);
         }
     }
     Ok(collected)

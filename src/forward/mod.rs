@@ -4,6 +4,7 @@
 
 pub(crate) mod admit;
 mod broadcast;
+pub(crate) mod downstream;
 pub(crate) mod duplex;
 pub(crate) mod exchange;
 pub(crate) mod pump;
@@ -33,11 +34,11 @@ use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
-use crate::http1::client::ClientConn;
 use crate::outcome::{After, Cause, Discard, Served};
 use crate::report::Report;
 use crate::snapshot::{ExecutorId, ExecutorStatus};
 use crate::socket;
+use downstream::Downstream;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, OpenError};
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
@@ -61,9 +62,9 @@ enum Phase {
 }
 
 /// Forward one request (anycast or broadcast) and answer the client.
-pub(crate) async fn forward(
+pub(crate) async fn forward<D: Downstream>(
     ctx: &Rc<WorkerCtx>,
-    conn: &mut ClientConn,
+    conn: &mut D,
     head: &RequestHead,
     headers: &[HeaderRef],
     response_headers: &mut Vec<HeaderRef>,
@@ -79,9 +80,9 @@ pub(crate) async fn forward(
     }
 }
 
-async fn forward_request(
+async fn forward_request<D: Downstream>(
     ctx: &Rc<WorkerCtx>,
-    conn: &mut ClientConn,
+    conn: &mut D,
     head: &RequestHead,
     (headers, response_headers): (&[HeaderRef], &mut Vec<HeaderRef>),
     out: &mut Vec<u8>,
@@ -185,16 +186,16 @@ struct Anycast<'a> {
 }
 
 impl Anycast<'_> {
-    async fn run(
+    async fn run<D: Downstream>(
         &self,
-        conn: &mut ClientConn,
+        conn: &mut D,
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
     ) -> (After, u16) {
         let ctx = self.ctx;
         let head = self.head;
         let mut snapshot = ctx.snapshot();
-        let is_head = conn.head_request;
+        let is_head = conn.head_only();
         let idempotent = reuse::is_idempotent(&conn.pending()[head.method.clone()]);
         let mut first = match self.first_bytes(conn) {
             Ok(first) => first,
@@ -222,7 +223,7 @@ impl Anycast<'_> {
             let unresolved = |i| self.failed_over(i, "unresolved");
             // A request waiting for a slot watches its client, as it does while the
             // executor works.
-            let client: &ClientConn = conn;
+            let client: &D = conn;
             let admitted = admit::admit(
                 ctx,
                 &mut snapshot,
@@ -324,7 +325,7 @@ impl Anycast<'_> {
         };
         let (after, status, reuse) = match (response, first.rest.as_mut()) {
             (Some(response), _) => {
-                let client = (&mut conn.stream, &mut conn.bytes_out);
+                let client = conn.socket();
                 let bufs = (&mut hb, &mut eb, big);
                 let answer = (&response, &response_headers[..]);
                 match self
@@ -375,7 +376,7 @@ impl Anycast<'_> {
     }
 
     /// `x-opr-runtime-id`, read from the head in place (no copy per request).
-    fn runtime_id<'c>(&self, conn: &'c ClientConn) -> Option<&'c str> {
+    fn runtime_id<'c, D: Downstream>(&self, conn: &'c D) -> Option<&'c str> {
         head::find_header(conn.pending(), self.headers, "x-opr-runtime-id")
             .and_then(|v| std::str::from_utf8(v).ok())
             .filter(|v| !v.is_empty())
@@ -384,9 +385,9 @@ impl Anycast<'_> {
     /// Answer 502. The client connection stays open only when its request was read whole
     /// (`read_whole`: its bytes still pending in the client's buffer, then consumed) and
     /// the client allows it.
-    async fn fail(
+    async fn fail<D: Downstream>(
         &self,
-        conn: &mut ClientConn,
+        conn: &mut D,
         out: &mut Vec<u8>,
         cause: Cause,
         read_whole: Option<usize>,
@@ -412,7 +413,7 @@ impl Anycast<'_> {
 
     /// Frame the body bytes that arrived with the head (in place: trailer fields are
     /// removed) and decide whether the whole body is in hand.
-    fn first_bytes(&self, conn: &mut ClientConn) -> Result<FirstBytes, ProxyError> {
+    fn first_bytes<D: Downstream>(&self, conn: &mut D) -> Result<FirstBytes, ProxyError> {
         let head = self.head;
         let delimit = match head.framing {
             RequestFraming::Empty => {
@@ -426,9 +427,9 @@ impl Anycast<'_> {
             RequestFraming::Chunked => Delimit::Chunked(ChunkedDecoder::new()),
         };
         let mut body = Body::new(delimit, Emit::RawWithoutTrailers, self.limit);
-        let from = conn.start + head.head_len;
-        let to = conn.buf.len();
-        let (sent, consumed) = body.frame(&mut conn.buf, from, to).map_err(|e| match e {
+        let (buf, start) = conn.buffer();
+        let (from, to) = (start + head.head_len, buf.len());
+        let (sent, consumed) = body.frame(buf, from, to).map_err(|e| match e {
             PumpError::Chunk(e) => ProxyError::BadChunk(e),
             _ => ProxyError::BodyTooLarge,
         })?;
@@ -440,9 +441,9 @@ impl Anycast<'_> {
     }
 
     /// The rewritten head followed by the body bytes already buffered.
-    fn write_head(
+    fn write_head<D: Downstream>(
         &self,
-        conn: &ClientConn,
+        conn: &D,
         out: &mut Vec<u8>,
         executor: &ExecutorStatus,
         sent: usize,
@@ -453,7 +454,7 @@ impl Anycast<'_> {
         out.clear();
         let rw = RequestRewrite {
             authorization: &ctx.executor_authorization,
-            forwarded_for: conn.peer.ip(),
+            forwarded_for: conn.peer(),
             executor_host: &executor.authority,
             dev_executor_hostname: ctx.config.is_development().then_some(hostname),
             strip_expect: self.head.expect_continue,
@@ -470,9 +471,9 @@ impl Anycast<'_> {
     /// connections: the executor's is never pooled, and the client's closes after the
     /// answer with a lingering close when its body was not read whole.
     /// `silent`: the 502 cause when the executor closes without a byte of an answer.
-    async fn upload(
+    async fn upload<D: Downstream>(
         &self,
-        conn: &mut ClientConn,
+        conn: &mut D,
         ex: &mut ExecutorConn<'_>,
         (rest, silent): (&mut Body, Cause),
         (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
@@ -481,7 +482,7 @@ impl Anycast<'_> {
     ) -> (After, u16, Reuse) {
         let ctx = self.ctx;
         let broken = Reuse::Discard(Discard::Unfinished);
-        let is_head = conn.head_request;
+        let is_head = conn.head_only();
         let (ex_r, mut ex_w) = ex.split();
         // The head read owns its reader and buffers, so it can outlive the body's sending
         // (or not) and give them back.
@@ -497,12 +498,12 @@ impl Anycast<'_> {
         let mut upload = Upload::Sending;
         let stall = Some(ctx.config.body_timeout);
         let pipes = ctx.config.splice.then_some(&ctx.pipes);
-        let client_fd = conn.stream.as_raw_fd();
+        let client_fd = conn.socket().0.as_raw_fd();
         let mut bytes_out = 0;
         let executor_side = |e: &PumpError| *e == PumpError::Sink;
         let step = {
             let sink = PlainSink::Executor(&mut ex_w);
-            let mut up = std::pin::pin!(rest.pump(&mut conn.stream, sink, &mut ub, stall, pipes));
+            let mut up = std::pin::pin!(rest.pump(conn.socket().0, sink, &mut ub, stall, pipes));
             match duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side).await {
                 Err(e) => Step::Client(e),
                 Ok(None) => Step::BodyEnded,
@@ -531,18 +532,18 @@ impl Anycast<'_> {
             }
         };
         ctx.m().spliced(rest.spliced, rest.splice_fallback);
-        conn.bytes_out += bytes_out;
-        conn.bytes_in += match &upload {
+        *conn.socket().1 += bytes_out;
+        conn.count_in(match &upload {
             Upload::Sent(after) => rest.read - after.len() as u64,
             _ => rest.read,
-        };
+        });
         let sent = upload.is_sent();
         // The client's connection stays in step only when its body was read whole before
         // the answer began: pipelined bytes of the next request are kept only then.
         let in_step = sent && matches!(step, Step::BodyEnded);
         if let (true, Upload::Sent(after)) = (in_step, &upload) {
             if !after.is_empty() {
-                conn.buf.extend_from_slice(&ub.get()[after.clone()]);
+                conn.buffer().0.extend_from_slice(&ub.get()[after.clone()]);
             }
         }
         // Back to the pool before the answer takes a body buffer of its own.
@@ -579,7 +580,7 @@ impl Anycast<'_> {
                 };
                 let relayed = match r {
                     Ok(response) => {
-                        let client = (&mut conn.stream, &mut conn.bytes_out);
+                        let client = conn.socket();
                         let answer = (&response, &response_headers[..]);
                         let bufs = (&mut *hb, &mut *eb, big);
                         self.relay(client, &mut ex_r, bufs, out, answer, !sent)
@@ -810,7 +811,7 @@ pub(crate) fn report_http_error(
 /// Wait for the response head (`read`); once the executor has worked for
 /// `WATCH_CLIENT_AFTER`, also watch the client. `None`: the client left, so the request is
 /// abandoned and its executor connection closed.
-async fn wait_head<F: Future>(conn: &ClientConn, mut read: Pin<&mut F>) -> Option<F::Output> {
+async fn wait_head<F: Future, D: Downstream>(conn: &D, mut read: Pin<&mut F>) -> Option<F::Output> {
     if let Ok(r) = monoio::time::timeout(WATCH_CLIENT_AFTER, read.as_mut()).await {
         return Some(r);
     }

@@ -2,8 +2,9 @@
 //! read but not yet used, and the I/O on it — reads, answers written under a deadline,
 //! noticing a client that leaves, and the lingering close after an error.
 
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
@@ -13,6 +14,7 @@ use monoio::net::TcpStream;
 use crate::answer::{Answer, ProxyError};
 use crate::buffers::{FreeList, FIRST_HEAD_READ, HEAD_BUF};
 use crate::ctx::WorkerCtx;
+use crate::forward::downstream::Downstream;
 use crate::http::head::MAX_HEAD;
 use crate::outcome::After;
 use crate::socket::{self, Waiting};
@@ -198,4 +200,56 @@ pub(crate) async fn write_vec(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::
     owned.clear();
     *out = owned;
     res.map(|_| ())
+}
+
+impl Downstream for ClientConn {
+    fn pending(&self) -> &[u8] {
+        ClientConn::pending(self)
+    }
+
+    fn consume(&mut self, n: usize) {
+        ClientConn::consume(self, n);
+    }
+
+    fn buffer(&mut self) -> (&mut Vec<u8>, usize) {
+        (&mut self.buf, self.start)
+    }
+
+    fn head_only(&self) -> bool {
+        self.head_request
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.peer.ip()
+    }
+
+    fn socket(&mut self) -> (&mut TcpStream, &mut u64) {
+        (&mut self.stream, &mut self.bytes_out)
+    }
+
+    fn count_in(&mut self, n: u64) {
+        self.bytes_in += n;
+    }
+
+    fn gone(&self) -> impl Future<Output = ()> + '_ {
+        ClientConn::gone(self)
+    }
+
+    async fn write_answer(&mut self, out: &mut Vec<u8>, limit: Duration) -> io::Result<()> {
+        ClientConn::write_answer(self, out, limit).await
+    }
+
+    async fn linger_close(&mut self) {
+        ClientConn::linger_close(self).await;
+    }
+
+    async fn answer_error(
+        &mut self,
+        ctx: &WorkerCtx,
+        out: &mut Vec<u8>,
+        e: ProxyError,
+        keep_alive: bool,
+    ) -> (After, u16) {
+        ClientConn::answer_error(self, ctx, out, e, keep_alive).await
+    }
 }
