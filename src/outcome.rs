@@ -6,7 +6,7 @@ use std::io;
 
 use crate::balance::Choice;
 use crate::http::chunked::ChunkedError;
-use crate::http::head::HeadError;
+use crate::http::head::{HeadError, RequestHead};
 
 /// Whether the client connection may carry another request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +23,48 @@ impl After {
             After::KeepAlive
         }
     }
+}
+
+/// The request, as the client connection's keep-alive rule sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Asked {
+    /// Its head allows another request (RFC 9112 §9.3).
+    pub(crate) keep_alive: bool,
+    /// Its body was read whole: the next bytes are the next request's.
+    pub(crate) read_whole: bool,
+}
+
+impl Asked {
+    /// A request the connection cannot be trusted past (a bad head, a body not read).
+    pub(crate) const UNREAD: Asked = Asked {
+        keep_alive: false,
+        read_whole: false,
+    };
+
+    pub(crate) fn of(head: &RequestHead, read_whole: bool) -> Asked {
+        Asked {
+            keep_alive: head.keep_alive,
+            read_whole,
+        }
+    }
+}
+
+/// How an answer ended, as the client connection sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AnswerEnd {
+    /// At a message boundary.
+    AtBoundary,
+    /// Only closing ends it: a close-delimited body, or an error that leaves the stream
+    /// out of step.
+    ByClose,
+}
+
+/// The one keep-alive rule for client connections (RFC 9112 §9.3, §9.6): another request
+/// only when the request allows it, its body was read whole, the answer ended at a
+/// message boundary and the worker is not draining.
+pub(crate) fn fate(asked: Asked, ended: AnswerEnd, draining: bool) -> After {
+    let keep = asked.keep_alive && asked.read_whole && ended == AnswerEnd::AtBoundary && !draining;
+    After::close_if(!keep)
 }
 
 /// How one request was served: what happens to the client connection, the status sent,
@@ -201,5 +243,25 @@ mod tests {
         // Out of file descriptors here; an upgrade the client asked for.
         assert!(!Cause::Connect(io::ErrorKind::Other).is_executor_fault());
         assert!(!Cause::Upgrade.is_executor_fault());
+    }
+
+    #[test]
+    fn a_connection_is_kept_only_when_everything_allows_it() {
+        let whole = Asked {
+            keep_alive: true,
+            read_whole: true,
+        };
+        assert_eq!(fate(whole, AnswerEnd::AtBoundary, false), After::KeepAlive);
+        assert_eq!(fate(whole, AnswerEnd::ByClose, false), After::Close);
+        assert_eq!(fate(whole, AnswerEnd::AtBoundary, true), After::Close);
+        let unread = Asked {
+            read_whole: false,
+            ..whole
+        };
+        assert_eq!(fate(unread, AnswerEnd::AtBoundary, false), After::Close);
+        assert_eq!(
+            fate(Asked::UNREAD, AnswerEnd::AtBoundary, false),
+            After::Close
+        );
     }
 }

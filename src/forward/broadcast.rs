@@ -21,7 +21,7 @@ use crate::ctx::WorkerCtx;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite::{self, RequestRewrite};
-use crate::outcome::{After, Cause};
+use crate::outcome::{self, After, AnswerEnd, Asked, Cause};
 use crate::snapshot::ExecutorId;
 use crate::warn;
 
@@ -161,7 +161,7 @@ pub(super) async fn broadcast<D: Downstream>(
     };
     let (_held, body) = match monoio::time::timeout_at(deadline.into(), read).await {
         Ok(Ok(read)) => read,
-        Ok(Err(Some(e))) => return conn.answer_error(ctx, out, e, false).await,
+        Ok(Err(Some(e))) => return conn.answer_error(ctx, out, e, Asked::UNREAD).await,
         Ok(Err(None)) | Err(_) => return (After::Close, 0),
     };
 
@@ -171,11 +171,16 @@ pub(super) async fn broadcast<D: Downstream>(
     conn.consume(head.head_len);
     if !delivered {
         let e = ProxyError::NoOnlineExecutor;
-        return conn.answer_error(ctx, out, e, head.keep_alive).await;
+        return conn.answer_error(ctx, out, e, Asked::of(head, true)).await;
     }
 
     out.clear();
-    let close = !head.keep_alive || ctx.stopping.get();
+    let after = outcome::fate(
+        Asked::of(head, true),
+        AnswerEnd::AtBoundary,
+        ctx.stopping.get(),
+    );
+    let close = after == After::Close;
     Answer::no_content().write_http1(out, close, false);
     let ok = conn
         .write_answer(out, ctx.config.body_timeout)

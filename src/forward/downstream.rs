@@ -12,7 +12,7 @@ use monoio::net::TcpStream;
 
 use crate::answer::ProxyError;
 use crate::ctx::WorkerCtx;
-use crate::outcome::After;
+use crate::outcome::{After, Asked};
 
 pub(crate) trait Downstream {
     /// The request head and what followed it, not yet consumed.
@@ -35,13 +35,12 @@ pub(crate) trait Downstream {
     async fn write_answer(&mut self, out: &mut Vec<u8>, limit: Duration) -> io::Result<()>;
     /// Close while the client may still be sending: it reads the answer, not a reset.
     async fn linger_close(&mut self);
-    /// Answer an error (docs/behaviour.md §7); `keep_alive`: the request was read whole
-    /// and the client allows another.
+    /// Answer an error (docs/behaviour.md §7); the connection's fate is `outcome::fate`'s.
     async fn answer_error(
         &mut self,
         ctx: &WorkerCtx,
         out: &mut Vec<u8>,
         e: ProxyError,
-        keep_alive: bool,
+        asked: Asked,
     ) -> (After, u16);
 }

@@ -34,7 +34,7 @@ use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
-use crate::outcome::{After, Cause, Discard, Served};
+use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Discard, Served};
 use crate::report::Report;
 use crate::snapshot::{ExecutorId, ExecutorStatus};
 use crate::socket;
@@ -101,9 +101,8 @@ async fn forward_request<D: Downstream>(
     // RFC 9110 §15.5.14: a declared length over the limit is refused before reading it.
     if let (RequestFraming::Length(n), Some(max)) = (head.framing, limit) {
         if n > max {
-            return conn
-                .answer_error(ctx, out, ProxyError::BodyTooLarge, false)
-                .await;
+            let e = ProxyError::BodyTooLarge;
+            return conn.answer_error(ctx, out, e, Asked::UNREAD).await;
         }
     }
     // RFC 9110 §10.1.1: answer 100-continue ourselves so the client starts sending; the
@@ -147,7 +146,7 @@ async fn forward_request<D: Downstream>(
                 let (method, target) =
                     (&pending[head.method.clone()], &pending[head.target.clone()]);
                 report_http_error(ctx, &e, method, target, choice.get());
-                conn.answer_error(ctx, out, e, false).await
+                conn.answer_error(ctx, out, e, Asked::UNREAD).await
             }
             Phase::HeadSent(status) => (After::Close, status),
         },
@@ -199,7 +198,7 @@ impl Anycast<'_> {
         let idempotent = reuse::is_idempotent(&conn.pending()[head.method.clone()]);
         let mut first = match self.first_bytes(conn) {
             Ok(first) => first,
-            Err(e) => return conn.answer_error(ctx, out, e, false).await,
+            Err(e) => return conn.answer_error(ctx, out, e, Asked::UNREAD).await,
         };
         let in_hand = first.rest.is_none();
         // A body buffer only if a body is copied. The answer is read into a head buffer,
@@ -246,8 +245,9 @@ impl Anycast<'_> {
                     let e = refused_answer(refused);
                     // The request is answered: it must not be parsed again on keep-alive.
                     conn.consume(request_len);
-                    let keep = head.keep_alive && in_hand;
-                    return conn.answer_error(ctx, out, e, keep).await;
+                    return conn
+                        .answer_error(ctx, out, e, Asked::of(head, in_hand))
+                        .await;
                 }
             };
             let i = choice.executor;
@@ -392,7 +392,7 @@ impl Anycast<'_> {
         cause: Cause,
         read_whole: Option<usize>,
     ) -> (After, u16) {
-        let keep_alive = self.head.keep_alive && read_whole.is_some();
+        let asked = Asked::of(self.head, read_whole.is_some());
         if let Some(choice) = self.choice.get() {
             self.failed.set(true);
             self.ctx
@@ -404,7 +404,7 @@ impl Anycast<'_> {
         let head = self.head;
         let (method, target) = (&pending[head.method.clone()], &pending[head.target.clone()]);
         report_http_error(self.ctx, &e, method, target, self.choice.get());
-        let answered = conn.answer_error(self.ctx, out, e, keep_alive).await;
+        let answered = conn.answer_error(self.ctx, out, e, asked).await;
         if let Some(n) = read_whole {
             conn.consume(n);
         }
@@ -560,7 +560,7 @@ impl Anycast<'_> {
                     PumpError::TooLarge => ProxyError::BodyTooLarge,
                     _ => return (After::Close, 0, broken),
                 };
-                let (after, status) = conn.answer_error(ctx, out, e, false).await;
+                let (after, status) = conn.answer_error(ctx, out, e, Asked::UNREAD).await;
                 return (after, status, broken);
             }
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
@@ -626,10 +626,12 @@ impl Anycast<'_> {
     ) -> Result<(After, u16, Reuse), Cause> {
         let client_http10 = self.head.minor_version == 0;
         let (mut body, framing) = exchange::response_body(response.framing, client_http10);
-        let close = !self.head.keep_alive
-            || framing == ResponseFraming::UntilClose
-            || early_answer
-            || self.ctx.stopping.get();
+        let ended = match framing {
+            ResponseFraming::UntilClose => AnswerEnd::ByClose,
+            _ => AnswerEnd::AtBoundary,
+        };
+        let asked = Asked::of(self.head, !early_answer);
+        let close = outcome::fate(asked, ended, self.ctx.stopping.get()) == After::Close;
         // The buffer the answer was read into.
         let rb = if big { eb.get() } else { hb.get() };
         out.clear();

@@ -16,7 +16,7 @@ use crate::buffers::{FreeList, FIRST_HEAD_READ, HEAD_BUF};
 use crate::ctx::WorkerCtx;
 use crate::forward::downstream::Downstream;
 use crate::http::head::MAX_HEAD;
-use crate::outcome::After;
+use crate::outcome::{self, After, AnswerEnd, Asked};
 use crate::socket::{self, Waiting};
 
 /// How long a closing connection keeps reading what the client still sends after an
@@ -128,18 +128,22 @@ impl ClientConn {
     }
 
     /// Answer an error the proxy makes itself (docs/behaviour.md §7) and return what
-    /// happens to the connection and the status sent. `keep_alive`: the request was read
-    /// whole and its client allows another; errors that leave the stream out of step
-    /// close anyway (`ProxyError::closes_connection`). A closing answer lingers, so a
-    /// client still sending its body reads the answer instead of a reset.
+    /// happens to the connection and the status sent (`outcome::fate`; errors that leave
+    /// the stream out of step close, `ProxyError::closes_connection`). A closing answer
+    /// lingers, so a client still sending its body reads the answer instead of a reset.
     pub(crate) async fn answer_error(
         &mut self,
         ctx: &WorkerCtx,
         out: &mut Vec<u8>,
         e: ProxyError,
-        keep_alive: bool,
+        asked: Asked,
     ) -> (After, u16) {
-        let close = !keep_alive || e.closes_connection() || ctx.stopping.get();
+        let ended = if e.closes_connection() {
+            AnswerEnd::ByClose
+        } else {
+            AnswerEnd::AtBoundary
+        };
+        let close = outcome::fate(asked, ended, ctx.stopping.get()) == After::Close;
         out.clear();
         Answer::error(e, &ctx.config).write_http1(out, close, self.head_request);
         let written = self
@@ -248,8 +252,8 @@ impl Downstream for ClientConn {
         ctx: &WorkerCtx,
         out: &mut Vec<u8>,
         e: ProxyError,
-        keep_alive: bool,
+        asked: Asked,
     ) -> (After, u16) {
-        ClientConn::answer_error(self, ctx, out, e, keep_alive).await
+        ClientConn::answer_error(self, ctx, out, e, asked).await
     }
 }

@@ -17,7 +17,7 @@ use crate::forward;
 use crate::http::head::{self, HeaderRef, RequestHead};
 use crate::http1::client::ClientConn;
 use crate::idle::{Closed, Registration};
-use crate::outcome::{After, ClientClose, Served};
+use crate::outcome::{self, After, AnswerEnd, Asked, ClientClose, Served};
 
 /// Serve one accepted connection until it closes.
 pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
@@ -93,7 +93,7 @@ async fn serve_request(
         Err(Ended::Badly(e, read)) => {
             conn.head_request = false;
             let out_before = conn.bytes_out;
-            conn.answer_error(ctx, out, e, false).await;
+            conn.answer_error(ctx, out, e, Asked::UNREAD).await;
             // A refused head leaves a line too (a smuggling attempt must leave a trace),
             // with its request line as far as it was read.
             if let Some(log) = &ctx.access_log {
@@ -250,15 +250,15 @@ async fn handle(
     let method = &pending[head.method.clone()];
     let path = head::path_of(&pending[head.target.clone()]);
     let authorization = head::find_header(pending, headers, "authorization");
-    let close = !head.keep_alive || head.has_body();
+    // A body is not read: the answer closes.
+    let asked = Asked::of(head, !head.has_body());
     let own = match answer::route(method, path, authorization, ctx.config.secret.as_bytes()) {
         Route::Health => None,
         Route::Unauthorized => {
             // The body (if any) is not read: the answer closes and lingers.
-            let keep_alive = head.keep_alive && !head.has_body();
             conn.consume(head.head_len);
             let e = ProxyError::Unauthorized;
-            return Served::local(conn.answer_error(ctx, out, e, keep_alive).await);
+            return Served::local(conn.answer_error(ctx, out, e, asked).await);
         }
         Route::Containers => Some((false, answer::containers_body(&ctx.snapshot(), ctx))),
         Route::Metrics => Some((true, answer::metrics_body(&ctx.snapshot(), ctx))),
@@ -271,6 +271,8 @@ async fn handle(
         Some((true, body)) => Answer::metrics(body.as_bytes()),
         Some((false, body)) => Answer::json(body.as_bytes()),
     };
+    // A draining worker closes after the answer (counted as a drain, `serve_request`).
+    let close = outcome::fate(asked, AnswerEnd::AtBoundary, false) == After::Close;
     finish_local(ctx, conn, head, out, &answer, close).await
 }
 
