@@ -20,7 +20,7 @@ use crate::answer::{Answer, ProxyError};
 use crate::ctx::WorkerCtx;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
-use crate::http::rewrite::{self, RequestRewrite};
+use crate::http::rewrite;
 use crate::outcome::{self, After, AnswerEnd, Asked, Cause};
 use crate::snapshot::ExecutorId;
 use crate::warn;
@@ -228,16 +228,7 @@ pub(crate) async fn fan_out(
             continue;
         };
         let mut request = Vec::with_capacity(1024);
-        let rw = RequestRewrite {
-            authorization: &ctx.executor_authorization,
-            forwarded_for: peer,
-            executor_host: &status.authority,
-            dev_executor_hostname: ctx
-                .config
-                .is_development()
-                .then_some(status.hostname.as_str()),
-            strip_expect: head.expect_continue,
-        };
+        let rw = super::request::rewrite(ctx, peer, status, head.expect_continue);
         rewrite::write_request_head(&mut request, buf, &fixed, headers, &rw);
         // Every copy shares the one body (its bytes are counted once, in the budget).
         let body = body.clone();

@@ -8,6 +8,7 @@ pub(crate) mod downstream;
 pub(crate) mod duplex;
 pub(crate) mod exchange;
 pub(crate) mod pump;
+pub(crate) mod request;
 pub(crate) mod reuse;
 
 use std::cell::Cell;
@@ -33,7 +34,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
+use crate::http::rewrite::{self, ResponseRewrite};
 use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Discard, Served};
 use crate::report::Report;
 use crate::snapshot::{ExecutorId, ExecutorStatus};
@@ -42,6 +43,7 @@ use downstream::Downstream;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, OpenError};
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
+use request::Phase;
 use reuse::{Attempt, ResponseEnd, Reuse, Silence};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
@@ -51,15 +53,6 @@ pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BU
 /// client for a close (SPEC §5: a client that leaves abandons its request). Most answers
 /// come sooner, so they cost no extra poll.
 const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(5);
-
-/// Where a request stands when the deadline fires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Nothing sent to the client yet: a 504 can still be answered.
-    BeforeHead,
-    /// The response head (with this status) went out: only closing is left.
-    HeadSent(u16),
-}
 
 /// Forward one request (anycast or broadcast) and answer the client.
 pub(crate) async fn forward<D: Downstream>(
@@ -98,12 +91,9 @@ async fn forward_request<D: Downstream>(
         Addressing::Broadcast => Some(broadcast::body_limit(config)),
         _ => config.max_body_size,
     };
-    // RFC 9110 §15.5.14: a declared length over the limit is refused before reading it.
-    if let (RequestFraming::Length(n), Some(max)) = (head.framing, limit) {
-        if n > max {
-            let e = ProxyError::BodyTooLarge;
-            return conn.answer_error(ctx, out, e, Asked::UNREAD).await;
-        }
+    if request::declared_too_large(head.framing, limit) {
+        let e = ProxyError::BodyTooLarge;
+        return conn.answer_error(ctx, out, e, Asked::UNREAD).await;
     }
     // RFC 9110 §10.1.1: answer 100-continue ourselves so the client starts sending; the
     // executor never sees Expect (the rewrite drops it).
@@ -121,8 +111,10 @@ async fn forward_request<D: Downstream>(
 
     let phase = Cell::new(Phase::BeforeHead);
     let deadline = Instant::now() + config.max_timeout;
-    let debug = config.is_development()
-        || head::find_header(conn.pending(), headers, "x-opr-debug") == Some(b"1");
+    let debug = request::debug(
+        config,
+        head::find_header(conn.pending(), headers, "x-opr-debug"),
+    );
     let anycast = Anycast {
         ctx,
         head,
@@ -377,9 +369,11 @@ impl Anycast<'_> {
 
     /// `x-opr-runtime-id`, read from the head in place (no copy per request).
     fn runtime_id<'c, D: Downstream>(&self, conn: &'c D) -> Option<&'c str> {
-        head::find_header(conn.pending(), self.headers, "x-opr-runtime-id")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .filter(|v| !v.is_empty())
+        request::runtime_id(head::find_header(
+            conn.pending(),
+            self.headers,
+            "x-opr-runtime-id",
+        ))
     }
 
     /// Answer 502. The client connection stays open only when its request was read whole
@@ -448,17 +442,9 @@ impl Anycast<'_> {
         executor: &ExecutorStatus,
         sent: usize,
     ) {
-        let hostname = executor.hostname.as_str();
-        let ctx = self.ctx;
         let pending = conn.pending();
         out.clear();
-        let rw = RequestRewrite {
-            authorization: &ctx.executor_authorization,
-            forwarded_for: conn.peer(),
-            executor_host: &executor.authority,
-            dev_executor_hostname: ctx.config.is_development().then_some(hostname),
-            strip_expect: self.head.expect_continue,
-        };
+        let rw = request::rewrite(self.ctx, conn.peer(), executor, self.head.expect_continue);
         rewrite::write_request_head(out, pending, self.head, self.headers, &rw);
         let start = self.head.head_len;
         out.extend_from_slice(&pending[start..start + sent]);
@@ -648,10 +634,7 @@ impl Anycast<'_> {
 
         // The head is not sent yet: a clean 502 is still possible.
         let end = exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
-            .map_err(|e| match e {
-                PumpError::Chunk(e) => Cause::MalformedBody(e),
-                _ => Cause::ClosedMidHead,
-            })?;
+            .map_err(|e| request::body_cause(e, Cause::ClosedMidHead))?;
         self.phase.set(Phase::HeadSent(status));
         // The read filled its buffer, so more of the body is likely waiting: the head goes
         // out with it in one write. Otherwise it goes now (the executor may pause).
@@ -693,10 +676,7 @@ impl Anycast<'_> {
                     // The held head never left: nothing reached the client, so a clean 502
                     // is still possible (a client that left gets nothing).
                     Err(e) if !out.is_empty() && e != PumpError::Sink => {
-                        return Err(match e {
-                            PumpError::Chunk(e) => Cause::MalformedBody(e),
-                            _ => Cause::ClosedMidBody,
-                        });
+                        return Err(request::body_cause(e, Cause::ClosedMidBody));
                     }
                     // Truncated or malformed: the client must see it (close), and a client
                     // that left takes the executor connection with it.

@@ -15,13 +15,10 @@ use crate::answer::{Answer, ProxyError};
 use crate::buffers::{FreeList, FIRST_HEAD_READ, HEAD_BUF};
 use crate::ctx::WorkerCtx;
 use crate::forward::downstream::Downstream;
+use crate::forward::request::LINGER;
 use crate::http::head::MAX_HEAD;
 use crate::outcome::{self, After, AnswerEnd, Asked};
 use crate::socket::{self, Waiting};
-
-/// How long a closing connection keeps reading what the client still sends after an
-/// error answer (RFC 9112 §9.6), so the close does not reset the answer away.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// The client side of a connection: the socket and the bytes read but not yet used.
 pub(crate) struct ClientConn {

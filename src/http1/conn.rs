@@ -13,7 +13,7 @@ use crate::access_log;
 use crate::answer::{self, Answer, ProxyError, Route};
 use crate::buffers::Scratch;
 use crate::ctx::WorkerCtx;
-use crate::forward;
+use crate::forward::{self, request};
 use crate::http::head::{self, HeaderRef, RequestHead};
 use crate::http1::client::ClientConn;
 use crate::idle::{Closed, Registration};
@@ -125,27 +125,16 @@ async fn serve_request(
     let headers = &scratch.headers;
     let response_headers = &mut scratch.response_headers;
     let served = handle(ctx, conn, &head, headers, response_headers, out).await;
-    let took = started.elapsed();
-    let (bytes_in, bytes_out) = (conn.bytes_in - in_before, conn.bytes_out - out_before);
-    let executor = served.choice.map(|c| c.executor);
-    ctx.m()
-        .request_done(executor, served.status, took, bytes_in, bytes_out);
-    if let Some(log) = &ctx.access_log {
-        let snapshot = ctx.snapshot();
-        let entry = access_log::Entry {
-            client: conn.peer.ip(),
-            request_line: &scratch.request_line,
-            status: served.status,
-            executor: executor
-                .and_then(|i| snapshot.executors.get(i.index()))
-                .map(|e| e.hostname.as_str()),
-            tier: served.choice.map(|c| c.tier),
-            bytes_in,
-            bytes_out,
-            duration: took,
-        };
-        log.write(&entry, ctx.m());
-    }
+    let record = request::Record {
+        client: conn.peer.ip(),
+        request_line: &scratch.request_line,
+        status: served.status,
+        choice: served.choice,
+        bytes_in: conn.bytes_in - in_before,
+        bytes_out: conn.bytes_out - out_before,
+        took: started.elapsed(),
+    };
+    request::record(ctx, &record);
     if served.after == After::Close {
         return Some(Stop::Close(ClientClose::Closed));
     }

@@ -24,11 +24,12 @@ use crate::forward;
 use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, OpenError};
 use crate::forward::pump::{self, PumpError, Sink};
+use crate::forward::request::{self, Phase, LINGER};
 use crate::forward::reuse::{self, Attempt, ResponseEnd, Reuse, Silence};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::http::rewrite::{self, RequestRewrite};
+use crate::http::rewrite;
 use crate::outcome::{Cause, Discard};
 use crate::snapshot::ExecutorId;
 
@@ -88,13 +89,6 @@ async fn next_data(body: &mut RecvStream, stall: Duration) -> Result<Option<Byte
     }
 }
 
-/// Where the stream stands: a JSON error can still be answered before the head left.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    BeforeHead,
-    HeadSent(u16),
-}
-
 struct Stream {
     ctx: Rc<WorkerCtx>,
     peer: SocketAddr,
@@ -137,35 +131,23 @@ pub(crate) async fn serve(
         budget,
     };
     let status = s.handle(parts, &mut body, &mut respond).await;
-    let executor = s.choice.get().map(|c| c.executor);
-    let took = started.elapsed();
-    let (bytes_in, bytes_out) = (s.bytes_in.get(), s.bytes_out.get());
-    ctx.m()
-        .request_done(executor, status, took, bytes_in, bytes_out);
-    if let Some(log) = &ctx.access_log {
-        let snapshot = ctx.snapshot();
-        let entry = access_log::Entry {
+    {
+        let line = s.request_line.borrow();
+        let record = request::Record {
             client: peer.ip(),
-            request_line: &s.request_line.borrow(),
+            request_line: &line,
             status,
-            executor: executor
-                .and_then(|i| snapshot.executors.get(i.index()))
-                .map(|e| e.hostname.as_str()),
-            tier: s.choice.get().map(|c| c.tier),
-            bytes_in,
-            bytes_out,
-            duration: took,
+            choice: s.choice.get(),
+            bytes_in: s.bytes_in.get(),
+            bytes_out: s.bytes_out.get(),
+            took: started.elapsed(),
         };
-        log.write(&entry, ctx.m());
+        request::record(&ctx, &record);
     }
     if !s.stopped.get() {
         linger(&mut body).await;
     }
 }
-
-/// How long the rest of a request body answered early (an error, or an executor that
-/// answered before reading it all) is still read and dropped.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// Read and drop what the client still sends of its body, for up to `LINGER`, so the
 /// stream ends cleanly and the client reads its answer rather than a reset (as HTTP/1's
@@ -231,10 +213,8 @@ impl Stream {
 
         let addressing = Addressing::from_header(request.find("x-opr-addressing-method"));
         let limit = ctx.config.max_body_size;
-        if let (RequestFraming::Length(n), Some(max)) = (request.head.framing, limit) {
-            if n > max {
-                return self.error(respond, ProxyError::BodyTooLarge);
-            }
+        if request::declared_too_large(request.head.framing, limit) {
+            return self.error(respond, ProxyError::BodyTooLarge);
         }
         // RFC 9110 §10.1.1: as over HTTP/1, the proxy answers 100-continue itself so the
         // client starts sending; the executor never sees Expect (the rewrite drops it).
@@ -274,10 +254,7 @@ impl Stream {
         let mut snapshot = ctx.snapshot();
         let has_body = request.head.has_body();
         let idempotent = reuse::is_idempotent(request.method());
-        let runtime = request
-            .find("x-opr-runtime-id")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .filter(|v| !v.is_empty());
+        let runtime = request::runtime_id(request.find("x-opr-runtime-id"));
         let mut replayed = false;
         let mut out = Vec::new();
         let mut hb = ctx.heads.lend();
@@ -324,13 +301,8 @@ impl Stream {
             self.choice.set(Some(choice));
             let status = snapshot.executor(i);
             out.clear();
-            let rw = RequestRewrite {
-                authorization: &ctx.executor_authorization,
-                forwarded_for: self.peer.ip(),
-                executor_host: &status.authority,
-                dev_executor_hostname: ctx.config.is_development().then_some(&status.hostname),
-                strip_expect: true,
-            };
+            // The proxy answers 100-continue itself: Expect never reaches the executor.
+            let rw = request::rewrite(ctx, self.peer.ip(), status, true);
             rewrite::write_request_head(
                 &mut out,
                 &request.buf,
@@ -407,7 +379,7 @@ impl Stream {
             }
         };
 
-        let debug = ctx.config.is_development() || request.find("x-opr-debug") == Some(b"1");
+        let debug = request::debug(&ctx.config, request.find("x-opr-debug"));
         let answer = Relay {
             request,
             failover: failover.get(),
@@ -630,10 +602,7 @@ impl Stream {
         ) {
             Ok(end) => end,
             Err(e) => {
-                let cause = match e {
-                    PumpError::Chunk(e) => Cause::MalformedBody(e),
-                    _ => Cause::ClosedMidHead,
-                };
+                let cause = request::body_cause(e, Cause::ClosedMidHead);
                 return (self.bad_gateway(request, respond, cause), None);
             }
         };
@@ -706,10 +675,8 @@ impl Stream {
     ) -> u16 {
         let ctx = &self.ctx;
         let limit = forward::broadcast_body_limit(&ctx.config);
-        if let RequestFraming::Length(n) = request.head.framing {
-            if n > limit {
-                return self.error(respond, ProxyError::BodyTooLarge);
-            }
+        if request::declared_too_large(request.head.framing, Some(limit)) {
+            return self.error(respond, ProxyError::BodyTooLarge);
         }
         let deadline = Instant::now() + ctx.config.max_timeout;
         let mut collected = Vec::new();
