@@ -22,18 +22,18 @@ use crate::socket::{self, Waiting};
 
 /// The client side of a connection: the socket and the bytes read but not yet used.
 pub(crate) struct ClientConn {
-    pub(crate) stream: TcpStream,
-    pub(crate) peer: SocketAddr,
+    stream: TcpStream,
+    peer: SocketAddr,
     /// Unconsumed bytes are `buf[start..]`. A head buffer from the worker's pool while a
     /// request runs or pipelined bytes wait; none (no capacity) between requests.
-    pub(crate) buf: Vec<u8>,
-    pub(crate) start: usize,
+    buf: Vec<u8>,
+    start: usize,
     /// The request in hand is `HEAD`: answers the proxy makes carry no body.
-    pub(crate) head_request: bool,
+    head_request: bool,
     /// Request bytes taken (heads and bodies) and response bytes written, since the
     /// connection opened (metrics and the access log take differences).
-    pub(crate) bytes_in: u64,
-    pub(crate) bytes_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl ClientConn {
@@ -47,6 +47,33 @@ impl ClientConn {
             bytes_in: 0,
             bytes_out: 0,
         }
+    }
+
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Request bytes taken and response bytes written since the connection opened.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (self.bytes_in, self.bytes_out)
+    }
+
+    /// The request in hand is `HEAD` (or, `false`, none was read).
+    pub(crate) fn set_head_request(&mut self, head: bool) {
+        self.head_request = head;
+    }
+
+    pub(crate) fn head_request(&self) -> bool {
+        self.head_request
+    }
+
+    /// The socket and the peer, for HTTP/2 to take over.
+    pub(crate) fn into_parts(self) -> (TcpStream, SocketAddr) {
+        (self.stream, self.peer)
     }
 
     /// Take a head buffer from the worker's pool, unless one is held. A new connection's

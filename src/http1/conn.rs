@@ -24,7 +24,7 @@ pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAdd
     ctx.m().client_opened();
     let mut conn = ClientConn::new(stream, peer);
     // Dropped before `conn`, so the sweep never sees this fd after it closes.
-    let registration = ctx.idle.register(conn.stream.as_raw_fd());
+    let registration = ctx.idle.register(conn.stream().as_raw_fd());
     let why = match serve_requests(&ctx, &mut conn, &registration).await {
         Stop::Close(why) => why,
         Stop::Http2 => {
@@ -35,7 +35,7 @@ pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAdd
             let prefix = conn.pending().to_vec();
             conn.consume(prefix.len());
             conn.release_buffer(&ctx.heads);
-            let ClientConn { stream, peer, .. } = conn;
+            let (stream, peer) = conn.into_parts();
             let why = Box::pin(crate::http2::serve(&ctx, stream, peer, prefix)).await;
             drop(registration);
             ctx.m().client_closed(why);
@@ -91,20 +91,20 @@ async fn serve_request(
         Err(Ended::Quietly(why)) => return Some(Stop::Close(why)),
         Err(Ended::Http2) => return Some(Stop::Http2),
         Err(Ended::Badly(e, read)) => {
-            conn.head_request = false;
-            let out_before = conn.bytes_out;
+            conn.set_head_request(false);
+            let out_before = conn.bytes().1;
             conn.answer_error(ctx, out, e, Asked::UNREAD).await;
             // A refused head leaves a line too (a smuggling attempt must leave a trace),
             // with its request line as far as it was read.
             if let Some(log) = &ctx.access_log {
                 let entry = access_log::Entry {
-                    client: conn.peer.ip(),
+                    client: conn.peer().ip(),
                     request_line: &scratch.request_line,
                     status: e.status(),
                     executor: None,
                     tier: None,
                     bytes_in: read,
-                    bytes_out: conn.bytes_out - out_before,
+                    bytes_out: conn.bytes().1 - out_before,
                     duration: reading.elapsed(),
                 };
                 log.write(&entry, ctx.m());
@@ -116,8 +116,8 @@ async fn serve_request(
         }
     };
     let started = Instant::now();
-    let (in_before, out_before) = (conn.bytes_in, conn.bytes_out);
-    conn.head_request = &conn.pending()[head.method.clone()] == b"HEAD";
+    let (in_before, out_before) = conn.bytes();
+    conn.set_head_request(&conn.pending()[head.method.clone()] == b"HEAD");
     if ctx.access_log.is_some() {
         access_log::keep_request_line(&mut scratch.request_line, conn.pending(), &head);
     }
@@ -126,12 +126,12 @@ async fn serve_request(
     let response_headers = &mut scratch.response_headers;
     let served = handle(ctx, conn, &head, headers, response_headers, out).await;
     let record = request::Record {
-        client: conn.peer.ip(),
+        client: conn.peer().ip(),
         request_line: &scratch.request_line,
         status: served.status,
         choice: served.choice,
-        bytes_in: conn.bytes_in - in_before,
-        bytes_out: conn.bytes_out - out_before,
+        bytes_in: conn.bytes().0 - in_before,
+        bytes_out: conn.bytes().1 - out_before,
         took: started.elapsed(),
     };
     request::record(ctx, &record);
@@ -166,7 +166,7 @@ async fn wait_for_request(
         return Err(ClientClose::Drain);
     }
     registration.idle();
-    let ready = conn.stream.readable(false).await;
+    let ready = conn.stream().readable(false).await;
     match (registration.busy(), ready) {
         (Some(Closed::Idle), _) => Err(ClientClose::Idle),
         (Some(Closed::Drain), _) => Err(ClientClose::Drain),
@@ -193,7 +193,7 @@ async fn read_head(
     loop {
         // Only a connection's first bytes can be the HTTP/2 preface; an HTTP/1 request
         // costs one comparison here.
-        let first = conn.bytes_in == 0 && conn.pending().first() == Some(&b'P');
+        let first = conn.bytes().0 == 0 && conn.pending().first() == Some(&b'P');
         let preface = if first {
             crate::http2::preface(conn.pending())
         } else {
@@ -277,7 +277,7 @@ async fn finish_local(
 ) -> Served {
     conn.consume(head.head_len);
     out.clear();
-    answer.write_http1(out, close, conn.head_request);
+    answer.write_http1(out, close, conn.head_request());
     let written = conn.write_answer(out, ctx.config.body_timeout).await;
     Served::local((After::close_if(close || written.is_err()), answer.status))
 }
