@@ -77,12 +77,18 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    pub(crate) fn local((after, status): (After, u16)) -> Served {
+    /// Served without an executor's answer (yet: `forward` adds the choice).
+    pub(crate) fn new(after: After, status: u16) -> Served {
         Served {
             after,
             status,
             choice: None,
         }
+    }
+
+    /// The connection closes; `status` went out (0: nothing did).
+    pub(crate) fn closed(status: u16) -> Served {
+        Served::new(After::Close, status)
     }
 }
 

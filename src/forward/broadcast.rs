@@ -21,7 +21,7 @@ use crate::ctx::WorkerCtx;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite;
-use crate::outcome::{self, After, AnswerEnd, Asked, Cause};
+use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Served};
 use crate::snapshot::ExecutorId;
 use crate::warn;
 
@@ -146,7 +146,7 @@ pub(super) async fn broadcast<D: Downstream>(
     headers: &[HeaderRef],
     out: &mut Vec<u8>,
     limit: Option<u64>,
-) -> (After, u16) {
+) -> Served {
     let deadline = Instant::now() + ctx.config.max_timeout;
     let need = match head.framing {
         RequestFraming::Empty => 0,
@@ -162,7 +162,7 @@ pub(super) async fn broadcast<D: Downstream>(
     let (_held, body) = match monoio::time::timeout_at(deadline.into(), read).await {
         Ok(Ok(read)) => read,
         Ok(Err(Some(e))) => return conn.answer_error(ctx, out, e, Asked::UNREAD).await,
-        Ok(Err(None)) | Err(_) => return (After::Close, 0),
+        Ok(Err(None)) | Err(_) => return Served::closed(0),
     };
 
     let peer = conn.peer();
@@ -186,7 +186,7 @@ pub(super) async fn broadcast<D: Downstream>(
         .write_answer(out, ctx.config.body_timeout)
         .await
         .is_ok();
-    (After::close_if(close || !ok), 204)
+    Served::new(After::close_if(close || !ok), 204)
 }
 
 /// Send the request (its head in `buf`, its whole `body`) to every online executor at

@@ -12,7 +12,7 @@ use monoio::net::TcpStream;
 
 use crate::answer::ProxyError;
 use crate::ctx::WorkerCtx;
-use crate::outcome::{After, Asked};
+use crate::outcome::{Asked, Served};
 
 pub(crate) trait Downstream {
     /// The request head and what followed it, not yet consumed.
@@ -42,5 +42,5 @@ pub(crate) trait Downstream {
         out: &mut Vec<u8>,
         e: ProxyError,
         asked: Asked,
-    ) -> (After, u16);
+    ) -> Served;
 }

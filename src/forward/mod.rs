@@ -64,12 +64,10 @@ pub(crate) async fn forward<D: Downstream>(
     out: &mut Vec<u8>,
 ) -> Served {
     let choice = Cell::new(None);
-    let (after, status) =
-        forward_request(ctx, conn, head, (headers, response_headers), out, &choice).await;
+    let served = forward_request(ctx, conn, head, (headers, response_headers), out, &choice).await;
     Served {
-        after,
-        status,
         choice: choice.get(),
+        ..served
     }
 }
 
@@ -80,7 +78,7 @@ async fn forward_request<D: Downstream>(
     (headers, response_headers): (&[HeaderRef], &mut Vec<HeaderRef>),
     out: &mut Vec<u8>,
     choice: &Cell<Option<Choice>>,
-) -> (After, u16) {
+) -> Served {
     let config = &ctx.config;
     let addressing = Addressing::from_header(head::find_header(
         conn.pending(),
@@ -101,7 +99,7 @@ async fn forward_request<D: Downstream>(
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         if conn.write_answer(out, config.body_timeout).await.is_err() {
-            return (After::Close, 0);
+            return Served::closed(0);
         }
     }
     if addressing == Addressing::Broadcast {
@@ -140,7 +138,7 @@ async fn forward_request<D: Downstream>(
                 report_http_error(ctx, &e, method, target, choice.get());
                 conn.answer_error(ctx, out, e, Asked::UNREAD).await
             }
-            Phase::HeadSent(status) => (After::Close, status),
+            Phase::HeadSent(status) => Served::closed(status),
         },
     }
 }
@@ -182,7 +180,7 @@ impl Anycast<'_> {
         conn: &mut D,
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
-    ) -> (After, u16) {
+    ) -> Served {
         let ctx = self.ctx;
         let head = self.head;
         let mut snapshot = ctx.snapshot();
@@ -232,7 +230,7 @@ impl Anycast<'_> {
                     }
                     (admitted.choice, admitted.addr)
                 }
-                Err(Refused::ClientGone) => return (After::Close, 0),
+                Err(Refused::ClientGone) => return Served::closed(0),
                 Err(refused) => {
                     let e = refused_answer(refused);
                     // The request is answered: it must not be parsed again on keep-alive.
@@ -290,7 +288,7 @@ impl Anycast<'_> {
                 wait_head(conn, std::pin::pin!(read)).await
             };
             match head {
-                None => return (After::Close, 0),
+                None => return Served::closed(0),
                 Some(Ok(r)) => break (ex, Some(r)),
                 Some(Err(HeadFailure::Silent)) => {
                     match reuse::after_silence(Attempt {
@@ -315,7 +313,7 @@ impl Anycast<'_> {
                 }
             }
         };
-        let (after, status, reuse) = match (response, first.rest.as_mut()) {
+        let (served, reuse) = match (response, first.rest.as_mut()) {
             (Some(response), _) => {
                 let client = conn.socket();
                 let bufs = (&mut hb, &mut eb, big);
@@ -326,8 +324,8 @@ impl Anycast<'_> {
                 {
                     Ok(relayed) => relayed,
                     Err(cause) => {
-                        let (after, status) = self.fail(conn, out, cause, Some(0)).await;
-                        (after, status, Reuse::Discard(Discard::Unfinished))
+                        let served = self.fail(conn, out, cause, Some(0)).await;
+                        (served, Reuse::Discard(Discard::Unfinished))
                     }
                 }
             }
@@ -348,7 +346,7 @@ impl Anycast<'_> {
                 Box::pin(upload).await
             }
             // The loop breaks without an answer only for a body still to come.
-            (None, None) => (After::Close, 0, Reuse::Discard(Discard::Failed)),
+            (None, None) => (Served::closed(0), Reuse::Discard(Discard::Failed)),
         };
         if !self.failed.get() {
             if let Some(choice) = self.choice.get() {
@@ -358,7 +356,7 @@ impl Anycast<'_> {
         // After the relay: a 502 it answers reports the request's method and path.
         conn.consume(request_len);
         ex.release(reuse);
-        (after, status)
+        served
     }
 
     fn failed_over(&self, executor: ExecutorId, why: &'static str) {
@@ -385,7 +383,7 @@ impl Anycast<'_> {
         out: &mut Vec<u8>,
         cause: Cause,
         read_whole: Option<usize>,
-    ) -> (After, u16) {
+    ) -> Served {
         let asked = Asked::of(self.head, read_whole.is_some());
         if let Some(choice) = self.choice.get() {
             self.failed.set(true);
@@ -465,7 +463,7 @@ impl Anycast<'_> {
         (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
-    ) -> (After, u16, Reuse) {
+    ) -> (Served, Reuse) {
         let ctx = self.ctx;
         let broken = Reuse::Discard(Discard::Unfinished);
         let is_head = conn.head_only();
@@ -538,16 +536,16 @@ impl Anycast<'_> {
             // The client's side of the body failed: its error, if no answer went out yet.
             Step::Client(e) => {
                 if let Phase::HeadSent(status) = self.phase.get() {
-                    return (After::Close, status, broken);
+                    return (Served::closed(status), broken);
                 }
                 let e = match e {
                     PumpError::Stalled => ProxyError::BodyTimeout,
                     PumpError::Chunk(e) => ProxyError::BadChunk(e),
                     PumpError::TooLarge => ProxyError::BodyTooLarge,
-                    _ => return (After::Close, 0, broken),
+                    _ => return (Served::closed(0), broken),
                 };
-                let (after, status) = conn.answer_error(ctx, out, e, Asked::UNREAD).await;
-                return (after, status, broken);
+                let served = conn.answer_error(ctx, out, e, Asked::UNREAD).await;
+                return (served, broken);
             }
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
             step => {
@@ -557,7 +555,7 @@ impl Anycast<'_> {
                         // The body ended first: wait for the head, watching the client.
                         let Some((r, ex_r, rb, headers)) = wait_head(conn, head.as_mut()).await
                         else {
-                            return (After::Close, 0, broken);
+                            return (Served::closed(0), broken);
                         };
                         *(if big { eb.get() } else { hb.get() }) = rb;
                         *response_headers = headers;
@@ -580,17 +578,17 @@ impl Anycast<'_> {
         };
         ex.join(ex_r, ex_w);
         match relayed {
-            Ok((after, status, reuse)) => {
+            Ok((served, reuse)) => {
                 // The client may still be sending the rest of its body: it reads the answer
                 // before the connection closes (RFC 9112 §9.6).
-                if !sent && after == After::Close {
+                if !sent && served.after == After::Close {
                     conn.linger_close().await;
                 }
-                (after, status, reuse)
+                (served, reuse)
             }
             Err(cause) => {
-                let (after, status) = self.fail(conn, out, cause, in_step.then_some(0)).await;
-                (after, status, broken)
+                let served = self.fail(conn, out, cause, in_step.then_some(0)).await;
+                (served, broken)
             }
         }
     }
@@ -609,7 +607,7 @@ impl Anycast<'_> {
         out: &mut Vec<u8>,
         (response, response_headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
-    ) -> Result<(After, u16, Reuse), Cause> {
+    ) -> Result<(Served, Reuse), Cause> {
         let client_http10 = self.head.minor_version == 0;
         let (mut body, framing) = exchange::response_body(response.framing, client_http10);
         let ended = match framing {
@@ -653,7 +651,7 @@ impl Anycast<'_> {
                 } else {
                     broken
                 };
-                return Ok((After::Close, status, why));
+                return Ok((Served::closed(status), why));
             }
         }
         let mut answer_len = head_len;
@@ -672,7 +670,7 @@ impl Anycast<'_> {
                 match pumped {
                     Ok(after) if after.is_empty() => ResponseEnd::Clean,
                     Ok(_) => ResponseEnd::Leftover,
-                    Err(PumpError::SinkStalled) => return Ok((After::Close, status, stalled)),
+                    Err(PumpError::SinkStalled) => return Ok((Served::closed(status), stalled)),
                     // The held head never left: nothing reached the client, so a clean 502
                     // is still possible (a client that left gets nothing).
                     Err(e) if !out.is_empty() && e != PumpError::Sink => {
@@ -680,16 +678,14 @@ impl Anycast<'_> {
                     }
                     // Truncated or malformed: the client must see it (close), and a client
                     // that left takes the executor connection with it.
-                    Err(_) => return Ok((After::Close, status, broken)),
+                    Err(_) => return Ok((Served::closed(status), broken)),
                 }
             }
             (end, _) => end,
         };
         self.ctx.answer_sizes.saw(answer_len);
-        let after = After::close_if(close);
         Ok((
-            after,
-            status,
+            Served::new(After::close_if(close), status),
             reuse::after_exchange(response, !early_answer, end),
         ))
     }

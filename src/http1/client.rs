@@ -17,7 +17,7 @@ use crate::ctx::WorkerCtx;
 use crate::forward::downstream::Downstream;
 use crate::forward::request::LINGER;
 use crate::http::head::MAX_HEAD;
-use crate::outcome::{self, After, AnswerEnd, Asked};
+use crate::outcome::{self, After, AnswerEnd, Asked, Served};
 use crate::socket::{self, Waiting};
 
 /// The client side of a connection: the socket and the bytes read but not yet used.
@@ -161,7 +161,7 @@ impl ClientConn {
         out: &mut Vec<u8>,
         e: ProxyError,
         asked: Asked,
-    ) -> (After, u16) {
+    ) -> Served {
         let ended = if e.closes_connection() {
             AnswerEnd::ByClose
         } else {
@@ -177,7 +177,7 @@ impl ClientConn {
         if close && written {
             self.linger_close().await;
         }
-        (After::close_if(close || !written), e.status())
+        Served::new(After::close_if(close || !written), e.status())
     }
 
     /// Completes only when the client closed or reset its connection; pipelined bytes of
@@ -277,7 +277,7 @@ impl Downstream for ClientConn {
         out: &mut Vec<u8>,
         e: ProxyError,
         asked: Asked,
-    ) -> (After, u16) {
+    ) -> Served {
         ClientConn::answer_error(self, ctx, out, e, asked).await
     }
 }

@@ -247,7 +247,7 @@ async fn handle(
             // The body (if any) is not read: the answer closes and lingers.
             conn.consume(head.head_len);
             let e = ProxyError::Unauthorized;
-            return Served::local(conn.answer_error(ctx, out, e, asked).await);
+            return conn.answer_error(ctx, out, e, asked).await;
         }
         Route::Containers => Some((false, answer::containers_body(&ctx.snapshot(), ctx))),
         Route::Metrics => Some((true, answer::metrics_body(&ctx.snapshot(), ctx))),
@@ -279,7 +279,7 @@ async fn finish_local(
     out.clear();
     answer.write_http1(out, close, conn.head_request());
     let written = conn.write_answer(out, ctx.config.body_timeout).await;
-    Served::local((After::close_if(close || written.is_err()), answer.status))
+    Served::new(After::close_if(close || written.is_err()), answer.status)
 }
 
 #[cfg(test)]
