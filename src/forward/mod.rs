@@ -4,6 +4,7 @@
 
 pub(crate) mod admit;
 mod broadcast;
+pub(crate) mod connect;
 pub(crate) mod downstream;
 pub(crate) mod duplex;
 pub(crate) mod exchange;
@@ -39,9 +40,10 @@ use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Discard, Served};
 use crate::report::Report;
 use crate::snapshot::{ExecutorId, ExecutorStatus};
 use crate::socket;
+use connect::{connect, Connected, Outgoing, Picked};
 use downstream::Downstream;
 use duplex::{Step, Upload};
-use exchange::{ExecutorConn, HeadFailure, OpenError};
+use exchange::{ExecutorConn, HeadFailure};
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
 use request::Phase;
 use reuse::{Attempt, ResponseEnd, Reuse, Silence};
@@ -63,10 +65,10 @@ pub(crate) async fn forward<D: Downstream>(
     response_headers: &mut Vec<HeaderRef>,
     out: &mut Vec<u8>,
 ) -> Served {
-    let choice = Cell::new(None);
-    let served = forward_request(ctx, conn, head, (headers, response_headers), out, &choice).await;
+    let picked = Picked::default();
+    let served = forward_request(ctx, conn, head, (headers, response_headers), out, &picked).await;
     Served {
-        choice: choice.get(),
+        choice: picked.choice.get(),
         ..served
     }
 }
@@ -77,7 +79,7 @@ async fn forward_request<D: Downstream>(
     head: &RequestHead,
     (headers, response_headers): (&[HeaderRef], &mut Vec<HeaderRef>),
     out: &mut Vec<u8>,
-    choice: &Cell<Option<Choice>>,
+    picked: &Picked,
 ) -> Served {
     let config = &ctx.config;
     let addressing = Addressing::from_header(head::find_header(
@@ -120,11 +122,9 @@ async fn forward_request<D: Downstream>(
         addressing,
         limit,
         phase: &phase,
-        choice,
-        failover: Cell::new(None),
+        picked,
         failed: Cell::new(false),
         debug,
-        queued: Cell::new(None),
     };
     let run = anycast.run(conn, out, response_headers);
     match monoio::time::timeout_at(deadline.into(), run).await {
@@ -135,7 +135,7 @@ async fn forward_request<D: Downstream>(
                 let pending = conn.pending();
                 let (method, target) =
                     (&pending[head.method.clone()], &pending[head.target.clone()]);
-                report_http_error(ctx, &e, method, target, choice.get());
+                report_http_error(ctx, &e, method, target, picked.choice.get());
                 conn.answer_error(ctx, out, e, Asked::UNREAD).await
             }
             Phase::HeadSent(status) => Served::closed(status),
@@ -161,17 +161,13 @@ struct Anycast<'a> {
     addressing: Addressing,
     limit: Option<u64>,
     phase: &'a Cell<Phase>,
-    /// The executor the request went to, and why.
-    choice: &'a Cell<Option<Choice>>,
-    /// The first executor that could not be reached, and how (for `x-opr-route`).
-    failover: Cell<Option<(ExecutorId, &'static str)>>,
+    /// The executor the request went to and why, the failover, the wait.
+    picked: &'a Picked,
     /// A `502` was answered for the executor (`fail`): the exchange does not count as
     /// answered for outlier detection.
     failed: Cell<bool>,
     /// Explain the choice in `x-opr-route` (dev mode, or `x-opr-debug: 1`).
     debug: bool,
-    /// How long the request waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
-    queued: Cell<Option<Duration>>,
 }
 
 impl Anycast<'_> {
@@ -183,8 +179,6 @@ impl Anycast<'_> {
     ) -> Served {
         let ctx = self.ctx;
         let head = self.head;
-        let mut snapshot = ctx.snapshot();
-        let is_head = conn.head_only();
         let idempotent = reuse::is_idempotent(&conn.pending()[head.method.clone()]);
         let mut first = match self.first_bytes(conn) {
             Ok(first) => first,
@@ -197,7 +191,6 @@ impl Anycast<'_> {
         let mut eb = ctx.bodies.lend();
         let mut hb = ctx.heads.lend();
         let big = ctx.answer_sizes.expect_large();
-        let mut replayed = false;
         // Pending request bytes to consume when the request turns out to be read whole.
         let request_len = head.head_len + first.consumed;
         let read_whole = in_hand.then_some(request_len);
@@ -205,113 +198,50 @@ impl Anycast<'_> {
         // `run` ends or its future is dropped (deadline, client gone).
         let mut _assigned = None;
 
-        let (mut ex, response) = loop {
-            // Selection: every refusal flags that executor offline for every worker and
-            // moves on (nothing was sent).
-            let runtime = self.runtime_id(conn);
-            let unresolved = |i| self.failed_over(i, "unresolved");
-            // A request waiting for a slot watches its client, as it does while the
-            // executor works.
-            let client: &D = conn;
-            let admitted = admit::admit(
-                ctx,
-                &mut snapshot,
-                self.addressing,
-                runtime,
-                &mut _assigned,
-                unresolved,
-                || client.gone(),
-            )
-            .await;
-            let (choice, addr) = match admitted {
-                Ok(admitted) => {
-                    if admitted.waited.is_some() {
-                        self.queued.set(admitted.waited);
-                    }
-                    (admitted.choice, admitted.addr)
-                }
-                Err(Refused::ClientGone) => return Served::closed(0),
-                Err(refused) => {
-                    let e = refused_answer(refused);
-                    // The request is answered: it must not be parsed again on keep-alive.
-                    conn.consume(request_len);
-                    return conn
-                        .answer_error(ctx, out, e, Asked::of(head, in_hand))
-                        .await;
-                }
-            };
-            let i = choice.executor;
-            self.choice.set(Some(choice));
-            let status = snapshot.executor(i);
-            self.write_head(conn, out, status, first.sent);
-            let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
-                Ok(ex) => ex,
-                Err(OpenError::Unreachable(why)) => {
-                    self.failed_over(i, why);
-                    continue;
-                }
-                Err(OpenError::Failed(cause)) => {
-                    return self.fail(conn, out, cause, read_whole).await
-                }
-            };
-            if let Some(rt) = self.runtime_id(conn) {
-                ctx.picker.mark_warm(&snapshot, i, rt);
+        let client: &D = conn;
+        let outgoing = Outgoing {
+            addressing: self.addressing,
+            runtime: self.runtime_id(client),
+            idempotent,
+            in_hand,
+            streams_body: !in_hand,
+            head_only: client.head_only(),
+            watch_after: WATCH_CLIENT_AFTER,
+        };
+        let rb = if big { eb.get() } else { hb.get() };
+        let sent = first.sent;
+        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
+            self.write_head(client, out, executor, sent);
+        };
+        let bufs = (rb, &mut *response_headers);
+        // A request waiting for a slot or its answer watches its client.
+        let connected = connect(
+            ctx,
+            &outgoing,
+            self.picked,
+            &mut _assigned,
+            out,
+            bufs,
+            write_head,
+            || client.gone(),
+        )
+        .await;
+        let (mut ex, response, replayed) = match connected {
+            Connected::Sent {
+                ex,
+                response,
+                replayed,
+            } => (ex, response, replayed),
+            Connected::Refused(Refused::ClientGone) | Connected::Gone => return Served::closed(0),
+            Connected::Refused(refused) => {
+                let e = refused_answer(refused);
+                // The request is answered: it must not be parsed again on keep-alive.
+                conn.consume(request_len);
+                return conn
+                    .answer_error(ctx, out, e, Asked::of(head, in_hand))
+                    .await;
             }
-            if let Err(e) = pump::write_keep(ex.stream(), out).await {
-                match reuse::after_silence(Attempt {
-                    idempotent,
-                    reused: ex.reused,
-                    replayed,
-                    in_hand,
-                }) {
-                    Silence::Replay => {
-                        replayed = true;
-                        ctx.pool.drop_idle(i);
-                        continue;
-                    }
-                    Silence::Fail(_) => {
-                        let cause = Cause::Send(e.kind());
-                        return self.fail(conn, out, cause, read_whole).await;
-                    }
-                }
-            }
-
-            // The rest of the request body streams while the answer is read (`upload`).
-            if first.rest.is_some() {
-                break (ex, None);
-            }
-
-            let rb = if big { eb.get() } else { hb.get() };
-            rb.clear();
-            let head = {
-                let read = exchange::read_response_head(ex.stream(), rb, is_head, response_headers);
-                wait_head(conn, std::pin::pin!(read)).await
-            };
-            match head {
-                None => return Served::closed(0),
-                Some(Ok(r)) => break (ex, Some(r)),
-                Some(Err(HeadFailure::Silent)) => {
-                    match reuse::after_silence(Attempt {
-                        idempotent,
-                        reused: ex.reused,
-                        replayed,
-                        in_hand,
-                    }) {
-                        // A pooled connection the executor closed just as it was taken:
-                        // its other idle ones are likely stale too.
-                        Silence::Replay => {
-                            replayed = true;
-                            ctx.pool.drop_idle(i);
-                        }
-                        Silence::Fail(cause) => {
-                            return self.fail(conn, out, cause, read_whole).await
-                        }
-                    }
-                }
-                Some(Err(HeadFailure::Failed(cause))) => {
-                    return self.fail(conn, out, cause, read_whole).await
-                }
-            }
+            Connected::Failed(cause) => return self.fail(conn, out, cause, read_whole).await,
         };
         let (served, reuse) = match (response, first.rest.as_mut()) {
             (Some(response), _) => {
@@ -349,7 +279,7 @@ impl Anycast<'_> {
             (None, None) => (Served::closed(0), Reuse::Discard(Discard::Failed)),
         };
         if !self.failed.get() {
-            if let Some(choice) = self.choice.get() {
+            if let Some(choice) = self.picked.choice.get() {
                 ctx.exchange_answered(choice.executor);
             }
         }
@@ -357,12 +287,6 @@ impl Anycast<'_> {
         conn.consume(request_len);
         ex.release(reuse);
         served
-    }
-
-    fn failed_over(&self, executor: ExecutorId, why: &'static str) {
-        if self.failover.get().is_none() {
-            self.failover.set(Some((executor, why)));
-        }
     }
 
     /// `x-opr-runtime-id`, read from the head in place (no copy per request).
@@ -385,7 +309,7 @@ impl Anycast<'_> {
         read_whole: Option<usize>,
     ) -> Served {
         let asked = Asked::of(self.head, read_whole.is_some());
-        if let Some(choice) = self.choice.get() {
+        if let Some(choice) = self.picked.choice.get() {
             self.failed.set(true);
             self.ctx
                 .exchange_failed(choice.executor, cause.is_executor_fault(), &cause);
@@ -395,7 +319,7 @@ impl Anycast<'_> {
         let pending = conn.pending();
         let head = self.head;
         let (method, target) = (&pending[head.method.clone()], &pending[head.target.clone()]);
-        report_http_error(self.ctx, &e, method, target, self.choice.get());
+        report_http_error(self.ctx, &e, method, target, self.picked.choice.get());
         let answered = conn.answer_error(self.ctx, out, e, asked).await;
         if let Some(n) = read_whole {
             conn.consume(n);
@@ -622,8 +546,14 @@ impl Anycast<'_> {
         let rw = ResponseRewrite { framing, close };
         rewrite::write_response_head(out, rb, response, response_headers, &rw);
         if self.debug {
-            let (choice, failover) = (self.choice.get(), self.failover.get());
-            explain(self.ctx, choice, failover, self.queued.get(), out);
+            let p = self.picked;
+            explain(
+                self.ctx,
+                p.choice.get(),
+                p.failover.get(),
+                p.queued.get(),
+                out,
+            );
         }
         let status = response.status;
         let broken = reuse::Reuse::Discard(Discard::Unfinished);
