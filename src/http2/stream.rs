@@ -17,12 +17,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use crate::access_log;
 use crate::admission::Refused;
 use crate::answer::{self, Answer, ProxyError, Route};
-use crate::balance::{Addressing, Choice};
+use crate::balance::Addressing;
 use crate::buffers::Loan;
 use crate::ctx::WorkerCtx;
 use crate::forward;
+use crate::forward::connect::{connect, Connected, Outgoing, Picked};
 use crate::forward::duplex::{self, Step, Upload};
-use crate::forward::exchange::{self, HeadFailure, OpenError};
+use crate::forward::exchange::{self, HeadFailure};
 use crate::forward::pump::{self, PumpError, Sink};
 use crate::forward::request::{self, Phase, LINGER};
 use crate::forward::reuse::{self, Attempt, ResponseEnd, Reuse, Silence};
@@ -31,7 +32,7 @@ use crate::http::head::{
 };
 use crate::http::rewrite;
 use crate::outcome::{Cause, Discard};
-use crate::snapshot::ExecutorId;
+use crate::snapshot::{ExecutorId, ExecutorStatus};
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -94,7 +95,7 @@ struct Stream {
     peer: SocketAddr,
     head_only: bool,
     phase: Cell<Phase>,
-    choice: Cell<Option<Choice>>,
+    picked: Picked,
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
     /// `METHOD target` for the access log (kept only when it is on).
@@ -123,7 +124,7 @@ pub(crate) async fn serve(
         peer,
         head_only: parts.method == http::Method::HEAD,
         phase: Cell::new(Phase::BeforeHead),
-        choice: Cell::new(None),
+        picked: Picked::default(),
         bytes_in: Cell::new(0),
         bytes_out: Cell::new(0),
         request_line: RefCell::new(Vec::new()),
@@ -137,7 +138,7 @@ pub(crate) async fn serve(
             client: peer.ip(),
             request_line: &line,
             status,
-            choice: s.choice.get(),
+            choice: s.picked.choice.get(),
             bytes_in: s.bytes_in.get(),
             bytes_out: s.bytes_out.get(),
             took: started.elapsed(),
@@ -251,11 +252,9 @@ impl Stream {
         limit: Option<u64>,
     ) -> u16 {
         let ctx = &*self.ctx;
-        let mut snapshot = ctx.snapshot();
         let has_body = request.head.has_body();
         let idempotent = reuse::is_idempotent(request.method());
         let runtime = request::runtime_id(request.find("x-opr-runtime-id"));
-        let mut replayed = false;
         let mut out = Vec::new();
         let mut hb = ctx.heads.lend();
         let mut eb = ctx.bodies.lend();
@@ -264,126 +263,61 @@ impl Stream {
         // Counted in flight to the executor it was last assigned to (least-request, p2c)
         // until the stream's future ends or is dropped.
         let mut assigned = None;
-        // The first executor that could not be reached, and how (for `x-opr-route`).
-        let failover = Cell::new(None);
-        let failed_over = |i: ExecutorId, why: &'static str| {
-            if failover.get().is_none() {
-                failover.set(Some((i, why)));
-            }
+        let outgoing = Outgoing {
+            addressing,
+            runtime,
+            idempotent,
+            in_hand: !has_body,
+            streams_body: has_body,
+            head_only: self.head_only,
+            // A stream waiting for a slot or its answer is abandoned as soon as its
+            // client resets it (docs/behaviour.md §5).
+            watch_after: Duration::ZERO,
         };
-        // How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
-        let mut queued = None;
-
-        let (mut ex, response) = loop {
-            // A stream waiting for a slot is dropped from the queue when its client
-            // resets it.
-            let admitted = forward::admit::admit(
-                ctx,
-                &mut snapshot,
-                addressing,
-                runtime,
-                &mut assigned,
-                |i| failed_over(i, "unresolved"),
-                || async {
-                    let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
-                },
-            )
-            .await;
-            let (choice, addr) = match admitted {
-                Ok(admitted) => {
-                    queued = queued.or(admitted.waited);
-                    (admitted.choice, admitted.addr)
-                }
-                Err(Refused::ClientGone) => return 0,
-                Err(refused) => return self.error(respond, forward::refused_answer(refused)),
-            };
-            let i = choice.executor;
-            self.choice.set(Some(choice));
-            let status = snapshot.executor(i);
+        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
             out.clear();
             // The proxy answers 100-continue itself: Expect never reaches the executor.
-            let rw = request::rewrite(ctx, self.peer.ip(), status, true);
-            rewrite::write_request_head(
+            let rw = request::rewrite(ctx, self.peer.ip(), executor, true);
+            rewrite::write_request_head(out, &request.buf, &request.head, &request.headers, &rw);
+        };
+        let connected = {
+            let respond = RefCell::new(&mut *respond);
+            let reset = &respond;
+            let gone = move || async move {
+                let _ = std::future::poll_fn(|cx| reset.borrow_mut().poll_reset(cx)).await;
+            };
+            let bufs = (hb.get(), &mut response_headers);
+            let picked = &self.picked;
+            connect(
+                ctx,
+                &outgoing,
+                picked,
+                &mut assigned,
                 &mut out,
-                &request.buf,
-                &request.head,
-                &request.headers,
-                &rw,
-            );
-            let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
-                Ok(ex) => ex,
-                Err(OpenError::Unreachable(why)) => {
-                    failed_over(i, why);
-                    continue;
-                }
-                Err(OpenError::Failed(cause)) => return self.bad_gateway(request, respond, cause),
-            };
-            if let Some(rt) = runtime {
-                ctx.picker.mark_warm(&snapshot, i, rt);
+                bufs,
+                write_head,
+                gone,
+            )
+            .await
+        };
+        let (mut ex, response, replayed) = match connected {
+            Connected::Sent {
+                ex,
+                response,
+                replayed,
+            } => (ex, response, replayed),
+            Connected::Refused(Refused::ClientGone) | Connected::Gone => return 0,
+            Connected::Refused(refused) => {
+                return self.error(respond, forward::refused_answer(refused))
             }
-            if let Err(e) = pump::write_keep(ex.stream(), &mut out).await {
-                match reuse::after_silence(Attempt {
-                    idempotent,
-                    reused: ex.reused,
-                    replayed,
-                    in_hand: !has_body,
-                }) {
-                    Silence::Replay => {
-                        replayed = true;
-                        ctx.pool.drop_idle(i);
-                        continue;
-                    }
-                    Silence::Fail(_) => {
-                        return self.bad_gateway(request, respond, Cause::Send(e.kind()))
-                    }
-                }
-            }
-            // A body streams while the answer is read (`upload`).
-            if has_body {
-                break (ex, None);
-            }
-            let rb = hb.get();
-            rb.clear();
-            let read = exchange::read_response_head(
-                ex.stream(),
-                rb,
-                self.head_only,
-                &mut response_headers,
-            );
-            // A client that resets the stream abandons the request: the executor
-            // connection is closed with `ex` (SPEC §5).
-            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-            let r = monoio::select! {
-                r = read => r,
-                _ = reset => return 0,
-            };
-            match r {
-                Ok(r) => break (ex, Some(r)),
-                Err(HeadFailure::Silent) => {
-                    match reuse::after_silence(Attempt {
-                        idempotent,
-                        reused: ex.reused,
-                        replayed,
-                        in_hand: !has_body,
-                    }) {
-                        Silence::Replay => {
-                            replayed = true;
-                            ctx.pool.drop_idle(i);
-                        }
-                        Silence::Fail(cause) => return self.bad_gateway(request, respond, cause),
-                    }
-                }
-                Err(HeadFailure::Failed(cause)) => {
-                    return self.bad_gateway(request, respond, cause)
-                }
-            }
+            Connected::Failed(cause) => return self.bad_gateway(request, respond, cause),
         };
 
         let debug = request::debug(&ctx.config, request.find("x-opr-debug"));
         let answer = Relay {
             request,
-            failover: failover.get(),
-            queued,
+            failover: self.picked.failover.get(),
+            queued: self.picked.queued.get(),
             debug,
         };
         let (status, reuse) = match response {
@@ -422,7 +356,7 @@ impl Stream {
         // the executor connection is closed with `ex`.
         if let Some(reuse) = reuse {
             ex.release(reuse);
-            if let Some(choice) = self.choice.get() {
+            if let Some(choice) = self.picked.choice.get() {
                 ctx.exchange_answered(choice.executor);
             }
         }
@@ -588,7 +522,7 @@ impl Stream {
         };
         out.clear();
         if answer.debug {
-            let (choice, failover) = (self.choice.get(), answer.failover);
+            let (choice, failover) = (self.picked.choice.get(), answer.failover);
             forward::write_route(ctx, choice, failover, answer.queued, out);
         }
         let head = super::head::executor_answer(rb, response, response_headers, framing, out);
@@ -776,7 +710,7 @@ impl Stream {
         cause: Cause,
     ) -> u16 {
         // Counted for passive ejection exactly as over HTTP/1.
-        if let Some(choice) = self.choice.get() {
+        if let Some(choice) = self.picked.choice.get() {
             self.ctx
                 .exchange_failed(choice.executor, cause.is_executor_fault(), &cause);
         }
@@ -804,6 +738,12 @@ impl Stream {
     /// Queue the report of a 502 / 504 (docs/behaviour.md §8), as HTTP/1 does.
     fn report(&self, request: &Request, e: &ProxyError) {
         let target = &request.buf[request.head.target.clone()];
-        forward::report_http_error(&self.ctx, e, request.method(), target, self.choice.get());
+        forward::report_http_error(
+            &self.ctx,
+            e,
+            request.method(),
+            target,
+            self.picked.choice.get(),
+        );
     }
 }
