@@ -54,12 +54,12 @@ pub(crate) struct Outgoing<'a> {
 
 /// How connecting ended.
 pub(crate) enum Connected<'c> {
-    /// The request went out (`replayed`: a second time); its answer's head, unless a body
-    /// is still to stream.
+    /// The request went out; its answer's head, unless a body is still to stream
+    /// (`silent`: the 502 cause should the executor then close without answering).
     Sent {
         ex: ExecutorConn<'c>,
         response: Option<ResponseHead>,
-        replayed: bool,
+        silent: Cause,
     },
     Refused(Refused),
     /// A 502 with this cause (the exchange is counted failed by the caller).
@@ -137,11 +137,19 @@ pub(crate) async fn connect<'c, G: Future<Output = ()>>(
             }
         }
         if req.streams_body {
+            // The body streams on: the request cannot be sent again.
+            let silent = match reuse::after_silence(Attempt {
+                in_hand: false,
+                ..attempt
+            }) {
+                Silence::Fail(cause) => cause,
+                Silence::Replay => Cause::ClosedNotReplayed,
+            };
             let response = None;
             return Connected::Sent {
                 ex,
                 response,
-                replayed,
+                silent,
             };
         }
         rb.clear();
@@ -153,11 +161,11 @@ pub(crate) async fn connect<'c, G: Future<Output = ()>>(
         match head {
             None => return Connected::Gone,
             Some(Ok(r)) => {
-                let response = Some(r);
+                let (response, silent) = (Some(r), Cause::ClosedNotReplayed);
                 return Connected::Sent {
                     ex,
                     response,
-                    replayed,
+                    silent,
                 };
             }
             Some(Err(HeadFailure::Silent)) => match reuse::after_silence(attempt) {

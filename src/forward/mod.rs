@@ -46,7 +46,7 @@ use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure};
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
 use request::Phase;
-use reuse::{Attempt, ResponseEnd, Reuse, Silence};
+use reuse::{ResponseEnd, Reuse};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
@@ -226,12 +226,12 @@ impl Anycast<'_> {
             || client.gone(),
         )
         .await;
-        let (mut ex, response, replayed) = match connected {
+        let (mut ex, response, silent) = match connected {
             Connected::Sent {
                 ex,
                 response,
-                replayed,
-            } => (ex, response, replayed),
+                silent,
+            } => (ex, response, silent),
             Connected::Refused(Refused::ClientGone) | Connected::Gone => return Served::closed(0),
             Connected::Refused(refused) => {
                 let e = refused_answer(refused);
@@ -243,41 +243,11 @@ impl Anycast<'_> {
             }
             Connected::Failed(cause) => return self.fail(conn, out, cause, read_whole).await,
         };
-        let (served, reuse) = match (response, first.rest.as_mut()) {
-            (Some(response), _) => {
-                let client = conn.socket();
-                let bufs = (&mut hb, &mut eb, big);
-                let answer = (&response, &response_headers[..]);
-                match self
-                    .relay(client, ex.stream(), bufs, out, answer, false)
-                    .await
-                {
-                    Ok(relayed) => relayed,
-                    Err(cause) => {
-                        let served = self.fail(conn, out, cause, Some(0)).await;
-                        (served, Reuse::Discard(Discard::Unfinished))
-                    }
-                }
-            }
-            (None, Some(rest)) => {
-                let bufs = (&mut hb, &mut eb, big);
-                let silent = match reuse::after_silence(Attempt {
-                    idempotent,
-                    reused: ex.reused,
-                    replayed,
-                    in_hand: false,
-                }) {
-                    Silence::Fail(cause) => cause,
-                    Silence::Replay => Cause::ClosedNotReplayed,
-                };
-                let request = (rest, silent);
-                // Its state lives in its own allocation, not in every request's.
-                let upload = self.upload(conn, &mut ex, request, bufs, out, response_headers);
-                Box::pin(upload).await
-            }
-            // The loop breaks without an answer only for a body still to come.
-            (None, None) => (Served::closed(0), Reuse::Discard(Discard::Failed)),
-        };
+        let bufs = (&mut hb, &mut eb, big);
+        let answer = (response, first.rest.as_mut(), silent);
+        let (served, reuse) = self
+            .answer(conn, &mut ex, answer, bufs, out, response_headers)
+            .await;
         if !self.failed.get() {
             if let Some(choice) = self.picked.choice.get() {
                 ctx.exchange_answered(choice.executor);
@@ -287,6 +257,41 @@ impl Anycast<'_> {
         conn.consume(request_len);
         ex.release(reuse);
         served
+    }
+
+    /// Relay the answer whose head was read, or stream the rest of the body while it is
+    /// read (`upload`, with `silent` the 502 cause of an executor that closes unanswering).
+    async fn answer<D: Downstream>(
+        &self,
+        conn: &mut D,
+        ex: &mut ExecutorConn<'_>,
+        (response, rest, silent): (Option<ResponseHead>, Option<&mut Body>, Cause),
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+    ) -> (Served, Reuse) {
+        match (response, rest) {
+            (Some(response), _) => {
+                let client = conn.socket();
+                let answer = (&response, &response_headers[..]);
+                let relayed = self.relay(client, ex.stream(), (hb, eb, big), out, answer, false);
+                match relayed.await {
+                    Ok(relayed) => relayed,
+                    Err(cause) => {
+                        let served = self.fail(conn, out, cause, Some(0)).await;
+                        (served, Reuse::Discard(Discard::Unfinished))
+                    }
+                }
+            }
+            (None, Some(rest)) => {
+                let request = (rest, silent);
+                // Its state lives in its own allocation, not in every request's.
+                let upload = self.upload(conn, ex, request, (hb, eb, big), out, response_headers);
+                Box::pin(upload).await
+            }
+            // Connecting ends without an answer's head only for a body still to come.
+            (None, None) => (Served::closed(0), Reuse::Discard(Discard::Failed)),
+        }
     }
 
     /// `x-opr-runtime-id`, read from the head in place (no copy per request).

@@ -26,7 +26,7 @@ use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure};
 use crate::forward::pump::{self, PumpError, Sink};
 use crate::forward::request::{self, Phase, LINGER};
-use crate::forward::reuse::{self, Attempt, ResponseEnd, Reuse, Silence};
+use crate::forward::reuse::{self, ResponseEnd, Reuse};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
@@ -300,12 +300,12 @@ impl Stream {
             )
             .await
         };
-        let (mut ex, response, replayed) = match connected {
+        let (mut ex, response, silent) = match connected {
             Connected::Sent {
                 ex,
                 response,
-                replayed,
-            } => (ex, response, replayed),
+                silent,
+            } => (ex, response, silent),
             Connected::Refused(Refused::ClientGone) | Connected::Gone => return 0,
             Connected::Refused(refused) => {
                 return self.error(respond, forward::refused_answer(refused))
@@ -328,15 +328,6 @@ impl Stream {
                     .await
             }
             None => {
-                let silent = match reuse::after_silence(Attempt {
-                    idempotent,
-                    reused: ex.reused,
-                    replayed,
-                    in_hand: false,
-                }) {
-                    Silence::Fail(cause) => cause,
-                    Silence::Replay => Cause::ClosedNotReplayed,
-                };
                 let bufs = (&mut hb, &mut eb, &mut out);
                 let upload = self.upload(
                     &answer,
