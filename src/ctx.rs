@@ -1,5 +1,6 @@
 //! What one worker's connection tasks share: config, the snapshot reader, picker, pool,
-//! buffers, the stop signal and the count of active connections. `!Send` by design.
+//! buffers, the stop signal and the count of active connections (`!Send` by design),
+//! and the actions on one executor's health (`ExecutorHealth`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -139,69 +140,77 @@ impl WorkerCtx {
         self.active.get()
     }
 
-    /// Count a request in flight to `executor` (for `least-request`, `p2c` and the
+    /// One executor's health, as this worker acts on it.
+    pub(crate) fn executor(&self, id: ExecutorId) -> ExecutorHealth<'_> {
+        ExecutorHealth { ctx: self, id }
+    }
+}
+
+/// The actions on one executor's health, in one place: count a request in flight to it,
+/// count an exchange failed (ejection after `OPR_PROXY_EJECT_AFTER`) or answered, flag it
+/// offline for every worker.
+pub(crate) struct ExecutorHealth<'a> {
+    ctx: &'a WorkerCtx,
+    id: ExecutorId,
+}
+
+impl<'a> ExecutorHealth<'a> {
+    /// Count a request in flight to this executor (for `least-request`, `p2c` and the
     /// metrics) until the returned guard drops.
-    pub(crate) fn assign(&self, executor: ExecutorId) -> Assignment<'_> {
-        self.m().executor_in_flight(executor, true);
+    pub(crate) fn assign(&self) -> Assignment<'a> {
+        let (ctx, executor) = (self.ctx, self.id);
+        ctx.m().executor_in_flight(executor, true);
         Assignment {
-            ctx: self,
-            picked: Some(self.picker.assign(executor)),
+            ctx,
+            picked: Some(ctx.picker.assign(executor)),
         }
     }
 
-    /// An exchange with `executor` failed in a way the proxy answers `502` (or logs, for a
+    /// An exchange with this executor failed in a way the proxy answers `502` (or logs, for a
     /// broadcast copy). After `OPR_PROXY_EJECT_AFTER` of them in a row on this worker the
     /// executor is flagged offline for every worker until a probe passes.
     /// Failures that are not the executor's (`fault` false, see
     /// `Cause::is_executor_fault`) are not counted; `cause` is what the log says.
-    pub(crate) fn exchange_failed(
-        &self,
-        executor: ExecutorId,
-        fault: bool,
-        cause: &dyn std::fmt::Display,
-    ) {
+    pub(crate) fn failed(&self, fault: bool, cause: &dyn std::fmt::Display) {
         if !fault {
             return;
         }
-        if let Some(n) = self.outliers.failed(executor) {
+        if let Some(n) = self.ctx.outliers.failed(self.id) {
             let reason = format_args!("{n} consecutive failed requests (last: {cause})");
-            if self.flag_offline(executor, &reason) {
-                self.m().executor_ejected(executor);
+            if self.flag_offline(&reason) {
+                self.ctx.m().executor_ejected(self.id);
             }
         }
     }
 
     /// The executor answered: its failures are no longer consecutive.
-    pub(crate) fn exchange_answered(&self, executor: ExecutorId) {
-        self.outliers.answered(executor);
+    pub(crate) fn answered(&self) {
+        self.ctx.outliers.answered(self.id);
     }
 
     /// The executor refused or did not answer a connection: every worker skips it until
     /// the checker sees a probe pass. Logged once, by the worker that flagged it. Returns
     /// whether this call raised the flag.
-    pub(crate) fn flag_offline(
-        &self,
-        executor: ExecutorId,
-        reason: &dyn std::fmt::Display,
-    ) -> bool {
+    pub(crate) fn flag_offline(&self, reason: &dyn std::fmt::Display) -> bool {
+        let ctx = self.ctx;
         // Raised by this call only once, however many workers see the refusal.
-        if !self.board.flag_offline(executor) {
+        if !ctx.board.flag_offline(self.id) {
             return false;
         }
-        let snapshot = self.snapshot();
+        let snapshot = ctx.snapshot();
         let name = snapshot
             .executors
-            .get(executor.index())
+            .get(self.id.index())
             .map_or("?", |e| e.hostname.as_str());
         warn!(
             "Executor \"{name}\" went offline: {reason} (flagged by worker {})",
-            self.id
+            ctx.id
         );
-        if self.reporter.is_enabled() {
-            self.reporter.report(Report::HealthCheckError {
+        if ctx.reporter.is_enabled() {
+            ctx.reporter.report(Report::HealthCheckError {
                 executor: name.to_string(),
                 reason: reason.to_string(),
-                worker: Some(self.id),
+                worker: Some(ctx.id),
             });
         }
         true

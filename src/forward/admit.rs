@@ -32,7 +32,7 @@ pub(crate) fn pick<'c>(
         let flagged = |i| ctx.board.is_flagged_offline(i) || ctx.admission.at_cap(ctx, i);
         let choice = ctx.picker.select(snapshot, addressing, runtime, flagged)?;
         let i = choice.executor;
-        *assigned = Some(ctx.assign(i));
+        *assigned = Some(ctx.executor(i).assign());
         match snapshot.executor(i).addrs.first() {
             Some(&addr) => {
                 if let Some(owner) = choice.spilled_from {
@@ -41,7 +41,7 @@ pub(crate) fn pick<'c>(
                 return Some((choice, addr));
             }
             None => {
-                ctx.flag_offline(i, &"its address did not resolve");
+                ctx.executor(i).flag_offline(&"its address did not resolve");
                 unresolved(i);
             }
         }
@@ -324,7 +324,7 @@ mod tests {
     fn a_newcomer_does_not_take_a_slot_promised_to_a_waiter() {
         let ctx = ctx(1, 1, 16);
         block_on(async {
-            let held = ctx.assign(ExecutorId::new(0));
+            let held = ctx.executor(ExecutorId::new(0)).assign();
             let served = Rc::new(RefCell::new(Vec::new()));
             let release = Rc::new(Cell::new(0));
             let waiter = monoio::spawn(request(ctx.clone(), 1, served.clone(), release.clone()));
@@ -345,7 +345,7 @@ mod tests {
     fn full_queue_and_timeout_and_drain_answer_503() {
         let full = ctx(1, 1, 1);
         block_on(async {
-            let _held = full.assign(ExecutorId::new(0));
+            let _held = full.executor(ExecutorId::new(0)).assign();
             let served = Rc::new(RefCell::new(Vec::new()));
             let release = Rc::new(Cell::new(0));
             let _waiter = monoio::spawn(request(full.clone(), 1, served.clone(), release.clone()));
@@ -358,7 +358,7 @@ mod tests {
         });
         let none = ctx(1, 1, 0);
         block_on(async {
-            let _held = none.assign(ExecutorId::new(0));
+            let _held = none.executor(ExecutorId::new(0)).assign();
             let r = request(none.clone(), 1, Default::default(), Default::default()).await;
             assert_eq!(
                 r,
@@ -373,7 +373,7 @@ mod tests {
         let ctx = ctx(1, 1, 16);
         block_on(async {
             let mut snapshot = ctx.snapshot();
-            let mut assigned = Some(ctx.assign(ExecutorId::new(0)));
+            let mut assigned = Some(ctx.executor(ExecutorId::new(0)).assign());
             // Someone waits for the one slot; the request that holds it chooses again
             // (say its pooled connection was stale): it keeps the slot, without waiting.
             let release = Rc::new(Cell::new(0));
@@ -399,7 +399,9 @@ mod tests {
     fn no_cap_never_queues() {
         let ctx = ctx(1, 0, 0);
         block_on(async {
-            let _held: Vec<_> = (0..100).map(|_| ctx.assign(ExecutorId::new(0))).collect();
+            let _held: Vec<_> = (0..100)
+                .map(|_| ctx.executor(ExecutorId::new(0)).assign())
+                .collect();
             let r = request(ctx.clone(), 0, Default::default(), Rc::new(Cell::new(1))).await;
             assert_eq!(r, Ok(0));
         });

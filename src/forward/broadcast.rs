@@ -224,7 +224,7 @@ pub(crate) async fn fan_out(
     for &i in &targets {
         let status = snapshot.executor(i);
         let Some(&addr) = status.addrs.first() else {
-            ctx.flag_offline(i, &"its address did not resolve");
+            ctx.executor(i).flag_offline(&"its address did not resolve");
             continue;
         };
         let mut request = Vec::with_capacity(1024);
@@ -243,13 +243,13 @@ pub(crate) async fn fan_out(
                 idempotent,
             };
             // Counted in flight like an anycast request, so least-request sees the load.
-            let _assigned = ctx.assign(i);
+            let _assigned = ctx.executor(i).assign();
             match monoio::time::timeout_at(deadline.into(), one.send(request, body)).await {
-                Ok(Ok(_status)) => ctx.exchange_answered(i),
+                Ok(Ok(_status)) => ctx.executor(i).answered(),
                 Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
                 Ok(Err(why)) => {
                     warn!("Broadcast to executor \"{hostname}\" failed: {why}");
-                    ctx.exchange_failed(i, why.is_executor_fault(), &why);
+                    ctx.executor(i).failed(why.is_executor_fault(), &why);
                 }
                 // A slow executor is not a broken one: timeouts are not counted.
                 Err(_) => warn!("Broadcast to executor \"{hostname}\" failed: timed out"),

@@ -153,7 +153,7 @@ pub(crate) async fn open(
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Err(_) => {
             let reason = format_args!("connect timed out after {} s", timeout.as_secs());
-            ctx.flag_offline(executor, &reason);
+            ctx.executor(executor).flag_offline(&reason);
             Err(OpenError::Unreachable("timed out"))
         }
         Ok(Err(e)) => match e.kind() {
@@ -162,7 +162,7 @@ pub(crate) async fn open(
             | io::ErrorKind::NetworkUnreachable
             | io::ErrorKind::AddrNotAvailable
             | io::ErrorKind::TimedOut => {
-                ctx.flag_offline(executor, &e);
+                ctx.executor(executor).flag_offline(&e);
                 let why = match e.kind() {
                     io::ErrorKind::ConnectionRefused => "refused",
                     io::ErrorKind::TimedOut => "timed out",

@@ -250,7 +250,7 @@ impl Anycast<'_> {
             .await;
         if !self.failed.get() {
             if let Some(choice) = self.picked.choice.get() {
-                ctx.exchange_answered(choice.executor);
+                ctx.executor(choice.executor).answered();
             }
         }
         // After the relay: a 502 it answers reports the request's method and path.
@@ -317,7 +317,8 @@ impl Anycast<'_> {
         if let Some(choice) = self.picked.choice.get() {
             self.failed.set(true);
             self.ctx
-                .exchange_failed(choice.executor, cause.is_executor_fault(), &cause);
+                .executor(choice.executor)
+                .failed(cause.is_executor_fault(), &cause);
         }
         // Consumed after the answer: its report reads the request's method and path.
         let e = ProxyError::BadGateway(cause);

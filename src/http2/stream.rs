@@ -348,7 +348,7 @@ impl Stream {
         if let Some(reuse) = reuse {
             ex.release(reuse);
             if let Some(choice) = self.picked.choice.get() {
-                ctx.exchange_answered(choice.executor);
+                ctx.executor(choice.executor).answered();
             }
         }
         status
@@ -703,7 +703,8 @@ impl Stream {
         // Counted for passive ejection exactly as over HTTP/1.
         if let Some(choice) = self.picked.choice.get() {
             self.ctx
-                .exchange_failed(choice.executor, cause.is_executor_fault(), &cause);
+                .executor(choice.executor)
+                .failed(cause.is_executor_fault(), &cause);
         }
         let e = ProxyError::BadGateway(cause);
         self.report(request, &e);
