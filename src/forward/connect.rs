@@ -108,7 +108,7 @@ pub(crate) async fn connect<'c, G: Future<Output = ()>>(
         let i = admitted.choice.executor;
         picked.choice.set(Some(admitted.choice));
         write_head(snapshot.executor(i), out);
-        let mut ex = match exchange::open(ctx, i, admitted.addr, !replayed).await {
+        let ex = match exchange::open(ctx, i, admitted.addr, !replayed).await {
             Ok(ex) => ex,
             // Refused or unreachable: flagged offline for every worker; nothing was sent.
             Err(OpenError::Unreachable(why)) => {
@@ -126,60 +126,73 @@ pub(crate) async fn connect<'c, G: Future<Output = ()>>(
             replayed,
             in_hand: req.in_hand,
         };
-        if let Err(e) = pump::write_keep(ex.stream(), out).await {
-            match reuse::after_silence(attempt) {
-                Silence::Replay => {
-                    replayed = true;
-                    ctx.pool.drop_idle(i);
-                    continue;
-                }
-                Silence::Fail(_) => return Connected::Failed(Cause::Send(e.kind())),
+        let bufs = (&mut *rb, &mut *response_headers);
+        match send(ex, req, attempt, out, bufs, &gone).await {
+            Some(connected) => return connected,
+            // A pooled connection the executor closed just as it was taken: its other
+            // idle ones are likely stale too.
+            None => {
+                replayed = true;
+                ctx.pool.drop_idle(i);
             }
         }
-        if req.streams_body {
-            // The body streams on: the request cannot be sent again.
-            let silent = match reuse::after_silence(Attempt {
-                in_hand: false,
-                ..attempt
-            }) {
-                Silence::Fail(cause) => cause,
-                Silence::Replay => Cause::ClosedNotReplayed,
-            };
-            let response = None;
-            return Connected::Sent {
+    }
+}
+
+/// Send the request in `out` on `ex` and read its answer's head (unless a body is still to
+/// stream). `None`: the executor closed a reused connection without a byte of an answer
+/// and the request may go again (`reuse::after_silence`).
+async fn send<'c, G: Future<Output = ()>>(
+    mut ex: ExecutorConn<'c>,
+    req: &Outgoing<'_>,
+    attempt: Attempt,
+    out: &mut Vec<u8>,
+    (rb, response_headers): (&mut Vec<u8>, &mut Vec<HeaderRef>),
+    gone: &impl Fn() -> G,
+) -> Option<Connected<'c>> {
+    if let Err(e) = pump::write_keep(ex.stream(), out).await {
+        return match reuse::after_silence(attempt) {
+            Silence::Replay => None,
+            Silence::Fail(_) => Some(Connected::Failed(Cause::Send(e.kind()))),
+        };
+    }
+    if req.streams_body {
+        // The body streams on: the request cannot be sent again.
+        let silent = match reuse::after_silence(Attempt {
+            in_hand: false,
+            ..attempt
+        }) {
+            Silence::Fail(cause) => cause,
+            Silence::Replay => Cause::ClosedNotReplayed,
+        };
+        let response = None;
+        return Some(Connected::Sent {
+            ex,
+            response,
+            silent,
+        });
+    }
+    rb.clear();
+    let head = {
+        let read = exchange::read_response_head(ex.stream(), rb, req.head_only, response_headers);
+        watching(req.watch_after, std::pin::pin!(read), gone).await
+    };
+    Some(match head {
+        None => Connected::Gone,
+        Some(Ok(r)) => {
+            let (response, silent) = (Some(r), Cause::ClosedNotReplayed);
+            Connected::Sent {
                 ex,
                 response,
                 silent,
-            };
-        }
-        rb.clear();
-        let head = {
-            let read =
-                exchange::read_response_head(ex.stream(), rb, req.head_only, response_headers);
-            watching(req.watch_after, std::pin::pin!(read), &gone).await
-        };
-        match head {
-            None => return Connected::Gone,
-            Some(Ok(r)) => {
-                let (response, silent) = (Some(r), Cause::ClosedNotReplayed);
-                return Connected::Sent {
-                    ex,
-                    response,
-                    silent,
-                };
             }
-            Some(Err(HeadFailure::Silent)) => match reuse::after_silence(attempt) {
-                // A pooled connection the executor closed just as it was taken: its other
-                // idle ones are likely stale too.
-                Silence::Replay => {
-                    replayed = true;
-                    ctx.pool.drop_idle(i);
-                }
-                Silence::Fail(cause) => return Connected::Failed(cause),
-            },
-            Some(Err(HeadFailure::Failed(cause))) => return Connected::Failed(cause),
         }
-    }
+        Some(Err(HeadFailure::Silent)) => match reuse::after_silence(attempt) {
+            Silence::Replay => return None,
+            Silence::Fail(cause) => Connected::Failed(cause),
+        },
+        Some(Err(HeadFailure::Failed(cause))) => Connected::Failed(cause),
+    })
 }
 
 /// Wait for `read`; once it took `after`, also watch the client (`gone`). `None`: the
