@@ -19,7 +19,7 @@ use crate::admission::Refused;
 use crate::answer::{self, Answer, ProxyError, Route};
 use crate::balance::Addressing;
 use crate::buffers::Loan;
-use crate::ctx::WorkerCtx;
+use crate::ctx::{Assignment, WorkerCtx};
 use crate::forward;
 use crate::forward::connect::{connect, Connected, Outgoing, Picked};
 use crate::forward::duplex::{self, Step, Upload};
@@ -32,7 +32,7 @@ use crate::http::head::{
 };
 use crate::http::rewrite;
 use crate::outcome::{Cause, Discard};
-use crate::snapshot::{ExecutorId, ExecutorStatus};
+use crate::snapshot::ExecutorStatus;
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -45,12 +45,8 @@ type Buffers<'b, 'p> = (
 /// What a relayed answer needs of its stream's request.
 struct Relay<'a> {
     request: &'a Request,
-    /// The first executor that could not be reached, and how (for `x-opr-route`).
-    failover: Option<(ExecutorId, &'static str)>,
     /// Explain the choice in `x-opr-route`.
     debug: bool,
-    /// How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
-    queued: Option<Duration>,
 }
 
 /// A stream's request as the HTTP/1 code sees it: its head written out as HTTP/1.1.
@@ -252,54 +248,17 @@ impl Stream {
         limit: Option<u64>,
     ) -> u16 {
         let ctx = &*self.ctx;
-        let has_body = request.head.has_body();
-        let idempotent = reuse::is_idempotent(request.method());
-        let runtime = request::runtime_id(request.find("x-opr-runtime-id"));
         let mut out = Vec::new();
         let mut hb = ctx.heads.lend();
         let mut eb = ctx.bodies.lend();
         let mut response_headers = Vec::new();
-
         // Counted in flight to the executor it was last assigned to (least-request, p2c)
         // until the stream's future ends or is dropped.
         let mut assigned = None;
-        let outgoing = Outgoing {
-            addressing,
-            runtime,
-            idempotent,
-            in_hand: !has_body,
-            streams_body: has_body,
-            head_only: self.head_only,
-            // A stream waiting for a slot or its answer is abandoned as soon as its
-            // client resets it (docs/behaviour.md §5).
-            watch_after: Duration::ZERO,
-        };
-        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
-            out.clear();
-            // The proxy answers 100-continue itself: Expect never reaches the executor.
-            let rw = request::rewrite(ctx, self.peer.ip(), executor, true);
-            rewrite::write_request_head(out, &request.buf, &request.head, &request.headers, &rw);
-        };
-        let connected = {
-            let respond = RefCell::new(&mut *respond);
-            let reset = &respond;
-            let gone = move || async move {
-                let _ = std::future::poll_fn(|cx| reset.borrow_mut().poll_reset(cx)).await;
-            };
-            let bufs = (hb.get(), &mut response_headers);
-            let picked = &self.picked;
-            connect(
-                ctx,
-                &outgoing,
-                picked,
-                &mut assigned,
-                &mut out,
-                bufs,
-                write_head,
-                gone,
-            )
-            .await
-        };
+        let bufs = (hb.get(), &mut response_headers);
+        let connected = self
+            .connect(request, respond, addressing, &mut assigned, &mut out, bufs)
+            .await;
         let (mut ex, response, silent) = match connected {
             Connected::Sent {
                 ex,
@@ -314,12 +273,7 @@ impl Stream {
         };
 
         let debug = request::debug(&ctx.config, request.find("x-opr-debug"));
-        let answer = Relay {
-            request,
-            failover: self.picked.failover.get(),
-            queued: self.picked.queued.get(),
-            debug,
-        };
+        let answer = Relay { request, debug };
         let (status, reuse) = match response {
             Some(response) => {
                 let answered = (&response, &response_headers[..]);
@@ -352,6 +306,46 @@ impl Stream {
             }
         }
         status
+    }
+
+    /// Connect the stream's request (`forward::connect`): its head is the rewrite of the
+    /// HTTP/1 form, and a reset abandons it at any point (docs/behaviour.md §5).
+    async fn connect<'c>(
+        &'c self,
+        request: &Request,
+        respond: &mut SendResponse<Bytes>,
+        addressing: Addressing,
+        assigned: &mut Option<Assignment<'c>>,
+        out: &mut Vec<u8>,
+        bufs: (&mut Vec<u8>, &mut Vec<HeaderRef>),
+    ) -> Connected<'c> {
+        let ctx = &*self.ctx;
+        let has_body = request.head.has_body();
+        let outgoing = Outgoing {
+            addressing,
+            runtime: request::runtime_id(request.find("x-opr-runtime-id")),
+            idempotent: reuse::is_idempotent(request.method()),
+            in_hand: !has_body,
+            streams_body: has_body,
+            head_only: self.head_only,
+            watch_after: Duration::ZERO,
+        };
+        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
+            out.clear();
+            // The proxy answers 100-continue itself: Expect never reaches the executor.
+            let rw = request::rewrite(ctx, self.peer.ip(), executor, true);
+            rewrite::write_request_head(out, &request.buf, &request.head, &request.headers, &rw);
+        };
+        let respond = RefCell::new(respond);
+        let reset = &respond;
+        let gone = move || async move {
+            let _ = std::future::poll_fn(|cx| reset.borrow_mut().poll_reset(cx)).await;
+        };
+        let picked = &self.picked;
+        connect(
+            ctx, &outgoing, picked, assigned, out, bufs, write_head, gone,
+        )
+        .await
     }
 
     /// The request body streams to the executor while its answer is read (RFC 9112 §9.6),
@@ -513,8 +507,8 @@ impl Stream {
         };
         out.clear();
         if answer.debug {
-            let (choice, failover) = (self.picked.choice.get(), answer.failover);
-            forward::write_route(ctx, choice, failover, answer.queued, out);
+            let p = &self.picked;
+            forward::write_route(ctx, p.choice.get(), p.failover.get(), p.queued.get(), out);
         }
         let head = super::head::executor_answer(rb, response, response_headers, framing, out);
         let status = response.status;
