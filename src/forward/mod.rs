@@ -30,7 +30,7 @@ use crate::admission::Refused;
 use crate::answer::ProxyError;
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
-use crate::ctx::WorkerCtx;
+use crate::ctx::{Assignment, WorkerCtx};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
@@ -179,7 +179,6 @@ impl Anycast<'_> {
     ) -> Served {
         let ctx = self.ctx;
         let head = self.head;
-        let idempotent = reuse::is_idempotent(&conn.pending()[head.method.clone()]);
         let mut first = match self.first_bytes(conn) {
             Ok(first) => first,
             Err(e) => return conn.answer_error(ctx, out, e, Asked::UNREAD).await,
@@ -198,34 +197,11 @@ impl Anycast<'_> {
         // `run` ends or its future is dropped (deadline, client gone).
         let mut _assigned = None;
 
-        let client: &D = conn;
-        let outgoing = Outgoing {
-            addressing: self.addressing,
-            runtime: self.runtime_id(client),
-            idempotent,
-            in_hand,
-            streams_body: !in_hand,
-            head_only: client.head_only(),
-            watch_after: WATCH_CLIENT_AFTER,
-        };
         let rb = if big { eb.get() } else { hb.get() };
-        let sent = first.sent;
-        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
-            self.write_head(client, out, executor, sent);
-        };
         let bufs = (rb, &mut *response_headers);
-        // A request waiting for a slot or its answer watches its client.
-        let connected = connect(
-            ctx,
-            &outgoing,
-            self.picked,
-            &mut _assigned,
-            out,
-            bufs,
-            write_head,
-            || client.gone(),
-        )
-        .await;
+        let connected = self
+            .connect(conn, &first, in_hand, &mut _assigned, out, bufs)
+            .await;
         let (mut ex, response, silent) = match connected {
             Connected::Sent {
                 ex,
@@ -257,6 +233,45 @@ impl Anycast<'_> {
         conn.consume(request_len);
         ex.release(reuse);
         served
+    }
+
+    /// Connect the request (`connect`): its head is the rewrite of the client's, followed
+    /// by the body bytes in hand; a client that leaves abandons it.
+    async fn connect<'c, D: Downstream>(
+        &'c self,
+        conn: &D,
+        first: &FirstBytes,
+        in_hand: bool,
+        assigned: &mut Option<Assignment<'c>>,
+        out: &mut Vec<u8>,
+        bufs: (&mut Vec<u8>, &mut Vec<HeaderRef>),
+    ) -> Connected<'c> {
+        let outgoing = Outgoing {
+            addressing: self.addressing,
+            runtime: self.runtime_id(conn),
+            idempotent: reuse::is_idempotent(&conn.pending()[self.head.method.clone()]),
+            in_hand,
+            streams_body: !in_hand,
+            head_only: conn.head_only(),
+            watch_after: WATCH_CLIENT_AFTER,
+        };
+        let sent = first.sent;
+        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
+            self.write_head(conn, out, executor, sent);
+        };
+        let ctx = self.ctx;
+        let gone = || conn.gone();
+        connect(
+            ctx,
+            &outgoing,
+            self.picked,
+            assigned,
+            out,
+            bufs,
+            write_head,
+            gone,
+        )
+        .await
     }
 
     /// Relay the answer whose head was read, or stream the rest of the body while it is
