@@ -553,34 +553,17 @@ impl Anycast<'_> {
         (response, response_headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
     ) -> Result<(Served, Reuse), Cause> {
-        let client_http10 = self.head.minor_version == 0;
-        let (mut body, framing) = exchange::response_body(response.framing, client_http10);
-        let ended = match framing {
-            ResponseFraming::UntilClose => AnswerEnd::ByClose,
-            _ => AnswerEnd::AtBoundary,
-        };
-        let asked = Asked::of(self.head, !early_answer);
-        let close = outcome::fate(asked, ended, self.ctx.stopping.get()) == After::Close;
+        let http10 = self.head.minor_version == 0;
+        let (mut body, framing) = exchange::response_body(response.framing, http10);
+        let close = self.fate(framing, early_answer) == After::Close;
         // The buffer the answer was read into.
         let rb = if big { eb.get() } else { hb.get() };
-        out.clear();
         let rw = ResponseRewrite { framing, close };
-        rewrite::write_response_head(out, rb, response, response_headers, &rw);
-        if self.debug {
-            let p = self.picked;
-            explain(
-                self.ctx,
-                p.choice.get(),
-                p.failover.get(),
-                p.queued.get(),
-                out,
-            );
-        }
+        self.write_response_head(out, rb, (response, response_headers), &rw);
         let status = response.status;
         let broken = reuse::Reuse::Discard(Discard::Unfinished);
-        let stalled = reuse::Reuse::Discard(Discard::ClientStalled);
+        let client_stalled = reuse::Reuse::Discard(Discard::ClientStalled);
         let stall = self.ctx.config.body_timeout;
-
         // The head is not sent yet: a clean 502 is still possible.
         let end = exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
             .map_err(|e| request::body_cause(e, Cause::ClosedMidHead))?;
@@ -597,12 +580,11 @@ impl Anycast<'_> {
             let written = pump::write_within(client, out, 0, len, None).await;
             out.clear();
             if let Err(e) = written {
-                let why = if e.kind() == io::ErrorKind::TimedOut {
-                    stalled
-                } else {
-                    broken
-                };
-                return Ok((Served::closed(status), why));
+                let stalled = e.kind() == io::ErrorKind::TimedOut;
+                return Ok((
+                    Served::closed(status),
+                    if stalled { client_stalled } else { broken },
+                ));
             }
         }
         let mut answer_len = head_len;
@@ -621,7 +603,9 @@ impl Anycast<'_> {
                 match pumped {
                     Ok(after) if after.is_empty() => ResponseEnd::Clean,
                     Ok(_) => ResponseEnd::Leftover,
-                    Err(PumpError::SinkStalled) => return Ok((Served::closed(status), stalled)),
+                    Err(PumpError::SinkStalled) => {
+                        return Ok((Served::closed(status), client_stalled))
+                    }
                     // The held head never left: nothing reached the client, so a clean 502
                     // is still possible (a client that left gets nothing).
                     Err(e) if !out.is_empty() && e != PumpError::Sink => {
@@ -639,6 +623,37 @@ impl Anycast<'_> {
             Served::new(After::close_if(close), status),
             reuse::after_exchange(response, !early_answer, end),
         ))
+    }
+}
+
+impl Anycast<'_> {
+    /// The client connection's fate after a relayed answer (`outcome::fate`): its body
+    /// delimited by close, or an early answer (the body not read whole), close it.
+    fn fate(&self, framing: ResponseFraming, early_answer: bool) -> After {
+        let ended = match framing {
+            ResponseFraming::UntilClose => AnswerEnd::ByClose,
+            _ => AnswerEnd::AtBoundary,
+        };
+        let asked = Asked::of(self.head, !early_answer);
+        outcome::fate(asked, ended, self.ctx.stopping.get())
+    }
+
+    /// The client's response head in `out`: the executor's through the rewrite, and
+    /// `x-opr-route` when asked.
+    fn write_response_head(
+        &self,
+        out: &mut Vec<u8>,
+        rb: &[u8],
+        (response, headers): (&ResponseHead, &[HeaderRef]),
+        rw: &ResponseRewrite,
+    ) {
+        out.clear();
+        rewrite::write_response_head(out, rb, response, headers, rw);
+        if self.debug {
+            let p = self.picked;
+            let (choice, failover, queued) = (p.choice.get(), p.failover.get(), p.queued.get());
+            explain(self.ctx, choice, failover, queued, out);
+        }
     }
 }
 
