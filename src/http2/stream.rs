@@ -531,49 +531,13 @@ impl Stream {
         };
         let send = RefCell::new(send);
         self.phase.set(Phase::HeadSent(status));
-        let stall = ctx.config.body_timeout;
-        // The client stopped reading: its stream is reset, the executor connection closed.
-        let stalled = |send: &RefCell<SendStream<Bytes>>| {
-            send.borrow_mut().send_reset(Reason::CANCEL);
-            (status, Some(Reuse::Discard(Discard::ClientStalled)))
-        };
-        let end = match (end, rbody.as_mut()) {
-            (ResponseEnd::Unfinished, Some(rbody)) => {
-                let sink = Sink::Front(&send, stall);
-                let pump = rbody.pump_after(ex, sink, eb, None, None, &mut first);
-                // A client that resets the stream mid-body abandons it: the executor
-                // connection is closed with `ex`, even while the executor is silent.
-                let pumped = monoio::select! {
-                    r = pump => Some(r),
-                    _ = super::io::reset(&send) => None,
-                };
-                self.bytes_out.set(rbody.written);
-                match pumped {
-                    None => return (status, None),
-                    Some(Ok(after)) if after.is_empty() => ResponseEnd::Clean,
-                    Some(Ok(_)) => ResponseEnd::Leftover,
-                    Some(Err(PumpError::SinkStalled)) => return stalled(&send),
-                    // Truncated or malformed: the client sees a reset, the executor
-                    // connection is closed.
-                    Some(Err(_)) => {
-                        send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
-                        return (status, None);
-                    }
-                }
-            }
-            (end, _) => {
-                if !first.is_empty() {
-                    match super::io::send_data(&send, &first, stall).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                            return stalled(&send)
-                        }
-                        Err(_) => return (status, None),
-                    }
-                    self.bytes_out.set(first.len() as u64);
-                }
-                end
-            }
+        let body = (end, rbody.as_mut());
+        let end = match self
+            .relay_body(ex, &send, body, eb, &mut first, status)
+            .await
+        {
+            Ok(end) => end,
+            Err(ended) => return ended,
         };
         if !no_body && send.borrow_mut().send_data(Bytes::new(), true).is_err() {
             return (status, None);
@@ -582,6 +546,64 @@ impl Stream {
             status,
             Some(reuse::after_exchange(response, !early_answer, end)),
         )
+    }
+
+    /// The body after the head went out: DATA frames as the window allows (`first`: the
+    /// bytes that came with the head). `Err`: the stream ended early (a reset, a client
+    /// that stopped reading, a truncated body), with the status and reuse to return.
+    async fn relay_body<R: AsyncReadRent + SpliceSource>(
+        &self,
+        ex: &mut R,
+        send: &RefCell<SendStream<Bytes>>,
+        (end, rbody): (ResponseEnd, Option<&mut pump::Body>),
+        eb: &mut Loan<'_, Vec<u8>>,
+        first: &mut Vec<u8>,
+        status: u16,
+    ) -> Result<ResponseEnd, (u16, Option<Reuse>)> {
+        let stall = self.ctx.config.body_timeout;
+        // The client stopped reading: its stream is reset, the executor connection closed.
+        let stalled = |send: &RefCell<SendStream<Bytes>>| {
+            send.borrow_mut().send_reset(Reason::CANCEL);
+            (status, Some(Reuse::Discard(Discard::ClientStalled)))
+        };
+        match (end, rbody) {
+            (ResponseEnd::Unfinished, Some(rbody)) => {
+                let sink = Sink::Front(send, stall);
+                let pump = rbody.pump_after(ex, sink, eb, None, None, first);
+                // A client that resets the stream mid-body abandons it: the executor
+                // connection is closed with `ex`, even while the executor is silent.
+                let pumped = monoio::select! {
+                    r = pump => Some(r),
+                    _ = super::io::reset(send) => None,
+                };
+                self.bytes_out.set(rbody.written);
+                match pumped {
+                    None => Err((status, None)),
+                    Some(Ok(after)) if after.is_empty() => Ok(ResponseEnd::Clean),
+                    Some(Ok(_)) => Ok(ResponseEnd::Leftover),
+                    Some(Err(PumpError::SinkStalled)) => Err(stalled(send)),
+                    // Truncated or malformed: the client sees a reset, the executor
+                    // connection is closed.
+                    Some(Err(_)) => {
+                        send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
+                        Err((status, None))
+                    }
+                }
+            }
+            (end, _) => {
+                if !first.is_empty() {
+                    match super::io::send_data(send, first, stall).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            return Err(stalled(send))
+                        }
+                        Err(_) => return Err((status, None)),
+                    }
+                    self.bytes_out.set(first.len() as u64);
+                }
+                Ok(end)
+            }
+        }
     }
 
     /// `x-opr-addressing-method: broadcast`: the whole (bounded) body, then every online
