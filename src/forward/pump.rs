@@ -261,15 +261,7 @@ impl Body {
             held.clear();
         }
         if let Some(pipes) = splice {
-            let spliced = match &mut dst {
-                Sink::Client(out, sink_stall) => {
-                    self.splice(src, *out, pipes, (stall, Some(*sink_stall)))
-                        .await?
-                }
-                Sink::Executor(out) => self.splice(src, *out, pipes, (stall, None)).await?,
-                _ => false,
-            };
-            if spliced {
+            if self.splice_to(src, &mut dst, pipes, stall).await? {
                 return Ok(0..0);
             }
             self.splice_fallback = true;
@@ -291,21 +283,8 @@ impl Body {
             };
             let n = read_at(src, buf, at, want, stall).await?;
             if n == 0 {
-                if !matches!(self.delimit, Delimit::Close) {
-                    return Err(PumpError::SourceClosed);
-                }
-                if at > room {
-                    dst.write(buf, 0, at).await?;
-                    held.clear();
-                }
-                if self.emit == Emit::AsChunks {
-                    if let Sink::Client(stream, _) = &mut dst {
-                        let (res, _) = stream.write_all(LAST_CHUNK).await;
-                        res.map_err(sink_error)?;
-                        self.written += LAST_CHUNK.len() as u64;
-                    }
-                }
-                return Ok(0..0);
+                let buffered = (at > room).then_some(at);
+                return self.source_closed(&mut dst, buf, buffered, held).await;
             }
             self.read += n as u64;
             let (emitted, consumed) = self.frame(buf, at, at + n)?;
@@ -329,6 +308,50 @@ impl Body {
 }
 
 impl Body {
+    /// The source closed: the end of a close-delimited body (`buf[..buffered]` goes out,
+    /// and the last chunk when re-framed); for any other body, an error.
+    async fn source_closed<F: Front>(
+        &mut self,
+        dst: &mut Sink<'_, F>,
+        buf: &mut Vec<u8>,
+        buffered: Option<usize>,
+        held: &mut Vec<u8>,
+    ) -> Result<Range<usize>, PumpError> {
+        if !matches!(self.delimit, Delimit::Close) {
+            return Err(PumpError::SourceClosed);
+        }
+        if let Some(len) = buffered {
+            dst.write(buf, 0, len).await?;
+            held.clear();
+        }
+        if self.emit == Emit::AsChunks {
+            if let Sink::Client(stream, _) = dst {
+                let (res, _) = stream.write_all(LAST_CHUNK).await;
+                res.map_err(sink_error)?;
+                self.written += LAST_CHUNK.len() as u64;
+            }
+        }
+        Ok(0..0)
+    }
+
+    /// Splice the rest of the body to a socket sink (`splice`); `Ok(false)`: copy instead.
+    async fn splice_to<S: SpliceSource, F: Front>(
+        &mut self,
+        src: &mut S,
+        dst: &mut Sink<'_, F>,
+        pipes: &PipePool,
+        stall: Option<Duration>,
+    ) -> Result<bool, PumpError> {
+        match dst {
+            Sink::Client(out, sink_stall) => {
+                let stalls = (stall, Some(*sink_stall));
+                self.splice(src, *out, pipes, stalls).await
+            }
+            Sink::Executor(out) => self.splice(src, *out, pipes, (stall, None)).await,
+            _ => Ok(false),
+        }
+    }
+
     /// Move the rest of a Content-Length body with splice. `Ok(false)`: nothing was moved
     /// because no pipe could be made or the kernel refused the first splice; copy instead.
     /// A pipe goes back to the pool only empty; on any error it is closed.
