@@ -279,7 +279,9 @@ async fn read_body<D: Downstream>(
     let mut collected = Vec::new();
     let (buf, start) = conn.buffer();
     let (from, to) = (start + head.head_len, buf.len());
-    let (kept, consumed) = body.frame(buf, from, to).map_err(client_error)?;
+    let (kept, consumed) = body
+        .frame(buf, from, to)
+        .map_err(super::request::client_body_error)?;
     collected.extend_from_slice(&buf[from..from + kept]);
     // Keep the head (it is rewritten for every executor) and what follows the body.
     buf.drain(from..from + consumed);
@@ -291,22 +293,13 @@ async fn read_body<D: Downstream>(
         let after = body
             .pump(conn.socket().0, sink, &mut buf, stall, None)
             .await
-            .map_err(client_error)?;
+            .map_err(super::request::client_body_error)?;
         conn.count_in(body.read - after.len() as u64);
         if !after.is_empty() {
             conn.buffer().0.extend_from_slice(&buf.get()[after]);
         }
     }
     Ok(collected)
-}
-
-fn client_error(e: PumpError) -> Option<ProxyError> {
-    match e {
-        PumpError::SourceClosed | PumpError::Sink | PumpError::SinkStalled => None,
-        PumpError::Stalled => Some(ProxyError::BodyTimeout),
-        PumpError::Chunk(e) => Some(ProxyError::BadChunk(e)),
-        PumpError::TooLarge => Some(ProxyError::BodyTooLarge),
-    }
 }
 
 /// Why one copy did not get an answer.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
+use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 
 use crate::admission::Refused;
@@ -142,6 +143,15 @@ async fn forward_request<D: Downstream>(
         },
     }
 }
+
+/// An answer's head read alongside the body: the outcome, and the reader and buffers it
+/// owned meanwhile.
+type HeadRead = (
+    Result<ResponseHead, HeadFailure>,
+    TcpOwnedReadHalf,
+    Vec<u8>,
+    Vec<HeaderRef>,
+);
 
 /// The request body as far as it came with the head.
 struct FirstBytes {
@@ -460,65 +470,36 @@ impl Anycast<'_> {
                 }
             }
         };
-        ctx.m().spliced(rest.spliced, rest.splice_fallback);
         *conn.socket().1 += bytes_out;
-        conn.count_in(match &upload {
-            Upload::Sent(after) => rest.read - after.len() as u64,
-            _ => rest.read,
-        });
         let sent = upload.is_sent();
         // The client's connection stays in step only when its body was read whole before
         // the answer began: pipelined bytes of the next request are kept only then.
         let in_step = sent && matches!(step, Step::BodyEnded);
-        if let (true, Upload::Sent(after)) = (in_step, &upload) {
-            if !after.is_empty() {
-                conn.buffer().0.extend_from_slice(&ub.get()[after.clone()]);
-            }
-        }
-        // Back to the pool before the answer takes a body buffer of its own.
-        drop(ub);
+        self.count_upload(conn, rest, &upload, in_step, ub);
         let (relayed, ex_r) = match step {
             // The client's side of the body failed: its error, if no answer went out yet.
             Step::Client(e) => {
-                if let Phase::HeadSent(status) = self.phase.get() {
-                    return (Served::closed(status), broken);
-                }
-                let e = match e {
-                    PumpError::Stalled => ProxyError::BodyTimeout,
-                    PumpError::Chunk(e) => ProxyError::BadChunk(e),
-                    PumpError::TooLarge => ProxyError::BodyTooLarge,
-                    _ => return (Served::closed(0), broken),
+                let served = match (self.phase.get(), request::client_body_error(e)) {
+                    (Phase::HeadSent(status), _) => Served::closed(status),
+                    (_, None) => Served::closed(0),
+                    (_, Some(e)) => conn.answer_error(ctx, out, e, Asked::UNREAD).await,
                 };
-                let served = conn.answer_error(ctx, out, e, Asked::UNREAD).await;
                 return (served, broken);
             }
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
             step => {
-                let (r, mut ex_r) = match step {
-                    Step::Head(r, ex_r) => (r, ex_r),
-                    _ => {
-                        // The body ended first: wait for the head, watching the client.
-                        let Some((r, ex_r, rb, headers)) = wait_head(conn, head.as_mut()).await
-                        else {
-                            return (Served::closed(0), broken);
-                        };
-                        *(if big { eb.get() } else { hb.get() }) = rb;
-                        *response_headers = headers;
-                        (r, ex_r)
-                    }
+                let got = match step {
+                    Step::Head(r, ex_r) => Some((r, ex_r)),
+                    _ => None,
                 };
-                let relayed = match r {
-                    Ok(response) => {
-                        let client = conn.socket();
-                        let answer = (&response, &response_headers[..]);
-                        let bufs = (&mut *hb, &mut *eb, big);
-                        self.relay(client, &mut ex_r, bufs, out, answer, !sent)
-                            .await
-                    }
-                    Err(HeadFailure::Silent) => Err(silent),
-                    Err(HeadFailure::Failed(cause)) => Err(cause),
-                };
-                (relayed, ex_r)
+                let bufs = (&mut *hb, &mut *eb, big);
+                let how = (sent, silent);
+                let after =
+                    self.relay_after(conn, got, head.as_mut(), bufs, out, response_headers, how);
+                match after.await {
+                    Some(after) => after,
+                    None => return (Served::closed(0), broken),
+                }
             }
         };
         ex.join(ex_r, ex_w);
@@ -534,6 +515,67 @@ impl Anycast<'_> {
             Err(cause) => {
                 let served = self.fail(conn, out, cause, in_step.then_some(0)).await;
                 (served, broken)
+            }
+        }
+    }
+
+    /// The answer once the body stopped streaming: its head (`got`, read while the body
+    /// was sent; else awaited now from `head`, watching the client), then the relay
+    /// (`sent`: the body went whole; `silent`: the 502 cause of an executor that closes
+    /// unanswering). `None`: the client left.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_after<D: Downstream, F: Future<Output = HeadRead>>(
+        &self,
+        conn: &mut D,
+        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
+        head: Pin<&mut F>,
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+        (sent, silent): (bool, Cause),
+    ) -> Option<(Result<(Served, Reuse), Cause>, TcpOwnedReadHalf)> {
+        let (r, mut ex_r) = match got {
+            Some(got) => got,
+            None => {
+                let (r, ex_r, rb, headers) = wait_head(conn, head).await?;
+                *(if big { eb.get() } else { hb.get() }) = rb;
+                *response_headers = headers;
+                (r, ex_r)
+            }
+        };
+        let relayed = match r {
+            Ok(response) => {
+                let client = conn.socket();
+                let answer = (&response, &response_headers[..]);
+                let bufs = (hb, eb, big);
+                self.relay(client, &mut ex_r, bufs, out, answer, !sent)
+                    .await
+            }
+            Err(HeadFailure::Silent) => Err(silent),
+            Err(HeadFailure::Failed(cause)) => Err(cause),
+        };
+        Some((relayed, ex_r))
+    }
+
+    /// Count what the upload moved, and keep the bytes read past the body when they
+    /// belong to the client's next request (`in_step`), before `ub` goes back to the pool
+    /// (the answer may take a body buffer of its own).
+    fn count_upload<D: Downstream>(
+        &self,
+        conn: &mut D,
+        rest: &Body,
+        upload: &Upload<std::ops::Range<usize>>,
+        in_step: bool,
+        mut ub: Loan<'_, Vec<u8>>,
+    ) {
+        self.ctx.m().spliced(rest.spliced, rest.splice_fallback);
+        conn.count_in(match upload {
+            Upload::Sent(after) => rest.read - after.len() as u64,
+            _ => rest.read,
+        });
+        if let (true, Upload::Sent(after)) = (in_step, upload) {
+            if !after.is_empty() {
+                conn.buffer().0.extend_from_slice(&ub.get()[after.clone()]);
             }
         }
     }

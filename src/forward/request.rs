@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::access_log;
+use crate::answer::ProxyError;
 use crate::balance::Choice;
 use crate::config::Config;
 use crate::ctx::WorkerCtx;
@@ -73,6 +74,17 @@ pub(crate) fn body_cause(e: PumpError, otherwise: Cause) -> Cause {
     match e {
         PumpError::Chunk(e) => Cause::MalformedBody(e),
         _ => otherwise,
+    }
+}
+
+/// The answer to a request body the client failed to send (`None`: it left, nothing to
+/// answer).
+pub(crate) fn client_body_error(e: PumpError) -> Option<ProxyError> {
+    match e {
+        PumpError::SourceClosed | PumpError::Sink | PumpError::SinkStalled => None,
+        PumpError::Stalled => Some(ProxyError::BodyTimeout),
+        PumpError::Chunk(e) => Some(ProxyError::BadChunk(e)),
+        PumpError::TooLarge => Some(ProxyError::BodyTooLarge),
     }
 }
 
