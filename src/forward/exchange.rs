@@ -191,6 +191,28 @@ pub(crate) enum HeadFailure {
 
 /// Read until a final response head is in `eb`; interim `1xx` heads are skipped (the
 /// proxy answers `100-continue` itself), but they count as an answer for replays.
+/// An answer's head read alongside the request body: the outcome, and the reader and
+/// buffers it owned meanwhile.
+pub(crate) type HeadRead = (
+    Result<ResponseHead, HeadFailure>,
+    TcpOwnedReadHalf,
+    Vec<u8>,
+    Vec<HeaderRef>,
+);
+
+/// `read_response_head` owning its reader and buffers, so it can outlive the body's
+/// sending (or not) and give them back.
+pub(crate) async fn read_head_owned(
+    mut ex_r: TcpOwnedReadHalf,
+    mut rb: Vec<u8>,
+    mut headers: Vec<HeaderRef>,
+    is_head: bool,
+) -> HeadRead {
+    rb.clear();
+    let r = read_response_head(&mut ex_r, &mut rb, is_head, &mut headers).await;
+    (r, ex_r, rb, headers)
+}
+
 pub(crate) async fn read_response_head<R: AsyncReadRent>(
     ex: &mut R,
     eb: &mut Vec<u8>,

@@ -44,7 +44,7 @@ use crate::socket;
 use connect::{connect, Connected, Outgoing, Picked};
 use downstream::Downstream;
 use duplex::{Step, Upload};
-use exchange::{ExecutorConn, HeadFailure};
+use exchange::{ExecutorConn, HeadFailure, HeadRead};
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
 use request::Phase;
 use reuse::{ResponseEnd, Reuse};
@@ -143,15 +143,6 @@ async fn forward_request<D: Downstream>(
         },
     }
 }
-
-/// An answer's head read alongside the body: the outcome, and the reader and buffers it
-/// owned meanwhile.
-type HeadRead = (
-    Result<ResponseHead, HeadFailure>,
-    TcpOwnedReadHalf,
-    Vec<u8>,
-    Vec<HeaderRef>,
-);
 
 /// The request body as far as it came with the head.
 struct FirstBytes {
@@ -423,16 +414,9 @@ impl Anycast<'_> {
         let broken = Reuse::Discard(Discard::Unfinished);
         let is_head = conn.head_only();
         let (ex_r, mut ex_w) = ex.split();
-        // The head read owns its reader and buffers, so it can outlive the body's sending
-        // (or not) and give them back.
         let rb = std::mem::take(if big { eb.get() } else { hb.get() });
         let headers = std::mem::take(response_headers);
-        let mut head = std::pin::pin!(async move {
-            let (mut ex_r, mut rb, mut headers) = (ex_r, rb, headers);
-            rb.clear();
-            let r = exchange::read_response_head(&mut ex_r, &mut rb, is_head, &mut headers).await;
-            (r, ex_r, rb, headers)
-        });
+        let mut head = std::pin::pin!(exchange::read_head_owned(ex_r, rb, headers, is_head));
         let mut ub = ctx.bodies.lend();
         let mut upload = Upload::Sending;
         let stall = Some(ctx.config.body_timeout);

@@ -4,7 +4,9 @@
 //! through the one pump into the h2 `SendStream` (as its window allows).
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use monoio::io::splice::SpliceSource;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::tcp::TcpOwnedReadHalf;
 
 use crate::access_log;
 use crate::admission::Refused;
@@ -23,7 +26,7 @@ use crate::ctx::{Assignment, WorkerCtx};
 use crate::forward;
 use crate::forward::connect::{connect, Connected, Outgoing, Picked};
 use crate::forward::duplex::{self, Step, Upload};
-use crate::forward::exchange::{self, HeadFailure};
+use crate::forward::exchange::{self, HeadFailure, HeadRead};
 use crate::forward::pump::{self, PumpError, Sink};
 use crate::forward::request::{self, Phase, LINGER};
 use crate::forward::reuse::{self, ResponseEnd, Reuse};
@@ -371,16 +374,9 @@ impl Stream {
         let request = answer.request;
         let is_head = self.head_only;
         let (ex_r, mut ex_w) = ex.split();
-        // The head read owns its reader and buffers, so it can outlive the body's sending
-        // (or not) and give them back.
         let rb = std::mem::take(hb.get());
         let headers = std::mem::take(&mut response_headers);
-        let mut head = std::pin::pin!(async move {
-            let (mut ex_r, mut rb, mut headers) = (ex_r, rb, headers);
-            rb.clear();
-            let r = exchange::read_response_head(&mut ex_r, &mut rb, is_head, &mut headers).await;
-            (r, ex_r, rb, headers)
-        });
+        let mut head = std::pin::pin!(exchange::read_head_owned(ex_r, rb, headers, is_head));
         let mut upload = Upload::Sending;
         let chunked = request.head.framing == RequestFraming::Chunked;
         let stall = ctx.config.body_timeout;
@@ -429,17 +425,7 @@ impl Stream {
         let stopped = !sent && matches!(step, Step::Relayed(..) | Step::BodyEnded);
         self.stopped.set(stopped);
         let (relayed, ex_r) = match step {
-            Step::Client(e) => {
-                if let Phase::HeadSent(status) = self.phase.get() {
-                    return (status, None);
-                }
-                return match e {
-                    // The executor connection is dropped (closed) with `ex`.
-                    BodyError::Client | BodyError::Executor => (0, None),
-                    BodyError::Stalled => (self.error(respond, ProxyError::BodyTimeout), None),
-                    BodyError::TooLarge => (self.error(respond, ProxyError::BodyTooLarge), None),
-                };
-            }
+            Step::Client(e) => return (self.body_failed(respond, e), None),
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
             // The head could not be read while the body was being sent.
             Step::Head(r, ex_r) => {
@@ -451,34 +437,64 @@ impl Stream {
                 return (self.bad_gateway(request, respond, cause), None);
             }
             Step::BodyEnded => {
-                // The body ended first: wait for the head, watching for a reset.
-                let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-                let (r, mut ex_r, rb, headers) = monoio::select! {
-                    r = head.as_mut() => r,
-                    _ = reset => return (0, None),
-                };
-                *hb.get() = rb;
-                response_headers = headers;
-                let relayed = match r {
-                    Ok(response) => {
-                        let answered = (&response, &response_headers[..]);
-                        let bufs = (&mut *hb, &mut *eb, &mut *out);
-                        self.relay(answer, respond, &mut ex_r, bufs, answered, !sent)
-                            .await
-                    }
-                    Err(failure) => {
-                        let cause = match failure {
-                            HeadFailure::Silent => silent,
-                            HeadFailure::Failed(cause) => cause,
-                        };
-                        (self.bad_gateway(request, respond, cause), None)
-                    }
-                };
-                (relayed, ex_r)
+                let bufs = (&mut *hb, &mut *eb, &mut *out);
+                let after = self.relay_after(answer, respond, head.as_mut(), bufs, (sent, silent));
+                match after.await {
+                    Some(after) => after,
+                    None => return (0, None),
+                }
             }
         };
         ex.join(ex_r, ex_w);
         relayed
+    }
+
+    /// The request body failed on the client's side: its error, if no answer went out yet
+    /// (the executor connection is dropped, closed, with the exchange).
+    fn body_failed(&self, respond: &mut SendResponse<Bytes>, e: BodyError) -> u16 {
+        if let Phase::HeadSent(status) = self.phase.get() {
+            return status;
+        }
+        match e {
+            BodyError::Client | BodyError::Executor => 0,
+            BodyError::Stalled => self.error(respond, ProxyError::BodyTimeout),
+            BodyError::TooLarge => self.error(respond, ProxyError::BodyTooLarge),
+        }
+    }
+
+    /// The body ended first: wait for the answer's head, watching for a reset, and relay
+    /// it (`sent`: the body went whole; `silent`: the 502 cause of an executor that
+    /// closes unanswering). `None`: the client reset the stream.
+    async fn relay_after<F: Future<Output = HeadRead>>(
+        &self,
+        answer: &Relay<'_>,
+        respond: &mut SendResponse<Bytes>,
+        head: Pin<&mut F>,
+        (hb, eb, out): Buffers<'_, '_>,
+        (sent, silent): (bool, Cause),
+    ) -> Option<((u16, Option<Reuse>), TcpOwnedReadHalf)> {
+        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+        let (r, mut ex_r, rb, headers) = monoio::select! {
+            r = head => r,
+            _ = reset => return None,
+        };
+        *hb.get() = rb;
+        let relayed = match r {
+            Ok(response) => {
+                let answered = (&response, &headers[..]);
+                let bufs = (hb, eb, out);
+                self.relay(answer, respond, &mut ex_r, bufs, answered, !sent)
+                    .await
+            }
+            Err(failure) => {
+                let cause = match failure {
+                    HeadFailure::Silent => silent,
+                    HeadFailure::Failed(cause) => cause,
+                };
+                (self.bad_gateway(answer.request, respond, cause), None)
+            }
+        };
+        Some((relayed, ex_r))
     }
 
     /// The answer: the rewrite of HTTP/1 (hop-by-hop fields, Connection-listed ones), then
