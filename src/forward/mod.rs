@@ -144,6 +144,9 @@ async fn forward_request<D: Downstream>(
     }
 }
 
+/// An exchange that did not end cleanly: its executor connection is closed.
+const BROKEN: Reuse = Reuse::Discard(Discard::Unfinished);
+
 /// The request body as far as it came with the head.
 struct FirstBytes {
     /// The rest of the body, when it did not all come with the head.
@@ -411,12 +414,11 @@ impl Anycast<'_> {
         response_headers: &mut Vec<HeaderRef>,
     ) -> (Served, Reuse) {
         let ctx = self.ctx;
-        let broken = Reuse::Discard(Discard::Unfinished);
-        let is_head = conn.head_only();
         let (ex_r, mut ex_w) = ex.split();
         let rb = std::mem::take(if big { eb.get() } else { hb.get() });
-        let headers = std::mem::take(response_headers);
-        let mut head = std::pin::pin!(exchange::read_head_owned(ex_r, rb, headers, is_head));
+        let read =
+            exchange::read_head_owned(ex_r, rb, std::mem::take(response_headers), conn.head_only());
+        let mut head = std::pin::pin!(read);
         let mut ub = ctx.bodies.lend();
         let mut upload = Upload::Sending;
         let stall = Some(ctx.config.body_timeout);
@@ -454,22 +456,14 @@ impl Anycast<'_> {
                 }
             }
         };
-        *conn.socket().1 += bytes_out;
         let sent = upload.is_sent();
         // The client's connection stays in step only when its body was read whole before
         // the answer began: pipelined bytes of the next request are kept only then.
         let in_step = sent && matches!(step, Step::BodyEnded);
-        self.count_upload(conn, rest, &upload, in_step, ub);
+        self.count_upload(conn, (rest, bytes_out), &upload, in_step, ub);
         let (relayed, ex_r) = match step {
             // The client's side of the body failed: its error, if no answer went out yet.
-            Step::Client(e) => {
-                let served = match (self.phase.get(), request::client_body_error(e)) {
-                    (Phase::HeadSent(status), _) => Served::closed(status),
-                    (_, None) => Served::closed(0),
-                    (_, Some(e)) => conn.answer_error(ctx, out, e, Asked::UNREAD).await,
-                };
-                return (served, broken);
-            }
+            Step::Client(e) => return (self.body_failed(conn, out, e).await, BROKEN),
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
             step => {
                 let got = match step {
@@ -482,15 +476,42 @@ impl Anycast<'_> {
                     self.relay_after(conn, got, head.as_mut(), bufs, out, response_headers, how);
                 match after.await {
                     Some(after) => after,
-                    None => return (Served::closed(0), broken),
+                    None => return (Served::closed(0), BROKEN),
                 }
             }
         };
         ex.join(ex_r, ex_w);
+        self.upload_answered(conn, out, relayed, sent, in_step)
+            .await
+    }
+
+    /// The client's side of the body failed: its error, if no answer went out yet.
+    async fn body_failed<D: Downstream>(
+        &self,
+        conn: &mut D,
+        out: &mut Vec<u8>,
+        e: PumpError,
+    ) -> Served {
+        match (self.phase.get(), request::client_body_error(e)) {
+            (Phase::HeadSent(status), _) => Served::closed(status),
+            (_, None) => Served::closed(0),
+            (_, Some(e)) => conn.answer_error(self.ctx, out, e, Asked::UNREAD).await,
+        }
+    }
+
+    /// After an upload's answer: a closing answer to a body not read whole lingers, so the
+    /// client still sending reads the answer (RFC 9112 §9.6); a 502 when nothing of the
+    /// answer went out (the client's connection is kept only `in_step`).
+    async fn upload_answered<D: Downstream>(
+        &self,
+        conn: &mut D,
+        out: &mut Vec<u8>,
+        relayed: Result<(Served, Reuse), Cause>,
+        sent: bool,
+        in_step: bool,
+    ) -> (Served, Reuse) {
         match relayed {
             Ok((served, reuse)) => {
-                // The client may still be sending the rest of its body: it reads the answer
-                // before the connection closes (RFC 9112 §9.6).
                 if !sent && served.after == After::Close {
                     conn.linger_close().await;
                 }
@@ -498,7 +519,7 @@ impl Anycast<'_> {
             }
             Err(cause) => {
                 let served = self.fail(conn, out, cause, in_step.then_some(0)).await;
-                (served, broken)
+                (served, Reuse::Discard(Discard::Unfinished))
             }
         }
     }
@@ -541,18 +562,20 @@ impl Anycast<'_> {
         Some((relayed, ex_r))
     }
 
-    /// Count what the upload moved, and keep the bytes read past the body when they
-    /// belong to the client's next request (`in_step`), before `ub` goes back to the pool
-    /// (the answer may take a body buffer of its own).
+    /// Count what the upload moved (`bytes_out`: of an answer relayed alongside), and keep
+    /// the bytes read past the body when they belong to the client's next request
+    /// (`in_step`), before `ub` goes back to the pool (the answer may take a body buffer
+    /// of its own).
     fn count_upload<D: Downstream>(
         &self,
         conn: &mut D,
-        rest: &Body,
+        (rest, bytes_out): (&Body, u64),
         upload: &Upload<std::ops::Range<usize>>,
         in_step: bool,
         mut ub: Loan<'_, Vec<u8>>,
     ) {
         self.ctx.m().spliced(rest.spliced, rest.splice_fallback);
+        *conn.socket().1 += bytes_out;
         conn.count_in(match upload {
             Upload::Sent(after) => rest.read - after.len() as u64,
             _ => rest.read,
