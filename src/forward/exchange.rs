@@ -191,6 +191,15 @@ pub(crate) enum HeadFailure {
 
 /// Read until a final response head is in `eb`; interim `1xx` heads are skipped (the
 /// proxy answers `100-continue` itself), but they count as an answer for replays.
+/// The 502 cause of a head that did not come (`silent`: when the executor closed without
+/// a byte of it).
+pub(crate) fn failure_cause(failure: HeadFailure, silent: Cause) -> Cause {
+    match failure {
+        HeadFailure::Silent => silent,
+        HeadFailure::Failed(cause) => cause,
+    }
+}
+
 /// An answer's head read alongside the request body: the outcome, and the reader and
 /// buffers it owned meanwhile.
 pub(crate) type HeadRead = (

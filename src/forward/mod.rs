@@ -556,8 +556,7 @@ impl Anycast<'_> {
                 self.relay(client, &mut ex_r, bufs, out, answer, !sent)
                     .await
             }
-            Err(HeadFailure::Silent) => Err(silent),
-            Err(HeadFailure::Failed(cause)) => Err(cause),
+            Err(failure) => Err(exchange::failure_cause(failure, silent)),
         };
         Some((relayed, ex_r))
     }

@@ -69,6 +69,9 @@ impl Request {
     }
 }
 
+/// How the first part of a stream's upload ended (`duplex::Step`).
+type UploadStep = Step<BodyError, HeadFailure, (u16, Option<Reuse>), TcpOwnedReadHalf>;
+
 /// How the request body could not be sent.
 enum BodyError {
     /// The client reset the stream (or its connection ended).
@@ -366,17 +369,16 @@ impl Stream {
         respond: &mut SendResponse<Bytes>,
         ex: &mut exchange::ExecutorConn<'_>,
         (hb, eb, out): Buffers<'_, '_>,
-        mut response_headers: Vec<HeaderRef>,
+        response_headers: Vec<HeaderRef>,
         limit: Option<u64>,
         silent: Cause,
     ) -> (u16, Option<Reuse>) {
         let ctx = &*self.ctx;
         let request = answer.request;
-        let is_head = self.head_only;
         let (ex_r, mut ex_w) = ex.split();
         let rb = std::mem::take(hb.get());
-        let headers = std::mem::take(&mut response_headers);
-        let mut head = std::pin::pin!(exchange::read_head_owned(ex_r, rb, headers, is_head));
+        let read = exchange::read_head_owned(ex_r, rb, response_headers, self.head_only);
+        let mut head = std::pin::pin!(read);
         let mut upload = Upload::Sending;
         let chunked = request.head.framing == RequestFraming::Chunked;
         let stall = ctx.config.body_timeout;
@@ -397,25 +399,11 @@ impl Stream {
             match first {
                 Err(e) => Step::Client(e),
                 Ok(None) => Step::BodyEnded,
-                Ok(Some((r, mut ex_r, rb, headers))) => {
-                    *hb.get() = rb;
-                    response_headers = headers;
-                    match r {
-                        Ok(response) => {
-                            let answered = (&response, &response_headers[..]);
-                            let bufs = (&mut *hb, &mut *eb, &mut *out);
-                            let relay =
-                                self.relay(answer, respond, &mut ex_r, bufs, answered, true);
-                            let relayed =
-                                duplex::alongside(up.as_mut(), &mut upload, relay, executor_side)
-                                    .await;
-                            match relayed {
-                                Ok(relayed) => Step::Relayed(relayed, ex_r),
-                                Err(e) => Step::Client(e),
-                            }
-                        }
-                        Err(failure) => Step::Head(Err::<ResponseHead, _>(failure), ex_r),
-                    }
+                Ok(Some(read)) => {
+                    let bufs = (&mut *hb, &mut *eb, &mut *out);
+                    let relay =
+                        self.relay_alongside(answer, respond, up.as_mut(), &mut upload, read, bufs);
+                    relay.await
                 }
             }
         };
@@ -428,13 +416,9 @@ impl Stream {
             Step::Client(e) => return (self.body_failed(respond, e), None),
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
             // The head could not be read while the body was being sent.
-            Step::Head(r, ex_r) => {
-                let cause = match r {
-                    Ok(_) | Err(HeadFailure::Silent) => silent,
-                    Err(HeadFailure::Failed(cause)) => cause,
-                };
-                ex.join(ex_r, ex_w);
-                return (self.bad_gateway(request, respond, cause), None);
+            Step::Head(failure, ex_r) => {
+                let cause = exchange::failure_cause(failure, silent);
+                ((self.bad_gateway(request, respond, cause), None), ex_r)
             }
             Step::BodyEnded => {
                 let bufs = (&mut *hb, &mut *eb, &mut *out);
@@ -447,6 +431,31 @@ impl Stream {
         };
         ex.join(ex_r, ex_w);
         relayed
+    }
+
+    /// The answer's head came while the body was being sent: relay the answer alongside
+    /// the body (`duplex::alongside`), or give up the body when the head failed.
+    async fn relay_alongside(
+        &self,
+        answer: &Relay<'_>,
+        respond: &mut SendResponse<Bytes>,
+        up: Pin<&mut impl Future<Output = Result<(), BodyError>>>,
+        upload: &mut Upload<()>,
+        (r, mut ex_r, rb, headers): HeadRead,
+        (hb, eb, out): Buffers<'_, '_>,
+    ) -> UploadStep {
+        *hb.get() = rb;
+        let response = match r {
+            Ok(response) => response,
+            Err(failure) => return Step::Head(failure, ex_r),
+        };
+        let answered = (&response, &headers[..]);
+        let relay = self.relay(answer, respond, &mut ex_r, (hb, eb, out), answered, true);
+        let executor_side = |e: &BodyError| matches!(e, BodyError::Executor);
+        match duplex::alongside(up, upload, relay, executor_side).await {
+            Ok(relayed) => Step::Relayed(relayed, ex_r),
+            Err(e) => Step::Client(e),
+        }
     }
 
     /// The request body failed on the client's side: its error, if no answer went out yet
@@ -487,10 +496,7 @@ impl Stream {
                     .await
             }
             Err(failure) => {
-                let cause = match failure {
-                    HeadFailure::Silent => silent,
-                    HeadFailure::Failed(cause) => cause,
-                };
+                let cause = exchange::failure_cause(failure, silent);
                 (self.bad_gateway(answer.request, respond, cause), None)
             }
         };
