@@ -56,7 +56,7 @@ pub(crate) async fn watch(ctx: Rc<WorkerCtx>) {
     }
 }
 
-/// Choose an executor for an anycast request (`forward::pick`, which skips executors at
+/// Choose an executor for an anycast request (`pick`, which skips executors at
 /// their cap) or wait in the worker's queue until one has a free slot. `snapshot` is
 /// replaced by the newest one after a wait. `gone` makes a future that completes when
 /// the client leaves; it is polled only while the request waits.

@@ -1,6 +1,7 @@
-//! One client request forwarded: the body limit and `100-continue`, then anycast (pick
-//! one executor, stream the request, relay the answer) or broadcast. The whole-request
-//! deadline wraps it. Framing goes through `pump`, reuse and replay through `reuse`.
+//! The one back end, behind both front ends. For an HTTP/1 request (a `Downstream`): the
+//! body limit and `100-continue`, then anycast (`connect`, stream the body, relay the
+//! answer) or broadcast, under the whole-request deadline. HTTP/2 streams share
+//! `connect`, `request`, `pump`, `duplex`, `exchange` and `reuse`.
 
 pub(crate) mod admit;
 mod broadcast;

@@ -1,7 +1,8 @@
-//! One HTTP/2 stream served like an HTTP/1.1 request: same routing, auth, selection,
-//! executor pool, rewrites, limits and error answers. The request body streams from the
-//! h2 `RecvStream` to the executor (capacity released as it is written), the answer
-//! through the one pump into the h2 `SendStream` (as its window allows).
+//! One HTTP/2 stream, the front end's side of the one request path: routing and the
+//! proxy's own answers (`answer`), then `forward::connect` with the stream's head and
+//! reset-watch. The request body streams from the h2 `RecvStream` to the executor
+//! (capacity released as it is written), the answer through the one pump into the h2
+//! `SendStream` (as its window allows).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -355,7 +356,7 @@ impl Stream {
     }
 
     /// The request body streams to the executor while its answer is read (RFC 9112 §9.6),
-    /// as over HTTP/1 (`forward::Anycast::upload`): an answer that begins first is relayed
+    /// as over HTTP/1: an answer that begins first is relayed
     /// at once while the body goes on as long as the executor takes it; sending stops
     /// when the answer has ended, and the executor connection is then never pooled. A
     /// body stopped that way ends the stream with `RST_STREAM(NO_ERROR)` after the
