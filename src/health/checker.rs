@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::probe::{self, ProbeResult};
 use super::streak::{self, Thresholds};
 use crate::config::{Algorithm, Config, ExecutorAddr};
-use crate::report::{self, Report, Reporter};
+use crate::report::{self, reason, Report, Reporter};
 use crate::snapshot::{Board, ExecutorStatus, Snapshot};
 use crate::{info, warn};
 
@@ -245,7 +245,7 @@ impl Checker {
                 format!("status {status}")
             }
             Err(err) => {
-                let reason = probe::describe(&err, &self.agent);
+                let reason = reason::describe(&err, &self.agent);
                 warn!("Healthcheck URL call failed: {reason}");
                 reason
             }
@@ -321,7 +321,7 @@ fn resolve(target: &Target) -> Result<Vec<SocketAddr>, String> {
                 Ok(addrs)
             }
         }
-        Err(err) => Err(probe::truncate(
+        Err(err) => Err(reason::truncate(
             &format!("DNS lookup failed: {err}"),
             MAX_DNS_REASON_CHARS,
         )),

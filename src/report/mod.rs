@@ -10,6 +10,7 @@
 mod appsignal;
 mod logowl;
 mod raygun;
+pub(crate) mod reason;
 mod sentry;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, LoggingProvider, ReportingConfig};
-use crate::health::probe;
 use crate::{info, warn};
 
 /// Events the queue holds; what comes on top while it is full is dropped (and counted).
@@ -316,7 +316,7 @@ fn post(agent: &ureq::Agent, request: &Request) -> Result<u16, String> {
             let _ = body.read_to_vec();
             Ok(response.status().as_u16())
         }
-        Err(e) => Err(probe::describe(&e, agent)),
+        Err(e) => Err(reason::describe(&e, agent)),
     }
 }
 
@@ -392,7 +392,7 @@ impl Report {
         let mut extra = BTreeMap::new();
         let mut tag = |name, value: &str| {
             if !value.is_empty() {
-                tags.insert(name, probe::truncate(value, MAX_TAG_CHARS));
+                tags.insert(name, reason::truncate(value, MAX_TAG_CHARS));
             }
         };
         let (action, message) = match self {
