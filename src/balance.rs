@@ -15,11 +15,11 @@ use crate::snapshot::Snapshot;
 /// (`<project>-<deployment>`, `-build` for builds: under 80 bytes): 256 leaves room for
 /// other schemes while keeping one mark small. A longer id is still routed
 /// (reported-warm tier, affinity), just not marked.
-pub const MAX_MARKED_ID: usize = 256;
+pub(crate) const MAX_MARKED_ID: usize = 256;
 /// Runtimes one worker's overlay remembers; past it the oldest mark goes. A health round
 /// clears them all anyway; this bounds a round (`OPR_PROXY_HEALTHCHECK_INTERVAL` may be a
 /// day) against clients sending endless distinct ids.
-pub const MAX_MARKS: usize = 4096;
+pub(crate) const MAX_MARKS: usize = 4096;
 
 /// How the client asked to address executors (`x-opr-addressing-method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,18 +111,6 @@ impl Picker {
             .collect();
         self.load_factor = load_factor;
         self
-    }
-
-    /// Choose one executor for an anycast request (see `select`).
-    pub fn pick(
-        &self,
-        snapshot: &Snapshot,
-        addressing: Addressing,
-        runtime_id: Option<&str>,
-        unavailable: impl Fn(usize) -> bool,
-    ) -> Option<usize> {
-        self.select(snapshot, addressing, runtime_id, unavailable)
-            .map(|c| c.executor)
     }
 
     /// Choose one executor for an anycast request, and say why. `unavailable(i)`
@@ -414,7 +402,7 @@ impl Drop for Assigned<'_> {
 /// requests in flight plus the new one and `factor` is in thousandths. An executor with
 /// fewer than that many in flight takes the request; one with that many or more is
 /// skipped. The bounds of all candidates sum to at least `total`, so one always has room.
-pub fn load_bound(factor: u32, total: u64, candidates: usize) -> u64 {
+pub(crate) fn load_bound(factor: u32, total: u64, candidates: usize) -> u64 {
     let scale = u128::from(LOAD_FACTOR_SCALE) * candidates.max(1) as u128;
     let wanted = u128::from(factor) * u128::from(total);
     wanted.div_ceil(scale).try_into().unwrap_or(u64::MAX)
@@ -438,17 +426,17 @@ fn mix(mut x: u64) -> u64 {
 
 /// An executor's rendezvous key, from its normalised `host:port` (`ExecutorAddr::hostname`:
 /// `a`, `a:80` and `http://a:80` are one executor; host names compare without case).
-pub fn executor_key(hostname: &str) -> u64 {
+pub(crate) fn executor_key(hostname: &str) -> u64 {
     mix(fnv1a(hostname.bytes().map(|b| b.to_ascii_lowercase())))
 }
 
 /// A runtime id's rendezvous key.
-pub fn runtime_key(runtime_id: &str) -> u64 {
+pub(crate) fn runtime_key(runtime_id: &str) -> u64 {
     fnv1a(runtime_id.bytes())
 }
 
 /// The runtime's weight on an executor: its order is by descending weight.
-pub fn weight(runtime: u64, executor: u64) -> u64 {
+pub(crate) fn weight(runtime: u64, executor: u64) -> u64 {
     mix(runtime ^ executor)
 }
 
@@ -496,7 +484,8 @@ mod tests {
     }
 
     fn pick(p: &Picker, s: &Snapshot, runtime: Option<&str>) -> Option<usize> {
-        p.pick(s, Addressing::AnycastEfficient, runtime, none)
+        p.select(s, Addressing::AnycastEfficient, runtime, none)
+            .map(|c| c.executor)
     }
 
     #[test]
@@ -690,15 +679,14 @@ mod tests {
             executor(true, Some(0), &[]),
         ]);
         let p = Picker::new(Algorithm::First, 4, 1);
-        assert_eq!(
-            p.pick(&s, Addressing::AnycastEfficient, None, |i| i == 0),
-            Some(1)
-        );
-        assert_eq!(
-            p.pick(&s, Addressing::AnycastEfficient, None, |_| true),
-            None
-        );
+        assert_eq!(pick_unless(&p, &s, |i| i == 0), Some(1));
+        assert_eq!(pick_unless(&p, &s, |_| true), None);
         assert_eq!(p.all_online(&s, |i| i == 1), vec![0]);
+    }
+
+    fn pick_unless(p: &Picker, s: &Snapshot, out: impl Fn(usize) -> bool) -> Option<usize> {
+        p.select(s, Addressing::AnycastEfficient, None, out)
+            .map(|c| c.executor)
     }
 
     #[test]
@@ -709,7 +697,8 @@ mod tests {
         ]);
         let p = Picker::new(Algorithm::First, 4, 7);
         for _ in 0..20 {
-            assert_eq!(p.pick(&s, Addressing::AnycastFast, None, none), Some(0));
+            let c = p.select(&s, Addressing::AnycastFast, None, none);
+            assert_eq!(c.map(|c| c.executor), Some(0));
         }
     }
 
@@ -867,8 +856,9 @@ mod tests {
     }
 
     fn owner(p: &Picker, s: &Snapshot, runtime: &str, out: impl Fn(usize) -> bool) -> usize {
-        p.pick(s, Addressing::AnycastEfficient, Some(runtime), out)
+        p.select(s, Addressing::AnycastEfficient, Some(runtime), out)
             .unwrap()
+            .executor
     }
 
     const FIVE: [&str; 5] = ["a:80", "b:80", "c:80", "d:80", "e:80"];

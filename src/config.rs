@@ -10,54 +10,54 @@ use std::time::Duration;
 type Parsed<T> = Result<T, ConfigError>;
 type Range = RangeInclusive<u64>;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 // Variable names, used everywhere instead of string literals.
-pub const PORT: &str = "PORT";
-pub const OPR_PROXY_HOST: &str = "OPR_PROXY_HOST";
-pub const OPR_PROXY_ALGORITHM: &str = "OPR_PROXY_ALGORITHM";
-pub const OPR_PROXY_WORKER_PER_CORE: &str = "OPR_PROXY_WORKER_PER_CORE";
-pub const OPR_PROXY_CORES: &str = "OPR_PROXY_CORES";
-pub const OPR_PROXY_EXECUTORS: &str = "OPR_PROXY_EXECUTORS";
-pub const OPR_PROXY_HEALTHCHECK: &str = "OPR_PROXY_HEALTHCHECK";
-pub const OPR_PROXY_HEALTHCHECK_INTERVAL: &str = "OPR_PROXY_HEALTHCHECK_INTERVAL";
-pub const OPR_PROXY_HEALTHCHECK_TIMEOUT: &str = "OPR_PROXY_HEALTHCHECK_TIMEOUT";
-pub const OPR_PROXY_HEALTHCHECK_URL: &str = "OPR_PROXY_HEALTHCHECK_URL";
-pub const OPR_PROXY_MAX_TIMEOUT: &str = "OPR_PROXY_MAX_TIMEOUT";
-pub const OPR_PROXY_CONNECT_TIMEOUT: &str = "OPR_PROXY_CONNECT_TIMEOUT";
-pub const OPR_PROXY_ENV: &str = "OPR_PROXY_ENV";
-pub const OPR_PROXY_SECRET: &str = "OPR_PROXY_SECRET";
-pub const OPR_PROXY_EXECUTOR_SECRET: &str = "OPR_PROXY_EXECUTOR_SECRET";
-pub const OPR_PROXY_LOGGING_PROVIDER: &str = "OPR_PROXY_LOGGING_PROVIDER";
-pub const OPR_PROXY_LOGGING_CONFIG: &str = "OPR_PROXY_LOGGING_CONFIG";
-pub const OPR_PROXY_LOGGING_ENDPOINT: &str = "OPR_PROXY_LOGGING_ENDPOINT";
-pub const OPR_PROXY_MAX_BODY_SIZE: &str = "OPR_PROXY_MAX_BODY_SIZE";
-pub const OPR_PROXY_VERSION: &str = "OPR_PROXY_VERSION";
-pub const OPR_PROXY_IO_DRIVER: &str = "OPR_PROXY_IO_DRIVER";
-pub const OPR_PROXY_IDLE_TIMEOUT: &str = "OPR_PROXY_IDLE_TIMEOUT";
-pub const OPR_PROXY_HEADER_TIMEOUT: &str = "OPR_PROXY_HEADER_TIMEOUT";
-pub const OPR_PROXY_POOL_SIZE: &str = "OPR_PROXY_POOL_SIZE";
-pub const OPR_PROXY_POOL_IDLE_TIMEOUT: &str = "OPR_PROXY_POOL_IDLE_TIMEOUT";
-pub const OPR_PROXY_SHUTDOWN_TIMEOUT: &str = "OPR_PROXY_SHUTDOWN_TIMEOUT";
-pub const OPR_PROXY_ACCESS_LOG: &str = "OPR_PROXY_ACCESS_LOG";
-pub const OPR_PROXY_ACCESS_LOG_FORMAT: &str = "OPR_PROXY_ACCESS_LOG_FORMAT";
-pub const OPR_PROXY_SPLICE: &str = "OPR_PROXY_SPLICE";
-pub const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
-pub const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
-pub const OPR_PROXY_CONNECTION_BALANCE: &str = "OPR_PROXY_CONNECTION_BALANCE";
-pub const OPR_PROXY_HEALTHCHECK_RISE: &str = "OPR_PROXY_HEALTHCHECK_RISE";
-pub const OPR_PROXY_HEALTHCHECK_FALL: &str = "OPR_PROXY_HEALTHCHECK_FALL";
-pub const OPR_PROXY_EJECT_AFTER: &str = "OPR_PROXY_EJECT_AFTER";
+pub(crate) const PORT: &str = "PORT";
+pub(crate) const OPR_PROXY_HOST: &str = "OPR_PROXY_HOST";
+pub(crate) const OPR_PROXY_ALGORITHM: &str = "OPR_PROXY_ALGORITHM";
+pub(crate) const OPR_PROXY_WORKER_PER_CORE: &str = "OPR_PROXY_WORKER_PER_CORE";
+pub(crate) const OPR_PROXY_CORES: &str = "OPR_PROXY_CORES";
+pub(crate) const OPR_PROXY_EXECUTORS: &str = "OPR_PROXY_EXECUTORS";
+pub(crate) const OPR_PROXY_HEALTHCHECK: &str = "OPR_PROXY_HEALTHCHECK";
+pub(crate) const OPR_PROXY_HEALTHCHECK_INTERVAL: &str = "OPR_PROXY_HEALTHCHECK_INTERVAL";
+pub(crate) const OPR_PROXY_HEALTHCHECK_TIMEOUT: &str = "OPR_PROXY_HEALTHCHECK_TIMEOUT";
+pub(crate) const OPR_PROXY_HEALTHCHECK_URL: &str = "OPR_PROXY_HEALTHCHECK_URL";
+pub(crate) const OPR_PROXY_MAX_TIMEOUT: &str = "OPR_PROXY_MAX_TIMEOUT";
+pub(crate) const OPR_PROXY_CONNECT_TIMEOUT: &str = "OPR_PROXY_CONNECT_TIMEOUT";
+pub(crate) const OPR_PROXY_ENV: &str = "OPR_PROXY_ENV";
+pub(crate) const OPR_PROXY_SECRET: &str = "OPR_PROXY_SECRET";
+pub(crate) const OPR_PROXY_EXECUTOR_SECRET: &str = "OPR_PROXY_EXECUTOR_SECRET";
+pub(crate) const OPR_PROXY_LOGGING_PROVIDER: &str = "OPR_PROXY_LOGGING_PROVIDER";
+pub(crate) const OPR_PROXY_LOGGING_CONFIG: &str = "OPR_PROXY_LOGGING_CONFIG";
+pub(crate) const OPR_PROXY_LOGGING_ENDPOINT: &str = "OPR_PROXY_LOGGING_ENDPOINT";
+pub(crate) const OPR_PROXY_MAX_BODY_SIZE: &str = "OPR_PROXY_MAX_BODY_SIZE";
+pub(crate) const OPR_PROXY_VERSION: &str = "OPR_PROXY_VERSION";
+pub(crate) const OPR_PROXY_IO_DRIVER: &str = "OPR_PROXY_IO_DRIVER";
+pub(crate) const OPR_PROXY_IDLE_TIMEOUT: &str = "OPR_PROXY_IDLE_TIMEOUT";
+pub(crate) const OPR_PROXY_HEADER_TIMEOUT: &str = "OPR_PROXY_HEADER_TIMEOUT";
+pub(crate) const OPR_PROXY_POOL_SIZE: &str = "OPR_PROXY_POOL_SIZE";
+pub(crate) const OPR_PROXY_POOL_IDLE_TIMEOUT: &str = "OPR_PROXY_POOL_IDLE_TIMEOUT";
+pub(crate) const OPR_PROXY_SHUTDOWN_TIMEOUT: &str = "OPR_PROXY_SHUTDOWN_TIMEOUT";
+pub(crate) const OPR_PROXY_ACCESS_LOG: &str = "OPR_PROXY_ACCESS_LOG";
+pub(crate) const OPR_PROXY_ACCESS_LOG_FORMAT: &str = "OPR_PROXY_ACCESS_LOG_FORMAT";
+pub(crate) const OPR_PROXY_SPLICE: &str = "OPR_PROXY_SPLICE";
+pub(crate) const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
+pub(crate) const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
+pub(crate) const OPR_PROXY_CONNECTION_BALANCE: &str = "OPR_PROXY_CONNECTION_BALANCE";
+pub(crate) const OPR_PROXY_HEALTHCHECK_RISE: &str = "OPR_PROXY_HEALTHCHECK_RISE";
+pub(crate) const OPR_PROXY_HEALTHCHECK_FALL: &str = "OPR_PROXY_HEALTHCHECK_FALL";
+pub(crate) const OPR_PROXY_EJECT_AFTER: &str = "OPR_PROXY_EJECT_AFTER";
 /// The later original's Redis DSN for sharing "runtime is warm here" marks: accepted and
 /// not used (logged once at start).
-pub const OPR_PROXY_CONNECTIONS_STATE: &str = "OPR_PROXY_CONNECTIONS_STATE";
-pub const OPR_PROXY_EXECUTOR_CONCURRENCY: &str = "OPR_PROXY_EXECUTOR_CONCURRENCY";
-pub const OPR_PROXY_QUEUE_SIZE: &str = "OPR_PROXY_QUEUE_SIZE";
-pub const OPR_PROXY_QUEUE_TIMEOUT: &str = "OPR_PROXY_QUEUE_TIMEOUT";
-pub const OPR_PROXY_AFFINITY_LOAD_FACTOR: &str = "OPR_PROXY_AFFINITY_LOAD_FACTOR";
+pub(crate) const OPR_PROXY_CONNECTIONS_STATE: &str = "OPR_PROXY_CONNECTIONS_STATE";
+pub(crate) const OPR_PROXY_EXECUTOR_CONCURRENCY: &str = "OPR_PROXY_EXECUTOR_CONCURRENCY";
+pub(crate) const OPR_PROXY_QUEUE_SIZE: &str = "OPR_PROXY_QUEUE_SIZE";
+pub(crate) const OPR_PROXY_QUEUE_TIMEOUT: &str = "OPR_PROXY_QUEUE_TIMEOUT";
+pub(crate) const OPR_PROXY_AFFINITY_LOAD_FACTOR: &str = "OPR_PROXY_AFFINITY_LOAD_FACTOR";
 
 /// 22 MiB, the original's request body limit.
-pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
+pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
@@ -107,7 +107,7 @@ const ALGORITHMS: [(&str, Algorithm); 7] = [
 
 /// `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths (1.25 = 1250), so the bound is integer
 /// arithmetic and exact.
-pub const LOAD_FACTOR_SCALE: u32 = 1000;
+pub(crate) const LOAD_FACTOR_SCALE: u32 = 1000;
 /// 1.0 (no executor may take more than its share) to 100 (almost plain affinity).
 const LOAD_FACTORS: RangeInclusive<u32> = 1000..=100_000;
 
@@ -776,7 +776,7 @@ fn parse_executor(item: &str) -> Result<ExecutorAddr, String> {
 /// A DSN as it may be logged: scheme, host, port and path; user-info becomes
 /// `<redacted>@` (everything up to the last `@`, so a password holding `/` or `@` is
 /// cut too), and the query and fragment (`?password=`) are dropped.
-pub fn redact_dsn(dsn: &str) -> String {
+pub(crate) fn redact_dsn(dsn: &str) -> String {
     let redacted = redact_user_info(dsn);
     redacted.split(['?', '#']).next().unwrap_or("").to_string()
 }

@@ -5,25 +5,27 @@ mod access_log;
 mod admission;
 mod api;
 mod auth;
-pub mod balance;
+mod balance;
 mod buffers;
-pub mod config;
+mod config;
 mod conn;
 mod ctx;
 mod error;
 mod forward;
-pub mod health;
-pub mod http;
+mod health;
+mod http;
 mod http2;
 mod idle;
 mod io_driver;
+// Public for the `info!`/`warn!`/`error!` macros, which expand to `$crate::logging::log`.
+#[doc(hidden)]
 pub mod logging;
 mod metrics;
 mod outlier;
 mod pool;
 mod report;
 mod reuseport;
-pub mod snapshot;
+mod snapshot;
 mod socket;
 mod worker;
 
@@ -33,12 +35,30 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use config::Config;
+pub use config::{probe_address, Config, ConfigError};
 use health::checker::{Checker, CheckerHandle};
 pub use report::ReportStats;
 use report::{Reporter, ReporterThread};
-use snapshot::Board;
+pub use snapshot::Board;
 pub use worker::Driver;
+
+/// What fuzz/ and benches/ exercise directly (the codecs, the health body reader, the
+/// executor picker): not an API, no stability promised.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::balance::{Addressing, Picker};
+    pub use crate::config::Algorithm;
+    pub use crate::health::probe::{parse_health, ProbeResult};
+    pub use crate::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedOutput};
+    pub use crate::http::head::{
+        parse_request, parse_response, HeadError, HeaderRef, RequestFraming, RequestHead,
+        ResponseFraming, ResponseHead, MAX_HEAD, MAX_HEADERS,
+    };
+    pub use crate::http::rewrite::{
+        canonical_reason, write_request_head, write_response_head, RequestRewrite, ResponseRewrite,
+    };
+    pub use crate::snapshot::{ExecutorStatus, RuntimeState, Snapshot, SnapshotReader};
+}
 
 /// Something the main thread must react to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

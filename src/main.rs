@@ -1,8 +1,7 @@
 //! The opr-proxy binary: configuration (exit 2 on a bad value), start, then wait for
 //! SIGTERM/SIGINT (drain, exit 0) or a worker's death (exit 1 so the supervisor restarts).
 
-use opr_proxy::config::Config;
-use opr_proxy::{error, info, Event};
+use opr_proxy::{error, info, Config, Event};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[global_allocator]
@@ -128,7 +127,7 @@ fn healthcheck() -> i32 {
     use std::time::Duration;
     let port = std::env::var("PORT").unwrap_or_else(|_| "80".into());
     let host = std::env::var("OPR_PROXY_HOST").ok();
-    let addr = match opr_proxy::config::probe_address(host.as_deref(), &port) {
+    let addr = match opr_proxy::probe_address(host.as_deref(), &port) {
         Ok(addr) => addr,
         Err(e) => {
             eprintln!("opr-proxy healthcheck: {e}");

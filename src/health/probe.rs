@@ -10,7 +10,7 @@ use crate::report::reason::{describe, truncate};
 use crate::snapshot::RuntimeState;
 
 /// Largest health body read; a bigger one marks the executor offline.
-pub const MAX_HEALTH_BODY: u64 = 1024 * 1024;
+pub(crate) const MAX_HEALTH_BODY: u64 = 1024 * 1024;
 
 /// Longest executor-supplied status string kept (in `state_status` and the reason).
 const MAX_STATUS_CHARS: usize = 64;
@@ -164,7 +164,7 @@ fn usage_of(value: &Value) -> Option<u8> {
 
 /// One GET http://<hostname>/v1/health with `Authorization: Bearer <executor secret>`,
 /// bounded by the agent's global timeout and a 1 MiB body cap.
-pub fn probe(agent: &ureq::Agent, hostname: &str, executor_secret: &str) -> ProbeResult {
+pub(crate) fn probe(agent: &ureq::Agent, hostname: &str, executor_secret: &str) -> ProbeResult {
     let url = format!("http://{hostname}/v1/health");
     let mut response = match agent
         .get(&url)
@@ -192,7 +192,7 @@ pub fn probe(agent: &ureq::Agent, hostname: &str, executor_secret: &str) -> Prob
 
 /// The checker's HTTP client: status codes are answers (not errors), one global timeout
 /// per request, no redirects (a 3xx is just "not 200"), idle connections kept per executor.
-pub fn agent(timeout: Duration) -> ureq::Agent {
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))

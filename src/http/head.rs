@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 /// Longest request line (method SP target SP version, without CRLF); longer → 414.
-pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// Longest head including the final empty line; longer → 431.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header field lines in one head; more → 431.
@@ -359,7 +359,11 @@ pub fn parse_response(
 }
 
 /// Value of the first field named `name` (case-insensitive).
-pub fn find_header<'b>(buf: &'b [u8], headers: &[HeaderRef], name: &str) -> Option<&'b [u8]> {
+pub(crate) fn find_header<'b>(
+    buf: &'b [u8],
+    headers: &[HeaderRef],
+    name: &str,
+) -> Option<&'b [u8]> {
     headers
         .iter()
         .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
@@ -367,7 +371,7 @@ pub fn find_header<'b>(buf: &'b [u8], headers: &[HeaderRef], name: &str) -> Opti
 }
 
 /// The target up to (not including) the first `?`.
-pub fn path_of(target: &[u8]) -> &[u8] {
+pub(crate) fn path_of(target: &[u8]) -> &[u8] {
     match target.iter().position(|&b| b == b'?') {
         Some(i) => &target[..i],
         None => target,
@@ -376,7 +380,7 @@ pub fn path_of(target: &[u8]) -> &[u8] {
 
 /// Whether the comma-separated list `value` holds `token` (case-insensitive, OWS
 /// around elements ignored; RFC 9110 §5.6.1).
-pub fn has_token(value: &[u8], token: &str) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
     has_token_bytes(value, token.as_bytes())
 }
 
@@ -387,7 +391,7 @@ pub(crate) fn has_token_bytes(value: &[u8], token: &[u8]) -> bool {
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1 and the usual legacy ones): never forwarded.
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     let eq = |lower: &[u8]| name.eq_ignore_ascii_case(lower);
     // Dispatch on length first: it is called for every forwarded field.
     match name.len() {
