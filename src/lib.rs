@@ -133,7 +133,9 @@ pub fn run(mut config: Config) -> Result<Server, StartError> {
         info!("{}", decision.line);
     }
     let config = Arc::new(config);
-    let (reporter, reporter_thread) = report::start(&config).map_err(StartError::Thread)?;
+    let common = report::Common::new(&config.version, config.is_development());
+    let (reporter, reporter_thread) =
+        report::start(config.reporting.as_ref(), common).map_err(StartError::Thread)?;
     let mut checker = Checker::new(config.clone(), reporter.clone());
     let board = Board::new(checker.round());
     let checker = checker.spawn(board.clone());

@@ -12,6 +12,7 @@ mod logowl;
 mod raygun;
 pub(crate) mod reason;
 mod sentry;
+pub(crate) mod settings;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -21,8 +22,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Config, LoggingProvider, ReportingConfig};
 use crate::{info, warn};
+use settings::{LoggingProvider, ReportingConfig};
 
 /// Events the queue holds; what comes on top while it is full is dropped (and counted).
 pub(crate) const QUEUE_CAPACITY: usize = 1024;
@@ -156,9 +157,12 @@ pub(crate) struct Settings {
     pub send_timeout: Duration,
 }
 
-/// Start reporting as `config` says: a disabled handle and no thread without a provider.
-pub(crate) fn start(config: &Config) -> io::Result<(Reporter, Option<ReporterThread>)> {
-    let Some(reporting) = &config.reporting else {
+/// Start reporting to `reporting`: a disabled handle and no thread without a provider.
+pub(crate) fn start(
+    reporting: Option<&ReportingConfig>,
+    common: Common,
+) -> io::Result<(Reporter, Option<ReporterThread>)> {
+    let Some(reporting) = reporting else {
         return Ok((Reporter::default(), None));
     };
     let target = Target::new(reporting);
@@ -169,7 +173,7 @@ pub(crate) fn start(config: &Config) -> io::Result<(Reporter, Option<ReporterThr
     );
     let settings = Settings {
         target,
-        common: Common::new(config),
+        common,
         capacity: QUEUE_CAPACITY,
         connect_timeout: CONNECT_TIMEOUT,
         send_timeout: SEND_TIMEOUT,
@@ -331,14 +335,11 @@ pub(crate) struct Common {
 }
 
 impl Common {
-    pub(crate) fn new(config: &Config) -> Common {
+    /// `version`: `OPR_PROXY_VERSION`; `development`: `OPR_PROXY_ENV=development`.
+    pub(crate) fn new(version: &str, development: bool) -> Common {
         Common {
-            version: config.version.clone(),
-            environment: if config.is_development() {
-                "staging"
-            } else {
-                "production"
-            },
+            version: version.to_string(),
+            environment: if development { "staging" } else { "production" },
             server_name: server_name(),
         }
     }
