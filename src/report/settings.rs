@@ -203,7 +203,32 @@ fn parse_dsn(
     if rest.contains(['/', '?', '#']) {
         return Err(bad("a path, query or fragment is not allowed"));
     }
-    let (key, project_id, host) = match provider {
+    let (key, project_id, host) = dsn_parts(provider, rest, &bad)?;
+    if key.is_empty() {
+        return Err(bad("the key is empty"));
+    }
+    if let Some(host) = host {
+        // The same rules as an executor's host[:port] (no scheme: `/` is refused above).
+        if let Err(why) = (lookup.host_port)(host) {
+            return Err(bad(&format!("bad host: {why}")));
+        }
+    }
+    Ok(ReportingConfig {
+        provider,
+        key: key.to_string(),
+        project_id: project_id.map(str::to_string),
+        host: host.map(str::to_string),
+        endpoint: None,
+    })
+}
+
+/// A DSN's key, project id and host after `<provider>://`.
+fn dsn_parts<'a>(
+    provider: LoggingProvider,
+    rest: &'a str,
+    bad: &dyn Fn(&str) -> Rejected,
+) -> Result<DsnParts<'a>, Rejected> {
+    Ok(match provider {
         LoggingProvider::Sentry => {
             let (user, host) = rest
                 .rsplit_once('@')
@@ -228,24 +253,11 @@ fn parse_dsn(
             }
             (rest, None, None)
         }
-    };
-    if key.is_empty() {
-        return Err(bad("the key is empty"));
-    }
-    if let Some(host) = host {
-        // The same rules as an executor's host[:port] (no scheme: `/` is refused above).
-        if let Err(why) = (lookup.host_port)(host) {
-            return Err(bad(&format!("bad host: {why}")));
-        }
-    }
-    Ok(ReportingConfig {
-        provider,
-        key: key.to_string(),
-        project_id: project_id.map(str::to_string),
-        host: host.map(str::to_string),
-        endpoint: None,
     })
 }
+
+/// Key, project id, host.
+type DsnParts<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
 
 /// The form before DSNs: sentry `<key>;<projectId>`, the others the whole value as key.
 fn parse_older(value: &str, provider: LoggingProvider) -> Result<ReportingConfig, Rejected> {
