@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::balance::{Addressing, Choice};
 use crate::ctx::{Assignment, WorkerCtx};
 use crate::error::{ProxyError, Shed};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ExecutorId, Snapshot};
 
 /// How often a worker with waiting requests looks again at the snapshot and the offline
 /// flags (set by the checker and other workers, which cannot wake this worker's tasks):
@@ -106,7 +106,7 @@ impl Admission {
     }
 
     /// Whether `executor` holds this worker's share of requests (selection skips it).
-    pub(crate) fn at_cap(&self, ctx: &WorkerCtx, executor: usize) -> bool {
+    pub(crate) fn at_cap(&self, ctx: &WorkerCtx, executor: ExecutorId) -> bool {
         self.cap > 0 && ctx.picker.in_flight(executor) >= self.cap
     }
 
@@ -117,7 +117,8 @@ impl Admission {
 
     /// Slots free on executors a request may use now.
     fn free_slots(&self, ctx: &WorkerCtx, snapshot: &Snapshot) -> usize {
-        (0..snapshot.executors.len())
+        snapshot
+            .ids()
             .filter(|&i| usable(ctx, snapshot, i))
             .map(|i| self.cap.saturating_sub(ctx.picker.in_flight(i)) as usize)
             .sum()
@@ -171,12 +172,12 @@ impl Admission {
     }
 }
 
-fn usable(ctx: &WorkerCtx, snapshot: &Snapshot, i: usize) -> bool {
-    snapshot.executors[i].online && !ctx.board.is_flagged_offline(i)
+fn usable(ctx: &WorkerCtx, snapshot: &Snapshot, i: ExecutorId) -> bool {
+    snapshot.executor(i).online && !ctx.board.is_flagged_offline(i)
 }
 
 fn any_online(ctx: &WorkerCtx, snapshot: &Snapshot) -> bool {
-    (0..snapshot.executors.len()).any(|i| usable(ctx, snapshot, i))
+    snapshot.ids().any(|i| usable(ctx, snapshot, i))
 }
 
 /// The worker's `RECHECK` loop (spawned only when a cap is set); ends when it stops.
@@ -201,7 +202,7 @@ pub(crate) async fn admit<'c, G: Future<Output = ()>>(
     addressing: Addressing,
     runtime: Option<&str>,
     assigned: &mut Option<Assignment<'c>>,
-    mut unresolved: impl FnMut(usize),
+    mut unresolved: impl FnMut(ExecutorId),
     gone: impl FnOnce() -> G,
 ) -> Result<Admitted, Refused> {
     let adm = &ctx.admission;
@@ -281,7 +282,7 @@ enum Woke {
     Gone,
 }
 
-impl<U: FnMut(usize)> Wait<'_, '_, U> {
+impl<U: FnMut(ExecutorId)> Wait<'_, '_, U> {
     async fn run(self, gone: impl Future<Output = ()>, first: bool) -> Result<Admitted, Refused> {
         let ctx = self.ctx;
         let adm = &ctx.admission;
@@ -515,7 +516,7 @@ mod tests {
         while release.get() < n + 1 {
             monoio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(picked.choice.executor)
+        Ok(picked.choice.executor.index())
     }
 
     #[test]
@@ -551,7 +552,13 @@ mod tests {
             }
             assert_eq!(ctx.admission.depth(), 0);
             assert_eq!(ctx.admission.granted.get(), 0);
-            assert_eq!((ctx.picker.in_flight(0), ctx.picker.in_flight(1)), (0, 0));
+            assert_eq!(
+                (
+                    ctx.picker.in_flight(ExecutorId::new(0)),
+                    ctx.picker.in_flight(ExecutorId::new(1))
+                ),
+                (0, 0)
+            );
             assert_eq!(&executors[..2], &[0, 1]);
         });
     }
@@ -560,7 +567,7 @@ mod tests {
     fn a_newcomer_does_not_take_a_slot_promised_to_a_waiter() {
         let ctx = ctx(1, 1, 16);
         block_on(async {
-            let held = ctx.assign(0);
+            let held = ctx.assign(ExecutorId::new(0));
             let served = Rc::new(RefCell::new(Vec::new()));
             let release = Rc::new(Cell::new(0));
             let waiter = monoio::spawn(request(ctx.clone(), 1, served.clone(), release.clone()));
@@ -581,7 +588,7 @@ mod tests {
     fn full_queue_and_timeout_and_drain_answer_503() {
         let full = ctx(1, 1, 1);
         block_on(async {
-            let _held = full.assign(0);
+            let _held = full.assign(ExecutorId::new(0));
             let served = Rc::new(RefCell::new(Vec::new()));
             let release = Rc::new(Cell::new(0));
             let _waiter = monoio::spawn(request(full.clone(), 1, served.clone(), release.clone()));
@@ -597,7 +604,7 @@ mod tests {
         });
         let none = ctx(1, 1, 0);
         block_on(async {
-            let _held = none.assign(0);
+            let _held = none.assign(ExecutorId::new(0));
             let r = request(none.clone(), 1, Default::default(), Default::default()).await;
             assert_eq!(
                 r,
@@ -612,7 +619,7 @@ mod tests {
         let ctx = ctx(1, 1, 16);
         block_on(async {
             let mut snapshot = ctx.snapshot();
-            let mut assigned = Some(ctx.assign(0));
+            let mut assigned = Some(ctx.assign(ExecutorId::new(0)));
             // Someone waits for the one slot; the request that holds it chooses again
             // (say its pooled connection was stale): it keeps the slot, without waiting.
             let release = Rc::new(Cell::new(0));
@@ -625,9 +632,9 @@ mod tests {
             let r = monoio::time::timeout(Duration::from_secs(1), again).await;
             let r = r
                 .expect("not queued")
-                .map(|a| (a.choice.executor, a.waited));
+                .map(|a| (a.choice.executor.index(), a.waited));
             assert_eq!(r, Ok((0, None)));
-            assert_eq!(ctx.picker.in_flight(0), 1);
+            assert_eq!(ctx.picker.in_flight(ExecutorId::new(0)), 1);
             monoio::time::sleep(Duration::from_millis(5)).await;
             assert_eq!(ctx.admission.depth(), 1, "the waiter still waits");
             drop(waiter);
@@ -638,7 +645,7 @@ mod tests {
     fn no_cap_never_queues() {
         let ctx = ctx(1, 0, 0);
         block_on(async {
-            let _held: Vec<_> = (0..100).map(|_| ctx.assign(0)).collect();
+            let _held: Vec<_> = (0..100).map(|_| ctx.assign(ExecutorId::new(0))).collect();
             let r = request(ctx.clone(), 0, Default::default(), Rc::new(Cell::new(1))).await;
             assert_eq!(r, Ok(0));
         });

@@ -88,8 +88,8 @@ pub(crate) fn containers(
     let list: Vec<Container<'_>> = snapshot
         .executors
         .iter()
-        .enumerate()
-        .map(|(i, e)| {
+        .zip(snapshot.ids())
+        .map(|(e, i)| {
             let online = e.online && !ctx.board.is_flagged_offline(i);
             Container {
                 hostname: &e.hostname,

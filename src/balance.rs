@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use crate::config::{Algorithm, ExecutorAddr, LOAD_FACTOR_SCALE};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ExecutorId, Snapshot};
 
 /// Longest `x-opr-runtime-id` the optimistic overlay remembers, in bytes. Appwrite's
 /// runtime ids join a project and a deployment id of at most 36 characters each
@@ -47,13 +47,13 @@ impl Addressing {
 /// `x-opr-route`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Choice {
-    pub executor: usize,
+    pub executor: ExecutorId,
     /// Tier 1–3; 0 for `anycast-fast` (no tiers).
     pub tier: u8,
     pub reason: &'static str,
     /// `affinity`: the runtime's owner in the tier, passed over because it was at its
     /// bounded load (`x-opr-route` says "spilled from <host>: load").
-    pub spilled_from: Option<usize>,
+    pub spilled_from: Option<ExecutorId>,
 }
 
 /// One worker's selection state: round-robin counter, random generator, requests in
@@ -70,10 +70,10 @@ pub struct Picker {
     /// runtime id → executors it was just sent to; valid for `overlay_generation` only.
     /// At most `MAX_MARKS` ids of at most `MAX_MARKED_ID` bytes; `marked` holds them
     /// oldest first (the same `Rc`, so each id is stored once).
-    overlay: RefCell<HashMap<Rc<str>, Vec<usize>>>,
+    overlay: RefCell<HashMap<Rc<str>, Vec<ExecutorId>>>,
     marked: RefCell<VecDeque<Rc<str>>>,
     overlay_generation: Cell<u64>,
-    candidates: RefCell<Vec<usize>>,
+    candidates: RefCell<Vec<ExecutorId>>,
     /// `affinity`: each executor's rendezvous key (`executor_key`), by index.
     keys: Box<[u64]>,
     /// `affinity`: `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths.
@@ -120,7 +120,7 @@ impl Picker {
         snapshot: &Snapshot,
         addressing: Addressing,
         runtime_id: Option<&str>,
-        unavailable: impl Fn(usize) -> bool,
+        unavailable: impl Fn(ExecutorId) -> bool,
     ) -> Option<Choice> {
         // `affinity` with a runtime id: its order decides inside the tier.
         let affinity = match self.algorithm {
@@ -139,7 +139,7 @@ impl Picker {
         };
         self.sync_overlay(snapshot.generation);
         let mut candidates = self.candidates.borrow_mut();
-        let online = |i: usize| snapshot.executors[i].online && !unavailable(i);
+        let online = |i: ExecutorId| snapshot.executor(i).online && !unavailable(i);
         match addressing {
             Addressing::AnycastFast => {
                 fill(&mut candidates, snapshot, online);
@@ -151,8 +151,9 @@ impl Picker {
                 })
             }
             Addressing::AnycastEfficient | Addressing::Broadcast => {
-                let low_usage =
-                    |i: usize| online(i) && snapshot.executors[i].effective_usage() < WARM_USAGE;
+                let low_usage = |i: ExecutorId| {
+                    online(i) && snapshot.executor(i).effective_usage() < WARM_USAGE
+                };
                 // Tier 1: the runtime is warm on a low-usage executor.
                 if let Some(runtime) = runtime_id {
                     // Reported warm (snapshot index) or just sent there (overlay); in
@@ -188,10 +189,11 @@ impl Picker {
     pub fn all_online(
         &self,
         snapshot: &Snapshot,
-        unavailable: impl Fn(usize) -> bool,
-    ) -> Vec<usize> {
-        (0..snapshot.executors.len())
-            .filter(|&i| snapshot.executors[i].online && !unavailable(i))
+        unavailable: impl Fn(ExecutorId) -> bool,
+    ) -> Vec<ExecutorId> {
+        snapshot
+            .ids()
+            .filter(|&i| snapshot.executor(i).online && !unavailable(i))
             .collect()
     }
 
@@ -199,7 +201,7 @@ impl Picker {
     /// executor, treat the runtime as warm there until the next snapshot. Bounded: ids
     /// over `MAX_MARKED_ID` bytes are not marked, and past `MAX_MARKS` runtimes the
     /// oldest mark goes (worst case in the README, "Operating it").
-    pub fn mark_warm(&self, snapshot: &Snapshot, executor: usize, runtime_id: &str) {
+    pub fn mark_warm(&self, snapshot: &Snapshot, executor: ExecutorId, runtime_id: &str) {
         self.sync_overlay(snapshot.generation);
         if runtime_id.len() > MAX_MARKED_ID {
             return;
@@ -229,8 +231,8 @@ impl Picker {
 
     /// Count a request as in flight to `executor` until the returned guard drops (every
     /// way an exchange can end, the task being dropped included, so a count cannot leak).
-    pub fn assign(&self, executor: usize) -> Assigned<'_> {
-        if let Some(c) = self.in_flight.get(executor) {
+    pub fn assign(&self, executor: ExecutorId) -> Assigned<'_> {
+        if let Some(c) = self.in_flight.get(executor.index()) {
             c.set(c.get().saturating_add(1));
         }
         Assigned {
@@ -240,8 +242,8 @@ impl Picker {
     }
 
     /// Requests this worker has in flight to `executor`.
-    pub fn in_flight(&self, executor: usize) -> u32 {
-        self.in_flight.get(executor).map_or(0, Cell::get)
+    pub fn in_flight(&self, executor: ExecutorId) -> u32 {
+        self.in_flight.get(executor.index()).map_or(0, Cell::get)
     }
 
     fn sync_overlay(&self, generation: u64) {
@@ -256,9 +258,9 @@ impl Picker {
     /// `affinity`: the runtime's key when the request has a runtime id.
     fn choose(
         &self,
-        candidates: &[usize],
+        candidates: &[ExecutorId],
         affinity: Option<u64>,
-    ) -> Option<(usize, Option<usize>)> {
+    ) -> Option<(ExecutorId, Option<ExecutorId>)> {
         if let Some(runtime) = affinity {
             return self.bounded_owner(candidates, runtime);
         }
@@ -272,7 +274,11 @@ impl Picker {
     /// the request, which is the heaviest candidate under the bound (one pass, no sort,
     /// no heap). Returns it, and the owner (the heaviest candidate) when it was passed
     /// over.
-    fn bounded_owner(&self, candidates: &[usize], runtime: u64) -> Option<(usize, Option<usize>)> {
+    fn bounded_owner(
+        &self,
+        candidates: &[ExecutorId],
+        runtime: u64,
+    ) -> Option<(ExecutorId, Option<ExecutorId>)> {
         // The new request counts: this worker's requests in flight plus it.
         let total = self
             .in_flight
@@ -281,9 +287,10 @@ impl Picker {
             .sum::<u64>()
             + 1;
         let bound = load_bound(self.load_factor, total, candidates.len());
-        let weight = |i: usize| weight(runtime, self.keys.get(i).copied().unwrap_or(0));
+        let weight =
+            |i: ExecutorId| weight(runtime, self.keys.get(i.index()).copied().unwrap_or(0));
         // Equal weights (the same host listed twice): the first in configuration order.
-        let heavier = |w: u64, than: Option<(u64, usize)>| than.is_none_or(|(t, _)| w > t);
+        let heavier = |w: u64, than: Option<(u64, ExecutorId)>| than.is_none_or(|(t, _)| w > t);
         let mut owner = None;
         let mut taker = None;
         for &i in candidates {
@@ -303,7 +310,7 @@ impl Picker {
         Some((taker, (taker != owner).then_some(owner)))
     }
 
-    fn choose_by_algorithm(&self, candidates: &[usize]) -> Option<usize> {
+    fn choose_by_algorithm(&self, candidates: &[ExecutorId]) -> Option<ExecutorId> {
         if candidates.is_empty() {
             return None;
         }
@@ -351,7 +358,7 @@ impl Picker {
         }
     }
 
-    fn random(&self, candidates: &[usize]) -> Option<usize> {
+    fn random(&self, candidates: &[ExecutorId]) -> Option<ExecutorId> {
         if candidates.is_empty() {
             return None;
         }
@@ -380,18 +387,18 @@ impl Picker {
 /// with the guard.
 pub struct Assigned<'a> {
     picker: &'a Picker,
-    executor: usize,
+    executor: ExecutorId,
 }
 
 impl Assigned<'_> {
-    pub fn executor(&self) -> usize {
+    pub fn executor(&self) -> ExecutorId {
         self.executor
     }
 }
 
 impl Drop for Assigned<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.picker.in_flight.get(self.executor) {
+        if let Some(c) = self.picker.in_flight.get(self.executor.index()) {
             c.set(c.get().saturating_sub(1));
         }
     }
@@ -440,9 +447,9 @@ pub(crate) fn weight(runtime: u64, executor: u64) -> u64 {
     mix(runtime ^ executor)
 }
 
-fn fill(candidates: &mut Vec<usize>, snapshot: &Snapshot, keep: impl Fn(usize) -> bool) {
+fn fill(candidates: &mut Vec<ExecutorId>, snapshot: &Snapshot, keep: impl Fn(ExecutorId) -> bool) {
     candidates.clear();
-    candidates.extend((0..snapshot.executors.len()).filter(|&i| keep(i)));
+    candidates.extend(snapshot.ids().filter(|&i| keep(i)));
 }
 
 #[cfg(test)]
@@ -479,13 +486,21 @@ mod tests {
         Snapshot::new(1, executors)
     }
 
-    fn none(_: usize) -> bool {
+    fn id(i: usize) -> ExecutorId {
+        ExecutorId::new(i)
+    }
+
+    fn ids(list: &[usize]) -> Vec<ExecutorId> {
+        list.iter().copied().map(id).collect()
+    }
+
+    fn none<T>(_: T) -> bool {
         false
     }
 
     fn pick(p: &Picker, s: &Snapshot, runtime: Option<&str>) -> Option<usize> {
         p.select(s, Addressing::AnycastEfficient, runtime, none)
-            .map(|c| c.executor)
+            .map(|c| c.executor.index())
     }
 
     #[test]
@@ -523,15 +538,15 @@ mod tests {
         let got: Vec<_> = (0..4).map(|_| pick(&p, &s, None).unwrap()).collect();
         assert_eq!(got, vec![0, 1, 2, 0]);
         // Executor 0 holds two requests, 1 holds one: 2 wins whatever the turn.
-        let _a = [p.assign(0), p.assign(0), p.assign(1)];
+        let _a = [p.assign(id(0)), p.assign(id(0)), p.assign(id(1))];
         for _ in 0..5 {
             assert_eq!(pick(&p, &s, None), Some(2));
         }
-        let held = p.assign(2);
-        let _b = p.assign(2);
+        let held = p.assign(id(2));
+        let _b = p.assign(id(2));
         assert_eq!(pick(&p, &s, None), Some(1));
         drop(held);
-        assert_eq!(p.in_flight(2), 1);
+        assert_eq!(p.in_flight(id(2)), 1);
         // 1 and 2 tie at one each: both get turns, 0 none.
         let got: Vec<_> = (0..6).map(|_| pick(&p, &s, None).unwrap()).collect();
         assert!(
@@ -544,22 +559,22 @@ mod tests {
     fn in_flight_counts_return_to_zero_when_guards_drop() {
         let p = Picker::new(Algorithm::LeastRequest, 2, 1);
         {
-            let _a = p.assign(0);
-            let _b = p.assign(0);
-            let _c = p.assign(1);
-            assert_eq!((p.in_flight(0), p.in_flight(1)), (2, 1));
+            let _a = p.assign(id(0));
+            let _b = p.assign(id(0));
+            let _c = p.assign(id(1));
+            assert_eq!((p.in_flight(id(0)), p.in_flight(id(1))), (2, 1));
         }
-        assert_eq!((p.in_flight(0), p.in_flight(1)), (0, 0));
+        assert_eq!((p.in_flight(id(0)), p.in_flight(id(1))), (0, 0));
         // Out of range (never happens: one slot per executor) is ignored.
-        drop(p.assign(9));
-        assert_eq!(p.in_flight(9), 0);
+        drop(p.assign(id(9)));
+        assert_eq!(p.in_flight(id(9)), 0);
     }
 
     #[test]
     fn p2c_never_takes_the_more_loaded_of_two() {
         let s = snap((0..2).map(|_| executor(true, Some(0), &[])).collect());
         let p = Picker::new(Algorithm::P2c, 2, 9);
-        let _held = p.assign(0);
+        let _held = p.assign(id(0));
         // With two candidates both are always sampled: the idle one wins.
         for _ in 0..50 {
             assert_eq!(pick(&p, &s, None), Some(1));
@@ -568,7 +583,7 @@ mod tests {
         // never chosen, and the others share evenly.
         let s = snap((0..4).map(|_| executor(true, Some(0), &[])).collect());
         let p = Picker::new(Algorithm::P2c, 4, 9);
-        let _held = p.assign(3);
+        let _held = p.assign(id(3));
         let mut counts = [0u32; 4];
         for _ in 0..3000 {
             counts[pick(&p, &s, None).unwrap()] += 1;
@@ -641,7 +656,7 @@ mod tests {
         ]);
         let p = Picker::new(Algorithm::Last, 4, 1);
         assert_eq!(pick(&p, &s, Some("rt")), Some(1));
-        p.mark_warm(&s, 0, "rt");
+        p.mark_warm(&s, id(0), "rt");
         assert_eq!(pick(&p, &s, Some("rt")), Some(0));
         s.generation = 2;
         assert_eq!(pick(&p, &s, Some("rt")), Some(1));
@@ -658,18 +673,18 @@ mod tests {
         let first = Picker::new(Algorithm::First, 4, 1);
         let last = Picker::new(Algorithm::Last, 4, 1);
         for p in [&first, &last] {
-            p.mark_warm(&s, 3, "rt"); // already reported: no duplicate
-            p.mark_warm(&s, 1, "rt");
-            p.mark_warm(&s, 2, "rt");
+            p.mark_warm(&s, id(3), "rt"); // already reported: no duplicate
+            p.mark_warm(&s, id(1), "rt");
+            p.mark_warm(&s, id(2), "rt");
         }
         assert_eq!(pick(&first, &s, Some("rt")), Some(1));
         assert_eq!(pick(&last, &s, Some("rt")), Some(3));
         let rr = Picker::new(Algorithm::RoundRobin, 4, 1);
-        rr.mark_warm(&s, 3, "rt");
-        rr.mark_warm(&s, 1, "rt");
+        rr.mark_warm(&s, id(3), "rt");
+        rr.mark_warm(&s, id(1), "rt");
         let got: Vec<_> = (0..4).map(|_| pick(&rr, &s, Some("rt")).unwrap()).collect();
         assert_eq!(got, vec![1, 3, 1, 3], "each warm executor once per turn");
-        assert_eq!(s.warm_on("rt"), &[3]);
+        assert_eq!(s.warm_on("rt"), &[id(3)]);
     }
 
     #[test]
@@ -679,12 +694,16 @@ mod tests {
             executor(true, Some(0), &[]),
         ]);
         let p = Picker::new(Algorithm::First, 4, 1);
-        assert_eq!(pick_unless(&p, &s, |i| i == 0), Some(1));
+        assert_eq!(pick_unless(&p, &s, |i| i == id(0)), Some(id(1)));
         assert_eq!(pick_unless(&p, &s, |_| true), None);
-        assert_eq!(p.all_online(&s, |i| i == 1), vec![0]);
+        assert_eq!(p.all_online(&s, |i| i == id(1)), ids(&[0]));
     }
 
-    fn pick_unless(p: &Picker, s: &Snapshot, out: impl Fn(usize) -> bool) -> Option<usize> {
+    fn pick_unless(
+        p: &Picker,
+        s: &Snapshot,
+        out: impl Fn(ExecutorId) -> bool,
+    ) -> Option<ExecutorId> {
         p.select(s, Addressing::AnycastEfficient, None, out)
             .map(|c| c.executor)
     }
@@ -698,7 +717,7 @@ mod tests {
         let p = Picker::new(Algorithm::First, 4, 7);
         for _ in 0..20 {
             let c = p.select(&s, Addressing::AnycastFast, None, none);
-            assert_eq!(c.map(|c| c.executor), Some(0));
+            assert_eq!(c.map(|c| c.executor), Some(id(0)));
         }
     }
 
@@ -733,7 +752,7 @@ mod tests {
         let s = snap(vec![executor(true, Some(80), &[])]);
         let p = Picker::new(Algorithm::First, 1, 1);
         let c = p.select(&s, Addressing::AnycastEfficient, None, none);
-        assert_eq!(c.map(|c| (c.executor, c.tier)), Some((0, 3)));
+        assert_eq!(c.map(|c| (c.executor, c.tier)), Some((id(0), 3)));
     }
 
     #[test]
@@ -745,17 +764,17 @@ mod tests {
             executor(true, Some(0), &[]),
         ]);
         let p = Picker::new(Algorithm::First, 4, 1);
-        assert_eq!(p.all_online(&s, none), vec![0, 2, 3]);
-        assert_eq!(p.all_online(&s, |i| i == 2), vec![0, 3]);
-        assert_eq!(p.all_online(&s, |_| true), Vec::<usize>::new());
+        assert_eq!(p.all_online(&s, none), ids(&[0, 2, 3]));
+        assert_eq!(p.all_online(&s, |i| i == id(2)), ids(&[0, 3]));
+        assert_eq!(p.all_online(&s, |_| true), Vec::<ExecutorId>::new());
     }
 
     #[test]
     fn an_assignment_names_its_executor() {
         let p = Picker::new(Algorithm::LeastRequest, 3, 1);
-        assert_eq!(p.assign(2).executor(), 2);
-        assert_eq!(p.assign(1).executor(), 1);
-        assert_eq!(p.assign(0).executor(), 0);
+        assert_eq!(p.assign(id(2)).executor(), id(2));
+        assert_eq!(p.assign(id(1)).executor(), id(1));
+        assert_eq!(p.assign(id(0)).executor(), id(0));
     }
 
     #[test]
@@ -800,15 +819,15 @@ mod tests {
         let warm_on_0 = |id: &str| pick(&p, &s, Some(id)) == Some(0);
         let longest = "x".repeat(MAX_MARKED_ID);
         let too_long = "x".repeat(MAX_MARKED_ID + 1);
-        p.mark_warm(&s, 0, &longest);
-        p.mark_warm(&s, 0, &too_long);
+        p.mark_warm(&s, id(0), &longest);
+        p.mark_warm(&s, id(0), &too_long);
         assert!(warm_on_0(&longest));
         assert!(!warm_on_0(&too_long), "over the length bound: not marked");
         assert_eq!(p.marks(), 1);
         // Past MAX_MARKS the oldest go first; marking a known id again adds nothing.
         for n in 0..MAX_MARKS + 10 {
-            p.mark_warm(&s, 0, &format!("rt-{n}"));
-            p.mark_warm(&s, 0, &format!("rt-{n}"));
+            p.mark_warm(&s, id(0), &format!("rt-{n}"));
+            p.mark_warm(&s, id(0), &format!("rt-{n}"));
         }
         assert_eq!(p.marks(), MAX_MARKS);
         assert!(!warm_on_0(&longest), "the oldest was evicted first");
@@ -821,10 +840,10 @@ mod tests {
         // A new health round forgets every mark, and the bound starts over.
         let mut s2 = s.clone();
         s2.generation = 2;
-        p.mark_warm(&s2, 0, "fresh");
+        p.mark_warm(&s2, id(0), "fresh");
         assert_eq!(p.marks(), 1);
         for n in 0..MAX_MARKS {
-            p.mark_warm(&s2, 0, &format!("again-{n}"));
+            p.mark_warm(&s2, id(0), &format!("again-{n}"));
         }
         assert_eq!(p.marks(), MAX_MARKS);
         assert!(pick(&p, &s2, Some("fresh")) == Some(1), "evicted");
@@ -856,9 +875,12 @@ mod tests {
     }
 
     fn owner(p: &Picker, s: &Snapshot, runtime: &str, out: impl Fn(usize) -> bool) -> usize {
-        p.select(s, Addressing::AnycastEfficient, Some(runtime), out)
-            .unwrap()
-            .executor
+        p.select(s, Addressing::AnycastEfficient, Some(runtime), |i| {
+            out(i.index())
+        })
+        .unwrap()
+        .executor
+        .index()
     }
 
     const FIVE: [&str; 5] = ["a:80", "b:80", "c:80", "d:80", "e:80"];
@@ -1007,34 +1029,42 @@ mod tests {
         // Idle: the owner. Bound ceil(1.25 × 1 / 5) = 1, and it has 0.
         let c = select(&p);
         assert_eq!(
-            (c.executor, c.spilled_from, c.reason),
+            (
+                c.executor.index(),
+                c.spilled_from.map(ExecutorId::index),
+                c.reason
+            ),
             (o, None, "affinity owner")
         );
         // One in flight on the owner, two elsewhere: with the new one 4, the bound is
         // ceil(1.25 × 4 / 5) = 1, and the owner has 1: it is full, the request spills.
-        let _held = [p.assign(o), p.assign(other), p.assign(other)];
+        let _held = [p.assign(id(o)), p.assign(id(other)), p.assign(id(other))];
         let c = select(&p);
         assert_eq!(
-            (c.executor, c.spilled_from, c.reason),
+            (
+                c.executor.index(),
+                c.spilled_from.map(ExecutorId::index),
+                c.reason
+            ),
             (successor, Some(o), "spilled")
         );
         assert_eq!(c.tier, 3);
         // One more elsewhere: 5 with the new one, bound ceil(1.25) = 2: the owner takes it.
         // (Without counting the new request the bound would still be 1.)
-        let _more = p.assign(other);
-        assert_eq!(select(&p).executor, o);
+        let _more = p.assign(id(other));
+        assert_eq!(select(&p).executor, id(o));
         // Loaded successors spill further, in the runtime's order.
         let third = owner(&p, &s, rt, |i| i == o || i == successor);
-        let _owner_full = [p.assign(o), p.assign(o), p.assign(o)];
+        let _owner_full = [p.assign(id(o)), p.assign(id(o)), p.assign(id(o))];
         let c = select(&p);
-        assert_eq!((c.executor, c.spilled_from), (successor, Some(o)));
+        assert_eq!((c.executor, c.spilled_from), (id(successor), Some(id(o))));
         let _successor_full = [
-            p.assign(successor),
-            p.assign(successor),
-            p.assign(successor),
+            p.assign(id(successor)),
+            p.assign(id(successor)),
+            p.assign(id(successor)),
         ];
         // 11 with the new one: bound 3; owner 4, successor 3: both full.
-        assert_eq!(select(&p).executor, third);
+        assert_eq!(select(&p).executor, id(third));
     }
 
     #[test]
@@ -1072,7 +1102,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (c.executor, c.tier, c.reason),
-            (successor, 2, "affinity owner")
+            (id(successor), 2, "affinity owner")
         );
         // Warm (tier 1) on two executors that are not the owner: the earlier of them in
         // the runtime's order.
@@ -1093,7 +1123,7 @@ mod tests {
         let c = p
             .select(&s, Addressing::AnycastEfficient, Some(rt), none)
             .unwrap();
-        assert_eq!((c.executor, c.tier), (first_warm, 1));
+        assert_eq!((c.executor, c.tier), (id(first_warm), 1));
     }
 
     #[test]
@@ -1102,7 +1132,12 @@ mod tests {
         for seed in 0..20 {
             let a = affinity(&FIVE, 1250, seed);
             let b = Picker::new(Algorithm::P2c, 5, seed);
-            let _held = [a.assign(1), a.assign(1), b.assign(1), b.assign(1)];
+            let _held = [
+                a.assign(id(1)),
+                a.assign(id(1)),
+                b.assign(id(1)),
+                b.assign(id(1)),
+            ];
             for _ in 0..20 {
                 let (ca, cb) = (
                     a.select(&s, Addressing::AnycastEfficient, None, none),
@@ -1118,7 +1153,7 @@ mod tests {
         let c = c.unwrap();
         assert_eq!(
             (c.executor, c.reason, c.spilled_from),
-            (0, "fallback: all busy", None)
+            (id(0), "fallback: all busy", None)
         );
     }
 }

@@ -138,7 +138,7 @@ async fn serve_request(
             request_line: &scratch.request_line,
             status: served.status,
             executor: executor
-                .and_then(|i| snapshot.executors.get(i))
+                .and_then(|i| snapshot.executors.get(i.index()))
                 .map(|e| e.hostname.as_str()),
             tier: served.choice.map(|c| c.tier),
             bytes_in,

@@ -18,7 +18,7 @@ use crate::metrics::{Metrics, WorkerMetrics};
 use crate::outlier::Outliers;
 use crate::pool::Pool;
 use crate::report::{Report, Reporter};
-use crate::snapshot::{Board, Snapshot, SnapshotReader};
+use crate::snapshot::{Board, ExecutorId, Snapshot, SnapshotReader};
 use crate::warn;
 
 /// Everything one worker owns; shared by its connection tasks through `Rc`.
@@ -166,7 +166,7 @@ impl WorkerCtx {
         out: &mut Vec<u8>,
         e: ProxyError,
         keep_alive: bool,
-        request: Option<(&RequestHead, Option<usize>)>,
+        request: Option<(&RequestHead, Option<ExecutorId>)>,
     ) -> (After, u16) {
         if matches!(e, ProxyError::BadGateway(_) | ProxyError::GatewayTimeout) {
             self.report_http_error(conn, &e, request);
@@ -191,7 +191,7 @@ impl WorkerCtx {
         &self,
         conn: &ClientConn,
         e: &ProxyError,
-        request: Option<(&RequestHead, Option<usize>)>,
+        request: Option<(&RequestHead, Option<ExecutorId>)>,
     ) {
         if !self.reporter.is_enabled() {
             return;
@@ -205,7 +205,10 @@ impl WorkerCtx {
                 let target = pending.get(head.target.clone());
                 let executor = executor.and_then(|i| {
                     let snapshot = self.snapshot();
-                    snapshot.executors.get(i).map(|e| e.hostname.clone())
+                    snapshot
+                        .executors
+                        .get(i.index())
+                        .map(|e| e.hostname.clone())
                 });
                 (text(method), text(target.map(head::path_of)), executor)
             }
@@ -223,7 +226,7 @@ impl WorkerCtx {
 
     /// Count a request in flight to `executor` (for `least-request`, `p2c` and the
     /// metrics) until the returned guard drops.
-    pub(crate) fn assign(&self, executor: usize) -> Assignment<'_> {
+    pub(crate) fn assign(&self, executor: ExecutorId) -> Assignment<'_> {
         self.m().executor_in_flight(executor, true);
         Assignment {
             ctx: self,
@@ -235,7 +238,7 @@ impl WorkerCtx {
     /// broadcast copy). After `OPR_PROXY_EJECT_AFTER` of them in a row on this worker the
     /// executor is flagged offline for every worker until a probe passes.
     /// Failures that are not the executor's (see `ExecutorFault`) are not counted.
-    pub(crate) fn exchange_failed(&self, executor: usize, cause: &dyn ExecutorFault) {
+    pub(crate) fn exchange_failed(&self, executor: ExecutorId, cause: &dyn ExecutorFault) {
         if !cause.is_executor_fault() {
             return;
         }
@@ -248,14 +251,18 @@ impl WorkerCtx {
     }
 
     /// The executor answered: its failures are no longer consecutive.
-    pub(crate) fn exchange_answered(&self, executor: usize) {
+    pub(crate) fn exchange_answered(&self, executor: ExecutorId) {
         self.outliers.answered(executor);
     }
 
     /// The executor refused or did not answer a connection: every worker skips it until
     /// the checker sees a probe pass. Logged once, by the worker that flagged it. Returns
     /// whether this call raised the flag.
-    pub(crate) fn flag_offline(&self, executor: usize, reason: &dyn std::fmt::Display) -> bool {
+    pub(crate) fn flag_offline(
+        &self,
+        executor: ExecutorId,
+        reason: &dyn std::fmt::Display,
+    ) -> bool {
         // Raised by this call only once, however many workers see the refusal.
         if !self.board.flag_offline(executor) {
             return false;
@@ -263,7 +270,7 @@ impl WorkerCtx {
         let snapshot = self.snapshot();
         let name = snapshot
             .executors
-            .get(executor)
+            .get(executor.index())
             .map_or("?", |e| e.hostname.as_str());
         warn!(
             "Executor \"{name}\" went offline: {reason} (flagged by worker {})",

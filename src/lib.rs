@@ -39,7 +39,7 @@ pub use config::{probe_address, Config, ConfigError};
 use health::checker::{Checker, CheckerHandle};
 pub use report::ReportStats;
 use report::{Reporter, ReporterThread};
-pub use snapshot::Board;
+pub use snapshot::{Board, ExecutorId};
 pub use worker::Driver;
 
 /// What fuzz/ and benches/ exercise directly (the codecs, the health body reader, the

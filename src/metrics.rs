@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::error::Shed;
 use crate::forward::Discard;
 use crate::report::ReportStats;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ExecutorId, Snapshot};
 
 /// Status codes counted one by one (RFC 9110 §15 and common extensions); any other code
 /// is counted as `code="other"`.
@@ -212,7 +212,7 @@ impl WorkerMetrics {
     /// A request was answered: `executor` is `None` when the proxy answered it itself.
     pub(crate) fn request_done(
         &self,
-        executor: Option<usize>,
+        executor: Option<ExecutorId>,
         status: u16,
         took: Duration,
         bytes_in: u64,
@@ -220,7 +220,10 @@ impl WorkerMetrics {
     ) {
         self.in_flight.sub(1);
         let executors = self.opened.len();
-        let row = executor.filter(|&e| e < executors).unwrap_or(executors);
+        let row = executor
+            .map(ExecutorId::index)
+            .filter(|&e| e < executors)
+            .unwrap_or(executors);
         self.requests[row * CODE_SLOTS + code_slot(status)].add(1);
         let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
         let seconds = us as f64 / 1e6;
@@ -234,21 +237,21 @@ impl WorkerMetrics {
         self.bytes_out.add(bytes_out);
     }
 
-    pub(crate) fn executor_opened(&self, executor: usize) {
-        if let Some(c) = self.opened.get(executor) {
+    pub(crate) fn executor_opened(&self, executor: ExecutorId) {
+        if let Some(c) = self.opened.get(executor.index()) {
             c.add(1);
         }
     }
 
-    pub(crate) fn executor_reused(&self, executor: usize) {
-        if let Some(c) = self.reused.get(executor) {
+    pub(crate) fn executor_reused(&self, executor: ExecutorId) {
+        if let Some(c) = self.reused.get(executor.index()) {
             c.add(1);
         }
     }
 
     /// A request was assigned to the executor (`started`) or finished with it.
-    pub(crate) fn executor_in_flight(&self, executor: usize, started: bool) {
-        if let Some(c) = self.executor_in_flight.get(executor) {
+    pub(crate) fn executor_in_flight(&self, executor: ExecutorId, started: bool) {
+        if let Some(c) = self.executor_in_flight.get(executor.index()) {
             if started {
                 c.add(1);
             } else {
@@ -257,23 +260,23 @@ impl WorkerMetrics {
         }
     }
 
-    pub(crate) fn executor_ejected(&self, executor: usize) {
-        if let Some(c) = self.ejections.get(executor) {
+    pub(crate) fn executor_ejected(&self, executor: ExecutorId) {
+        if let Some(c) = self.ejections.get(executor.index()) {
             c.add(1);
         }
     }
 
     /// `affinity` sent a request its runtime's owner `executor` would have taken, had
     /// it been under its bounded load, to the next executor in the order.
-    pub(crate) fn affinity_spilled(&self, executor: usize) {
-        if let Some(c) = self.affinity_spills.get(executor) {
+    pub(crate) fn affinity_spilled(&self, executor: ExecutorId) {
+        if let Some(c) = self.affinity_spills.get(executor.index()) {
             c.add(1);
         }
     }
 
-    pub(crate) fn executor_discarded(&self, executor: usize, why: Discard) {
+    pub(crate) fn executor_discarded(&self, executor: ExecutorId, why: Discard) {
         let slot = DISCARDS.iter().position(|&d| d == why).unwrap_or(0);
-        if let Some(c) = self.discarded.get(executor * DISCARDS.len() + slot) {
+        if let Some(c) = self.discarded.get(executor.index() * DISCARDS.len() + slot) {
             c.add(1);
         }
     }
@@ -366,7 +369,7 @@ impl Metrics {
         &self,
         out: &mut String,
         snapshot: &Snapshot,
-        flagged: impl Fn(usize) -> bool,
+        flagged: impl Fn(ExecutorId) -> bool,
         version: &str,
         reports: ReportStats,
     ) {
@@ -417,7 +420,7 @@ impl Metrics {
             Samples::Requests => self.requests(out, name, scrape.snapshot),
             Samples::Histogram(h) => self.histogram(out, name, h),
             Samples::ExecutorUp => {
-                for (i, e) in executors.iter().enumerate() {
+                for (i, e) in scrape.snapshot.ids().zip(executors) {
                     let up = u8::from(e.online && !(scrape.flagged)(i));
                     let _ = writeln!(out, "{name}{{executor=\"{}\"}} {up}", esc(&e.hostname));
                 }
@@ -533,7 +536,7 @@ impl Metrics {
 /// What a scrape shows besides the workers' counters.
 struct Scrape<'a> {
     snapshot: &'a Snapshot,
-    flagged: &'a dyn Fn(usize) -> bool,
+    flagged: &'a dyn Fn(ExecutorId) -> bool,
     version: &'a str,
     reports: ReportStats,
 }
@@ -837,8 +840,13 @@ mod tests {
     fn counts_add_up_across_workers() {
         let m = Metrics::new(2, 1);
         m.worker(0).request_started();
-        m.worker(0)
-            .request_done(Some(0), 200, Duration::from_micros(300), 10, 20);
+        m.worker(0).request_done(
+            Some(ExecutorId::new(0)),
+            200,
+            Duration::from_micros(300),
+            10,
+            20,
+        );
         m.worker(1).request_started();
         m.worker(1)
             .request_done(None, 404, Duration::from_secs(700), 5, 6);

@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 
+use crate::snapshot::ExecutorId;
 /// Consecutive failures per executor on one worker.
 pub(crate) struct Outliers {
     /// `None`: ejection is off and nothing is counted.
@@ -22,9 +23,9 @@ impl Outliers {
 
     /// One more failed exchange with `executor`. Returns the count when it reaches the
     /// limit (and starts counting again), i.e. when the executor is to be ejected.
-    pub(crate) fn failed(&self, executor: usize) -> Option<u32> {
+    pub(crate) fn failed(&self, executor: ExecutorId) -> Option<u32> {
         let after = self.after?;
-        let count = self.failures.get(executor)?;
+        let count = self.failures.get(executor.index())?;
         let n = count.get() + 1;
         if n >= after {
             count.set(0);
@@ -36,15 +37,15 @@ impl Outliers {
     }
 
     /// The executor answered: failures are no longer consecutive.
-    pub(crate) fn answered(&self, executor: usize) {
-        if let Some(count) = self.failures.get(executor) {
+    pub(crate) fn answered(&self, executor: ExecutorId) {
+        if let Some(count) = self.failures.get(executor.index()) {
             count.set(0);
         }
     }
 
     #[cfg(test)]
-    fn count(&self, executor: usize) -> u32 {
-        self.failures.get(executor).map_or(0, Cell::get)
+    fn count(&self, executor: ExecutorId) -> u32 {
+        self.failures.get(executor.index()).map_or(0, Cell::get)
     }
 }
 
@@ -55,34 +56,42 @@ mod tests {
     #[test]
     fn ejects_after_consecutive_failures_only() {
         let o = Outliers::new(Some(3), 2);
-        assert_eq!(o.failed(0), None);
-        assert_eq!(o.failed(0), None);
+        assert_eq!(o.failed(ExecutorId::new(0)), None);
+        assert_eq!(o.failed(ExecutorId::new(0)), None);
         // A success in between: the count starts again.
-        o.answered(0);
-        assert_eq!(o.count(0), 0);
-        assert_eq!(o.failed(0), None);
-        assert_eq!(o.failed(1), None, "counted per executor");
-        assert_eq!(o.failed(0), None);
-        assert_eq!(o.failed(0), Some(3));
-        assert_eq!(o.count(0), 0, "counting starts again after an ejection");
-        assert_eq!(o.count(1), 1);
-        assert_eq!(o.failed(9), None, "out of range is ignored");
+        o.answered(ExecutorId::new(0));
+        assert_eq!(o.count(ExecutorId::new(0)), 0);
+        assert_eq!(o.failed(ExecutorId::new(0)), None);
+        assert_eq!(o.failed(ExecutorId::new(1)), None, "counted per executor");
+        assert_eq!(o.failed(ExecutorId::new(0)), None);
+        assert_eq!(o.failed(ExecutorId::new(0)), Some(3));
+        assert_eq!(
+            o.count(ExecutorId::new(0)),
+            0,
+            "counting starts again after an ejection"
+        );
+        assert_eq!(o.count(ExecutorId::new(1)), 1);
+        assert_eq!(
+            o.failed(ExecutorId::new(9)),
+            None,
+            "out of range is ignored"
+        );
     }
 
     #[test]
     fn one_failure_is_enough_with_one() {
         let o = Outliers::new(Some(1), 1);
-        assert_eq!(o.failed(0), Some(1));
-        assert_eq!(o.failed(0), Some(1));
+        assert_eq!(o.failed(ExecutorId::new(0)), Some(1));
+        assert_eq!(o.failed(ExecutorId::new(0)), Some(1));
     }
 
     #[test]
     fn off_counts_nothing() {
         let o = Outliers::new(None, 3);
         for _ in 0..100 {
-            assert_eq!(o.failed(0), None);
+            assert_eq!(o.failed(ExecutorId::new(0)), None);
         }
-        o.answered(0);
-        assert_eq!(o.count(0), 0);
+        o.answered(ExecutorId::new(0));
+        assert_eq!(o.count(ExecutorId::new(0)), 0);
     }
 }

@@ -11,6 +11,7 @@ use monoio::net::TcpStream;
 
 use crate::forward::Discard;
 use crate::metrics::WorkerMetrics;
+use crate::snapshot::ExecutorId;
 use crate::socket::{self, Waiting};
 
 struct Idle {
@@ -41,12 +42,12 @@ impl Pool {
     /// idle is closed: its bytes would reach the next client as its answer.
     pub(crate) fn take(
         &self,
-        executor: usize,
+        executor: ExecutorId,
         addr: SocketAddr,
         m: &WorkerMetrics,
     ) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(executor)?;
+        let list = idle.get_mut(executor.index())?;
         let now = Instant::now();
         expire(list, now, self.idle_timeout, executor, m);
         while let Some(pos) = list.iter().rposition(|c| c.addr == addr) {
@@ -65,7 +66,7 @@ impl Pool {
     /// Check a connection in after a clean exchange; dropped when the pool is full.
     pub(crate) fn put(
         &self,
-        executor: usize,
+        executor: ExecutorId,
         addr: SocketAddr,
         stream: TcpStream,
         m: &WorkerMetrics,
@@ -75,7 +76,7 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let Some(list) = idle.get_mut(executor) else {
+        let Some(list) = idle.get_mut(executor.index()) else {
             return;
         };
         let now = Instant::now();
@@ -92,8 +93,8 @@ impl Pool {
     }
 
     /// Close every idle connection to `executor` (they failed or are likely stale).
-    pub(crate) fn drop_idle(&self, executor: usize) {
-        if let Some(list) = self.idle.borrow_mut().get_mut(executor) {
+    pub(crate) fn drop_idle(&self, executor: ExecutorId) {
+        if let Some(list) = self.idle.borrow_mut().get_mut(executor.index()) {
             list.clear();
         }
     }
@@ -103,7 +104,8 @@ impl Pool {
     /// connections open until its next request to that executor).
     pub(crate) fn expire_idle(&self, m: &WorkerMetrics) {
         let now = Instant::now();
-        for (executor, list) in self.idle.borrow_mut().iter_mut().enumerate() {
+        let mut idle = self.idle.borrow_mut();
+        for (executor, list) in ExecutorId::all(idle.len()).zip(idle.iter_mut()) {
             expire(list, now, self.idle_timeout, executor, m);
         }
     }
@@ -121,7 +123,7 @@ fn expire(
     list: &mut VecDeque<Idle>,
     now: Instant,
     timeout: Duration,
-    executor: usize,
+    executor: ExecutorId,
     m: &WorkerMetrics,
 ) {
     while list

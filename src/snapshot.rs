@@ -8,6 +8,32 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+/// An executor's identity: its position in `OPR_PROXY_EXECUTORS`, which is also its
+/// position in `Snapshot::executors`, the board's flags and every per-executor table.
+/// A `usize` inside, so indexing costs nothing and no executor count needs a bound.
+/// Public while `snapshot` is (integration tests read the board's flags by id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct ExecutorId(usize);
+
+impl ExecutorId {
+    /// The executor at `index` in configuration order (the proxy itself enumerates
+    /// them with `Snapshot::ids`).
+    pub const fn new(index: usize) -> ExecutorId {
+        ExecutorId(index)
+    }
+
+    /// Every executor of a list of `count`, in configuration order.
+    pub(crate) fn all(count: usize) -> impl Iterator<Item = ExecutorId> {
+        (0..count).map(ExecutorId)
+    }
+
+    /// The position to index per-executor slices with.
+    pub const fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// One runtime as reported in an executor's health body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeState {
@@ -65,18 +91,18 @@ impl ExecutorStatus {
 pub struct Snapshot {
     /// Increases with every publication; workers use it to drop per-round overlays.
     pub generation: u64,
-    /// In `OPR_PROXY_EXECUTORS` order; the index is the executor's identity everywhere.
+    /// In `OPR_PROXY_EXECUTORS` order; the position is the executor's identity (`ExecutorId`).
     pub executors: Vec<ExecutorStatus>,
     /// Runtime id → executors (ascending) that report it warm: tier 1 of SPEC §4 costs one
     /// lookup per request instead of one per executor. Derived from `executors` in `new`,
     /// off the request path; private so no snapshot can carry a stale index.
-    warm: HashMap<String, Vec<usize>>,
+    warm: HashMap<String, Vec<ExecutorId>>,
 }
 
 impl Snapshot {
     pub fn new(generation: u64, executors: Vec<ExecutorStatus>) -> Snapshot {
-        let mut warm: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, e) in executors.iter().enumerate() {
+        let mut warm: HashMap<String, Vec<ExecutorId>> = HashMap::new();
+        for (i, e) in ExecutorId::all(executors.len()).zip(&executors) {
             for (id, runtime) in &e.runtimes {
                 if runtime.is_warm() {
                     warm.entry(id.clone()).or_default().push(i);
@@ -91,8 +117,18 @@ impl Snapshot {
     }
 
     /// Executors (ascending) that report `runtime` warm.
-    pub fn warm_on(&self, runtime: &str) -> &[usize] {
+    pub fn warm_on(&self, runtime: &str) -> &[ExecutorId] {
         self.warm.get(runtime).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every executor, in configuration order.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = ExecutorId> {
+        ExecutorId::all(self.executors.len())
+    }
+
+    /// The executor `id` (ids come from this configuration, so it exists).
+    pub fn executor(&self, id: ExecutorId) -> &ExecutorStatus {
+        &self.executors[id.index()]
     }
 }
 
@@ -137,23 +173,23 @@ impl Board {
     /// A worker saw the executor refuse or time out a connection: every worker skips it
     /// until the checker sees a probe pass. Returns whether this call raised the flag
     /// (it was not set), so that only one worker logs the change.
-    pub fn flag_offline(&self, executor: usize) -> bool {
+    pub fn flag_offline(&self, executor: ExecutorId) -> bool {
         self.offline
-            .get(executor)
+            .get(executor.index())
             .is_some_and(|flag| !flag.swap(true, Ordering::Relaxed))
     }
 
     /// The checker saw the executor's probe pass. Returns whether the flag was set, i.e.
     /// whether a worker had taken the executor offline (and logged it).
-    pub fn clear_offline(&self, executor: usize) -> bool {
+    pub fn clear_offline(&self, executor: ExecutorId) -> bool {
         self.offline
-            .get(executor)
+            .get(executor.index())
             .is_some_and(|flag| flag.swap(false, Ordering::Relaxed))
     }
 
-    pub fn is_flagged_offline(&self, executor: usize) -> bool {
+    pub fn is_flagged_offline(&self, executor: ExecutorId) -> bool {
         self.offline
-            .get(executor)
+            .get(executor.index())
             .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 }
@@ -221,15 +257,21 @@ mod tests {
     #[test]
     fn offline_flags_are_per_executor() {
         let board = Board::new(snapshot(1, true));
-        assert!(!board.is_flagged_offline(0));
-        assert!(board.flag_offline(0), "raised by this call");
-        assert!(board.is_flagged_offline(0));
-        assert!(!board.flag_offline(0), "already set");
-        assert!(!board.flag_offline(7), "out of range is ignored");
-        assert!(!board.is_flagged_offline(7));
-        assert!(board.clear_offline(0), "was set");
-        assert!(!board.is_flagged_offline(0));
-        assert!(!board.clear_offline(0), "was not set");
-        assert!(!board.clear_offline(7));
+        assert!(!board.is_flagged_offline(ExecutorId::new(0)));
+        assert!(
+            board.flag_offline(ExecutorId::new(0)),
+            "raised by this call"
+        );
+        assert!(board.is_flagged_offline(ExecutorId::new(0)));
+        assert!(!board.flag_offline(ExecutorId::new(0)), "already set");
+        assert!(
+            !board.flag_offline(ExecutorId::new(7)),
+            "out of range is ignored"
+        );
+        assert!(!board.is_flagged_offline(ExecutorId::new(7)));
+        assert!(board.clear_offline(ExecutorId::new(0)), "was set");
+        assert!(!board.is_flagged_offline(ExecutorId::new(0)));
+        assert!(!board.clear_offline(ExecutorId::new(0)), "was not set");
+        assert!(!board.clear_offline(ExecutorId::new(7)));
     }
 }

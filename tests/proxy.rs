@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use opr_proxy::ExecutorId;
 use sonic_rs::JsonValueTrait;
 use support::*;
 
@@ -397,7 +398,10 @@ fn refused_executor_fails_over_and_is_flagged() {
     let r = proxy.get("/v1/ping");
     assert_eq!(r.status, 200);
     assert_eq!(r.executor(), "a");
-    assert!(proxy.server().board().is_flagged_offline(0));
+    assert!(proxy
+        .server()
+        .board()
+        .is_flagged_offline(ExecutorId::new(0)));
     let v = proxy.get("/v1/proxy/containers").json();
     assert_eq!(v[0]["status"].as_str(), Some("offline"));
 }
@@ -612,7 +616,10 @@ fn refused_executor_comes_back_after_a_passing_probe() {
     })
     .expect("rebind the executor's port");
     assert!(eventually(WAIT, || proxy.get("/v1/ping").executor() == "a2"));
-    assert!(!proxy.server().board().is_flagged_offline(0));
+    assert!(!proxy
+        .server()
+        .board()
+        .is_flagged_offline(ExecutorId::new(0)));
     drop(again);
 }
 

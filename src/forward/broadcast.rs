@@ -21,6 +21,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::client::{After, ClientConn};
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
 use crate::http::rewrite::{self, RequestRewrite};
+use crate::snapshot::ExecutorId;
 use crate::warn;
 
 /// The body is copied to every executor, so it is held in memory: bounded by this (or
@@ -222,7 +223,7 @@ pub(crate) async fn fan_out(
     let is_head = method == b"HEAD";
     let mut tasks = Vec::with_capacity(targets.len());
     for &i in &targets {
-        let status = &snapshot.executors[i];
+        let status = snapshot.executor(i);
         let Some(&addr) = status.addrs.first() else {
             ctx.flag_offline(i, &"its address did not resolve");
             continue;
@@ -350,7 +351,7 @@ impl std::fmt::Display for Failed {
 /// One copy of the request to one executor.
 struct Delivery<'a> {
     ctx: &'a WorkerCtx,
-    executor: usize,
+    executor: ExecutorId,
     addr: SocketAddr,
     is_head: bool,
     idempotent: bool,

@@ -17,6 +17,7 @@ use crate::ctx::WorkerCtx;
 use crate::error::Cause;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, HeaderRef, ResponseFraming, ResponseHead};
+use crate::snapshot::ExecutorId;
 
 /// A connection to an executor, and whether it came from the pool. It goes back to the
 /// pool only through `release` with `Reuse::Reusable`; dropped any other way it is
@@ -26,7 +27,7 @@ pub(crate) struct ExecutorConn<'a> {
     /// Its halves are out (`split`): dropped without `join`, it counts as failed.
     split: bool,
     pub(crate) reused: bool,
-    executor: usize,
+    executor: ExecutorId,
     addr: SocketAddr,
     ctx: &'a WorkerCtx,
 }
@@ -129,7 +130,7 @@ pub(crate) enum OpenError {
 /// the connect timeout.
 pub(crate) async fn open(
     ctx: &WorkerCtx,
-    executor: usize,
+    executor: ExecutorId,
     addr: SocketAddr,
     pooled: bool,
 ) -> Result<ExecutorConn<'_>, OpenError> {

@@ -33,7 +33,7 @@ use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
-use crate::snapshot::{ExecutorStatus, Snapshot};
+use crate::snapshot::{ExecutorId, ExecutorStatus, Snapshot};
 use crate::socket;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, OpenError};
@@ -186,7 +186,7 @@ struct Anycast<'a> {
     /// The executor the request went to, and why.
     choice: &'a Cell<Option<Choice>>,
     /// The first executor that could not be reached, and how (for `x-opr-route`).
-    failover: Cell<Option<(usize, &'static str)>>,
+    failover: Cell<Option<(ExecutorId, &'static str)>>,
     /// A `502` was answered for the executor (`fail`): the exchange does not count as
     /// answered for outlier detection.
     failed: Cell<bool>,
@@ -208,14 +208,14 @@ pub(crate) fn pick<'c>(
     addressing: Addressing,
     runtime: Option<&str>,
     assigned: &mut Option<Assignment<'c>>,
-    mut unresolved: impl FnMut(usize),
+    mut unresolved: impl FnMut(ExecutorId),
 ) -> Option<(Choice, SocketAddr)> {
     loop {
         let flagged = |i| ctx.board.is_flagged_offline(i) || ctx.admission.at_cap(ctx, i);
         let choice = ctx.picker.select(snapshot, addressing, runtime, flagged)?;
         let i = choice.executor;
         *assigned = Some(ctx.assign(i));
-        match snapshot.executors[i].addrs.first() {
+        match snapshot.executor(i).addrs.first() {
             Some(&addr) => {
                 if let Some(owner) = choice.spilled_from {
                     ctx.m().affinity_spilled(owner);
@@ -296,7 +296,7 @@ impl Anycast<'_> {
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
-            let status = &snapshot.executors[i];
+            let status = snapshot.executor(i);
             self.write_head(conn, out, status, first.sent);
             let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
                 Ok(ex) => ex,
@@ -398,7 +398,7 @@ impl Anycast<'_> {
         (after, status)
     }
 
-    fn failed_over(&self, executor: usize, why: &'static str) {
+    fn failed_over(&self, executor: ExecutorId, why: &'static str) {
         if self.failover.get().is_none() {
             self.failover.set(Some((executor, why)));
         }
@@ -748,17 +748,17 @@ impl Anycast<'_> {
 pub(crate) fn explain(
     ctx: &WorkerCtx,
     choice: Option<Choice>,
-    failover: Option<(usize, &'static str)>,
+    failover: Option<(ExecutorId, &'static str)>,
     out: &mut Vec<u8>,
 ) {
     let Some(choice) = choice else {
         return;
     };
     let snapshot = ctx.snapshot();
-    let host = |i: usize| {
+    let host = |i: ExecutorId| {
         snapshot
             .executors
-            .get(i)
+            .get(i.index())
             .map_or("?", |e| e.hostname.as_str())
     };
     out.truncate(out.len() - 2);

@@ -12,7 +12,7 @@ use super::probe::{self, ProbeResult};
 use super::streak::{self, Thresholds};
 use crate::config::{Algorithm, Config, ExecutorAddr};
 use crate::report::{self, reason, Report, Reporter};
-use crate::snapshot::{Board, ExecutorStatus, Snapshot};
+use crate::snapshot::{Board, ExecutorId, ExecutorStatus, Snapshot};
 use crate::{info, warn};
 
 /// Longest DNS error text kept as a reason.
@@ -372,9 +372,8 @@ fn status_lines(previous: Option<&Snapshot>, next: &Snapshot, rise: u32) -> Vec<
             })
             .collect();
     };
-    next.executors
-        .iter()
-        .enumerate()
+    next.ids()
+        .zip(&next.executors)
         .filter(|(index, e)| changed(previous, *index, e))
         .map(|(_, e)| {
             if e.online && rise > 1 {
@@ -401,7 +400,7 @@ fn went_offline<'a>(
     previous: Option<&'a Snapshot>,
     next: &'a Snapshot,
 ) -> impl Iterator<Item = &'a ExecutorStatus> {
-    let executors = next.executors.iter().enumerate();
+    let executors = next.ids().zip(&next.executors);
     executors
         .filter(move |(index, e)| !e.online && previous.is_none_or(|p| changed(p, *index, e)))
         .map(|(_, e)| e)
@@ -409,8 +408,8 @@ fn went_offline<'a>(
 
 /// Whether the transition lines for `next` (`status_lines`) report executor `index`
 /// changing status since `previous`, which is every status of the first round.
-fn changed(previous: &Snapshot, index: usize, next: &ExecutorStatus) -> bool {
-    previous.executors.get(index).map(|p| p.online) != Some(next.online)
+fn changed(previous: &Snapshot, index: ExecutorId, next: &ExecutorStatus) -> bool {
+    previous.executors.get(index.index()).map(|p| p.online) != Some(next.online)
 }
 
 /// After `next` is published: clears the worker flag of every executor whose probe
@@ -423,7 +422,7 @@ fn changed(previous: &Snapshot, index: usize, next: &ExecutorStatus) -> bool {
 /// change is logged).
 fn clear_flags(board: &Board, previous: Option<&Snapshot>, next: &Snapshot) -> Vec<String> {
     let mut lines = Vec::new();
-    for (index, e) in next.executors.iter().enumerate() {
+    for (index, e) in next.ids().zip(&next.executors) {
         if !e.online || e.contrary > 0 || !board.clear_offline(index) {
             continue;
         }
@@ -758,7 +757,7 @@ mod tests {
         // b: flagged, and the round's own transition line says it went online.
         // c: flagged and still failing. d: never flagged.
         for index in 0..3 {
-            assert!(board.flag_offline(index));
+            assert!(board.flag_offline(ExecutorId::new(index)));
         }
         assert_eq!(
             status_lines(Some(&previous), &next, 1),
@@ -774,14 +773,17 @@ mod tests {
             clear_flags(&board, Some(&previous), &next),
             vec!["Executor \"a:80\" went online".to_string()]
         );
-        assert!(!board.is_flagged_offline(0));
-        assert!(!board.is_flagged_offline(1));
-        assert!(board.is_flagged_offline(2), "still offline: flag kept");
-        assert!(!board.is_flagged_offline(3));
+        assert!(!board.is_flagged_offline(ExecutorId::new(0)));
+        assert!(!board.is_flagged_offline(ExecutorId::new(1)));
+        assert!(
+            board.is_flagged_offline(ExecutorId::new(2)),
+            "still offline: flag kept"
+        );
+        assert!(!board.is_flagged_offline(ExecutorId::new(3)));
         // Cleared once: the next round says nothing more.
         assert!(clear_flags(&board, Some(&next), &next).is_empty());
         // The checker's first round (no previous) lists statuses, not changes.
-        board.flag_offline(3);
+        board.flag_offline(ExecutorId::new(3));
         assert_eq!(
             clear_flags(&board, None, &next),
             vec!["Executor \"d:80\" went online".to_string()]
@@ -804,10 +806,10 @@ mod tests {
         assert!(board.load().executors[0].online);
         // One failed probe: still online, and a worker's flag is not cleared by it.
         a.answer("503 Service Unavailable", "");
-        board.flag_offline(0);
+        board.flag_offline(ExecutorId::new(0));
         let (s, lines, cleared) = round(&mut checker);
         assert!(s.executors[0].online && lines.is_empty() && cleared.is_empty());
-        assert!(board.is_flagged_offline(0));
+        assert!(board.is_flagged_offline(ExecutorId::new(0)));
         // The second in a row: offline, one line with the count and the last cause.
         let (s, lines, _) = round(&mut checker);
         assert!(!s.executors[0].online);
@@ -824,7 +826,7 @@ mod tests {
         let line = format!("Executor \"{host}\" went online: 2 passing checks");
         assert_eq!(lines, vec![(true, line)]);
         assert!(cleared.is_empty(), "already logged by the transition line");
-        assert!(!board.is_flagged_offline(0));
+        assert!(!board.is_flagged_offline(ExecutorId::new(0)));
         let (_, lines, _) = round(&mut checker);
         assert!(lines.is_empty());
     }
@@ -962,8 +964,8 @@ mod tests {
         let down = local(free_port());
         let mut checker = checker_for(&[up.executor(), down], true, None);
         let board = Board::new(checker.round());
-        board.flag_offline(0);
-        board.flag_offline(1);
+        board.flag_offline(ExecutorId::new(0));
+        board.flag_offline(ExecutorId::new(1));
         let handle = checker.spawn(board.clone());
 
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -976,9 +978,9 @@ mod tests {
             "generation {}",
             snapshot.generation
         );
-        assert!(!board.is_flagged_offline(0));
+        assert!(!board.is_flagged_offline(ExecutorId::new(0)));
         assert!(
-            board.is_flagged_offline(1),
+            board.is_flagged_offline(ExecutorId::new(1)),
             "an offline executor keeps its flag"
         );
 

@@ -31,6 +31,7 @@ use crate::http::head::{
 };
 use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
 use crate::report::Report;
+use crate::snapshot::ExecutorId;
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -44,7 +45,7 @@ type Buffers<'b, 'p> = (
 struct Answer<'a> {
     request: &'a Request,
     /// The first executor that could not be reached, and how (for `x-opr-route`).
-    failover: Option<(usize, &'static str)>,
+    failover: Option<(ExecutorId, &'static str)>,
     /// Explain the choice in `x-opr-route`.
     debug: bool,
     /// How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
@@ -149,7 +150,7 @@ pub(crate) async fn serve(
             request_line: &s.request_line.borrow(),
             status,
             executor: executor
-                .and_then(|i| snapshot.executors.get(i))
+                .and_then(|i| snapshot.executors.get(i.index()))
                 .map(|e| e.hostname.as_str()),
             tier: s.choice.get().map(|c| c.tier),
             bytes_in,
@@ -297,7 +298,7 @@ impl Stream {
         let mut assigned = None;
         // The first executor that could not be reached, and how (for `x-opr-route`).
         let failover = Cell::new(None);
-        let failed_over = |i: usize, why: &'static str| {
+        let failed_over = |i: ExecutorId, why: &'static str| {
             if failover.get().is_none() {
                 failover.set(Some((i, why)));
             }
@@ -330,7 +331,7 @@ impl Stream {
             };
             let i = choice.executor;
             self.choice.set(Some(choice));
-            let status = &snapshot.executors[i];
+            let status = snapshot.executor(i);
             out.clear();
             let rw = RequestRewrite {
                 authorization: &ctx.executor_authorization,
@@ -862,7 +863,7 @@ impl Stream {
         let executor = self.choice.get().and_then(|c| {
             ctx.snapshot()
                 .executors
-                .get(c.executor)
+                .get(c.executor.index())
                 .map(|e| e.hostname.clone())
         });
         ctx.reporter.report(Report::HttpError {
