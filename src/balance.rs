@@ -34,7 +34,7 @@ pub enum Addressing {
 
 impl Addressing {
     /// Unknown values fall back to the default, as the original does.
-    pub fn from_header(value: Option<&[u8]>) -> Addressing {
+    pub(crate) fn from_header(value: Option<&[u8]>) -> Addressing {
         match value {
             Some(b"anycast-fast") => Addressing::AnycastFast,
             Some(b"broadcast") => Addressing::Broadcast,
@@ -104,7 +104,7 @@ impl Picker {
 
     /// The executors' `host:port` as configured (in `OPR_PROXY_EXECUTORS` order) and
     /// `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths, for `affinity`.
-    pub fn with_affinity(mut self, executors: &[ExecutorAddr], load_factor: u32) -> Picker {
+    pub(crate) fn with_affinity(mut self, executors: &[ExecutorAddr], load_factor: u32) -> Picker {
         self.keys = executors
             .iter()
             .map(|e| executor_key(&e.hostname()))
@@ -186,7 +186,7 @@ impl Picker {
     }
 
     /// Every online executor, in configuration order (for broadcast).
-    pub fn all_online(
+    pub(crate) fn all_online(
         &self,
         snapshot: &Snapshot,
         unavailable: impl Fn(ExecutorId) -> bool,
@@ -201,7 +201,7 @@ impl Picker {
     /// executor, treat the runtime as warm there until the next snapshot. Bounded: ids
     /// over `MAX_MARKED_ID` bytes are not marked, and past `MAX_MARKS` runtimes the
     /// oldest mark goes (worst case in the README, "Operating it").
-    pub fn mark_warm(&self, snapshot: &Snapshot, executor: ExecutorId, runtime_id: &str) {
+    pub(crate) fn mark_warm(&self, snapshot: &Snapshot, executor: ExecutorId, runtime_id: &str) {
         self.sync_overlay(snapshot.generation);
         if runtime_id.len() > MAX_MARKED_ID {
             return;
@@ -224,14 +224,15 @@ impl Picker {
         overlay.insert(id, vec![executor]);
     }
 
-    /// Runtimes the overlay remembers now (tests and the README's worst case).
-    pub fn marks(&self) -> usize {
+    /// Runtimes the overlay remembers now (the tests of its bound).
+    #[cfg(test)]
+    pub(crate) fn marks(&self) -> usize {
         self.overlay.borrow().len()
     }
 
     /// Count a request as in flight to `executor` until the returned guard drops (every
     /// way an exchange can end, the task being dropped included, so a count cannot leak).
-    pub fn assign(&self, executor: ExecutorId) -> Assigned<'_> {
+    pub(crate) fn assign(&self, executor: ExecutorId) -> Assigned<'_> {
         if let Some(c) = self.in_flight.get(executor.index()) {
             c.set(c.get().saturating_add(1));
         }
@@ -242,7 +243,7 @@ impl Picker {
     }
 
     /// Requests this worker has in flight to `executor`.
-    pub fn in_flight(&self, executor: ExecutorId) -> u32 {
+    pub(crate) fn in_flight(&self, executor: ExecutorId) -> u32 {
         self.in_flight.get(executor.index()).map_or(0, Cell::get)
     }
 
@@ -385,13 +386,13 @@ impl Picker {
 
 /// One request counted in flight to an executor (`Picker::assign`); the count drops
 /// with the guard.
-pub struct Assigned<'a> {
+pub(crate) struct Assigned<'a> {
     picker: &'a Picker,
     executor: ExecutorId,
 }
 
 impl Assigned<'_> {
-    pub fn executor(&self) -> ExecutorId {
+    pub(crate) fn executor(&self) -> ExecutorId {
         self.executor
     }
 }

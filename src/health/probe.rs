@@ -38,7 +38,7 @@ pub struct ProbeResult {
 }
 
 impl ProbeResult {
-    pub fn offline(reason: String) -> ProbeResult {
+    pub(crate) fn offline(reason: String) -> ProbeResult {
         ProbeResult {
             online: false,
             state_status: None,
@@ -49,7 +49,7 @@ impl ProbeResult {
     }
 
     /// Online with nothing else known: plain-text bodies, or health checks disabled.
-    pub fn online_unknown() -> ProbeResult {
+    pub(crate) fn online_unknown() -> ProbeResult {
         ProbeResult {
             online: true,
             state_status: None,
