@@ -79,7 +79,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// The `OPR_PROXY_ALGORITHM` word, as logs and messages show it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round-robin",
             Algorithm::Random => "random",
@@ -185,7 +185,7 @@ pub struct ExecutorAddr {
 impl ExecutorAddr {
     /// `host:port`, with IPv6 in brackets (`[::1]:8080`): where the executor is reached
     /// (the health probe's URL and the `Host` header sent for HTTP/1.0 clients).
-    pub fn hostname(&self) -> String {
+    pub(crate) fn hostname(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -347,7 +347,7 @@ impl Config {
         Config::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
 
-    pub fn is_development(&self) -> bool {
+    pub(crate) fn is_development(&self) -> bool {
         self.env == Env::Development
     }
 }
