@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use opr_proxy::snapshot::ExecutorId;
+use opr_proxy::ExecutorId;
 use sonic_rs::JsonValueTrait;
 use support::*;
 

@@ -1,7 +1,7 @@
 //! HTTP/1.1 framing and I/O: head parsing and framing rules (`head`, `chunked`, RFC
 //! 9112), the pure header rewrites (`rewrite`) and the client side's I/O (`client`).
 
-pub mod chunked;
+pub(crate) mod chunked;
 pub(crate) mod client;
-pub mod head;
-pub mod rewrite;
+pub(crate) mod head;
+pub(crate) mod rewrite;

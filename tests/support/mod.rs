@@ -10,8 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use opr_loadtest::{pattern_byte, pattern_sha256, HealthMode, MockExecutor, MockOptions};
-use opr_proxy::config::Config;
-use opr_proxy::Server;
+use opr_proxy::{Config, Server};
 use sha2::{Digest, Sha256};
 
 pub mod h2raw;
