@@ -4,14 +4,12 @@
 //! drain); clients that leave are dropped from it, lost executors re-pick, HTTP/2 streams
 //! queue the same way, and broadcast is never shed.
 
-mod support;
-
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use sonic_rs::JsonValueTrait;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
