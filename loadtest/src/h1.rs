@@ -141,18 +141,8 @@ fn read_head_bytes<R: BufRead>(r: &mut R, skip_empty_lines: bool) -> Result<Vec<
 
 fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HeadError::Malformed),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed),
-    }
-    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(HeadError::Malformed);
-    };
-    let headers = req
-        .headers
+    let (method, target, minor, fields) = parse_request_fields(buf, &mut fields)?;
+    let headers = fields
         .iter()
         .map(|h| (h.name.to_string(), bytes_to_string(h.value)))
         .collect();
@@ -162,6 +152,29 @@ fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
         minor,
         headers,
     })
+}
+
+/// A request head's borrowed parts (method, target, minor version, fields).
+pub type RequestFields<'b, 'h> = (&'b str, &'b str, u8, &'h [httparse::Header<'b>]);
+
+/// Method, target, minor version and fields of the complete request head in `buf` (its
+/// empty line included), borrowed from it: no allocation, for the fast mock's hot path.
+/// `fields` bounds how many fields are accepted.
+pub fn parse_request_fields<'b, 'h>(
+    buf: &'b [u8],
+    fields: &'h mut [httparse::Header<'b>],
+) -> Result<RequestFields<'b, 'h>, HeadError> {
+    let mut req = httparse::Request::new(fields);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HeadError::Malformed),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed),
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Malformed);
+    };
+    Ok((method, target, minor, req.headers))
 }
 
 /// A parsed response head. Header names and values are kept as received.
@@ -184,7 +197,26 @@ impl ResponseHead {
 
 fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
+    let (status, minor, fields) = parse_response_fields(buf, &mut fields)?;
+    let headers = fields
+        .iter()
+        .map(|h| (h.name.to_string(), bytes_to_string(h.value)))
+        .collect();
+    Ok(ResponseHead {
+        status,
+        minor,
+        headers,
+    })
+}
+
+/// Status, minor version and fields of the complete response head in `buf` (its empty
+/// line included), borrowed from it: no allocation, for the load generator's hot path.
+/// `fields` bounds how many fields are accepted.
+pub fn parse_response_fields<'b, 'h>(
+    buf: &'b [u8],
+    fields: &'h mut [httparse::Header<'b>],
+) -> Result<(u16, u8, &'h [httparse::Header<'b>]), HeadError> {
+    let mut resp = httparse::Response::new(fields);
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(HeadError::Malformed),
@@ -194,16 +226,7 @@ fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, HeadError> {
     let (Some(status), Some(minor)) = (resp.code, resp.version) else {
         return Err(HeadError::Malformed);
     };
-    let headers = resp
-        .headers
-        .iter()
-        .map(|h| (h.name.to_string(), bytes_to_string(h.value)))
-        .collect();
-    Ok(ResponseHead {
-        status,
-        minor,
-        headers,
-    })
+    Ok((status, minor, resp.headers))
 }
 
 /// UTF-8 when valid, else Latin-1 (one char per byte), so no byte is ever lost.
@@ -285,7 +308,8 @@ pub fn response_framing(head_request: bool, head: &ResponseHead) -> Result<Frami
     }
 }
 
-fn parse_decimal(s: &str) -> Option<u64> {
+/// A Content-Length value (`1*DIGIT`, at most 19 digits): `None` when it is not one.
+pub fn parse_decimal(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -394,8 +418,9 @@ fn read_chunked<R: BufRead>(
 }
 
 /// Parses `1*HEXDIG *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )`; extensions are ignored
-/// after checking they contain no control characters.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
+/// after checking they contain no control characters. (The load generator's streaming
+/// parser uses it too.)
+pub fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 {
         return Err(BodyError::Malformed("missing chunk size"));
