@@ -177,7 +177,7 @@ fn soak_mixed_traffic_with_restarting_executors() {
             let mut c = Client {
                 id,
                 addr,
-                rng: Rng::new(seed.wrapping_add(id as u64 * 0x9e37_79b9_7f4a_7c15)),
+                rng: Rng::new(seed.wrapping_add((id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))),
                 conn: None,
                 seq: 0,
                 stats: Stats::default(),
