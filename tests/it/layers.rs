@@ -432,6 +432,106 @@ fn circle<'a>(
     path
 }
 
+/// The longest a function on the request path may be (docs/architecture.md, "Layers").
+const MAX_FUNCTION_LINES: usize = 80;
+
+/// No function of the request path (the back end and the front ends: layers 3 and 4 of the
+/// table, and `admission`) is longer than `MAX_FUNCTION_LINES`, test modules excepted, so a
+/// reader can follow one request through functions that fit on a screen.
+#[test]
+fn request_path_functions_fit_on_a_screen() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let table = fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let layers = parse_layers(&table);
+    let src = root.join("src");
+    let mut long = Vec::new();
+    for file in rust_files(&src) {
+        let Some(module) = module_of(&file, &src) else {
+            continue;
+        };
+        let on_path = module == "admission" || matches!(layers.get(&module), Some(3 | 4));
+        if !on_path {
+            continue;
+        }
+        let rel = file.strip_prefix(root).unwrap().display().to_string();
+        for (name, line, len) in function_lengths(&fs::read_to_string(&file).unwrap()) {
+            if len > MAX_FUNCTION_LINES {
+                long.push(format!("{rel}:{line}: fn {name} is {len} lines"));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "request-path functions over {MAX_FUNCTION_LINES} lines:\n  {}",
+        long.join("\n  ")
+    );
+}
+
+/// Each `fn` of rustfmt-formatted source outside `#[cfg(test)]` modules: its name, first
+/// line and length in lines (signature to closing brace, which rustfmt puts on a line of
+/// its own at the indentation of the `fn`).
+fn function_lengths(src: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = src.lines().collect();
+    let mut found = Vec::new();
+    let mut skip_to: Option<String> = None;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let indent = &line[..line.len() - line.trim_start().len()];
+        if let Some(end) = &skip_to {
+            if line == end.as_str() {
+                skip_to = None;
+            }
+            i += 1;
+            continue;
+        }
+        if line.trim_start() == "#[cfg(test)]" {
+            skip_to = Some(format!("{indent}}}"));
+            i += 1;
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let fn_at = words.iter().position(|w| *w == "fn");
+        let is_item = fn_at.is_some_and(|k| {
+            words[..k].iter().all(|w| {
+                matches!(*w, "pub" | "async" | "const" | "unsafe" | "extern")
+                    || w.starts_with("pub(")
+            })
+        });
+        if let (true, Some(k)) = (is_item, fn_at) {
+            let name: String = words
+                .get(k + 1)
+                .unwrap_or(&"?")
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let close = format!("{indent}}}");
+            // A declaration without a body (trait method) ends with `;` before any `{`.
+            let mut j = i;
+            while j < lines.len() && !lines[j].ends_with('{') && !lines[j].ends_with(';') {
+                j += 1;
+            }
+            if j < lines.len() && lines[j].ends_with('{') && !lines[j].trim_end().ends_with("{}") {
+                let end = (j..lines.len()).find(|&e| lines[e] == close).unwrap_or(j);
+                found.push((name, i + 1, end - i + 1));
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+#[test]
+fn function_lengths_are_counted_from_signature_to_closing_brace() {
+    let src = "fn a() {\n    x();\n}\n\nimpl T {\n    pub(crate) async fn b(\n        x: u8,\n    ) -> u8 {\n        x\n    }\n    fn c();\n}\n#[cfg(test)]\nmod tests {\n    fn d() {\n    }\n}\n";
+    let got = function_lengths(src);
+    let got: Vec<_> = got
+        .iter()
+        .map(|(n, l, len)| (n.as_str(), *l, *len))
+        .collect();
+    assert_eq!(got, vec![("a", 1, 3), ("b", 6, 5)]);
+}
+
 #[test]
 fn the_scanner_sees_imports_and_skips_comments_and_strings() {
     let modules: BTreeSet<String> = ["error", "http", "metrics", "report", "logging"]

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use opr_proxy::ExecutorId;
 use crate::support::*;
+use opr_proxy::ExecutorId;
 use sonic_rs::JsonValueTrait;
 
 const WAIT: Duration = Duration::from_secs(10);
