@@ -6,9 +6,10 @@ SECRET ?= proxy-secret-key
 
 .PHONY: run test ci fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay build clean mutants
 
+## One release build for `make run`, container-test and kernel-test: both binaries in one
+## cargo invocation, so the dependencies are built once (with one feature set) under fat LTO.
 build:
-	$(CARGO) build --release --bin opr-proxy -p opr-proxy
-	$(CARGO) build --release -p opr-loadtest --bin mock-executor
+	$(CARGO) build --release -p opr-proxy -p opr-loadtest --bin opr-proxy --bin mock-executor
 
 ## Two demo executors on 8081/8082 and the proxy on $(PORT), round-robin, dev mode.
 run: build
@@ -30,25 +31,71 @@ run: build
 	OPR_PROXY_HEALTHCHECK_INTERVAL=5000 \
 	./target/release/opr-proxy
 
-## Everything CI runs.
+## Everything CI runs. What compiles runs first, one step after the other (each uses both
+## cores); then the integration suite, which mostly waits (timeouts, health rounds), runs
+## in the background while the release build and the checks that need it use the cores.
+## Its output is printed when both are done.
 test: ci
 
-ci: fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay kernel-test
+ci: fmt clippy lint-deploy unit it-build
+	@set -uo pipefail; \
+	$(MAKE) --no-print-directory integration IT_BIN="$$(cat target/it-bin)" \
+	  > target/ci-integration.log 2>&1 & it=$$!; \
+	$(MAKE) --no-print-directory container-test bench-build fuzz-replay kernel-test; rest=$$?; \
+	wait $$it; integration=$$?; \
+	cat target/ci-integration.log; \
+	[ $$integration -eq 0 ] || echo "ci: the integration suite failed"; \
+	[ $$rest -eq 0 ] || echo "ci: a check after the integration build failed"; \
+	[ $$integration -eq 0 ] && [ $$rest -eq 0 ]
 
 fmt:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --all -- --check
 
+## --all-features: the soak test (behind the `soak` feature) is linted, never built by `make test`.
 clippy:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
+## Unit tests of both crates, and loadtest's own end-to-end tests (mocks, generator); none
+## of them runs the proxy, so the io driver does not matter to them. Every test binary
+## (the integration suite's too) is built by one cargo call, so both cores stay busy.
 unit:
+	$(CARGO) test --workspace --tests --no-run
 	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p opr-loadtest --test '*'
 
-## The integration suite on both io drivers.
+## The integration suite (tests/it/, one binary) on both io drivers, the two passes at once:
+## most of a pass is waiting (timeouts, health rounds), so they share the cores well. Each
+## pass's output goes to target/it-<driver>.log and is printed when both are done.
+## TEST_THREADS per pass. The open-file limit is raised for tests/it/memory.rs.
+TEST_THREADS ?= 4
+IT_DRIVERS ?= io_uring epoll
+IT_BIN ?=
 integration:
-	OPR_TEST_IO_DRIVER=io_uring $(CARGO) test --workspace --tests -- --test-threads=4
-	OPR_TEST_IO_DRIVER=epoll $(CARGO) test -p opr-proxy --tests -- --test-threads=4
+	@set -uo pipefail; \
+	bin="$(IT_BIN)"; \
+	if [ -z "$$bin" ]; then $(MAKE) --no-print-directory it-build && bin=$$(cat target/it-bin) || exit 1; fi; \
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
+	pids=(); \
+	for d in $(IT_DRIVERS); do \
+	  OPR_TEST_IO_DRIVER=$$d "$$bin" --test-threads=$(TEST_THREADS) > target/it-$$d.log 2>&1 & pids+=($$!); \
+	done; \
+	failed=""; i=0; \
+	for d in $(IT_DRIVERS); do \
+	  if wait $${pids[$$i]}; then r=passed; else r=FAILED; failed="$$failed $$d"; fi; i=$$((i+1)); \
+	  echo "== integration on $$d: $$r ($$(grep -h '^test result' target/it-$$d.log | tail -n 1))"; \
+	done; \
+	for d in $$failed; do echo "== target/it-$$d.log"; cat target/it-$$d.log; done; \
+	[ -z "$$failed" ] || { echo "integration failed on:$$failed"; exit 1; }
+
+## The suite's binary (and the proxy binary it starts), its path in target/it-bin.
+.PHONY: it-build
+it-build:
+	@set -uo pipefail; \
+	json=$$($(CARGO) test -p opr-proxy --test it --no-run --message-format=json-render-diagnostics) || exit 1; \
+	bin=$$(printf '%s\n' "$$json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep '/it-'); \
+	[ -x "$$bin" ] || { echo "it-build: no test binary found"; exit 1; }; \
+	echo "$$bin" > target/it-bin
 
 ## Dockerfile (hadolint), deploy/ YAML (yamllint), Kubernetes manifests
 ## (kubernetes-validate --strict), seccomp profiles, systemd unit (systemd-analyze verify),
@@ -57,14 +104,14 @@ integration:
 lint-deploy:
 	bash deploy/lint.sh
 
-## The release binary as a container entrypoint under podman + runc (tests/container.rs):
+## The release binary as a container entrypoint under podman + runc (tests/it/container.rs):
 ## an image FROM scratch with the binary and its libraries, run with the original README's
 ## .env; health, forwarding, HEALTHCHECK, io driver per seccomp profile, SIGTERM drain.
 ## Skipped with a message where podman cannot run containers. About 30 s once built.
-container-test:
-	$(CARGO) build --release --bin opr-proxy -p opr-proxy
+## The suite's binary runs it (ignored by a plain run); the release binary is `make build`'s.
+container-test: build
 	OPR_CONTAINER_BIN=$(CURDIR)/target/release/opr-proxy \
-	  $(CARGO) test -p opr-proxy --test container -- --ignored --nocapture
+	  $(CARGO) test -p opr-proxy --test it container -- --ignored --nocapture
 
 ## The release binary on other kernels (tests/kernels/run.sh): Debian's packaged 6.1
 ## (Debian 12's stock kernel) and 6.12 booted under QEMU TCG with the proxy, two mock
@@ -76,16 +123,18 @@ container-test:
 kernel-test: build
 	bash tests/kernels/run.sh
 
+## The benches run once each in test mode (dev profile, no second fat-LTO build): they
+## build and work; `cargo bench` measures.
 bench-build:
-	$(CARGO) bench --workspace --no-run
+	$(CARGO) test --workspace --benches
 
 ## The fuzz crate (its own workspace, fuzz/README.md) on stable, without libFuzzer running:
 ## its checks replay fuzz/corpus/ and fuzz/regressions/ as unit tests, and the four targets
-## still build, so neither rots between fuzzing runs. About 45 s from a clean fuzz/target
-## on 2 cores, under a second once built.
+## still build, so neither rots between fuzzing runs. It shares target/ with the workspace,
+## so the proxy and its dependencies are not built a second time.
 fuzz-replay:
-	$(CARGO) test --manifest-path fuzz/Cargo.toml --lib
-	$(CARGO) build --manifest-path fuzz/Cargo.toml --bins
+	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) test --manifest-path fuzz/Cargo.toml --lib
+	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --manifest-path fuzz/Cargo.toml --bins
 
 ## Mutation testing of executor selection (cargo-mutants: `cargo install cargo-mutants`):
 ## every viable mutant of the selection code must make a library unit test fail. Only the
@@ -137,8 +186,7 @@ LOADTEST_ARGS ?=
 
 .PHONY: loadtest compare
 loadtest:
-	$(CARGO) build --release -p opr-proxy --bin opr-proxy
-	$(CARGO) build --release -p opr-loadtest --bin loadtest --bin mock-executor
+	$(CARGO) build --release -p opr-proxy -p opr-loadtest --bin opr-proxy --bin loadtest --bin mock-executor
 	./target/release/loadtest --proxy-bin ./target/release/opr-proxy --out $(LOADTEST_OUT) $(LOADTEST_ARGS)
 
 ## nginx, HAProxy and opr-proxy, 1 worker each on CPU 0, same scenarios, 3 interleaved rounds,
@@ -157,7 +205,7 @@ compare:
 coldstart:
 	bash loadtest/scripts/coldstart.sh
 
-## Soak (tests/soak.rs): SOAK_SECONDS (default 180) of mixed traffic through the release
+## Soak (tests/soak.rs, behind the `soak` feature): SOAK_SECONDS (default 180) of mixed traffic through the release
 ## binary from 8 client threads while a chaos thread stops and restarts the 3 mock executors
 ## on their ports. Fails on any outcome SPEC does not allow, a hang, the proxy dying, RSS
 ## growth over 16 MiB or fd growth past the pool. Prints a summary. Knobs in tests/soak.rs
@@ -167,4 +215,4 @@ SOAK_SECONDS ?= 180
 
 .PHONY: soak
 soak:
-	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release -p opr-proxy --test soak -- --ignored --nocapture
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release -p opr-proxy --features soak --test soak -- --ignored --nocapture

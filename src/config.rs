@@ -7,57 +7,60 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use crate::report::settings::{
+    self, Lookup, ReportingConfig, OPR_PROXY_LOGGING_ENDPOINT, OPR_PROXY_LOGGING_PROVIDER,
+    PROVIDERS,
+};
+
 type Parsed<T> = Result<T, ConfigError>;
 type Range = RangeInclusive<u64>;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 // Variable names, used everywhere instead of string literals.
-pub const PORT: &str = "PORT";
-pub const OPR_PROXY_HOST: &str = "OPR_PROXY_HOST";
-pub const OPR_PROXY_ALGORITHM: &str = "OPR_PROXY_ALGORITHM";
-pub const OPR_PROXY_WORKER_PER_CORE: &str = "OPR_PROXY_WORKER_PER_CORE";
-pub const OPR_PROXY_CORES: &str = "OPR_PROXY_CORES";
-pub const OPR_PROXY_EXECUTORS: &str = "OPR_PROXY_EXECUTORS";
-pub const OPR_PROXY_HEALTHCHECK: &str = "OPR_PROXY_HEALTHCHECK";
-pub const OPR_PROXY_HEALTHCHECK_INTERVAL: &str = "OPR_PROXY_HEALTHCHECK_INTERVAL";
-pub const OPR_PROXY_HEALTHCHECK_TIMEOUT: &str = "OPR_PROXY_HEALTHCHECK_TIMEOUT";
-pub const OPR_PROXY_HEALTHCHECK_URL: &str = "OPR_PROXY_HEALTHCHECK_URL";
-pub const OPR_PROXY_MAX_TIMEOUT: &str = "OPR_PROXY_MAX_TIMEOUT";
-pub const OPR_PROXY_CONNECT_TIMEOUT: &str = "OPR_PROXY_CONNECT_TIMEOUT";
-pub const OPR_PROXY_ENV: &str = "OPR_PROXY_ENV";
-pub const OPR_PROXY_SECRET: &str = "OPR_PROXY_SECRET";
-pub const OPR_PROXY_EXECUTOR_SECRET: &str = "OPR_PROXY_EXECUTOR_SECRET";
-pub const OPR_PROXY_LOGGING_PROVIDER: &str = "OPR_PROXY_LOGGING_PROVIDER";
-pub const OPR_PROXY_LOGGING_CONFIG: &str = "OPR_PROXY_LOGGING_CONFIG";
-pub const OPR_PROXY_LOGGING_ENDPOINT: &str = "OPR_PROXY_LOGGING_ENDPOINT";
-pub const OPR_PROXY_MAX_BODY_SIZE: &str = "OPR_PROXY_MAX_BODY_SIZE";
-pub const OPR_PROXY_VERSION: &str = "OPR_PROXY_VERSION";
-pub const OPR_PROXY_IO_DRIVER: &str = "OPR_PROXY_IO_DRIVER";
-pub const OPR_PROXY_IDLE_TIMEOUT: &str = "OPR_PROXY_IDLE_TIMEOUT";
-pub const OPR_PROXY_HEADER_TIMEOUT: &str = "OPR_PROXY_HEADER_TIMEOUT";
-pub const OPR_PROXY_POOL_SIZE: &str = "OPR_PROXY_POOL_SIZE";
-pub const OPR_PROXY_POOL_IDLE_TIMEOUT: &str = "OPR_PROXY_POOL_IDLE_TIMEOUT";
-pub const OPR_PROXY_SHUTDOWN_TIMEOUT: &str = "OPR_PROXY_SHUTDOWN_TIMEOUT";
-pub const OPR_PROXY_ACCESS_LOG: &str = "OPR_PROXY_ACCESS_LOG";
-pub const OPR_PROXY_ACCESS_LOG_FORMAT: &str = "OPR_PROXY_ACCESS_LOG_FORMAT";
-pub const OPR_PROXY_SPLICE: &str = "OPR_PROXY_SPLICE";
-pub const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
-pub const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
-pub const OPR_PROXY_CONNECTION_BALANCE: &str = "OPR_PROXY_CONNECTION_BALANCE";
-pub const OPR_PROXY_HEALTHCHECK_RISE: &str = "OPR_PROXY_HEALTHCHECK_RISE";
-pub const OPR_PROXY_HEALTHCHECK_FALL: &str = "OPR_PROXY_HEALTHCHECK_FALL";
-pub const OPR_PROXY_EJECT_AFTER: &str = "OPR_PROXY_EJECT_AFTER";
+pub(crate) const PORT: &str = "PORT";
+pub(crate) const OPR_PROXY_HOST: &str = "OPR_PROXY_HOST";
+pub(crate) const OPR_PROXY_ALGORITHM: &str = "OPR_PROXY_ALGORITHM";
+pub(crate) const OPR_PROXY_WORKER_PER_CORE: &str = "OPR_PROXY_WORKER_PER_CORE";
+pub(crate) const OPR_PROXY_CORES: &str = "OPR_PROXY_CORES";
+pub(crate) const OPR_PROXY_EXECUTORS: &str = "OPR_PROXY_EXECUTORS";
+pub(crate) const OPR_PROXY_HEALTHCHECK: &str = "OPR_PROXY_HEALTHCHECK";
+pub(crate) const OPR_PROXY_HEALTHCHECK_INTERVAL: &str = "OPR_PROXY_HEALTHCHECK_INTERVAL";
+pub(crate) const OPR_PROXY_HEALTHCHECK_TIMEOUT: &str = "OPR_PROXY_HEALTHCHECK_TIMEOUT";
+pub(crate) const OPR_PROXY_HEALTHCHECK_URL: &str = "OPR_PROXY_HEALTHCHECK_URL";
+pub(crate) const OPR_PROXY_MAX_TIMEOUT: &str = "OPR_PROXY_MAX_TIMEOUT";
+pub(crate) const OPR_PROXY_CONNECT_TIMEOUT: &str = "OPR_PROXY_CONNECT_TIMEOUT";
+pub(crate) const OPR_PROXY_ENV: &str = "OPR_PROXY_ENV";
+pub(crate) const OPR_PROXY_SECRET: &str = "OPR_PROXY_SECRET";
+pub(crate) const OPR_PROXY_EXECUTOR_SECRET: &str = "OPR_PROXY_EXECUTOR_SECRET";
+// OPR_PROXY_LOGGING_PROVIDER, _CONFIG and _ENDPOINT: report/settings.rs, beside the reporters.
+pub(crate) const OPR_PROXY_MAX_BODY_SIZE: &str = "OPR_PROXY_MAX_BODY_SIZE";
+pub(crate) const OPR_PROXY_VERSION: &str = "OPR_PROXY_VERSION";
+pub(crate) const OPR_PROXY_IO_DRIVER: &str = "OPR_PROXY_IO_DRIVER";
+pub(crate) const OPR_PROXY_IDLE_TIMEOUT: &str = "OPR_PROXY_IDLE_TIMEOUT";
+pub(crate) const OPR_PROXY_HEADER_TIMEOUT: &str = "OPR_PROXY_HEADER_TIMEOUT";
+pub(crate) const OPR_PROXY_POOL_SIZE: &str = "OPR_PROXY_POOL_SIZE";
+pub(crate) const OPR_PROXY_POOL_IDLE_TIMEOUT: &str = "OPR_PROXY_POOL_IDLE_TIMEOUT";
+pub(crate) const OPR_PROXY_SHUTDOWN_TIMEOUT: &str = "OPR_PROXY_SHUTDOWN_TIMEOUT";
+pub(crate) const OPR_PROXY_ACCESS_LOG: &str = "OPR_PROXY_ACCESS_LOG";
+pub(crate) const OPR_PROXY_ACCESS_LOG_FORMAT: &str = "OPR_PROXY_ACCESS_LOG_FORMAT";
+pub(crate) const OPR_PROXY_SPLICE: &str = "OPR_PROXY_SPLICE";
+pub(crate) const OPR_PROXY_BODY_TIMEOUT: &str = "OPR_PROXY_BODY_TIMEOUT";
+pub(crate) const OPR_PROXY_MAX_CONNECTIONS: &str = "OPR_PROXY_MAX_CONNECTIONS";
+pub(crate) const OPR_PROXY_CONNECTION_BALANCE: &str = "OPR_PROXY_CONNECTION_BALANCE";
+pub(crate) const OPR_PROXY_HEALTHCHECK_RISE: &str = "OPR_PROXY_HEALTHCHECK_RISE";
+pub(crate) const OPR_PROXY_HEALTHCHECK_FALL: &str = "OPR_PROXY_HEALTHCHECK_FALL";
+pub(crate) const OPR_PROXY_EJECT_AFTER: &str = "OPR_PROXY_EJECT_AFTER";
 /// The later original's Redis DSN for sharing "runtime is warm here" marks: accepted and
 /// not used (logged once at start).
-pub const OPR_PROXY_CONNECTIONS_STATE: &str = "OPR_PROXY_CONNECTIONS_STATE";
-pub const OPR_PROXY_EXECUTOR_CONCURRENCY: &str = "OPR_PROXY_EXECUTOR_CONCURRENCY";
-pub const OPR_PROXY_QUEUE_SIZE: &str = "OPR_PROXY_QUEUE_SIZE";
-pub const OPR_PROXY_QUEUE_TIMEOUT: &str = "OPR_PROXY_QUEUE_TIMEOUT";
-pub const OPR_PROXY_AFFINITY_LOAD_FACTOR: &str = "OPR_PROXY_AFFINITY_LOAD_FACTOR";
+pub(crate) const OPR_PROXY_CONNECTIONS_STATE: &str = "OPR_PROXY_CONNECTIONS_STATE";
+pub(crate) const OPR_PROXY_EXECUTOR_CONCURRENCY: &str = "OPR_PROXY_EXECUTOR_CONCURRENCY";
+pub(crate) const OPR_PROXY_QUEUE_SIZE: &str = "OPR_PROXY_QUEUE_SIZE";
+pub(crate) const OPR_PROXY_QUEUE_TIMEOUT: &str = "OPR_PROXY_QUEUE_TIMEOUT";
+pub(crate) const OPR_PROXY_AFFINITY_LOAD_FACTOR: &str = "OPR_PROXY_AFFINITY_LOAD_FACTOR";
 
 /// 22 MiB, the original's request body limit.
-pub const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
+pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 23_068_672;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
@@ -76,7 +79,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// The `OPR_PROXY_ALGORITHM` word, as logs and messages show it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round-robin",
             Algorithm::Random => "random",
@@ -107,7 +110,7 @@ const ALGORITHMS: [(&str, Algorithm); 7] = [
 
 /// `OPR_PROXY_AFFINITY_LOAD_FACTOR` in thousandths (1.25 = 1250), so the bound is integer
 /// arithmetic and exact.
-pub const LOAD_FACTOR_SCALE: u32 = 1000;
+pub(crate) const LOAD_FACTOR_SCALE: u32 = 1000;
 /// 1.0 (no executor may take more than its share) to 100 (almost plain affinity).
 const LOAD_FACTORS: RangeInclusive<u32> = 1000..=100_000;
 
@@ -163,63 +166,6 @@ const CONNECTION_BALANCES: [(&str, ConnectionBalance); 2] = [
     ("hash", ConnectionBalance::Hash),
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoggingProvider {
-    Sentry,
-    AppSignal,
-    Raygun,
-    LogOwl,
-}
-
-impl LoggingProvider {
-    /// The `OPR_PROXY_LOGGING_PROVIDER` word, which is also its DSN scheme.
-    pub fn name(self) -> &'static str {
-        match self {
-            LoggingProvider::Sentry => "sentry",
-            LoggingProvider::AppSignal => "appsignal",
-            LoggingProvider::Raygun => "raygun",
-            LoggingProvider::LogOwl => "logowl",
-        }
-    }
-}
-
-/// Where error reports go (SPEC §8), from `OPR_PROXY_LOGGING_PROVIDER`,
-/// `OPR_PROXY_LOGGING_CONFIG` and `OPR_PROXY_LOGGING_ENDPOINT`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ReportingConfig {
-    pub provider: LoggingProvider,
-    /// Sentry key, AppSignal or Raygun API key, LogOwl ticket.
-    pub key: String,
-    /// Sentry only.
-    pub project_id: Option<String>,
-    /// `host` or `host:port` from a sentry or logowl DSN, reached over https; `None` = the
-    /// provider's own.
-    pub host: Option<String>,
-    /// `OPR_PROXY_LOGGING_ENDPOINT` without a trailing `/`: replaces the provider's base URL.
-    pub endpoint: Option<String>,
-}
-
-// Written out so that logging the config never prints the key.
-impl fmt::Debug for ReportingConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReportingConfig")
-            .field("provider", &self.provider)
-            .field("key", &"<redacted>")
-            .field("project_id", &self.project_id)
-            .field("host", &self.host)
-            .field("endpoint", &self.endpoint)
-            .finish()
-    }
-}
-
-// Empty means no provider, so the words map to `Some`.
-const PROVIDERS: [(&str, Option<LoggingProvider>); 4] = [
-    ("sentry", Some(LoggingProvider::Sentry)),
-    ("appsignal", Some(LoggingProvider::AppSignal)),
-    ("raygun", Some(LoggingProvider::Raygun)),
-    ("logowl", Some(LoggingProvider::LogOwl)),
-];
-
 const BODY_UNIT: &str = "bytes, 0 = no limit";
 
 const ON_OFF: [(&str, bool); 2] = [("enabled", true), ("disabled", false)];
@@ -239,7 +185,7 @@ pub struct ExecutorAddr {
 impl ExecutorAddr {
     /// `host:port`, with IPv6 in brackets (`[::1]:8080`): where the executor is reached
     /// (the health probe's URL and the `Host` header sent for HTTP/1.0 clients).
-    pub fn hostname(&self) -> String {
+    pub(crate) fn hostname(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -401,7 +347,7 @@ impl Config {
         Config::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
 
-    pub fn is_development(&self) -> bool {
+    pub(crate) fn is_development(&self) -> bool {
         self.env == Env::Development
     }
 }
@@ -623,48 +569,18 @@ impl Source<'_> {
         Ok(executors)
     }
 
-    /// `OPR_PROXY_LOGGING_CONFIG` is first read as a DSN (the provider is its scheme), else
-    /// in the older form for `OPR_PROXY_LOGGING_PROVIDER` (SPEC §1). Errors never show the
-    /// key: the value they name is masked.
+    /// The error-reporting variables, parsed beside the reporters (report/settings.rs)
+    /// with this lookup and these rules; a rejection is a `ConfigError` like any other.
     fn reporting(&self) -> Parsed<Option<ReportingConfig>> {
         let named = self.choice(OPR_PROXY_LOGGING_PROVIDER, None, &PROVIDERS)?;
-        let reporting = match (self.get(OPR_PROXY_LOGGING_CONFIG), named) {
-            (None, None) => None,
-            (None, Some(provider)) => {
-                let allowed = format!(
-                    "OPR_PROXY_LOGGING_PROVIDER={} needs it: {}",
-                    provider.name(),
-                    logging_forms(provider)
-                );
-                return Err(ConfigError::new(OPR_PROXY_LOGGING_CONFIG, "", allowed));
-            }
-            (Some(config), named) if config.contains("://") => Some(parse_dsn(&config, named)?),
-            (Some(_), None) => {
-                let allowed = "OPR_PROXY_LOGGING_CONFIG is not a DSN (scheme://...), so it \
-                    needs a provider: sentry, appsignal, raygun or logowl";
-                return Err(ConfigError::new(OPR_PROXY_LOGGING_PROVIDER, "", allowed));
-            }
-            (Some(config), Some(provider)) => Some(parse_older(&config, provider)?),
+        let get = |name: &str| self.get(name);
+        let lookup = Lookup {
+            get: &get,
+            host_port: |host| parse_executor(host).map(drop),
+            http_url: valid_http_url,
         };
-        let Some(url) = self.get(OPR_PROXY_LOGGING_ENDPOINT) else {
-            return Ok(reporting);
-        };
-        let Some(mut reporting) = reporting else {
-            let allowed = "it replaces the error reporting provider's base URL, so it needs \
-                OPR_PROXY_LOGGING_CONFIG (and a provider)";
-            return Err(ConfigError::new(OPR_PROXY_LOGGING_ENDPOINT, &url, allowed));
-        };
-        let authority = url
-            .split_once("://")
-            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
-        if !valid_http_url(&url) || url.contains(['?', '#']) || authority.contains('@') {
-            let allowed = "allowed values are http:// or https:// base URLs (host, optional \
-                port and path prefix; no user info, query or fragment), or empty for the \
-                provider's own";
-            return Err(ConfigError::new(OPR_PROXY_LOGGING_ENDPOINT, &url, allowed));
-        }
-        reporting.endpoint = Some(url.trim_end_matches('/').to_string());
-        Ok(Some(reporting))
+        settings::parse(&lookup, named)
+            .map_err(|r| ConfigError::new(r.variable, &r.value, r.allowed))
     }
 
     /// A plain decimal with at most three decimals (`1`, `1.5`, `1.25`), kept in
@@ -776,147 +692,9 @@ fn parse_executor(item: &str) -> Result<ExecutorAddr, String> {
 /// A DSN as it may be logged: scheme, host, port and path; user-info becomes
 /// `<redacted>@` (everything up to the last `@`, so a password holding `/` or `@` is
 /// cut too), and the query and fragment (`?password=`) are dropped.
-pub fn redact_dsn(dsn: &str) -> String {
+pub(crate) fn redact_dsn(dsn: &str) -> String {
     let redacted = redact_user_info(dsn);
     redacted.split(['?', '#']).next().unwrap_or("").to_string()
-}
-
-/// The forms `OPR_PROXY_LOGGING_CONFIG` takes for `provider`, for error messages.
-fn logging_forms(provider: LoggingProvider) -> &'static str {
-    match provider {
-        LoggingProvider::Sentry => "<key>;<projectId> or sentry://<projectId>:<key>@<host>",
-        LoggingProvider::AppSignal => "<key> or appsignal://<key>",
-        LoggingProvider::Raygun => "<key> or raygun://<key>",
-        LoggingProvider::LogOwl => "<ticket> or logowl://<ticket>@<host>",
-    }
-}
-
-const DSN_FORMS: &str = "allowed DSNs are sentry://<projectId>:<key>@<host>, \
-    logowl://<ticket>@<host>, raygun://<key> and appsignal://<key>";
-
-/// A value holding a key: never printed (blanks or control characters are rejected too,
-/// since no key has them and they cannot go into a header).
-fn printable(value: &str) -> bool {
-    value.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// `<provider>://...` (SPEC §1). `named`: `OPR_PROXY_LOGGING_PROVIDER`, which must then
-/// be empty or the same provider.
-fn parse_dsn(value: &str, named: Option<LoggingProvider>) -> Parsed<ReportingConfig> {
-    let (scheme, rest) = value.split_once("://").unwrap_or((value, ""));
-    let shown_scheme = if scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        scheme
-    } else {
-        "<redacted>"
-    };
-    let masked = format!("{shown_scheme}://<redacted>");
-    let bad = |why: &str| {
-        let allowed = format!("{why}; {DSN_FORMS}");
-        ConfigError::new(OPR_PROXY_LOGGING_CONFIG, &masked, allowed)
-    };
-    let found = PROVIDERS
-        .iter()
-        .find(|(word, _)| word.eq_ignore_ascii_case(scheme));
-    let Some(&(_, Some(provider))) = found else {
-        return Err(bad(&format!(
-            "{shown_scheme}:// is not a provider (a Sentry project DSN \
-             https://<key>@<host>/<projectId> is written sentry://<projectId>:<key>@<host>)"
-        )));
-    };
-    if let Some(named) = named.filter(|n| *n != provider) {
-        let allowed = format!(
-            "OPR_PROXY_LOGGING_CONFIG is a {0}:// DSN: leave the provider empty or set it to {0}",
-            provider.name()
-        );
-        return Err(ConfigError::new(
-            OPR_PROXY_LOGGING_PROVIDER,
-            named.name(),
-            allowed,
-        ));
-    }
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if !printable(rest) {
-        return Err(bad("blanks and control characters are not allowed"));
-    }
-    if rest.contains(['/', '?', '#']) {
-        return Err(bad("a path, query or fragment is not allowed"));
-    }
-    let (key, project_id, host) = match provider {
-        LoggingProvider::Sentry => {
-            let (user, host) = rest
-                .rsplit_once('@')
-                .ok_or_else(|| bad("the sentry DSN has no @<host>"))?;
-            let (project, key) = user
-                .split_once(':')
-                .ok_or_else(|| bad("the sentry DSN needs <projectId>:<key> before the @"))?;
-            if project.is_empty() {
-                return Err(bad("the sentry project id is empty"));
-            }
-            (key, Some(project), Some(host))
-        }
-        LoggingProvider::LogOwl => {
-            let (ticket, host) = rest
-                .rsplit_once('@')
-                .ok_or_else(|| bad("the logowl DSN has no @<host>"))?;
-            (ticket, None, Some(host))
-        }
-        LoggingProvider::AppSignal | LoggingProvider::Raygun => {
-            if rest.contains(['@', ':']) {
-                return Err(bad("the key may not hold @ or :"));
-            }
-            (rest, None, None)
-        }
-    };
-    if key.is_empty() {
-        return Err(bad("the key is empty"));
-    }
-    if let Some(host) = host {
-        // The same rules as an executor's host[:port] (no scheme: `/` is refused above).
-        if let Err(why) = parse_executor(host) {
-            return Err(bad(&format!("bad host: {why}")));
-        }
-    }
-    Ok(ReportingConfig {
-        provider,
-        key: key.to_string(),
-        project_id: project_id.map(str::to_string),
-        host: host.map(str::to_string),
-        endpoint: None,
-    })
-}
-
-/// The form before DSNs: sentry `<key>;<projectId>`, the others the whole value as key.
-fn parse_older(value: &str, provider: LoggingProvider) -> Parsed<ReportingConfig> {
-    let bad = |why: &str| {
-        let allowed = format!(
-            "{why}; for {} the allowed forms are {}",
-            provider.name(),
-            logging_forms(provider)
-        );
-        ConfigError::new(OPR_PROXY_LOGGING_CONFIG, "<redacted>", allowed)
-    };
-    if !printable(value) {
-        return Err(bad("blanks and control characters are not allowed"));
-    }
-    let (key, project_id) = match provider {
-        LoggingProvider::Sentry => match value.split_once(';') {
-            Some((key, project)) if !key.is_empty() && !project.is_empty() => {
-                if project.contains(';') {
-                    return Err(bad("expected one ; between the key and the project id"));
-                }
-                (key, Some(project.to_string()))
-            }
-            _ => return Err(bad("expected <key>;<projectId>, both non-empty")),
-        },
-        _ => (value, None),
-    };
-    Ok(ReportingConfig {
-        provider,
-        key: key.to_string(),
-        project_id,
-        host: None,
-        endpoint: None,
-    })
 }
 
 /// `http://` or `https://`, a non-empty host, and no blanks or control characters.
@@ -985,6 +763,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::report::settings::{LoggingProvider, OPR_PROXY_LOGGING_CONFIG};
     use std::collections::HashMap;
 
     const REQUIRED: [(&str, &str); 2] = [(OPR_PROXY_EXECUTORS, "exc1"), (OPR_PROXY_SECRET, "key")];

@@ -131,17 +131,9 @@ fn kib(bytes: u64) -> u64 {
     bytes / 1024
 }
 
-/// The decision, from facts alone (no system call), so every kernel can be tested here.
-pub(crate) fn decide(facts: &Facts) -> Decision {
-    let configured = facts.configured;
-    let on = kernel_name(facts.kernel);
-    let info = |plan, line: String| Decision {
-        plan,
-        line,
-        warn: false,
-    };
-    // Under `auto` fall back to epoll with a warning; under `io_uring`, refuse to start.
-    let give_up = |why: String| match configured {
+/// Under `auto` fall back to epoll with a warning; under `io_uring`, refuse to start.
+fn give_up(configured: IoDriver, why: String) -> Decision {
+    match configured {
         IoDriver::IoUring => {
             let allowed = format!("{why}; allowed values are auto (falls back to epoll) and epoll");
             Decision {
@@ -159,7 +151,38 @@ pub(crate) fn decide(facts: &Facts) -> Decision {
             line: format!("io driver: {why}; falling back to epoll"),
             warn: true,
         },
+    }
+}
+
+/// Why the workers' rings cannot get their locked memory, if they cannot: before 5.12
+/// every ring is charged to the user's RLIMIT_MEMLOCK unless the process holds
+/// CAP_IPC_LOCK; 64 KiB (a common default) is less than one ring.
+fn memlock_shortfall(facts: &Facts, on: &str) -> Option<String> {
+    let charged = facts.kernel.is_some_and(|k| k < MEMLOCK_UNTIL) && !facts.ipc_lock;
+    let per_ring = ring_memlock_bytes(RING_ENTRIES);
+    let need = per_ring * facts.workers.max(1) as u64;
+    let limit = facts.memlock.filter(|&limit| charged && need > limit)?;
+    Some(format!(
+        "io_uring rings need {} KiB of locked memory ({} worker(s) × {} KiB; {on} \
+         charges them to RLIMIT_MEMLOCK before 5.12) but the limit is {} KiB \
+         (raise it: ulimit -l, LimitMEMLOCK=, --ulimit memlock=)",
+        kib(need),
+        facts.workers.max(1),
+        kib(per_ring),
+        kib(limit)
+    ))
+}
+
+/// The decision, from facts alone (no system call), so every kernel can be tested here.
+pub(crate) fn decide(facts: &Facts) -> Decision {
+    let configured = facts.configured;
+    let on = kernel_name(facts.kernel);
+    let info = |plan, line: String| Decision {
+        plan,
+        line,
+        warn: false,
     };
+    let give_up = |why: String| give_up(configured, why);
     if configured == IoDriver::Epoll {
         return info(
             Plan::Epoll,
@@ -167,23 +190,8 @@ pub(crate) fn decide(facts: &Facts) -> Decision {
         );
     }
 
-    // Before 5.12 every ring is charged to the user's RLIMIT_MEMLOCK unless the process
-    // holds CAP_IPC_LOCK; 64 KiB (a common default) is less than one ring.
-    let charged = facts.kernel.is_some_and(|k| k < MEMLOCK_UNTIL) && !facts.ipc_lock;
-    let per_ring = ring_memlock_bytes(RING_ENTRIES);
-    let need = per_ring * facts.workers.max(1) as u64;
-    if let (true, Some(limit)) = (charged, facts.memlock) {
-        if need > limit {
-            return give_up(format!(
-                "io_uring rings need {} KiB of locked memory ({} worker(s) × {} KiB; {on} \
-                 charges them to RLIMIT_MEMLOCK before 5.12) but the limit is {} KiB \
-                 (raise it: ulimit -l, LimitMEMLOCK=, --ulimit memlock=)",
-                kib(need),
-                facts.workers.max(1),
-                kib(per_ring),
-                kib(limit)
-            ));
-        }
+    if let Some(why) = memlock_shortfall(facts, &on) {
+        return give_up(why);
     }
 
     let supported = match &facts.probe {

@@ -5,17 +5,19 @@ mod access_log;
 mod admission;
 mod answer;
 mod auth;
-pub mod balance;
+mod balance;
 mod buffers;
-pub mod config;
+mod config;
 mod ctx;
 mod forward;
-pub mod health;
-pub mod http;
+mod health;
+mod http;
 mod http1;
 mod http2;
 mod idle;
 mod io_driver;
+// Public for the `info!`/`warn!`/`error!` macros, which expand to `$crate::logging::log`.
+#[doc(hidden)]
 pub mod logging;
 mod metrics;
 mod outcome;
@@ -23,7 +25,7 @@ mod outlier;
 mod pool;
 mod report;
 mod reuseport;
-pub mod snapshot;
+mod snapshot;
 mod socket;
 mod text;
 mod worker;
@@ -34,12 +36,30 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use config::Config;
+pub use config::{probe_address, Config, ConfigError};
 use health::checker::{Checker, CheckerHandle};
 pub use report::ReportStats;
 use report::{Reporter, ReporterThread};
-use snapshot::Board;
+pub use snapshot::{Board, ExecutorId};
 pub use worker::Driver;
+
+/// What fuzz/ and benches/ exercise directly (the codecs, the health body reader, the
+/// executor picker): not an API, no stability promised.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::balance::{Addressing, Picker};
+    pub use crate::config::Algorithm;
+    pub use crate::health::probe::{parse_health, ProbeResult};
+    pub use crate::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedOutput};
+    pub use crate::http::head::{
+        parse_request, parse_response, HeadError, HeaderRef, RequestFraming, RequestHead,
+        ResponseFraming, ResponseHead, MAX_HEAD, MAX_HEADERS,
+    };
+    pub use crate::http::rewrite::{
+        canonical_reason, write_request_head, write_response_head, RequestRewrite, ResponseRewrite,
+    };
+    pub use crate::snapshot::{ExecutorStatus, RuntimeState, Snapshot, SnapshotReader};
+}
 
 /// Something the main thread must react to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,23 +118,11 @@ pub struct Server {
 pub fn run(mut config: Config) -> Result<Server, StartError> {
     let (workers_wanted, cores) = worker_cores(&config);
     let count = workers_wanted * config.worker_per_core;
-    let decision = io_driver::decide(&io_driver::gather(config.io_driver, count));
-    let io = match decision.plan {
-        io_driver::Plan::Refuse(e) => return Err(StartError::IoDriver(e)),
-        io_driver::Plan::Epoll => config::IoDriver::Epoll,
-        io_driver::Plan::IoUring { splice } => {
-            // A ring without the splice operation (before 5.7): bodies are copied.
-            config.splice &= splice;
-            config.io_driver
-        }
-    };
-    if decision.warn {
-        warn!("{}", decision.line);
-    } else {
-        info!("{}", decision.line);
-    }
+    let io = choose_io_driver(&mut config, count)?;
     let config = Arc::new(config);
-    let (reporter, reporter_thread) = report::start(&config).map_err(StartError::Thread)?;
+    let common = report::Common::new(&config.version, config.is_development());
+    let (reporter, reporter_thread) =
+        report::start(config.reporting.as_ref(), common).map_err(StartError::Thread)?;
     let mut checker = Checker::new(config.clone(), reporter.clone());
     let board = Board::new(checker.round());
     let checker = checker.spawn(board.clone());
@@ -125,17 +133,7 @@ pub fn run(mut config: Config) -> Result<Server, StartError> {
     } else {
         None
     };
-    let wanted = SocketAddr::new(config.host, config.port);
-    let first = worker::reuse_port_listener(wanted).map_err(|e| StartError::Bind(wanted, e))?;
-    let addr = first
-        .local_addr()
-        .map_err(|e| StartError::Bind(wanted, e))?;
-    // All listeners here, in worker order: a listener's index in the reuseport group is
-    // then its worker's id, which the per-CPU program relies on.
-    let mut listeners = vec![first];
-    for _ in 1..count {
-        listeners.push(worker::reuse_port_listener(addr).map_err(|e| StartError::Bind(addr, e))?);
-    }
+    let (addr, listeners) = listen(&config, count)?;
     let cpu_of_worker: Vec<usize> = (0..count)
         .filter_map(|id| cores.get(id % cores.len().max(1)).map(|c| c.id))
         .collect();
@@ -161,42 +159,16 @@ pub fn run(mut config: Config) -> Result<Server, StartError> {
             stop: stop.clone(),
             reporter: reporter.clone(),
         };
-        let ready_tx = ready_tx.clone();
-        let exit_tx = events_tx.clone();
-        let stop_flag = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("opr-worker-{id}"))
-            .spawn(move || {
-                let _exit = ExitNotice {
-                    id,
-                    tx: exit_tx,
-                    stop: stop_flag,
-                };
-                worker::run(spec, move |r| {
-                    let _ = ready_tx.send((id, r));
-                });
-            })
-            .map_err(StartError::Thread)?;
-        workers.push(handle);
+        let exit = ExitNotice {
+            id,
+            tx: events_tx.clone(),
+            stop: stop.clone(),
+        };
+        workers.push(spawn_worker(spec, ready_tx.clone(), exit)?);
     }
     drop(ready_tx);
 
-    let mut drivers = vec![Driver::Epoll; count];
-    let mut failure = None;
-    for _ in 0..count {
-        match ready_rx.recv() {
-            Ok((id, Ok(driver))) => drivers[id] = driver,
-            Ok((id, Err(e))) => {
-                failure.get_or_insert(StartError::Worker(id, e));
-            }
-            Err(_) => {
-                failure.get_or_insert(StartError::Thread(std::io::Error::other(
-                    "worker exited early",
-                )));
-                break;
-            }
-        }
-    }
+    let (drivers, failure) = await_ready(&ready_rx, count);
     let server = Server {
         addr,
         drivers,
@@ -217,6 +189,90 @@ pub fn run(mut config: Config) -> Result<Server, StartError> {
         }
         None => Ok(server),
     }
+}
+
+/// The io driver the workers get (io_driver.rs: the kernel's io_uring probe), logged;
+/// `StartError::IoDriver` when `OPR_PROXY_IO_DRIVER=io_uring` cannot work.
+fn choose_io_driver(config: &mut Config, workers: usize) -> Result<config::IoDriver, StartError> {
+    let decision = io_driver::decide(&io_driver::gather(config.io_driver, workers));
+    let io = match decision.plan {
+        io_driver::Plan::Refuse(e) => return Err(StartError::IoDriver(e)),
+        io_driver::Plan::Epoll => config::IoDriver::Epoll,
+        io_driver::Plan::IoUring { splice } => {
+            // A ring without the splice operation (before 5.7): bodies are copied.
+            config.splice &= splice;
+            config.io_driver
+        }
+    };
+    if decision.warn {
+        warn!("{}", decision.line);
+    } else {
+        info!("{}", decision.line);
+    }
+    Ok(io)
+}
+
+/// One `SO_REUSEPORT` listener per worker on `OPR_PROXY_HOST`:`PORT` (the first decides
+/// the port when `PORT` is 0), and the address they listen on.
+fn listen(
+    config: &Config,
+    count: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+    let wanted = SocketAddr::new(config.host, config.port);
+    let first = worker::reuse_port_listener(wanted).map_err(|e| StartError::Bind(wanted, e))?;
+    let addr = first
+        .local_addr()
+        .map_err(|e| StartError::Bind(wanted, e))?;
+    // All listeners here, in worker order: a listener's index in the reuseport group is
+    // then its worker's id, which the per-CPU program relies on.
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(worker::reuse_port_listener(addr).map_err(|e| StartError::Bind(addr, e))?);
+    }
+    Ok((addr, listeners))
+}
+
+/// One worker thread; it says on `ready` whether it started, and `exit` tells the main
+/// thread when it ends.
+fn spawn_worker(
+    spec: worker::WorkerSpec,
+    ready: mpsc::Sender<(usize, std::io::Result<Driver>)>,
+    exit: ExitNotice,
+) -> Result<JoinHandle<()>, StartError> {
+    let id = spec.id;
+    std::thread::Builder::new()
+        .name(format!("opr-worker-{id}"))
+        .spawn(move || {
+            let _exit = exit;
+            worker::run(spec, move |r| {
+                let _ = ready.send((id, r));
+            });
+        })
+        .map_err(StartError::Thread)
+}
+
+/// Every worker's start result: the driver each got, and the first failure.
+fn await_ready(
+    ready: &mpsc::Receiver<(usize, std::io::Result<Driver>)>,
+    count: usize,
+) -> (Vec<Driver>, Option<StartError>) {
+    let mut drivers = vec![Driver::Epoll; count];
+    let mut failure = None;
+    for _ in 0..count {
+        match ready.recv() {
+            Ok((id, Ok(driver))) => drivers[id] = driver,
+            Ok((id, Err(e))) => {
+                failure.get_or_insert(StartError::Worker(id, e));
+            }
+            Err(_) => {
+                failure.get_or_insert(StartError::Thread(std::io::Error::other(
+                    "worker exited early",
+                )));
+                break;
+            }
+        }
+    }
+    (drivers, failure)
 }
 
 /// Attach the per-CPU program (reuseport.rs) when every worker is pinned and balance by

@@ -1,9 +1,9 @@
 //! The opr-proxy binary: configuration (exit 2 on a bad value), start, then wait for
 //! SIGTERM/SIGINT (drain, exit 0) or a worker's death (exit 1 so the supervisor restarts).
 
-use opr_proxy::config::Config;
-use opr_proxy::{error, info, Event};
+use opr_proxy::{error, info, Config, Event};
 use signal_hook::consts::{SIGINT, SIGTERM};
+use std::sync::mpsc;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,29 +33,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    info!(
-        "opr-proxy {} starting: {} executor(s), algorithm {}, health checks {}",
-        config.version,
-        config.executors.len(),
-        config.algorithm,
-        if config.healthcheck {
-            "enabled"
-        } else {
-            "disabled"
-        }
-    );
-    if let Some(dsn) = &config.connections_state {
-        info!(
-            "OPR_PROXY_CONNECTIONS_STATE={dsn} is not needed and not used: with \
-             OPR_PROXY_ALGORITHM=affinity every replica computes the same executor order for \
-             a runtime from OPR_PROXY_EXECUTORS, so no state is shared"
-        );
-    }
+    log_start(&config);
     let shutdown_timeout = config.shutdown_timeout;
 
     // Signals are watched by a thread of their own so they work as PID 1 too (where the
     // kernel ignores SIGTERM unless a handler is installed).
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => {
             error!("cannot install signal handlers: {e}");
@@ -80,22 +63,7 @@ fn main() {
         server.drivers().len()
     );
 
-    let events = server.event_sender();
-    std::thread::Builder::new()
-        .name("opr-signals".into())
-        .spawn(move || {
-            let mut seen = 0;
-            for signal in signals.forever() {
-                seen += 1;
-                if seen > 1 {
-                    // A second signal while draining: stop now.
-                    eprintln!("opr-proxy: second signal, exiting without draining");
-                    std::process::exit(1);
-                }
-                let _ = events.send(Event::Signal(signal));
-            }
-        })
-        .ok();
+    watch_signals(signals, server.event_sender());
 
     match server.next_event() {
         Event::Signal(signal) => {
@@ -121,6 +89,47 @@ fn main() {
     }
 }
 
+fn log_start(config: &Config) {
+    info!(
+        "opr-proxy {} starting: {} executor(s), algorithm {}, health checks {}",
+        config.version,
+        config.executors.len(),
+        config.algorithm,
+        if config.healthcheck {
+            "enabled"
+        } else {
+            "disabled"
+        }
+    );
+    if let Some(dsn) = &config.connections_state {
+        info!(
+            "OPR_PROXY_CONNECTIONS_STATE={dsn} is not needed and not used: with \
+             OPR_PROXY_ALGORITHM=affinity every replica computes the same executor order for \
+             a runtime from OPR_PROXY_EXECUTORS, so no state is shared"
+        );
+    }
+}
+
+/// The first SIGTERM/SIGINT goes to the main thread as an event (drain); a second one
+/// while draining exits at once.
+fn watch_signals(mut signals: signal_hook::iterator::Signals, events: mpsc::Sender<Event>) {
+    std::thread::Builder::new()
+        .name("opr-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    // A second signal while draining: stop now.
+                    eprintln!("opr-proxy: second signal, exiting without draining");
+                    std::process::exit(1);
+                }
+                let _ = events.send(Event::Signal(signal));
+            }
+        })
+        .ok();
+}
+
 /// GET /v1/proxy/health on this container's port, at the address the proxy listens on
 /// (`OPR_PROXY_HOST`; loopback when it listens on every address); 0 when it answers 200.
 fn healthcheck() -> i32 {
@@ -128,7 +137,7 @@ fn healthcheck() -> i32 {
     use std::time::Duration;
     let port = std::env::var("PORT").unwrap_or_else(|_| "80".into());
     let host = std::env::var("OPR_PROXY_HOST").ok();
-    let addr = match opr_proxy::config::probe_address(host.as_deref(), &port) {
+    let addr = match opr_proxy::probe_address(host.as_deref(), &port) {
         Ok(addr) => addr,
         Err(e) => {
             eprintln!("opr-proxy healthcheck: {e}");

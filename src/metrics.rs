@@ -327,7 +327,8 @@ impl Metrics {
         self.workers.iter().map(f).fold(0, u64::wrapping_add)
     }
 
-    /// The whole exposition. `flagged(i)`: a worker flagged executor `i` offline.
+    /// The whole exposition, one `FAMILIES` entry after the other. `flagged(i)`: a worker
+    /// flagged executor `i` offline.
     pub(crate) fn render(
         &self,
         out: &mut String,
@@ -336,74 +337,118 @@ impl Metrics {
         version: &str,
         reports: ReportStats,
     ) {
-        let hosts: Vec<&str> = snapshot
-            .executors
-            .iter()
-            .map(|e| e.hostname.as_str())
-            .collect();
-        let executors = hosts.len();
+        let scrape = Scrape {
+            snapshot,
+            flagged: &flagged,
+            version,
+            reports,
+        };
+        for family in &FAMILIES {
+            let name = family.name;
+            let _ = writeln!(out, "# HELP {name} {}", family.help);
+            let _ = writeln!(out, "# TYPE {name} {}", family.kind.as_str());
+            self.samples(out, family, &scrape);
+        }
+    }
 
-        family(
-            out,
-            "opr_proxy_info",
-            "gauge",
-            "Version of this proxy (value 1).",
-        );
-        let _ = writeln!(out, "opr_proxy_info{{version=\"{}\"}} 1", esc(version));
-        family(
-            out,
-            "opr_proxy_worker_info",
-            "gauge",
-            "The io driver each worker runs on and the CPU it is pinned to (value 1).",
-        );
+    /// The sample lines of one family.
+    fn samples(&self, out: &mut String, family: &Family, scrape: &Scrape<'_>) {
+        let name = family.name;
+        let executors = &scrape.snapshot.executors;
+        match family.samples {
+            Samples::Version => {
+                let _ = writeln!(out, "{name}{{version=\"{}\"}} 1", esc(scrape.version));
+            }
+            Samples::WorkerInfo => self.worker_info(out, name),
+            Samples::Total(counter) => {
+                let n = self.sum(|m| counter(m).get());
+                // In-flight and open gauges are inc/dec pairs on one worker; a sum read
+                // while another worker is mid-update is never negative, but wrapping
+                // arithmetic could show it so.
+                let _ = match family.kind {
+                    Kind::Gauge => writeln!(out, "{name} {}", n as i64),
+                    _ => writeln!(out, "{name} {n}"),
+                };
+            }
+            Samples::PerWorker(counter) => {
+                for (w, m) in self.workers.iter().enumerate() {
+                    let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", counter(m).get());
+                }
+            }
+            Samples::PerExecutor(counters) => {
+                for (i, e) in executors.iter().enumerate() {
+                    let n = self.sum(|m| counters(m).get(i).map_or(0, Counter::get));
+                    let _ = writeln!(out, "{name}{{executor=\"{}\"}} {n}", esc(&e.hostname));
+                }
+            }
+            Samples::Requests => self.requests(out, name, scrape.snapshot),
+            Samples::Histogram(h) => self.histogram(out, name, h),
+            Samples::ExecutorUp => {
+                for (i, e) in scrape.snapshot.ids().zip(executors) {
+                    let up = u8::from(e.online && !(scrape.flagged)(i));
+                    let _ = writeln!(out, "{name}{{executor=\"{}\"}} {up}", esc(&e.hostname));
+                }
+            }
+            Samples::ExecutorUsage => {
+                for e in executors {
+                    if let Some(usage) = e.usage {
+                        let host = esc(&e.hostname);
+                        let _ = writeln!(out, "{name}{{executor=\"{host}\"}} {usage}");
+                    }
+                }
+            }
+            Samples::ProbeSeconds => {
+                for e in executors {
+                    let (host, v) = (esc(&e.hostname), e.probe_seconds);
+                    let _ = writeln!(out, "{name}{{executor=\"{host}\"}} {v}");
+                }
+            }
+            Samples::ProbeFailures => {
+                for e in executors {
+                    let (host, v) = (esc(&e.hostname), e.probe_failures);
+                    let _ = writeln!(out, "{name}{{executor=\"{host}\"}} {v}");
+                }
+            }
+            Samples::Discarded => self.discarded(out, name, scrape.snapshot),
+            Samples::ClientsClosed => {
+                for (slot, why) in ClientClose::ALL.iter().enumerate() {
+                    let n = self.sum(|m| m.clients_closed[slot].get());
+                    let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", why.label());
+                }
+            }
+            Samples::Reports(stat) => {
+                let _ = writeln!(out, "{name} {}", stat(&scrape.reports));
+            }
+            Samples::Shed => {
+                for (slot, why) in Shed::ALL.iter().enumerate() {
+                    let n = self.sum(|m| m.shed[slot].get());
+                    let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", why.label());
+                }
+            }
+        }
+    }
+
+    fn worker_info(&self, out: &mut String, name: &str) {
         for (w, m) in self.workers.iter().enumerate() {
-            let driver = m.driver.get().map_or("unknown", String::as_str);
-            let cpu = match m.cpu.get() {
-                Some(Some(cpu)) => cpu.to_string(),
-                _ => "none".to_string(),
+            let driver = esc(m.driver.get().map_or("unknown", String::as_str));
+            let _ = match m.cpu.get() {
+                Some(Some(cpu)) => writeln!(
+                    out,
+                    "{name}{{worker=\"{w}\",io_driver=\"{driver}\",cpu=\"{cpu}\"}} 1"
+                ),
+                _ => writeln!(
+                    out,
+                    "{name}{{worker=\"{w}\",io_driver=\"{driver}\",cpu=\"none\"}} 1"
+                ),
             };
-            let _ = writeln!(
-                out,
-                "opr_proxy_worker_info{{worker=\"{w}\",io_driver=\"{}\",cpu=\"{cpu}\"}} 1",
-                esc(driver)
-            );
         }
-        // Per worker, to see how evenly connections spread over the cores.
-        family(
-            out,
-            "opr_proxy_worker_connections_accepted_total",
-            "counter",
-            "Client connections each worker accepted.",
-        );
-        for (w, m) in self.workers.iter().enumerate() {
-            let n = m.clients_accepted.get();
-            let _ = writeln!(
-                out,
-                "opr_proxy_worker_connections_accepted_total{{worker=\"{w}\"}} {n}"
-            );
-        }
-        family(
-            out,
-            "opr_proxy_worker_connections_open",
-            "gauge",
-            "Client connections each worker serves now.",
-        );
-        for (w, m) in self.workers.iter().enumerate() {
-            let n = m.clients_open.get();
-            let _ = writeln!(
-                out,
-                "opr_proxy_worker_connections_open{{worker=\"{w}\"}} {n}"
-            );
-        }
+    }
 
-        family(
-            out,
-            "opr_proxy_requests_total",
-            "counter",
-            "Requests answered, by status code and executor (\"none\": answered by the proxy).",
-        );
+    /// By executor (then "none") and status code; codes never seen are left out.
+    fn requests(&self, out: &mut String, name: &str, snapshot: &Snapshot) {
+        let executors = snapshot.executors.len();
         for row in 0..=executors {
-            let host = hosts.get(row).copied().unwrap_or("none");
+            let host = esc(snapshot.executors.get(row).map_or("none", |e| &e.hostname));
             for slot in 0..CODE_SLOTS {
                 let n = self.sum(|m| {
                     m.requests
@@ -414,330 +459,317 @@ impl Metrics {
                     continue;
                 }
                 let _ = match CODES.get(slot) {
-                    Some(code) => writeln!(
-                        out,
-                        "opr_proxy_requests_total{{code=\"{code}\",executor=\"{}\"}} {n}",
-                        esc(host)
-                    ),
-                    None => writeln!(
-                        out,
-                        "opr_proxy_requests_total{{code=\"other\",executor=\"{}\"}} {n}",
-                        esc(host)
-                    ),
+                    Some(code) => {
+                        writeln!(out, "{name}{{code=\"{code}\",executor=\"{host}\"}} {n}")
+                    }
+                    None => writeln!(out, "{name}{{code=\"other\",executor=\"{host}\"}} {n}"),
                 };
             }
         }
-        gauge(
-            out,
-            "opr_proxy_requests_in_flight",
-            "Requests being served now.",
-            self.sum(|m| m.in_flight.get()),
-        );
+    }
 
-        family(
-            out,
-            "opr_proxy_request_duration_seconds",
-            "histogram",
-            "Time from a complete request head to the end of the answer.",
-        );
+    fn histogram(&self, out: &mut String, name: &str, h: Histogram) {
         let mut cumulative = 0u64;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.sum(|m| m.duration[i].get());
-            let _ = writeln!(
-                out,
-                "opr_proxy_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
+        for (i, bound) in h.bounds.iter().enumerate() {
+            cumulative += self.sum(|m| (h.counts)(m)[i].get());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        cumulative += self.sum(|m| m.duration[BUCKETS.len()].get());
-        let _ = writeln!(
-            out,
-            "opr_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-        );
-        let sum_us = self.sum(|m| m.duration_sum_us.get());
-        let _ = writeln!(
-            out,
-            "opr_proxy_request_duration_seconds_sum {}",
-            sum_us as f64 / 1e6
-        );
-        let _ = writeln!(out, "opr_proxy_request_duration_seconds_count {cumulative}");
+        cumulative += self.sum(|m| (h.counts)(m)[h.bounds.len()].get());
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum_us = self.sum(|m| (h.sum_us)(m).get());
+        let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
 
-        counter(
-            out,
-            "opr_proxy_received_bytes_total",
-            "Bytes received from clients (heads and bodies).",
-            self.sum(|m| m.bytes_in.get()),
-        );
-        counter(
-            out,
-            "opr_proxy_sent_bytes_total",
-            "Bytes sent to clients (heads and bodies).",
-            self.sum(|m| m.bytes_out.get()),
-        );
-
-        family(
-            out,
-            "opr_proxy_executor_up",
-            "gauge",
-            "1 when the executor is online (health checks, not flagged by a worker).",
-        );
-        for (i, e) in snapshot.ids().zip(&snapshot.executors) {
-            let up = u8::from(e.online && !flagged(i));
-            let _ = writeln!(
-                out,
-                "opr_proxy_executor_up{{executor=\"{}\"}} {up}",
-                esc(&e.hostname)
-            );
-        }
-        family(
-            out,
-            "opr_proxy_executor_usage",
-            "gauge",
-            "Usage (0-100) from the executor's last health answer; absent when unknown.",
-        );
-        for e in &snapshot.executors {
-            if let Some(usage) = e.usage {
-                let _ = writeln!(
-                    out,
-                    "opr_proxy_executor_usage{{executor=\"{}\"}} {usage}",
-                    esc(&e.hostname)
-                );
-            }
-        }
-        family(
-            out,
-            "opr_proxy_health_probe_duration_seconds",
-            "gauge",
-            "Duration of the executor's last health probe.",
-        );
-        for e in &snapshot.executors {
-            let _ = writeln!(
-                out,
-                "opr_proxy_health_probe_duration_seconds{{executor=\"{}\"}} {}",
-                esc(&e.hostname),
-                e.probe_seconds
-            );
-        }
-        family(
-            out,
-            "opr_proxy_health_probe_failures_total",
-            "counter",
-            "Health probes that found the executor offline.",
-        );
-        for e in &snapshot.executors {
-            let _ = writeln!(
-                out,
-                "opr_proxy_health_probe_failures_total{{executor=\"{}\"}} {}",
-                esc(&e.hostname),
-                e.probe_failures
-            );
-        }
-
-        for (name, help, pick) in [
-            (
-                "opr_proxy_executor_connections_opened_total",
-                "Connections opened to the executor.",
-                (|m: &WorkerMetrics| &m.opened) as fn(&WorkerMetrics) -> &Box<[Counter]>,
-            ),
-            (
-                "opr_proxy_executor_connections_reused_total",
-                "Requests sent on a pooled (kept-alive) executor connection.",
-                |m: &WorkerMetrics| &m.reused,
-            ),
-        ] {
-            family(out, name, "counter", help);
-            for (i, host) in hosts.iter().enumerate() {
-                let n = self.sum(|m| pick(m).get(i).map_or(0, Counter::get));
-                let _ = writeln!(out, "{name}{{executor=\"{}\"}} {n}", esc(host));
-            }
-        }
-        family(
-            out,
-            "opr_proxy_executor_requests_in_flight",
-            "gauge",
-            "Requests assigned to the executor and not finished, summed over workers.",
-        );
-        for (i, host) in hosts.iter().enumerate() {
-            let n = self.sum(|m| m.executor_in_flight.get(i).map_or(0, Counter::get));
-            let _ = writeln!(
-                out,
-                "opr_proxy_executor_requests_in_flight{{executor=\"{}\"}} {n}",
-                esc(host)
-            );
-        }
-        family(
-            out,
-            "opr_proxy_executor_ejections_total",
-            "counter",
-            "Times a worker flagged the executor offline after OPR_PROXY_EJECT_AFTER consecutive failures.",
-        );
-        for (i, host) in hosts.iter().enumerate() {
-            let n = self.sum(|m| m.ejections.get(i).map_or(0, Counter::get));
-            let _ = writeln!(
-                out,
-                "opr_proxy_executor_ejections_total{{executor=\"{}\"}} {n}",
-                esc(host)
-            );
-        }
-        family(
-            out,
-            "opr_proxy_affinity_spills_total",
-            "counter",
-            "Requests for a runtime this executor owns (OPR_PROXY_ALGORITHM=affinity) sent to the next executor because it was at its bounded load.",
-        );
-        for (i, host) in hosts.iter().enumerate() {
-            let n = self.sum(|m| m.affinity_spills.get(i).map_or(0, Counter::get));
-            let _ = writeln!(
-                out,
-                "opr_proxy_affinity_spills_total{{executor=\"{}\"}} {n}",
-                esc(host)
-            );
-        }
-        family(
-            out,
-            "opr_proxy_executor_connections_discarded_total",
-            "counter",
-            "Executor connections closed instead of pooled or reused, by reason.",
-        );
-        for (i, host) in hosts.iter().enumerate() {
+    fn discarded(&self, out: &mut String, name: &str, snapshot: &Snapshot) {
+        for (i, e) in snapshot.executors.iter().enumerate() {
+            let host = esc(&e.hostname);
             for (slot, why) in DISCARDS.iter().enumerate() {
                 let n = self.sum(|m| {
                     m.discarded
                         .get(i * DISCARDS.len() + slot)
                         .map_or(0, Counter::get)
                 });
-                let _ = writeln!(
-                    out,
-                    "opr_proxy_executor_connections_discarded_total{{executor=\"{}\",reason=\"{}\"}} {n}",
-                    esc(host),
-                    discard_label(*why)
-                );
+                let reason = discard_label(*why);
+                let _ = writeln!(out, "{name}{{executor=\"{host}\",reason=\"{reason}\"}} {n}");
             }
         }
-
-        gauge(
-            out,
-            "opr_proxy_client_connections_open",
-            "Client connections open now.",
-            self.sum(|m| m.clients_open.get()),
-        );
-        family(
-            out,
-            "opr_proxy_client_connections_closed_total",
-            "counter",
-            "Client connections closed, by reason.",
-        );
-        for (slot, why) in ClientClose::ALL.iter().enumerate() {
-            let n = self.sum(|m| m.clients_closed[slot].get());
-            let _ = writeln!(
-                out,
-                "opr_proxy_client_connections_closed_total{{reason=\"{}\"}} {n}",
-                why.label()
-            );
-        }
-
-        counter(
-            out,
-            "opr_proxy_error_reports_sent_total",
-            "Error reports the provider accepted.",
-            reports.sent,
-        );
-        counter(
-            out,
-            "opr_proxy_error_reports_failed_total",
-            "Error reports the provider refused or could not be reached for.",
-            reports.failed,
-        );
-        counter(
-            out,
-            "opr_proxy_error_reports_dropped_total",
-            "Error reports dropped because the reporter's queue was full.",
-            reports.dropped,
-        );
-        counter(
-            out,
-            "opr_proxy_spliced_bytes_total",
-            "Body bytes moved socket to pipe to socket with splice (no copy through the proxy).",
-            self.sum(|m| m.spliced_bytes.get()),
-        );
-        counter(
-            out,
-            "opr_proxy_splice_fallbacks_total",
-            "Bodies copied through a buffer because no pipe could be made or splice was refused.",
-            self.sum(|m| m.splice_fallbacks.get()),
-        );
-        self.render_queue(out);
-        counter(
-            out,
-            "opr_proxy_access_log_dropped_total",
-            "Access log lines dropped because the log writer fell behind.",
-            self.sum(|m| m.access_log_dropped.get()),
-        );
     }
 }
 
-impl Metrics {
-    /// The queue in front of capped executors (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
-    fn render_queue(&self, out: &mut String) {
-        family(
-            out,
-            "opr_proxy_queue_depth",
-            "gauge",
-            "Requests waiting in each worker's queue for an executor under its concurrency cap.",
-        );
-        for (w, m) in self.workers.iter().enumerate() {
-            let n = m.queue_depth.get();
-            let _ = writeln!(out, "opr_proxy_queue_depth{{worker=\"{w}\"}} {n}");
-        }
-        let name = "opr_proxy_queue_wait_seconds";
-        family(
-            out,
-            name,
-            "histogram",
-            "Time each queued request waited, whether it was then served or shed.",
-        );
-        let mut cumulative = 0u64;
-        for (i, bound) in QUEUE_BUCKETS.iter().enumerate() {
-            cumulative += self.sum(|m| m.queue_wait[i].get());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.sum(|m| m.queue_wait[QUEUE_BUCKETS.len()].get());
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum_us = self.sum(|m| m.queue_wait_sum_us.get());
-        let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {cumulative}");
-        family(
-            out,
-            "opr_proxy_shed_total",
-            "counter",
-            "Requests the proxy answered 503 for lack of executor capacity, by reason.",
-        );
-        for (slot, why) in Shed::ALL.iter().enumerate() {
-            let n = self.sum(|m| m.shed[slot].get());
-            let _ = writeln!(
-                out,
-                "opr_proxy_shed_total{{reason=\"{}\"}} {n}",
-                why.label()
-            );
+/// What a scrape shows besides the workers' counters.
+struct Scrape<'a> {
+    snapshot: &'a Snapshot,
+    flagged: &'a dyn Fn(ExecutorId) -> bool,
+    version: &'a str,
+    reports: ReportStats,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// A histogram's bucket bounds and where its counts and sum live.
+#[derive(Clone, Copy)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// `bounds.len() + 1` counts; the last is `+Inf`.
+    counts: fn(&WorkerMetrics) -> &[Counter],
+    sum_us: fn(&WorkerMetrics) -> &Counter,
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    family(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {value}");
+/// Where a family's samples come from.
+#[derive(Clone, Copy)]
+enum Samples {
+    /// `{version="…"} 1`.
+    Version,
+    /// `{worker,io_driver,cpu} 1` per worker.
+    WorkerInfo,
+    /// One value, summed over the workers.
+    Total(fn(&WorkerMetrics) -> &Counter),
+    /// `{worker="w"}`, one per worker.
+    PerWorker(fn(&WorkerMetrics) -> &Counter),
+    /// `{executor="host"}`, summed over the workers.
+    PerExecutor(fn(&WorkerMetrics) -> &[Counter]),
+    /// `{code,executor}`, the codes seen only.
+    Requests,
+    Histogram(Histogram),
+    /// From the snapshot and the workers' offline flags.
+    ExecutorUp,
+    /// From the snapshot, when the executor reported a usage.
+    ExecutorUsage,
+    ProbeSeconds,
+    ProbeFailures,
+    /// `{executor,reason}` over `DISCARDS`.
+    Discarded,
+    /// `{reason}` over `ClientClose::ALL`.
+    ClientsClosed,
+    /// From the reporter's counters.
+    Reports(fn(&ReportStats) -> u64),
+    /// `{reason}` over `Shed::ALL`.
+    Shed,
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    family(out, name, "gauge", help);
-    // In-flight and open gauges are inc/dec pairs on one worker; a sum read while another
-    // worker is mid-update is never negative, but wrapping arithmetic could show it so.
-    let _ = writeln!(out, "{name} {}", value as i64);
+/// One metric family: name, type and help are written once, here.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: Samples,
 }
+
+const fn family(name: &'static str, kind: Kind, help: &'static str, samples: Samples) -> Family {
+    Family {
+        name,
+        kind,
+        help,
+        samples,
+    }
+}
+
+use Kind::{Counter as C, Gauge as G, Histogram as H};
+
+/// Every family `GET /v1/proxy/metrics` shows, in the order it shows them.
+const FAMILIES: [Family; 30] = [
+    family("opr_proxy_info", G, "Version of this proxy (value 1).", Samples::Version),
+    family(
+        "opr_proxy_worker_info",
+        G,
+        "The io driver each worker runs on and the CPU it is pinned to (value 1).",
+        Samples::WorkerInfo,
+    ),
+    // Per worker, to see how evenly connections spread over the cores.
+    family(
+        "opr_proxy_worker_connections_accepted_total",
+        C,
+        "Client connections each worker accepted.",
+        Samples::PerWorker(|m| &m.clients_accepted),
+    ),
+    family(
+        "opr_proxy_worker_connections_open",
+        G,
+        "Client connections each worker serves now.",
+        Samples::PerWorker(|m| &m.clients_open),
+    ),
+    family(
+        "opr_proxy_requests_total",
+        C,
+        "Requests answered, by status code and executor (\"none\": answered by the proxy).",
+        Samples::Requests,
+    ),
+    family(
+        "opr_proxy_requests_in_flight",
+        G,
+        "Requests being served now.",
+        Samples::Total(|m| &m.in_flight),
+    ),
+    family(
+        "opr_proxy_request_duration_seconds",
+        H,
+        "Time from a complete request head to the end of the answer.",
+        Samples::Histogram(Histogram {
+            bounds: &BUCKETS,
+            counts: |m| &m.duration,
+            sum_us: |m| &m.duration_sum_us,
+        }),
+    ),
+    family(
+        "opr_proxy_received_bytes_total",
+        C,
+        "Bytes received from clients (heads and bodies).",
+        Samples::Total(|m| &m.bytes_in),
+    ),
+    family(
+        "opr_proxy_sent_bytes_total",
+        C,
+        "Bytes sent to clients (heads and bodies).",
+        Samples::Total(|m| &m.bytes_out),
+    ),
+    family(
+        "opr_proxy_executor_up",
+        G,
+        "1 when the executor is online (health checks, not flagged by a worker).",
+        Samples::ExecutorUp,
+    ),
+    family(
+        "opr_proxy_executor_usage",
+        G,
+        "Usage (0-100) from the executor's last health answer; absent when unknown.",
+        Samples::ExecutorUsage,
+    ),
+    family(
+        "opr_proxy_health_probe_duration_seconds",
+        G,
+        "Duration of the executor's last health probe.",
+        Samples::ProbeSeconds,
+    ),
+    family(
+        "opr_proxy_health_probe_failures_total",
+        C,
+        "Health probes that found the executor offline.",
+        Samples::ProbeFailures,
+    ),
+    family(
+        "opr_proxy_executor_connections_opened_total",
+        C,
+        "Connections opened to the executor.",
+        Samples::PerExecutor(|m| &m.opened),
+    ),
+    family(
+        "opr_proxy_executor_connections_reused_total",
+        C,
+        "Requests sent on a pooled (kept-alive) executor connection.",
+        Samples::PerExecutor(|m| &m.reused),
+    ),
+    family(
+        "opr_proxy_executor_requests_in_flight",
+        G,
+        "Requests assigned to the executor and not finished, summed over workers.",
+        Samples::PerExecutor(|m| &m.executor_in_flight),
+    ),
+    family(
+        "opr_proxy_executor_ejections_total",
+        C,
+        "Times a worker flagged the executor offline after OPR_PROXY_EJECT_AFTER consecutive failures.",
+        Samples::PerExecutor(|m| &m.ejections),
+    ),
+    family(
+        "opr_proxy_affinity_spills_total",
+        C,
+        "Requests for a runtime this executor owns (OPR_PROXY_ALGORITHM=affinity) sent to the next executor because it was at its bounded load.",
+        Samples::PerExecutor(|m| &m.affinity_spills),
+    ),
+    family(
+        "opr_proxy_executor_connections_discarded_total",
+        C,
+        "Executor connections closed instead of pooled or reused, by reason.",
+        Samples::Discarded,
+    ),
+    family(
+        "opr_proxy_client_connections_open",
+        G,
+        "Client connections open now.",
+        Samples::Total(|m| &m.clients_open),
+    ),
+    family(
+        "opr_proxy_client_connections_closed_total",
+        C,
+        "Client connections closed, by reason.",
+        Samples::ClientsClosed,
+    ),
+    family(
+        "opr_proxy_error_reports_sent_total",
+        C,
+        "Error reports the provider accepted.",
+        Samples::Reports(|r| r.sent),
+    ),
+    family(
+        "opr_proxy_error_reports_failed_total",
+        C,
+        "Error reports the provider refused or could not be reached for.",
+        Samples::Reports(|r| r.failed),
+    ),
+    family(
+        "opr_proxy_error_reports_dropped_total",
+        C,
+        "Error reports dropped because the reporter's queue was full.",
+        Samples::Reports(|r| r.dropped),
+    ),
+    family(
+        "opr_proxy_spliced_bytes_total",
+        C,
+        "Body bytes moved socket to pipe to socket with splice (no copy through the proxy).",
+        Samples::Total(|m| &m.spliced_bytes),
+    ),
+    family(
+        "opr_proxy_splice_fallbacks_total",
+        C,
+        "Bodies copied through a buffer because no pipe could be made or splice was refused.",
+        Samples::Total(|m| &m.splice_fallbacks),
+    ),
+    // The queue in front of capped executors (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
+    family(
+        "opr_proxy_queue_depth",
+        G,
+        "Requests waiting in each worker's queue for an executor under its concurrency cap.",
+        Samples::PerWorker(|m| &m.queue_depth),
+    ),
+    family(
+        "opr_proxy_queue_wait_seconds",
+        H,
+        "Time each queued request waited, whether it was then served or shed.",
+        Samples::Histogram(Histogram {
+            bounds: &QUEUE_BUCKETS,
+            counts: |m| &m.queue_wait,
+            sum_us: |m| &m.queue_wait_sum_us,
+        }),
+    ),
+    family(
+        "opr_proxy_shed_total",
+        C,
+        "Requests the proxy answered 503 for lack of executor capacity, by reason.",
+        Samples::Shed,
+    ),
+    family(
+        "opr_proxy_access_log_dropped_total",
+        C,
+        "Access log lines dropped because the log writer fell behind.",
+        Samples::Total(|m| &m.access_log_dropped),
+    ),
+];
 
 /// A label value escaped per the text format (backslash, quote, newline).
 fn esc(value: &str) -> std::borrow::Cow<'_, str> {
@@ -806,7 +838,8 @@ mod tests {
         m.worker(1).queue_waited(Duration::from_secs(400));
         m.worker(1).shed(Shed::QueueTimeout);
         let mut out = String::new();
-        m.render_queue(&mut out);
+        let snapshot = Snapshot::new(1, Vec::new());
+        m.render(&mut out, &snapshot, |_| false, "1", ReportStats::default());
         for line in [
             "opr_proxy_queue_depth{worker=\"0\"} 0",
             "opr_proxy_queue_depth{worker=\"1\"} 3",

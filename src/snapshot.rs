@@ -44,7 +44,7 @@ pub struct RuntimeState {
 }
 
 impl RuntimeState {
-    pub fn is_warm(&self) -> bool {
+    pub(crate) fn is_warm(&self) -> bool {
         self.status == "pass" && self.usage < 80
     }
 }
@@ -81,7 +81,7 @@ pub struct ExecutorStatus {
 
 impl ExecutorStatus {
     /// Usage for the tiers: unknown counts as 100.
-    pub fn effective_usage(&self) -> u8 {
+    pub(crate) fn effective_usage(&self) -> u8 {
         self.usage.unwrap_or(100)
     }
 }
@@ -117,7 +117,7 @@ impl Snapshot {
     }
 
     /// Executors (ascending) that report `runtime` warm.
-    pub fn warm_on(&self, runtime: &str) -> &[ExecutorId] {
+    pub(crate) fn warm_on(&self, runtime: &str) -> &[ExecutorId] {
         self.warm.get(runtime).map_or(&[], Vec::as_slice)
     }
 
@@ -127,7 +127,7 @@ impl Snapshot {
     }
 
     /// The executor `id` (ids come from this configuration, so it exists).
-    pub fn executor(&self, id: ExecutorId) -> &ExecutorStatus {
+    pub(crate) fn executor(&self, id: ExecutorId) -> &ExecutorStatus {
         &self.executors[id.index()]
     }
 }
@@ -155,7 +155,7 @@ impl Board {
     }
 
     /// Publish the next snapshot; its generation must be greater than the current one.
-    pub fn publish(&self, snapshot: Snapshot) {
+    pub(crate) fn publish(&self, snapshot: Snapshot) {
         let generation = snapshot.generation;
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         *current = Arc::new(snapshot);
@@ -163,7 +163,7 @@ impl Board {
         self.generation.store(generation, Ordering::Release);
     }
 
-    pub fn load(&self) -> Arc<Snapshot> {
+    pub(crate) fn load(&self) -> Arc<Snapshot> {
         self.current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -173,7 +173,7 @@ impl Board {
     /// A worker saw the executor refuse or time out a connection: every worker skips it
     /// until the checker sees a probe pass. Returns whether this call raised the flag
     /// (it was not set), so that only one worker logs the change.
-    pub fn flag_offline(&self, executor: ExecutorId) -> bool {
+    pub(crate) fn flag_offline(&self, executor: ExecutorId) -> bool {
         self.offline
             .get(executor.index())
             .is_some_and(|flag| !flag.swap(true, Ordering::Relaxed))
@@ -181,7 +181,7 @@ impl Board {
 
     /// The checker saw the executor's probe pass. Returns whether the flag was set, i.e.
     /// whether a worker had taken the executor offline (and logged it).
-    pub fn clear_offline(&self, executor: ExecutorId) -> bool {
+    pub(crate) fn clear_offline(&self, executor: ExecutorId) -> bool {
         self.offline
             .get(executor.index())
             .is_some_and(|flag| flag.swap(false, Ordering::Relaxed))

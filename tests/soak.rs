@@ -2,8 +2,9 @@
 //! executors are stopped and restarted on the same ports.
 //!
 //! `make soak` runs it (`SOAK_SECONDS`, default 180):
-//! `SOAK_SECONDS=180 cargo test --release --test soak -- --ignored --nocapture`.
-//! Ignored by default so that `cargo test` in CI skips it. Knobs for chasing a failure:
+//! `SOAK_SECONDS=180 cargo test --release --features soak --test soak -- --ignored --nocapture`.
+//! Built only with the `soak` feature (and ignored) so that `make test` neither compiles nor
+//! runs it; it shares the suite's fixtures (`tests/it/support/`). Knobs for chasing a failure:
 //! `SOAK_SEED=N` replays a traffic mix, `SOAK_ONLY="upload CL,abort mid-upload"` restricts
 //! it to some kinds (names as in the summary table), `SOAK_CHAOS=0` keeps every executor up.
 //!
@@ -25,16 +26,18 @@
 //!   the proxy dying, RSS growth over [`RSS_GROWTH_BOUND_KIB`], fd growth over the pool's
 //!   capacity.
 
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use opr_loadtest::h1;
 use sha2::{Digest, Sha256};
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 use support::{bearer, pattern_byte, MockExecutor, MockOptions, ProxyProcess, EXECUTOR_SECRET};
@@ -174,7 +177,7 @@ fn soak_mixed_traffic_with_restarting_executors() {
             let mut c = Client {
                 id,
                 addr,
-                rng: Rng::new(seed.wrapping_add(id as u64 * 0x9e37_79b9_7f4a_7c15)),
+                rng: Rng::new(seed.wrapping_add((id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))),
                 conn: None,
                 seq: 0,
                 stats: Stats::default(),
@@ -1838,46 +1841,21 @@ impl Conn {
 
     /// The next response head, interim ones included.
     fn read_head_raw(&mut self) -> io::Result<Head> {
-        loop {
-            if self.hi > self.lo {
-                let mut fields = [httparse::EMPTY_HEADER; 128];
-                let mut r = httparse::Response::new(&mut fields);
-                match r.parse(&self.buf[self.lo..self.hi]) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let head = Head {
-                            status: r.code.unwrap_or(0),
-                            headers: r
-                                .headers
-                                .iter()
-                                .map(|h| {
-                                    (
-                                        h.name.to_string(),
-                                        String::from_utf8_lossy(h.value).into_owned(),
-                                    )
-                                })
-                                .collect(),
-                        };
-                        self.lo += n;
-                        return Ok(head);
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(e) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("unparsable response head: {e}"),
-                        ))
-                    }
-                }
-            }
-            if self.fill()? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "EOF before a response head ({} bytes pending)",
-                        self.hi - self.lo
-                    ),
-                ));
-            }
+        let pending = self.hi - self.lo;
+        match h1::read_response_head(self) {
+            Ok(head) => Ok(Head {
+                status: head.status,
+                headers: head.headers,
+            }),
+            Err(h1::HeadError::Closed) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("EOF before a response head ({pending} bytes pending)"),
+            )),
+            Err(h1::HeadError::Failed(kind)) => Err(kind.into()),
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unparsable response head: {e:?}"),
+            )),
         }
     }
 
@@ -1892,81 +1870,18 @@ impl Conn {
     }
 
     fn read_body(&mut self, framing: Framing, sink: &mut dyn FnMut(&[u8]) -> bool) -> BodyEnd {
-        let r = match framing {
-            Framing::None => Ok(()),
-            Framing::Length(n) => self.copy(n, sink),
-            Framing::UntilClose => self.copy(u64::MAX, sink).or_else(|e| match e {
-                BodyEnd::Truncated => Ok(()),
-                e => Err(e),
-            }),
-            Framing::Chunked => self.chunked(sink),
+        let framing = match framing {
+            Framing::None => return BodyEnd::Complete,
+            Framing::Length(n) => h1::Framing::Length(n),
+            Framing::Chunked => h1::Framing::Chunked,
+            Framing::UntilClose => h1::Framing::UntilClose,
         };
-        match r {
-            Ok(()) => BodyEnd::Complete,
-            Err(e) => e,
-        }
-    }
-
-    fn chunked(&mut self, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), BodyEnd> {
-        loop {
-            let line = self.line()?;
-            let digits = line.split(';').next().unwrap_or("").trim();
-            let size = u64::from_str_radix(digits, 16)
-                .map_err(|_| BodyEnd::Invalid(format!("chunk size line {line:?}")))?;
-            if size == 0 {
-                while !self.line()?.is_empty() {}
-                return Ok(());
-            }
-            self.copy(size, sink)?;
-            let crlf = self.line()?;
-            if !crlf.is_empty() {
-                return Err(BodyEnd::Invalid(format!(
-                    "chunk not followed by CRLF: {crlf:?}"
-                )));
-            }
-        }
-    }
-
-    /// Pass `n` bytes to `sink`.
-    fn copy(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), BodyEnd> {
-        while n > 0 {
-            if self.lo == self.hi {
-                match self.fill() {
-                    Ok(0) => return Err(BodyEnd::Truncated),
-                    Ok(_) => {}
-                    Err(e) => return Err(body_error(e)),
-                }
-            }
-            let take = (self.hi - self.lo).min(usize::try_from(n).unwrap_or(usize::MAX));
-            let more = sink(&self.buf[self.lo..self.lo + take]);
-            self.lo += take;
-            n -= take as u64;
-            if !more {
-                return Err(BodyEnd::Stopped);
-            }
-        }
-        Ok(())
-    }
-
-    /// One CRLF-terminated line (without the CRLF).
-    fn line(&mut self) -> Result<String, BodyEnd> {
-        loop {
-            if let Some(p) = self.buf[self.lo..self.hi]
-                .windows(2)
-                .position(|w| w == b"\r\n")
-            {
-                let line = String::from_utf8_lossy(&self.buf[self.lo..self.lo + p]).into_owned();
-                self.lo += p + 2;
-                return Ok(line);
-            }
-            if self.hi - self.lo > 8192 {
-                return Err(BodyEnd::Invalid("line over 8 KiB".into()));
-            }
-            match self.fill() {
-                Ok(0) => return Err(BodyEnd::Truncated),
-                Ok(_) => {}
-                Err(e) => return Err(body_error(e)),
-            }
+        match h1::read_body_until(self, framing, sink) {
+            Ok(_) => BodyEnd::Complete,
+            Err(h1::BodyError::Aborted) => BodyEnd::Truncated,
+            Err(h1::BodyError::Stopped) => BodyEnd::Stopped,
+            Err(h1::BodyError::Malformed(why)) => BodyEnd::Invalid(why.to_string()),
+            Err(h1::BodyError::Failed(kind)) => body_error(kind.into()),
         }
     }
 
@@ -1987,6 +1902,30 @@ impl Conn {
             }
         }
         Err(Ok(self.buf[self.lo..self.hi].to_vec()))
+    }
+}
+
+/// The pending bytes and then the socket, as the `BufRead` that `h1` reads from.
+impl Read for Conn {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Conn {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.lo == self.hi {
+            self.fill()?;
+        }
+        Ok(&self.buf[self.lo..self.hi])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.lo += n;
     }
 }
 

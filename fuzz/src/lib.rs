@@ -5,14 +5,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use opr_proxy::health::probe::{parse_health, ProbeResult};
-use opr_proxy::http::chunked::{decode_chunks, ChunkedDecoder, ChunkedError, ChunkedOutput};
-use opr_proxy::http::head::{
-    parse_request, parse_response, HeadError, HeaderRef, RequestFraming, RequestHead,
-    ResponseFraming, ResponseHead, MAX_HEAD, MAX_HEADERS,
-};
-use opr_proxy::http::rewrite::{
-    canonical_reason, write_request_head, write_response_head, RequestRewrite, ResponseRewrite,
+use opr_proxy::internals::{
+    canonical_reason, decode_chunks, parse_health, parse_request, parse_response,
+    write_request_head, write_response_head, ChunkedDecoder, ChunkedError, ChunkedOutput,
+    HeadError, HeaderRef, ProbeResult, RequestFraming, RequestHead, RequestRewrite,
+    ResponseFraming, ResponseHead, ResponseRewrite, MAX_HEAD, MAX_HEADERS,
 };
 
 /// Requests parsed from one input (pipelining), so a target stays fast.

@@ -361,14 +361,8 @@ struct Head {
 /// Parses a complete head (`\r\n\r\n` included). Err = 400.
 fn parse_head(bytes: &[u8]) -> Result<Head, ()> {
     let mut fields = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(()),
-    }
-    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(());
-    };
+    let (method, target, minor, fields) =
+        crate::h1::parse_request_fields(bytes, &mut fields).map_err(|_| ())?;
     let mut head = Head {
         method: method.to_string(),
         target: target.to_string(),
@@ -377,7 +371,7 @@ fn parse_head(bytes: &[u8]) -> Result<Head, ()> {
         close: minor == 0,
         runtime: None,
     };
-    for h in req.headers.iter() {
+    for h in fields {
         let value = std::str::from_utf8(h.value).map_err(|_| ())?;
         if h.name.eq_ignore_ascii_case("content-length") {
             head.content_length = value.trim().parse().map_err(|_| ())?;

@@ -1,11 +1,12 @@
-//! opr-loadtest: test and load tooling for opr-proxy: mock executors (`mock`, `fastmock`),
-//! the load generator (`gen`), idle connections (`idle`), processes (`procs`), the capacity
+//! opr-loadtest: test and load tooling for opr-proxy: the one independent HTTP/1 reader
+//! (`h1`), mock executors (`mock`, `fastmock`), the load generator (`gen`), idle connections (`idle`), processes (`procs`), the capacity
 //! plan (`plan`) and report.
 
 pub mod cli;
 pub mod coldstart;
 pub mod fastmock;
 pub mod gen;
+pub mod h1;
 pub mod idle;
 pub mod mock;
 pub mod plan;

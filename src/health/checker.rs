@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::probe::{self, ProbeResult};
 use super::streak::{self, Thresholds};
 use crate::config::{Algorithm, Config, ExecutorAddr};
-use crate::report::{self, Report, Reporter};
+use crate::report::{self, reason, Report, Reporter};
 use crate::snapshot::{Board, ExecutorId, ExecutorStatus, Snapshot};
 use crate::{info, warn};
 
@@ -19,7 +19,7 @@ use crate::{info, warn};
 const MAX_DNS_REASON_CHARS: usize = 160;
 
 /// Runs health rounds; owns the previous snapshot to number rounds and see changes.
-pub struct Checker {
+pub(crate) struct Checker {
     settings: Settings,
     agent: ureq::Agent,
     /// Generation of the last snapshot built (or found on the board), 0 before any.
@@ -113,7 +113,7 @@ impl Checker {
 
     /// One round: resolve and probe every executor in parallel, build the next snapshot,
     /// log changes, then call the healthcheck URL if every executor is online.
-    pub fn round(&mut self) -> Snapshot {
+    pub(crate) fn round(&mut self) -> Snapshot {
         let (snapshot, _) = self.check();
         self.notify(&snapshot);
         snapshot
@@ -126,7 +126,7 @@ impl Checker {
     ///
     /// # Panics
     /// If the OS cannot start a thread (as `std::thread::spawn` does).
-    pub fn spawn(mut self, board: Arc<Board>) -> CheckerHandle {
+    pub(crate) fn spawn(mut self, board: Arc<Board>) -> CheckerHandle {
         // Generations must keep growing even if the board was seeded elsewhere.
         self.generation = self.generation.max(board.load().generation);
         let (stop, stopped) = mpsc::channel::<()>();
@@ -245,7 +245,7 @@ impl Checker {
                 format!("status {status}")
             }
             Err(err) => {
-                let reason = probe::describe(&err, &self.agent);
+                let reason = reason::describe(&err, &self.agent);
                 warn!("Healthcheck URL call failed: {reason}");
                 reason
             }
@@ -321,7 +321,7 @@ fn resolve(target: &Target) -> Result<Vec<SocketAddr>, String> {
                 Ok(addrs)
             }
         }
-        Err(err) => Err(probe::truncate(
+        Err(err) => Err(reason::truncate(
             &format!("DNS lookup failed: {err}"),
             MAX_DNS_REASON_CHARS,
         )),
@@ -466,14 +466,14 @@ fn blind_routing(algorithm: Algorithm, healthcheck: bool, snapshot: &Snapshot) -
 
 /// Stops the checker thread.
 #[must_use = "dropping the handle stops the checker"]
-pub struct CheckerHandle {
+pub(crate) struct CheckerHandle {
     stop: mpsc::Sender<()>,
     thread: JoinHandle<()>,
 }
 
 impl CheckerHandle {
     /// Signal the thread and wait for it: returns within the in-flight round's probes.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         let _ = self.stop.send(());
         if self.thread.join().is_err() {
             crate::error!("Health checker thread panicked");

@@ -2,15 +2,15 @@
 //! answer into a `ProbeResult` (SPEC §6). Nothing an executor sends can make it panic.
 
 use std::collections::HashMap;
-use std::io;
 use std::time::Duration;
 
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
+use crate::report::reason::{describe, truncate};
 use crate::snapshot::RuntimeState;
 
 /// Largest health body read; a bigger one marks the executor offline.
-pub const MAX_HEALTH_BODY: u64 = 1024 * 1024;
+pub(crate) const MAX_HEALTH_BODY: u64 = 1024 * 1024;
 
 /// Longest executor-supplied status string kept (in `state_status` and the reason).
 const MAX_STATUS_CHARS: usize = 64;
@@ -19,9 +19,6 @@ const MAX_STATUS_CHARS: usize = 64;
 /// a debug build): 1 MiB of `[` would overflow any thread's stack and abort the process.
 /// Real health bodies are 3 levels deep; 16 fits a 2 MiB thread stack in any build.
 const MAX_JSON_DEPTH: usize = 16;
-
-/// Longest reason text taken from a transport error.
-const MAX_REASON_CHARS: usize = 160;
 
 /// Idle connections kept by the checker's agent: one per executor is what a round
 /// reuses; the total only has to exceed any realistic executor count.
@@ -41,7 +38,7 @@ pub struct ProbeResult {
 }
 
 impl ProbeResult {
-    pub fn offline(reason: String) -> ProbeResult {
+    pub(crate) fn offline(reason: String) -> ProbeResult {
         ProbeResult {
             online: false,
             state_status: None,
@@ -52,7 +49,7 @@ impl ProbeResult {
     }
 
     /// Online with nothing else known: plain-text bodies, or health checks disabled.
-    pub fn online_unknown() -> ProbeResult {
+    pub(crate) fn online_unknown() -> ProbeResult {
         ProbeResult {
             online: true,
             state_status: None,
@@ -167,7 +164,7 @@ fn usage_of(value: &Value) -> Option<u8> {
 
 /// One GET http://<hostname>/v1/health with `Authorization: Bearer <executor secret>`,
 /// bounded by the agent's global timeout and a 1 MiB body cap.
-pub fn probe(agent: &ureq::Agent, hostname: &str, executor_secret: &str) -> ProbeResult {
+pub(crate) fn probe(agent: &ureq::Agent, hostname: &str, executor_secret: &str) -> ProbeResult {
     let url = format!("http://{hostname}/v1/health");
     let mut response = match agent
         .get(&url)
@@ -195,7 +192,7 @@ pub fn probe(agent: &ureq::Agent, hostname: &str, executor_secret: &str) -> Prob
 
 /// The checker's HTTP client: status codes are answers (not errors), one global timeout
 /// per request, no redirects (a 3xx is just "not 200"), idle connections kept per executor.
-pub fn agent(timeout: Duration) -> ureq::Agent {
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
@@ -205,55 +202,6 @@ pub fn agent(timeout: Duration) -> ureq::Agent {
         .user_agent(concat!("opr-proxy/", env!("CARGO_PKG_VERSION")))
         .build()
         .new_agent()
-}
-
-/// A short reason for a failed request, for logs and `/v1/proxy/containers`. Built from
-/// the error kind only where the text could echo request details.
-pub(crate) fn describe(err: &ureq::Error, agent: &ureq::Agent) -> String {
-    match err {
-        ureq::Error::Timeout(_) => timed_out(agent),
-        ureq::Error::Io(e) => describe_io(e, agent),
-        ureq::Error::HostNotFound => "host not found".to_string(),
-        ureq::Error::BodyExceedsLimit(_) => "health body over 1 MiB".to_string(),
-        ureq::Error::ConnectionFailed => "connection failed".to_string(),
-        ureq::Error::LargeResponseHeader(_, _) => "response header too large".to_string(),
-        ureq::Error::BadUri(_) | ureq::Error::Http(_) => {
-            "invalid request URL or header".to_string()
-        }
-        ureq::Error::TlsRequired => "https is not supported".to_string(),
-        ureq::Error::Protocol(e) => {
-            truncate(&format!("invalid HTTP response: {e}"), MAX_REASON_CHARS)
-        }
-        other => truncate(&other.to_string(), MAX_REASON_CHARS),
-    }
-}
-
-fn describe_io(err: &io::Error, agent: &ureq::Agent) -> String {
-    match err.kind() {
-        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-        io::ErrorKind::ConnectionReset => "connection reset".to_string(),
-        io::ErrorKind::ConnectionAborted => "connection aborted".to_string(),
-        io::ErrorKind::UnexpectedEof => "connection closed before the response ended".to_string(),
-        io::ErrorKind::HostUnreachable => "host unreachable".to_string(),
-        io::ErrorKind::NetworkUnreachable => "network unreachable".to_string(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => timed_out(agent),
-        _ => truncate(&format!("i/o error: {err}"), MAX_REASON_CHARS),
-    }
-}
-
-fn timed_out(agent: &ureq::Agent) -> String {
-    match agent.config().timeouts().global {
-        Some(timeout) => format!("timed out after {} ms", timeout.as_millis()),
-        None => "timed out".to_string(),
-    }
-}
-
-/// At most `max` characters of `s` (never splits a character).
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((end, _)) => s[..end].to_string(),
-        None => s.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -488,14 +436,6 @@ mod tests {
         assert!(!nests_deeper_than(br#"["[[[", "\"[[["]"#, 1));
     }
 
-    #[test]
-    fn truncate_counts_characters() {
-        assert_eq!(truncate("abc", 2), "ab");
-        assert_eq!(truncate("abc", 3), "abc");
-        assert_eq!(truncate("ééé", 1), "é");
-        assert_eq!(truncate("", 4), "");
-    }
-
     /// A one-thread HTTP server on 127.0.0.1:0 answering every connection with
     /// `response`, then closing it. Returns its address and the last request head seen.
     fn serve(response: Vec<u8>) -> (SocketAddr, Arc<Mutex<String>>) {
@@ -634,7 +574,7 @@ mod tests {
             assert!(!r.online, "{}", String::from_utf8_lossy(response));
             let error = r.error.unwrap_or_default();
             assert!(
-                !error.is_empty() && error.len() <= MAX_REASON_CHARS,
+                !error.is_empty() && error.len() <= crate::report::reason::MAX_REASON_CHARS,
                 "{error}"
             );
             assert!(!error.contains("secret"), "{error}");

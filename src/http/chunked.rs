@@ -8,9 +8,9 @@ use std::ops::Range;
 use super::head::is_tchar;
 
 /// Longest chunk size line, extensions included, CRLF excluded.
-pub const MAX_CHUNK_LINE: usize = 4096;
+pub(crate) const MAX_CHUNK_LINE: usize = 4096;
 /// Largest trailer section (after the last-chunk line, final CRLF included).
-pub const MAX_TRAILERS: usize = 64 * 1024;
+pub(crate) const MAX_TRAILERS: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkedError {

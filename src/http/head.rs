@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 /// Longest request line (method SP target SP version, without CRLF); longer → 414.
-pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// Longest head including the final empty line; longer → 431.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header field lines in one head; more → 431.
@@ -205,46 +205,7 @@ pub fn parse_request(
         return Err(HeadError::Malformed("Invalid Host header value."));
     }
 
-    let framing = if fields.te.present {
-        // RFC 9112 §6.3 item 3: TE overrides CL, but such a message "ought to be handled
-        // as an error" (smuggling): we refuse it.
-        if fields.cl != ContentLength::Absent {
-            return Err(HeadError::ConflictingFraming);
-        }
-        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing.
-        if minor_version == 0 {
-            return Err(HeadError::Malformed(
-                "Transfer-Encoding is not allowed in an HTTP/1.0 request.",
-            ));
-        }
-        // RFC 9112 §6.1: chunked must not be applied more than once.
-        if fields.te.chunked > 1 {
-            return Err(HeadError::Malformed(
-                "Transfer-Encoding lists chunked twice.",
-            ));
-        }
-        // RFC 9112 §6.1: an unknown transfer coding → 501. We also refuse codings
-        // before chunked: Transfer-Encoding is hop-by-hop and re-framed, so passing the
-        // body on without them would change its meaning.
-        if fields.te.other {
-            return Err(HeadError::UnsupportedTransferEncoding);
-        }
-        // RFC 9112 §6.3 item 4: chunked not final in a request (here: no coding at all)
-        // → 400.
-        if fields.te.chunked == 0 {
-            return Err(HeadError::Malformed("Transfer-Encoding names no coding."));
-        }
-        RequestFraming::Chunked
-    } else {
-        match fields.cl {
-            // RFC 9112 §6.3 item 7: a request without CL or TE has no body.
-            ContentLength::Absent => RequestFraming::Empty,
-            // RFC 9112 §6.3 item 6.
-            ContentLength::Valid(n) => RequestFraming::Length(n),
-            // RFC 9112 §6.3 item 5: invalid CL in a request → 400.
-            ContentLength::Invalid => return Err(HeadError::BadContentLength),
-        }
-    };
+    let framing = request_framing(&fields, minor_version)?;
 
     Ok(Some(RequestHead {
         method: range_in(buf, method.as_bytes()),
@@ -297,6 +258,71 @@ pub fn parse_response(
 
     let fields = scan_fields(buf, headers);
     let no_body = request_method_is_head || status < 200 || status == 204 || status == 304;
+    let framing = response_framing_of(&fields, minor_version, no_body)?;
+
+    Ok(Some(ResponseHead {
+        status,
+        reason,
+        minor_version,
+        head_len,
+        framing,
+        keep_alive: minor_version == 1 && !fields.close,
+    }))
+}
+
+/// How a request's body is framed (RFC 9112 §6), from its fields; what cannot be
+/// framed safely is refused.
+fn request_framing(fields: &Fields, minor_version: u8) -> Result<RequestFraming, HeadError> {
+    let framing = if fields.te.present {
+        // RFC 9112 §6.3 item 3: TE overrides CL, but such a message "ought to be handled
+        // as an error" (smuggling): we refuse it.
+        if fields.cl != ContentLength::Absent {
+            return Err(HeadError::ConflictingFraming);
+        }
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing.
+        if minor_version == 0 {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request.",
+            ));
+        }
+        // RFC 9112 §6.1: chunked must not be applied more than once.
+        if fields.te.chunked > 1 {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding lists chunked twice.",
+            ));
+        }
+        // RFC 9112 §6.1: an unknown transfer coding → 501. We also refuse codings
+        // before chunked: Transfer-Encoding is hop-by-hop and re-framed, so passing the
+        // body on without them would change its meaning.
+        if fields.te.other {
+            return Err(HeadError::UnsupportedTransferEncoding);
+        }
+        // RFC 9112 §6.3 item 4: chunked not final in a request (here: no coding at all)
+        // → 400.
+        if fields.te.chunked == 0 {
+            return Err(HeadError::Malformed("Transfer-Encoding names no coding."));
+        }
+        RequestFraming::Chunked
+    } else {
+        match fields.cl {
+            // RFC 9112 §6.3 item 7: a request without CL or TE has no body.
+            ContentLength::Absent => RequestFraming::Empty,
+            // RFC 9112 §6.3 item 6.
+            ContentLength::Valid(n) => RequestFraming::Length(n),
+            // RFC 9112 §6.3 item 5: invalid CL in a request → 400.
+            ContentLength::Invalid => return Err(HeadError::BadContentLength),
+        }
+    };
+    Ok(framing)
+}
+
+/// How a response's body is framed (RFC 9112 §6), from its fields and whether it can
+/// have a body at all; what cannot be relayed safely is refused.
+fn response_framing_of(
+    fields: &Fields,
+    minor_version: u8,
+    no_body: bool,
+) -> Result<ResponseFraming, HeadError> {
     let framing = if no_body {
         // RFC 9112 §6.3 item 1: HEAD, 1xx, 204 and 304 end at the empty line whatever
         // the fields say. TE is ignored, whatever codings it names (hop-by-hop, dropped
@@ -347,19 +373,15 @@ pub fn parse_response(
             ContentLength::Invalid => return Err(HeadError::BadContentLength),
         }
     };
-
-    Ok(Some(ResponseHead {
-        status,
-        reason,
-        minor_version,
-        head_len,
-        framing,
-        keep_alive: minor_version == 1 && !fields.close,
-    }))
+    Ok(framing)
 }
 
 /// Value of the first field named `name` (case-insensitive).
-pub fn find_header<'b>(buf: &'b [u8], headers: &[HeaderRef], name: &str) -> Option<&'b [u8]> {
+pub(crate) fn find_header<'b>(
+    buf: &'b [u8],
+    headers: &[HeaderRef],
+    name: &str,
+) -> Option<&'b [u8]> {
     headers
         .iter()
         .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
@@ -367,7 +389,7 @@ pub fn find_header<'b>(buf: &'b [u8], headers: &[HeaderRef], name: &str) -> Opti
 }
 
 /// The target up to (not including) the first `?`.
-pub fn path_of(target: &[u8]) -> &[u8] {
+pub(crate) fn path_of(target: &[u8]) -> &[u8] {
     match target.iter().position(|&b| b == b'?') {
         Some(i) => &target[..i],
         None => target,
@@ -376,7 +398,7 @@ pub fn path_of(target: &[u8]) -> &[u8] {
 
 /// Whether the comma-separated list `value` holds `token` (case-insensitive, OWS
 /// around elements ignored; RFC 9110 §5.6.1).
-pub fn has_token(value: &[u8], token: &str) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
     has_token_bytes(value, token.as_bytes())
 }
 
@@ -387,7 +409,7 @@ pub(crate) fn has_token_bytes(value: &[u8], token: &[u8]) -> bool {
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1 and the usual legacy ones): never forwarded.
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     let eq = |lower: &[u8]| name.eq_ignore_ascii_case(lower);
     // Dispatch on length first: it is called for every forwarded field.
     match name.len() {

@@ -168,7 +168,7 @@ pub fn write_response_head(
 /// The executor's response fields that reach the client, in order, for HTTP/1 and
 /// HTTP/2 alike; the framing field the client's protocol needs is the caller's
 /// (`framing`: the one it will get).
-pub fn forwarded_response_fields<'a>(
+pub(crate) fn forwarded_response_fields<'a>(
     buf: &'a [u8],
     head: &ResponseHead,
     headers: &'a [HeaderRef],

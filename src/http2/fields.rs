@@ -105,6 +105,14 @@ enum Stop {
     Bad,
 }
 
+/// How one decoded field reached the block h2 gets.
+enum Emitted {
+    /// Its bytes as they came (the caller copies them).
+    AsItCame,
+    /// Rewritten into the output already.
+    Rewritten,
+}
+
 /// Not valid HPACK: h2 ends the connection on it; nothing after it can be followed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Broken;
@@ -243,92 +251,121 @@ impl Hpack {
         let mut pos = 0;
         while pos < block.len() {
             let start = pos;
-            // Truncated: wait for more; anything else is a compression error.
-            macro_rules! take {
-                ($e:expr) => {
-                    match $e {
-                        Ok(v) => v,
-                        Err(Stop::More) => return Ok(start),
-                        Err(Stop::Bad) => return Err(Broken),
-                    }
-                };
-            }
             let first = block[pos];
-            if first & 0x80 != 0 {
-                let index = take!(int(block, &mut pos, 7));
-                let e = self.entry(index).ok_or(Broken)?;
-                st.malformed |= e.bad || (st.trailers && matches!(e.name, Name::Pseudo(_)));
-                st.fields += 1;
-                st.list += e.size.max(e.name_len + ENTRY_OVERHEAD);
-                out.extend_from_slice(&block[start..pos]);
-                continue;
-            }
-            if first & 0xe0 == 0x20 {
-                // Dynamic table size update: only before the first field.
-                let size = take!(int(block, &mut pos, 5));
-                if st.fields > 0 || size > HEADER_TABLE_SIZE {
-                    return Err(Broken);
-                }
-                self.max = size;
-                self.evict_to(size);
-                out.extend_from_slice(&block[start..pos]);
-                continue;
-            }
-            let (indexing, prefix, bits) = if first & 0xc0 == 0x40 {
-                (true, 0x40, 6)
+            let step = if first & 0x80 != 0 {
+                self.indexed(block, &mut pos, st)
+            } else if first & 0xe0 == 0x20 {
+                self.size_update(block, &mut pos, st)
             } else {
-                (false, first & 0xf0, 4)
+                self.literal(block, &mut pos, st, out)
             };
-            let index = take!(int(block, &mut pos, bits));
-            self.scratch.clear();
-            let (name, name_len, name_str) = if index == 0 {
-                let s = take!(self.string(block, &mut pos));
-                (Name::of(&self.scratch[s.at..s.at + s.len]), s.len, Some(s))
-            } else {
-                let e = self.entry(index).ok_or(Broken)?;
-                (e.name, e.name_len, None)
-            };
-            let value = take!(self.string(block, &mut pos));
-            if index != 0 {
-                st.malformed |= self.entry(index).is_some_and(|e| e.bad);
-            }
-            st.fields += 1;
-            st.list += name_len + value.len + ENTRY_OVERHEAD;
-            let v = &self.scratch[value.at..value.at + value.len];
-            // What h2 would fail the connection on, and what else is malformed.
-            let fails = match name {
-                Name::Invalid => name_str.is_some() || http::HeaderValue::from_bytes(v).is_err(),
-                Name::Regular => http::HeaderValue::from_bytes(v).is_err(),
-                Name::Pseudo(p) => !p.value_ok(v),
-            };
-            let bad = fails
-                || name == Name::Invalid
-                || (name == Name::Pseudo(Pseudo::Path) && v.contains(&b'#'));
-            st.malformed |= bad || (st.trailers && matches!(name, Name::Pseudo(_)));
-            if fails {
-                let bytes = self
-                    .rewrite(prefix, bits, index, name, &name_str, &value)
-                    .ok_or(Broken)?;
-                out.extend_from_slice(&bytes);
-            } else {
-                out.extend_from_slice(&block[start..pos]);
-            }
-            if indexing {
-                // A rewritten pseudo-header stands in h2's table as a regular name.
-                let name = if fails && matches!(name, Name::Pseudo(_)) {
-                    Name::Invalid
-                } else {
-                    name
-                };
-                self.insert(Entry {
-                    size: name_len + value.len + ENTRY_OVERHEAD,
-                    name_len,
-                    name,
-                    bad,
-                });
+            match step {
+                Ok(Emitted::AsItCame) => out.extend_from_slice(&block[start..pos]),
+                Ok(Emitted::Rewritten) => {}
+                // Truncated: wait for more; anything else is a compression error.
+                Err(Stop::More) => return Ok(start),
+                Err(Stop::Bad) => return Err(Broken),
             }
         }
         Ok(pos)
+    }
+
+    /// An indexed field (RFC 7541 §6.1).
+    fn indexed(
+        &mut self,
+        block: &[u8],
+        pos: &mut usize,
+        st: &mut BlockCheck,
+    ) -> Result<Emitted, Stop> {
+        let index = int(block, pos, 7)?;
+        let e = self.entry(index).ok_or(Stop::Bad)?;
+        st.malformed |= e.bad || (st.trailers && matches!(e.name, Name::Pseudo(_)));
+        st.fields += 1;
+        st.list += e.size.max(e.name_len + ENTRY_OVERHEAD);
+        Ok(Emitted::AsItCame)
+    }
+
+    /// A dynamic table size update (RFC 7541 §6.3): only before the first field.
+    fn size_update(
+        &mut self,
+        block: &[u8],
+        pos: &mut usize,
+        st: &BlockCheck,
+    ) -> Result<Emitted, Stop> {
+        let size = int(block, pos, 5)?;
+        if st.fields > 0 || size > HEADER_TABLE_SIZE {
+            return Err(Stop::Bad);
+        }
+        self.max = size;
+        self.evict_to(size);
+        Ok(Emitted::AsItCame)
+    }
+
+    /// A literal field (RFC 7541 §6.2), with or without indexing: checked, rewritten into
+    /// `out` when h2 could not decode it, and entered in the table as h2 will.
+    fn literal(
+        &mut self,
+        block: &[u8],
+        pos: &mut usize,
+        st: &mut BlockCheck,
+        out: &mut Vec<u8>,
+    ) -> Result<Emitted, Stop> {
+        let first = block[*pos];
+        let (indexing, prefix, bits) = if first & 0xc0 == 0x40 {
+            (true, 0x40, 6)
+        } else {
+            (false, first & 0xf0, 4)
+        };
+        let index = int(block, pos, bits)?;
+        self.scratch.clear();
+        let (name, name_len, name_str) = if index == 0 {
+            let s = self.string(block, pos)?;
+            (Name::of(&self.scratch[s.at..s.at + s.len]), s.len, Some(s))
+        } else {
+            let e = self.entry(index).ok_or(Stop::Bad)?;
+            (e.name, e.name_len, None)
+        };
+        let value = self.string(block, pos)?;
+        if index != 0 {
+            st.malformed |= self.entry(index).is_some_and(|e| e.bad);
+        }
+        st.fields += 1;
+        st.list += name_len + value.len + ENTRY_OVERHEAD;
+        let v = &self.scratch[value.at..value.at + value.len];
+        // What h2 would fail the connection on, and what else is malformed.
+        let fails = match name {
+            Name::Invalid => name_str.is_some() || http::HeaderValue::from_bytes(v).is_err(),
+            Name::Regular => http::HeaderValue::from_bytes(v).is_err(),
+            Name::Pseudo(p) => !p.value_ok(v),
+        };
+        let bad = fails
+            || name == Name::Invalid
+            || (name == Name::Pseudo(Pseudo::Path) && v.contains(&b'#'));
+        st.malformed |= bad || (st.trailers && matches!(name, Name::Pseudo(_)));
+        let emitted = if fails {
+            let bytes = self
+                .rewrite(prefix, bits, index, name, &name_str, &value)
+                .ok_or(Stop::Bad)?;
+            out.extend_from_slice(&bytes);
+            Emitted::Rewritten
+        } else {
+            Emitted::AsItCame
+        };
+        if indexing {
+            // A rewritten pseudo-header stands in h2's table as a regular name.
+            let name = if fails && matches!(name, Name::Pseudo(_)) {
+                Name::Invalid
+            } else {
+                name
+            };
+            self.insert(Entry {
+                size: name_len + value.len + ENTRY_OVERHEAD,
+                name_len,
+                name,
+                bad,
+            });
+        }
+        Ok(emitted)
     }
 
     /// Decode a string literal (RFC 7541 §5.2) into `scratch`.
@@ -762,36 +799,46 @@ impl Blocks {
                 out.extend_from_slice(MALFORMED_MARK);
             }
         }
-        let mut frames = Vec::new();
-        if out.is_empty() && !last {
-            return Ok(frames);
+        let frames = if out.is_empty() && !last {
+            Vec::new()
+        } else {
+            block.frames(&out, last)
+        };
+        if last {
+            self.block = None;
         }
+        Ok(frames)
+    }
+}
+
+impl Block {
+    /// `out` (this frame's checked fields) as the HEADERS or CONTINUATION frames h2 gets,
+    /// END_HEADERS on the last one of the block.
+    fn frames(&mut self, out: &[u8], last: bool) -> Vec<u8> {
+        let mut frames = Vec::new();
         let chunks: Vec<&[u8]> = if out.is_empty() {
             vec![&[]]
         } else {
             out.chunks(MAX_FRAME).collect()
         };
         for (i, chunk) in chunks.iter().enumerate() {
-            let (kind, mut f) = if block.started {
+            let (kind, mut f) = if self.started {
                 (CONTINUATION, 0)
-            } else if block.end_stream {
+            } else if self.end_stream {
                 (HEADERS, END_STREAM)
             } else {
                 (HEADERS, 0)
             };
-            block.started = true;
+            self.started = true;
             if last && i + 1 == chunks.len() {
                 f |= END_HEADERS;
             }
             frames.extend_from_slice(&(chunk.len() as u32).to_be_bytes()[1..]);
             frames.extend_from_slice(&[kind, f]);
-            frames.extend_from_slice(&block.stream.to_be_bytes());
+            frames.extend_from_slice(&self.stream.to_be_bytes());
             frames.extend_from_slice(chunk);
         }
-        if last {
-            self.block = None;
-        }
-        Ok(frames)
+        frames
     }
 }
 

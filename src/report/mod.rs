@@ -10,7 +10,9 @@
 mod appsignal;
 mod logowl;
 mod raygun;
+pub(crate) mod reason;
 mod sentry;
+pub(crate) mod settings;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,9 +22,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Config, LoggingProvider, ReportingConfig};
-use crate::health::probe;
 use crate::{info, warn};
+use settings::{LoggingProvider, ReportingConfig};
 
 /// Events the queue holds; what comes on top while it is full is dropped (and counted).
 pub(crate) const QUEUE_CAPACITY: usize = 1024;
@@ -156,9 +157,12 @@ pub(crate) struct Settings {
     pub send_timeout: Duration,
 }
 
-/// Start reporting as `config` says: a disabled handle and no thread without a provider.
-pub(crate) fn start(config: &Config) -> io::Result<(Reporter, Option<ReporterThread>)> {
-    let Some(reporting) = &config.reporting else {
+/// Start reporting to `reporting`: a disabled handle and no thread without a provider.
+pub(crate) fn start(
+    reporting: Option<&ReportingConfig>,
+    common: Common,
+) -> io::Result<(Reporter, Option<ReporterThread>)> {
+    let Some(reporting) = reporting else {
         return Ok((Reporter::default(), None));
     };
     let target = Target::new(reporting);
@@ -169,7 +173,7 @@ pub(crate) fn start(config: &Config) -> io::Result<(Reporter, Option<ReporterThr
     );
     let settings = Settings {
         target,
-        common: Common::new(config),
+        common,
         capacity: QUEUE_CAPACITY,
         connect_timeout: CONNECT_TIMEOUT,
         send_timeout: SEND_TIMEOUT,
@@ -316,7 +320,7 @@ fn post(agent: &ureq::Agent, request: &Request) -> Result<u16, String> {
             let _ = body.read_to_vec();
             Ok(response.status().as_u16())
         }
-        Err(e) => Err(probe::describe(&e, agent)),
+        Err(e) => Err(reason::describe(&e, agent)),
     }
 }
 
@@ -331,14 +335,11 @@ pub(crate) struct Common {
 }
 
 impl Common {
-    pub(crate) fn new(config: &Config) -> Common {
+    /// `version`: `OPR_PROXY_VERSION`; `development`: `OPR_PROXY_ENV=development`.
+    pub(crate) fn new(version: &str, development: bool) -> Common {
         Common {
-            version: config.version.clone(),
-            environment: if config.is_development() {
-                "staging"
-            } else {
-                "production"
-            },
+            version: version.to_string(),
+            environment: if development { "staging" } else { "production" },
             server_name: server_name(),
         }
     }
@@ -392,7 +393,7 @@ impl Report {
         let mut extra = BTreeMap::new();
         let mut tag = |name, value: &str| {
             if !value.is_empty() {
-                tags.insert(name, probe::truncate(value, MAX_TAG_CHARS));
+                tags.insert(name, reason::truncate(value, MAX_TAG_CHARS));
             }
         };
         let (action, message) = match self {

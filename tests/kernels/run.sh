@@ -4,14 +4,17 @@
 # runs tests/kernels/init.sh (the smoke test) on each; fails unless every kernel passes.
 #
 # Needs qemu-system-x86, busybox-static and cpio (.ci/run installs them); the kernel
-# packages are fetched once with `apt-get download` into target/kernels/. Without the
-# tools: skipped with a message, or a failure under CI. Knobs: KERNELS (default
+# packages are fetched once with `apt-get download` into target/kernels/ (OPR_KERNEL_CACHE:
+# .ci/run keeps them in ~/.cache so that a fresh clone does not fetch them again). Without
+# the tools: skipped with a message, or a failure under CI. Knobs: KERNELS (default
 # "6.1 6.12"), KERNEL_TIMEOUT (seconds per boot, default 120), OPR_KERNEL_BIN and
 # OPR_KERNEL_MOCK (default target/release/{opr-proxy,mock-executor}).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-cache=$root/target/kernels
+# Kernel packages (kept); the initramfs and console logs of this run go to $work.
+work=$root/target/kernels
+cache=${OPR_KERNEL_CACHE:-$work}
 bin=${OPR_KERNEL_BIN:-$root/target/release/opr-proxy}
 mock=${OPR_KERNEL_MOCK:-$root/target/release/mock-executor}
 kernels=${KERNELS:-"6.1 6.12"}
@@ -66,9 +69,10 @@ kernel_image() {
 }
 
 # One initramfs for every kernel: busybox, the two binaries, their libraries, the smoke test.
-initrd=$cache/initrd.gz
+mkdir -p "$work"
+initrd=$work/initrd.gz
 build_initrd() {
-    local tree=$cache/initramfs
+    local tree=$work/initramfs
     rm -rf "$tree"
     mkdir -p "$tree"/{bin,proc,sys,dev,tmp}
     cp /bin/busybox "$tree/bin/busybox"
@@ -91,7 +95,7 @@ build_initrd
 failed=()
 for series in $kernels; do
     vmlinuz=$(kernel_image "$series") || { failed+=("$series"); continue; }
-    log=$cache/console-$series.log
+    log=$work/console-$series.log
     started=$(date +%s)
     # TCG: KVM is not usable inside these VMs. `poweroff -f` in init ends QEMU.
     timeout "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 512 \

@@ -9,6 +9,7 @@ const MAX_LINE: usize = 8 * 1024;
 /// Most header fields accepted in a response head.
 const MAX_HEADERS: usize = 128;
 
+use crate::h1;
 use crate::warm::Warmth;
 
 /// A complete response.
@@ -217,18 +218,11 @@ impl ResponseParser {
     /// already complete (no body).
     fn parse_head(&mut self) -> Result<Option<Response>, FramingError> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut fields);
-        match resp.parse(&self.head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(FramingError::BadHead("incomplete")),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(FramingError::BadHead("too many header fields"))
-            }
-            Err(_) => return Err(FramingError::BadHead("not an HTTP/1.x response")),
-        }
-        let (Some(status), Some(minor)) = (resp.code, resp.version) else {
-            return Err(FramingError::BadHead("missing status"));
-        };
+        let (status, minor, fields) =
+            h1::parse_response_fields(&self.head, &mut fields).map_err(|e| match e {
+                h1::HeadError::TooLarge => FramingError::BadHead("too many header fields"),
+                _ => FramingError::BadHead("not an HTTP/1.x response"),
+            })?;
         // 1xx are interim (RFC 9110 §15.2): the final response follows on the same stream.
         if status == 101 {
             return Err(FramingError::Unsupported("101 Switching Protocols"));
@@ -243,7 +237,7 @@ impl ResponseParser {
         let mut length: Option<u64> = None;
         let mut executor = None;
         let mut warmth = Warmth::Untracked;
-        for h in resp.headers.iter() {
+        for h in fields {
             if h.name.eq_ignore_ascii_case("connection") {
                 for token in h.value.split(|&b| b == b',') {
                     let token = trim(token);
@@ -366,24 +360,12 @@ impl ResponseParser {
     }
 }
 
-/// `1*HEXDIG [ BWS ";" extensions ]`; extensions are ignored.
+/// The chunk-size line's rule is the one HTTP/1 reader's (`crate::h1`).
 fn parse_chunk_size(line: &[u8]) -> Result<u64, FramingError> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 {
-        return Err(FramingError::BadChunk("missing chunk size"));
-    }
-    let mut size: u64 = 0;
-    for &b in &line[..digits] {
-        let d = (b as char).to_digit(16).unwrap_or(0);
-        size = size
-            .checked_mul(16)
-            .and_then(|s| s.checked_add(u64::from(d)))
-            .ok_or(FramingError::BadChunk("chunk size overflows"))?;
-    }
-    match line[digits..].iter().find(|&&b| b != b' ' && b != b'\t') {
-        None | Some(b';') => Ok(size),
-        Some(_) => Err(FramingError::BadChunk("invalid chunk size")),
-    }
+    h1::parse_chunk_size(line).map_err(|e| match e {
+        h1::BodyError::Malformed(why) => FramingError::BadChunk(why),
+        _ => FramingError::BadChunk("invalid chunk size"),
+    })
 }
 
 /// `12` of `executor-12`.
@@ -395,10 +377,7 @@ fn trailing_number(v: &[u8]) -> Option<u16> {
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
+    h1::parse_decimal(std::str::from_utf8(s).ok()?)
 }
 
 fn trim(mut v: &[u8]) -> &[u8] {

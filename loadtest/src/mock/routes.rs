@@ -2,8 +2,9 @@
 //! (/v1/health, ping, echo/upload, download, sleep, status, close, reset, truncate, garbage)
 //! and how the connection ends.
 
-use super::http::{self, BodyError, Framing, Head, HeadError};
+use super::http;
 use super::{hex, lock, pattern_block, HealthMode, RecordedRequest, Shared, BLOCK, TARGETS_KEPT};
+use crate::h1::{self, BodyError, Framing, Head, HeadError};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -83,9 +84,9 @@ pub(crate) fn serve(shared: &Shared, stream: TcpStream) {
 impl Conn<'_> {
     /// Reads one request (head and whole body) and answers it.
     fn exchange(&mut self) -> io::Result<Next> {
-        let head = match http::read_head(&mut self.reader) {
+        let head = match h1::read_head(&mut self.reader) {
             Ok(head) => head,
-            Err(HeadError::Closed) => return Ok(Next::Drop),
+            Err(HeadError::Closed | HeadError::Failed(_)) => return Ok(Next::Drop),
             Err(HeadError::TooLarge) => {
                 return self.message(431, "request head too large", false, true);
             }
@@ -99,7 +100,7 @@ impl Conn<'_> {
         }
         let head_only = head.method == "HEAD";
 
-        let framing = match http::request_framing(&head.headers) {
+        let framing = match h1::request_framing(&head.headers) {
             Ok(f) => f,
             Err(why) => return self.message(400, why, head_only, true),
         };
@@ -108,9 +109,10 @@ impl Conn<'_> {
             self.writer.flush()?;
         }
         let mut hasher = Sha256::new();
-        let body = match http::read_body(&mut self.reader, framing, &mut |b| hasher.update(b)) {
+        let body = match h1::read_body(&mut self.reader, framing, &mut |b| hasher.update(b)) {
             Ok(body) => body,
-            Err(BodyError::Aborted) => {
+            // Cut off (or failed: it cannot be finished either way).
+            Err(BodyError::Aborted | BodyError::Failed(_) | BodyError::Stopped) => {
                 // A connection cut by stop() is not the client's doing.
                 if !self.shared.stopping.load(Ordering::SeqCst) {
                     self.shared.aborted.fetch_add(1, Ordering::SeqCst);

@@ -7,17 +7,15 @@
 //! `tests/fixtures/mockoon.json` is the original's Mockoon environment (`mockoon.json` at
 //! the same commit), served by `support::mockoon`.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::support::mockoon::Mockoon;
+use crate::support::{io_driver, netns, ProxyProcess};
 use sonic_rs::JsonValueTrait;
-use support::mockoon::Mockoon;
-use support::{io_driver, netns, ProxyProcess};
 
-const FIXTURE: &str = include_str!("fixtures/mockoon.json");
+const FIXTURE: &str = include_str!("../fixtures/mockoon.json");
 
 /// The names of the original's compose network (each service has its own address there).
 const HOSTS: [(&str, &str); 3] = [
@@ -180,7 +178,7 @@ fn test_addressing_methods() {
 
 #[test]
 fn original_0_6_3_http_test() {
-    if !netns::enter("original_0_6_3_http_test", &HOSTS) {
+    if !netns::enter("original_suite::original_0_6_3_http_test", &HOSTS) {
         return;
     }
     let at = |name: &str| -> SocketAddr { (name, 80).to_socket_addrs().unwrap().next().unwrap() };

@@ -1,16 +1,14 @@
 //! Hostile input and failing executors: each RFC 9112 rule with the exact bytes, slow
 //! clients, executor faults, client faults, and the file-descriptor baseline afterwards.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use sonic_rs::JsonValueTrait;
-use support::*;
 
 /// Send raw bytes on a new connection; return the answer and whether the proxy then
 /// closed the connection.
@@ -373,8 +371,15 @@ fn client_abort_mid_download_drops_executor_connection() {
     let mut buf = [0u8; 65536];
     let _ = c.stream.read(&mut buf);
     drop(c);
-    // Next request cannot reuse the aborted exchange's executor connection.
-    std::thread::sleep(Duration::from_millis(200));
+    // Next request cannot reuse the aborted exchange's executor connection: wait until
+    // the proxy is done with that exchange.
+    let in_flight = format!(
+        "opr_proxy_executor_requests_in_flight{{executor=\"{}\"}}",
+        a.hostname()
+    );
+    assert!(eventually(Duration::from_secs(10), || metric(
+        proxy.addr, &in_flight
+    ) == Some(0.0)));
     assert_eq!(proxy.get("/v1/ping").status, 200);
     assert_eq!(a.connections(), 2);
 }

@@ -4,14 +4,14 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use opr_loadtest::h1;
 pub use opr_loadtest::{pattern_byte, pattern_sha256, HealthMode, MockExecutor, MockOptions};
-use opr_proxy::config::Config;
-use opr_proxy::Server;
+use opr_proxy::{Config, Server};
 use sha2::{Digest, Sha256};
 
 pub mod h2raw;
@@ -112,6 +112,59 @@ pub fn dead_hostname() -> String {
     let addr = l.local_addr().unwrap();
     drop(l);
     addr.to_string()
+}
+
+/// A test cannot run here (a tool, a second CPU, open files missing): it prints SKIP
+/// locally, and fails under CI (`CI` set), where `.ci/run` provides what it needs.
+pub fn skip_unless_ci(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "required under CI: {why}");
+    eprintln!("SKIP: {why}");
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in the proxy's
+/// /v1/proxy/metrics at `addr`; `None` when the series is absent.
+pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let r = Client::connect(addr).request(
+        "GET",
+        "/v1/proxy/metrics",
+        &[("Authorization", &bearer())],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text().lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Set in a copy of the test binary started by [`alone`].
+const ALONE: &str = "OPR_TEST_ALONE";
+
+/// For a test that measures the whole process (a counting global allocator): `true` in a
+/// copy of this test binary that runs only the test `name` (its path in the binary: run
+/// the body there); `false` in the calling process, after that copy ran it and passed.
+pub fn alone(name: &str) -> bool {
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(ALONE, "1")
+        .output()
+        .expect("run the test binary again");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{text}");
+    assert!(out.status.success(), "{name}, run alone, failed");
+    assert!(text.contains("1 passed"), "{name} did not run alone");
+    false
 }
 
 /// Poll `cond` until it holds or `timeout` passes (no fixed sleeps in tests).
@@ -236,102 +289,40 @@ impl Client {
 
     /// Status and headers of the next final response (interim 1xx are returned too).
     pub fn read_head(&mut self) -> io::Result<(u16, Vec<(String, String)>)> {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 128];
-            let mut resp = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) = resp
-                .parse(&self.buf)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-            {
-                let status = resp.code.unwrap_or(0);
-                let hs = resp
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                self.buf.drain(..n);
-                return Ok((status, hs));
-            }
-            if self.fill()? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+        match h1::read_response_head(&mut Buffered(self)) {
+            Ok(head) => Ok((head.status, head.headers)),
+            Err(h1::HeadError::Closed) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Err(h1::HeadError::Failed(kind)) => Err(kind.into()),
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("response head: {e:?}"),
+            )),
         }
     }
 
-    /// Stream a body to `sink`. Returns true when it ended early (truncated).
+    /// Stream a body to `sink`: chunked when `te` says so, else `cl` bytes, else until
+    /// close. Returns true when it ended early (truncated).
     pub fn read_body(
         &mut self,
         te: Option<&str>,
         cl: Option<&str>,
         sink: &mut dyn FnMut(&[u8]),
     ) -> io::Result<bool> {
-        if te.is_some_and(|t| t.to_ascii_lowercase().contains("chunked")) {
-            loop {
-                let line = self.read_line()?;
-                let size_hex = line.split(';').next().unwrap_or("").trim();
-                let size = match usize::from_str_radix(size_hex, 16) {
-                    Ok(s) => s,
-                    Err(_) => return Ok(true),
-                };
-                if size == 0 {
-                    // Trailers until the empty line.
-                    while !self.read_line()?.is_empty() {}
-                    return Ok(false);
-                }
-                let mut left = size;
-                while left > 0 {
-                    if self.buf.is_empty() && self.fill()? == 0 {
-                        return Ok(true);
-                    }
-                    let take = left.min(self.buf.len());
-                    sink(&self.buf[..take]);
-                    self.buf.drain(..take);
-                    left -= take;
-                }
-                if !self.read_line()?.is_empty() {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "missing CRLF"));
-                }
-            }
+        let framing = if te.is_some_and(|t| t.to_ascii_lowercase().contains("chunked")) {
+            h1::Framing::Chunked
         } else if let Some(cl) = cl {
-            let mut left: u64 = cl.trim().parse().unwrap_or(0);
-            while left > 0 {
-                if self.buf.is_empty() && self.fill()? == 0 {
-                    return Ok(true);
-                }
-                let take = (left as usize).min(self.buf.len());
-                sink(&self.buf[..take]);
-                self.buf.drain(..take);
-                left -= take as u64;
-            }
-            Ok(false)
+            h1::Framing::Length(cl.trim().parse().unwrap_or(0))
         } else {
-            loop {
-                if !self.buf.is_empty() {
-                    sink(&self.buf);
-                    self.buf.clear();
-                }
-                if self.fill()? == 0 {
-                    return Ok(false);
-                }
-            }
-        }
-    }
-
-    fn read_line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
-                self.buf.drain(..pos + 2);
-                return Ok(line);
-            }
-            if self.fill()? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+            h1::Framing::UntilClose
+        };
+        match h1::read_body(&mut Buffered(self), framing, sink) {
+            Ok(_) => Ok(false),
+            Err(h1::BodyError::Aborted) => Ok(true),
+            Err(h1::BodyError::Failed(kind)) => Err(kind.into()),
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("response body: {e:?}"),
+            )),
         }
     }
 
@@ -349,6 +340,32 @@ impl Client {
     /// True when the proxy closed this connection (EOF with nothing pending).
     pub fn is_closed(&mut self) -> bool {
         self.buf.is_empty() && matches!(self.fill(), Ok(0) | Err(_))
+    }
+}
+
+/// A client's pending bytes and then its socket, as the `BufRead` that `h1` reads from.
+struct Buffered<'a>(&'a mut Client);
+
+impl Read for Buffered<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Buffered<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.0.buf.is_empty() {
+            self.0.fill()?;
+        }
+        Ok(&self.0.buf)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.0.buf.drain(..n);
     }
 }
 

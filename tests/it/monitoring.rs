@@ -3,8 +3,6 @@
 //! (deploy/grafana/opr-proxy.json) and every alert rule (deploy/prometheus/alerts.yml).
 //! Without `prometheus` the test prints SKIP, except under CI (`CI` set), where it fails.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
-use support::*;
 
 /// Metric names the dashboard and the alerts use that this proxy does not expose yet
 /// (they come with the queue, the shedding and `OPR_PROXY_ALGORITHM=affinity`). Their
@@ -30,11 +28,9 @@ fn have(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is required in CI: .ci/run installs it (apt-get install prometheus)"
-        );
-        eprintln!("SKIP: {tool} is not installed (apt-get install prometheus)");
+        skip_unless_ci(&format!(
+            "{tool} is not installed (apt-get install prometheus)"
+        ));
     }
     ok
 }

@@ -3,13 +3,11 @@
 //! through one odd probe, and passive ejection flags a failing executor for every worker
 //! until a probe passes.
 
-mod support;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,11 +1,9 @@
 //! Tests of the binary as a process: start-up validation (exit 2), signals (exit 0),
 //! and bounded memory while 100 MiB bodies stream through in both directions.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn bad_config_exits_2_naming_the_variable() {

@@ -2,17 +2,15 @@
 //! over 127.0.0.1 against a scripted raw executor (`support::scripted`) and asserts what
 //! the client gets and what reached the executor.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::scripted::*;
+use crate::support::*;
 use sonic_rs::JsonValueTrait;
-use support::scripted::*;
-use support::*;
 
 /// A complete fake response an executor sends on an idle connection.
 const EVIL: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!";
@@ -78,6 +76,19 @@ fn assert_json_error(r: &Response, status: u16, what: &str) {
     assert!(v["message"].as_str().is_some(), "{what}: {}", r.text());
 }
 
+/// Wait until the executor's script for the (first) request to `target` has run to its
+/// end (the bytes or FIN it sends after the answer are on their way to the proxy), or the
+/// proxy closed that connection (nothing of it can reach the pool then).
+fn script_done(ex: &ScriptedExecutor, target: &str) {
+    let conn = ex.requests_to(target)[0].conn;
+    assert!(
+        eventually(Duration::from_secs(10), || ex
+            .conn(conn)
+            .is_some_and(|r| r.scripts_done >= 1 || r.eof_at.is_some())),
+        "the executor's script for {target} did not finish"
+    );
+}
+
 /// Item 1 scenario: client A's request to `/a` is answered with `answer`; ~300 ms later
 /// the executor sends `stray` on that same connection, which now sits in the pool. After
 /// ~600 ms client B (a new client connection) sends `GET /b`, then `GET /c` on the same
@@ -101,7 +112,7 @@ fn poisoned_pool(a_method: &str, answer: &[u8], stray: &[u8], a_status: u16) {
     let a = proxy.client().request(a_method, "/a", &[(k, &v)], b"");
     assert_eq!(a.status, a_status, "A: {}", a.text());
     // Timing situation: the stray bytes arrive while the connection is idle in the pool.
-    thread::sleep(Duration::from_millis(600));
+    script_done(&ex, "/a");
 
     let mut b = proxy.client();
     let rb = get(&mut b, "/b");
@@ -229,7 +240,7 @@ fn item1_connection_closed_while_idle_is_not_used_for_a_post() {
     let ra = get(&mut proxy.client(), "/a");
     let rec_a = assert_genuine(&ex, "/a", &ra, "A");
     // Timing situation: the executor's FIN arrives while the connection is pooled.
-    thread::sleep(Duration::from_millis(600));
+    script_done(&ex, "/a");
 
     let (k, v) = key();
     let rp = proxy.client().request("POST", "/p", &[(k, &v)], b"hello");
@@ -536,7 +547,11 @@ fn item5_pipelined_request_during_slow_answer_is_served_in_order() {
         )
         .as_bytes(),
     );
-    thread::sleep(Duration::from_millis(300));
+    // The second request is pipelined while the first is at the executor.
+    assert!(eventually(Duration::from_secs(5), || ex
+        .requests_to("/slow")
+        .len()
+        == 1));
     c.send(
         format!(
             "GET /fast HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\r\n",
@@ -610,7 +625,7 @@ fn item6_stray_bytes_after_broadcast_do_not_poison_the_pool() {
     assert_eq!(r.status, 204);
     assert_eq!(ex.requests_to("/bc").len(), 1);
     // Timing situation: the stray bytes arrive while the connection is pooled.
-    thread::sleep(Duration::from_millis(600));
+    script_done(&ex, "/bc");
 
     let mut c = proxy.client();
     let rb = assert_genuine(

@@ -19,15 +19,13 @@
 //! Ignored by the plain suite (it needs podman and builds an image); skipped with a
 //! message where podman cannot run containers.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::*;
+use crate::support::*;
 
 /// The settings TECH.md found to work on these machines: crun refuses the hybrid cgroup
 /// layout, and vfs needs no kernel overlay support.

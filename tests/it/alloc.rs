@@ -1,20 +1,19 @@
 //! The hot path allocates once per request, a fixed size: the request's own state (its
 //! future, boxed so an idle connection does not carry it; buffers and vectors come from
-//! per-worker pools). A counting global allocator observes every allocation in this test
-//! process; the mock executor and the client below reuse fixed buffers, so what is
-//! counted while requests flow is the proxy's own.
+//! per-worker pools). A counting global allocator observes every allocation in the test
+//! process (the test re-runs itself alone in a copy of the suite's binary); the mock
+//! executor and the client below reuse fixed buffers, so what is counted while requests
+//! flow is the proxy's own.
 
 // A global allocator is an `unsafe impl`; it only forwards to `System` and counts.
 #![allow(unsafe_code)]
-
-mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use support::*;
+use crate::support::*;
 
 /// The request's state (its future) is a few KiB; a body buffer would be 128 KiB.
 const REQUEST_STATE_MAX: f64 = 8192.0;
@@ -191,9 +190,13 @@ fn closing_executor(answer: &'static [u8]) -> SocketAddr {
     addr
 }
 
-/// One test, not several: the counter is process-wide, so measurements must not overlap.
+/// One test, not several: the counter is process-wide, so measurements must not overlap;
+/// and it runs in a copy of the suite's binary of its own, where no other test allocates.
 #[test]
 fn forwarding_and_error_answers_do_not_allocate() {
+    if !alone("alloc::forwarding_and_error_answers_do_not_allocate") {
+        return;
+    }
     let disabled = [("OPR_PROXY_HEALTHCHECK", "disabled")];
     let (per_request_200, bytes_200) = per_request(fixed_executor(), &disabled, b"200");
     eprintln!("allocations per forwarded request: {per_request_200:.4} ({bytes_200:.0} bytes)");

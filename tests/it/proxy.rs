@@ -1,13 +1,11 @@
 //! Integration tests: the real proxy against mock executors on 127.0.0.1, over real
 //! sockets. Run on both io drivers (`OPR_TEST_IO_DRIVER=io_uring|epoll`).
 
-mod support;
-
 use std::time::Duration;
 
-use opr_proxy::snapshot::ExecutorId;
+use crate::support::*;
+use opr_proxy::ExecutorId;
 use sonic_rs::JsonValueTrait;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,15 +1,15 @@
 //! Metrics (parsed by a real Prometheus text parser), the access log in both formats, and
 //! `x-opr-route`, against real processes and mock executors on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::*;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
-use support::*;
 
 /// One sample: metric name, labels, value.
 type Sample = (String, HashMap<String, String>, f64);
@@ -231,9 +231,12 @@ fn stray_bytes_show_as_discarded_connections() {
     // An executor that answers `204` and then sends a body nobody asked for.
     let ex = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = ex.local_addr().unwrap();
+    let strays = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent = strays.clone();
     std::thread::spawn(move || {
         for s in ex.incoming() {
             let Ok(mut s) = s else { return };
+            let sent = sent.clone();
             std::thread::spawn(move || {
                 use std::io::Read;
                 let mut buf = [0u8; 4096];
@@ -247,6 +250,7 @@ fn stray_bytes_show_as_discarded_connections() {
                             let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
                             std::thread::sleep(Duration::from_millis(100));
                             let _ = s.write_all(b"stray");
+                            sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }
                     }
                 }
@@ -261,7 +265,10 @@ fn stray_bytes_show_as_discarded_connections() {
             .status,
         204
     );
-    std::thread::sleep(Duration::from_millis(400));
+    // The stray bytes are on their way to the pooled connection.
+    assert!(eventually(Duration::from_secs(10), || strays
+        .load(std::sync::atomic::Ordering::SeqCst)
+        >= 1));
     assert_eq!(
         c.request("GET", "/y", &[("Authorization", &key)], b"")
             .status,

@@ -3,11 +3,11 @@
 //! connection is the one its client connected from, so client threads pinned to
 //! different CPUs stand in for a NIC's receive queues.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 
-use support::{Client, ProxyProcess};
+use crate::support::{Client, ProxyProcess};
 
 const PER_CPU: usize = 24;
 
@@ -61,7 +61,7 @@ fn two_cpus() -> Option<[core_affinity::CoreId; 2]> {
     match core_affinity::get_core_ids().unwrap_or_default().as_slice() {
         [a, b, ..] => Some([*a, *b]),
         _ => {
-            eprintln!("SKIP: this test needs two CPUs in the affinity mask");
+            support::skip_unless_ci("this test needs two CPUs in the affinity mask");
             None
         }
     }

@@ -2,19 +2,17 @@
 //! a client that stops reading a forwarded answer, over HTTP/1 and h2c. The proxy runs as a
 //! child process (its open fds are counted) against the scripted raw executor.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::h2raw::*;
+use crate::support::scripted::*;
+use crate::support::*;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use support::h2raw::*;
-use support::scripted::*;
-use support::*;
 
 const MIB: u64 = 1 << 20;
 const TOO_LARGE: &[u8] = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!";

@@ -5,16 +5,14 @@
 //! stops — and the provider's request is checked field by field. A dead or slow provider
 //! must change nothing for clients; what it costs is counted.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::support::*;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 const VERSION: &str = "7.7.7";

@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use opr_loadtest::h1;
+
 /// Index of a connection that carried at least one non-health request (0, 1, … in the
 /// order of those first requests).
 pub type ConnIndex = usize;
@@ -103,6 +105,9 @@ pub struct ConnRecord {
     pub reset: bool,
     /// When the executor itself closed it (`Action::Close` or `stop()`).
     pub closed_by_executor_at: Option<Instant>,
+    /// Requests on it whose script ran to its end (every write and FIN of it done), so a
+    /// test can wait for bytes the script sends after the answer.
+    pub scripts_done: usize,
 }
 
 #[derive(Default)]
@@ -292,6 +297,7 @@ fn listen(listener: TcpListener, shared: Arc<Shared>) -> Listening {
                             eof_at: None,
                             reset: false,
                             closed_by_executor_at: None,
+                            scripts_done: 0,
                         });
                         state.streams.push(stream.try_clone().ok());
                         state.conns.len() - 1
@@ -405,6 +411,7 @@ impl Conn {
                     return;
                 }
             }
+            self.shared.lock().conns[self.slot].scripts_done += 1;
             if !whole && !self.finish_request(slot) {
                 return;
             }
@@ -415,10 +422,9 @@ impl Conn {
     fn next_head(&mut self) -> Option<usize> {
         loop {
             if !self.buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; 128];
-                match httparse::Request::new(&mut headers).parse(&self.buf) {
-                    Ok(httparse::Status::Complete(n)) => return Some(n),
-                    Ok(httparse::Status::Partial) => {}
+                match h1::parse_request_head(&self.buf) {
+                    Ok(Some((_, n))) => return Some(n),
+                    Ok(None) => {}
                     Err(_) => return Some(self.buf.len()),
                 }
             }
@@ -513,67 +519,25 @@ impl Conn {
 }
 
 /// The length of the first whole request in `buf` and of its head; None while it is
-/// incomplete. Bytes that are not a request head are taken whole (recorded as they are).
+/// incomplete. Bytes that are not a request head (or not a valid request) are taken whole
+/// (recorded as they are).
 fn frame(buf: &[u8]) -> Option<(usize, usize)> {
     if buf.is_empty() {
         return None;
     }
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return None,
-        Err(_) => return Some((buf.len(), buf.len())),
+    let whole = Some((buf.len(), buf.len()));
+    let (head, head_len) = match h1::parse_request_head(buf) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return None,
+        Err(_) => return whole,
     };
-    let mut chunked = false;
-    let mut length = 0usize;
-    for h in req.headers.iter() {
-        let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-        if h.name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
-            chunked = true;
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let body_len = if chunked {
-        chunked_len(&buf[head_len..])?
-    } else if buf.len() - head_len >= length {
-        length
-    } else {
-        return None;
+    let Ok(framing) = h1::request_framing(&head.headers) else {
+        return whole;
     };
-    Some((head_len + body_len, head_len))
-}
-
-/// Length of a whole chunked body (last chunk and trailer section included), or None.
-fn chunked_len(body: &[u8]) -> Option<usize> {
-    let line_end = |from: usize| {
-        body.get(from..)?
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|p| from + p)
-    };
-    let mut at = 0;
-    loop {
-        let end = line_end(at)?;
-        let line = String::from_utf8_lossy(&body[at..end]);
-        let size_hex = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16).unwrap_or(0);
-        at = end + 2;
-        if size == 0 {
-            // Trailer fields until the empty line.
-            loop {
-                let end = line_end(at)?;
-                let empty = end == at;
-                at = end + 2;
-                if empty {
-                    return Some(at);
-                }
-            }
-        }
-        at += size + 2;
-        if at > body.len() {
-            return None;
-        }
+    let mut body = std::io::Cursor::new(&buf[head_len..]);
+    match h1::read_body(&mut body, framing, &mut |_| {}) {
+        Ok(_) => Some((head_len + body.position() as usize, head_len)),
+        Err(h1::BodyError::Aborted) => None,
+        Err(_) => whole,
     }
 }

@@ -4,14 +4,12 @@
 //! drain); clients that leave are dropped from it, lost executors re-pick, HTTP/2 streams
 //! queue the same way, and broadcast is never shed.
 
-mod support;
-
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use sonic_rs::JsonValueTrait;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -131,7 +129,9 @@ fn the_cap_is_never_exceeded_at_the_executor_under_concurrency() {
 
 #[test]
 fn queued_requests_are_served_in_arrival_order() {
-    let a = slow_mock("a", Duration::from_millis(150));
+    // Long enough that all five are queued while the first is served, even on a loaded
+    // machine (at 150 ms the first answer came before the third was queued).
+    let a = slow_mock("a", Duration::from_millis(1000));
     let proxy = Proxy::start(&[&a], &[("OPR_PROXY_EXECUTOR_CONCURRENCY", "1")]);
     let mut waiting = Vec::new();
     waiting.push(spawn_get(proxy.addr, "/v1/ping?n=0"));
