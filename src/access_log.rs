@@ -13,10 +13,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use crate::config::AccessLogFormat;
-use crate::error::{JsonEscape, VecWriter};
 use crate::http::head::RequestHead;
-use crate::logging::write_rfc3339;
 use crate::metrics::WorkerMetrics;
+use crate::text::{write_rfc3339, JsonEscape, VecWriter};
 
 /// How often a worker hands its lines to the writer.
 pub(crate) const FLUSH: Duration = Duration::from_millis(100);

@@ -1,18 +1,16 @@
 //! What one worker's connection tasks share: config, the snapshot reader, picker, pool,
-//! buffers, the stop signal and the count of active connections. `!Send` by design.
+//! buffers, the stop signal and the count of active connections (`!Send` by design),
+//! and the actions on one executor's health (`ExecutorHealth`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::access_log::AccessLog;
-use crate::admission::{self, Admission};
+use crate::admission::{self, Admission, Worker};
 use crate::balance::{Assigned, Picker};
 use crate::buffers::{self, AnswerSizes, FreeList, PipePool, Scratch};
 use crate::config::Config;
-use crate::error::ProxyError;
-use crate::http::client::{After, ClientConn};
-use crate::http::head::{self, RequestHead};
 use crate::idle::{Closed, IdleConns};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::outlier::Outliers;
@@ -142,155 +140,103 @@ impl WorkerCtx {
         self.active.get()
     }
 
-    /// Answer an error the proxy makes itself (SPEC §7) and return what happens to the
-    /// connection and the status sent. `keep_alive`: the request was read whole and its
-    /// client allows another; errors that leave the stream out of step close anyway
-    /// (`ProxyError::closes_connection`). A closing answer lingers, so a client still
-    /// sending its body reads the answer instead of a reset.
-    pub(crate) async fn answer(
-        &self,
-        conn: &mut ClientConn,
-        out: &mut Vec<u8>,
-        e: ProxyError,
-        keep_alive: bool,
-    ) -> (After, u16) {
-        self.answer_forwarded(conn, out, e, keep_alive, None).await
+    /// One executor's health, as this worker acts on it.
+    pub(crate) fn executor(&self, id: ExecutorId) -> ExecutorHealth<'_> {
+        ExecutorHealth { ctx: self, id }
     }
+}
 
-    /// `answer` for a request being forwarded. A `502` or `504` is also reported (SPEC §8)
-    /// with the request's method and path, read from `request`'s head (its bytes must
-    /// still be pending in `conn`), and the executor it went to last.
-    pub(crate) async fn answer_forwarded(
-        &self,
-        conn: &mut ClientConn,
-        out: &mut Vec<u8>,
-        e: ProxyError,
-        keep_alive: bool,
-        request: Option<(&RequestHead, Option<ExecutorId>)>,
-    ) -> (After, u16) {
-        if matches!(e, ProxyError::BadGateway(_) | ProxyError::GatewayTimeout) {
-            self.report_http_error(conn, &e, request);
-        }
-        let close = !keep_alive || e.closes_connection() || self.stopping.get();
-        out.clear();
-        let dev = self.config.is_development();
-        e.write_response(out, &self.config.version, dev, close, conn.head_request);
-        let written = conn
-            .write_answer(out, self.config.body_timeout)
-            .await
-            .is_ok();
-        if close && written {
-            conn.linger_close().await;
-        }
-        (After::close_if(close || !written), e.status())
-    }
+/// The actions on one executor's health, in one place: count a request in flight to it,
+/// count an exchange failed (ejection after `OPR_PROXY_EJECT_AFTER`) or answered, flag it
+/// offline for every worker.
+pub(crate) struct ExecutorHealth<'a> {
+    ctx: &'a WorkerCtx,
+    id: ExecutorId,
+}
 
-    /// Queue the report of an error answer (only on that path, and only when reporting is
-    /// on: the allocations here never touch a request that succeeds).
-    fn report_http_error(
-        &self,
-        conn: &ClientConn,
-        e: &ProxyError,
-        request: Option<(&RequestHead, Option<ExecutorId>)>,
-    ) {
-        if !self.reporter.is_enabled() {
-            return;
-        }
-        let pending = conn.pending();
-        let text =
-            |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
-        let (method, path, executor) = match request {
-            Some((head, executor)) => {
-                let method = pending.get(head.method.clone());
-                let target = pending.get(head.target.clone());
-                let executor = executor.and_then(|i| {
-                    let snapshot = self.snapshot();
-                    snapshot
-                        .executors
-                        .get(i.index())
-                        .map(|e| e.hostname.clone())
-                });
-                (text(method), text(target.map(head::path_of)), executor)
-            }
-            None => (String::new(), String::new(), None),
-        };
-        self.reporter.report(Report::HttpError {
-            status: e.status(),
-            method,
-            path,
-            executor,
-            cause: e.to_string(),
-            worker: self.id,
-        });
-    }
-
-    /// Count a request in flight to `executor` (for `least-request`, `p2c` and the
+impl<'a> ExecutorHealth<'a> {
+    /// Count a request in flight to this executor (for `least-request`, `p2c` and the
     /// metrics) until the returned guard drops.
-    pub(crate) fn assign(&self, executor: ExecutorId) -> Assignment<'_> {
-        self.m().executor_in_flight(executor, true);
+    pub(crate) fn assign(&self) -> Assignment<'a> {
+        let (ctx, executor) = (self.ctx, self.id);
+        ctx.m().executor_in_flight(executor, true);
         Assignment {
-            ctx: self,
-            picked: Some(self.picker.assign(executor)),
+            ctx,
+            picked: Some(ctx.picker.assign(executor)),
         }
     }
 
-    /// An exchange with `executor` failed in a way the proxy answers `502` (or logs, for a
+    /// An exchange with this executor failed in a way the proxy answers `502` (or logs, for a
     /// broadcast copy). After `OPR_PROXY_EJECT_AFTER` of them in a row on this worker the
     /// executor is flagged offline for every worker until a probe passes.
-    /// Failures that are not the executor's (see `ExecutorFault`) are not counted.
-    pub(crate) fn exchange_failed(&self, executor: ExecutorId, cause: &dyn ExecutorFault) {
-        if !cause.is_executor_fault() {
+    /// Failures that are not the executor's (`fault` false, see
+    /// `Cause::is_executor_fault`) are not counted; `cause` is what the log says.
+    pub(crate) fn failed(&self, fault: bool, cause: &dyn std::fmt::Display) {
+        if !fault {
             return;
         }
-        if let Some(n) = self.outliers.failed(executor) {
+        if let Some(n) = self.ctx.outliers.failed(self.id) {
             let reason = format_args!("{n} consecutive failed requests (last: {cause})");
-            if self.flag_offline(executor, &reason) {
-                self.m().executor_ejected(executor);
+            if self.flag_offline(&reason) {
+                self.ctx.m().executor_ejected(self.id);
             }
         }
     }
 
     /// The executor answered: its failures are no longer consecutive.
-    pub(crate) fn exchange_answered(&self, executor: ExecutorId) {
-        self.outliers.answered(executor);
+    pub(crate) fn answered(&self) {
+        self.ctx.outliers.answered(self.id);
     }
 
     /// The executor refused or did not answer a connection: every worker skips it until
     /// the checker sees a probe pass. Logged once, by the worker that flagged it. Returns
     /// whether this call raised the flag.
-    pub(crate) fn flag_offline(
-        &self,
-        executor: ExecutorId,
-        reason: &dyn std::fmt::Display,
-    ) -> bool {
+    pub(crate) fn flag_offline(&self, reason: &dyn std::fmt::Display) -> bool {
+        let ctx = self.ctx;
         // Raised by this call only once, however many workers see the refusal.
-        if !self.board.flag_offline(executor) {
+        if !ctx.board.flag_offline(self.id) {
             return false;
         }
-        let snapshot = self.snapshot();
+        let snapshot = ctx.snapshot();
         let name = snapshot
             .executors
-            .get(executor.index())
+            .get(self.id.index())
             .map_or("?", |e| e.hostname.as_str());
         warn!(
             "Executor \"{name}\" went offline: {reason} (flagged by worker {})",
-            self.id
+            ctx.id
         );
-        if self.reporter.is_enabled() {
-            self.reporter.report(Report::HealthCheckError {
+        if ctx.reporter.is_enabled() {
+            ctx.reporter.report(Report::HealthCheckError {
                 executor: name.to_string(),
                 reason: reason.to_string(),
-                worker: Some(self.id),
+                worker: Some(ctx.id),
             });
         }
         true
     }
 }
 
-/// A failed exchange, as passive ejection (`OPR_PROXY_EJECT_AFTER`) sees it: whether it
-/// was the executor's fault, and what to log.
-pub(crate) trait ExecutorFault: std::fmt::Display {
-    fn is_executor_fault(&self) -> bool;
+impl Worker for WorkerCtx {
+    fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    fn current(&self) -> Rc<Snapshot> {
+        self.snapshot()
+    }
+
+    fn in_flight(&self, executor: ExecutorId) -> u32 {
+        self.picker.in_flight(executor)
+    }
+
+    fn flagged_offline(&self, executor: ExecutorId) -> bool {
+        self.board.is_flagged_offline(executor)
+    }
+
+    fn counters(&self) -> &WorkerMetrics {
+        self.m()
+    }
 }
 
 /// One request in flight to one executor: counted in the picker (selection) and the

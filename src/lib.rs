@@ -3,17 +3,16 @@
 
 mod access_log;
 mod admission;
-mod api;
+mod answer;
 mod auth;
 mod balance;
 mod buffers;
 mod config;
-mod conn;
 mod ctx;
-mod error;
 mod forward;
 mod health;
 mod http;
+mod http1;
 mod http2;
 mod idle;
 mod io_driver;
@@ -21,12 +20,14 @@ mod io_driver;
 #[doc(hidden)]
 pub mod logging;
 mod metrics;
+mod outcome;
 mod outlier;
 mod pool;
 mod report;
 mod reuseport;
 mod snapshot;
 mod socket;
+mod text;
 mod worker;
 
 use std::net::SocketAddr;

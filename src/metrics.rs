@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::error::Shed;
-use crate::forward::Discard;
+use crate::outcome::{ClientClose, Discard, Shed};
 use crate::report::ReportStats;
 use crate::snapshot::{ExecutorId, Snapshot};
 
@@ -34,41 +33,6 @@ const QUEUE_BUCKETS: [f64; 17] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0,
 ];
-
-/// Why a client connection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ClientClose {
-    /// The client closed it (EOF or reset between requests).
-    Client,
-    /// Idle longer than `OPR_PROXY_IDLE_TIMEOUT` between requests.
-    Idle,
-    /// The head did not arrive within `OPR_PROXY_HEADER_TIMEOUT`.
-    HeaderTimeout,
-    /// The exchange ended the connection (`Connection: close`, a framing error, a fault).
-    Closed,
-    /// The worker is draining (SIGTERM/SIGINT).
-    Drain,
-}
-
-impl ClientClose {
-    const ALL: [ClientClose; 5] = [
-        ClientClose::Client,
-        ClientClose::Idle,
-        ClientClose::HeaderTimeout,
-        ClientClose::Closed,
-        ClientClose::Drain,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            ClientClose::Client => "client",
-            ClientClose::Idle => "idle",
-            ClientClose::HeaderTimeout => "header_timeout",
-            ClientClose::Closed => "closed",
-            ClientClose::Drain => "drain",
-        }
-    }
-}
 
 const DISCARDS: [Discard; 11] = [
     Discard::ExecutorClose,

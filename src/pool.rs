@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::forward::Discard;
 use crate::metrics::WorkerMetrics;
+use crate::outcome::Discard;
 use crate::snapshot::ExecutorId;
 use crate::socket::{self, Waiting};
 

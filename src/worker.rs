@@ -188,7 +188,7 @@ async fn serve(spec: WorkerSpec, driver: Driver, ready: impl FnOnce(std::io::Res
         });
     }
     if ctx.admission.enabled() {
-        monoio::spawn(crate::admission::watch(ctx.clone()));
+        monoio::spawn(crate::forward::admit::watch(ctx.clone()));
     }
     let driver_name = match driver {
         Driver::IoUring(flags) => format!("io_uring ({flags})"),
@@ -258,7 +258,7 @@ where
                         let guard = ActiveGuard::new(ctx.clone());
                         let ctx = ctx.clone();
                         monoio::spawn(async move {
-                            crate::conn::serve(ctx, stream, peer).await;
+                            crate::http1::serve(ctx, stream, peer).await;
                             drop(guard);
                         });
                     }

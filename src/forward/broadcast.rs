@@ -12,15 +12,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
+use super::downstream::Downstream;
 use super::exchange::{self, HeadFailure, OpenError};
-use super::pump::{self, Body, Delimit, Emit, PumpError, Sink};
-use super::reuse::{self, ResponseEnd, Silence};
-use crate::ctx::{ExecutorFault, WorkerCtx};
-use crate::error::{Cause, ProxyError};
+use super::pump::{self, Body, Delimit, Emit, PlainSink, PumpError};
+use super::reuse::{self, Attempt, ResponseEnd, Silence};
+use crate::answer::{Answer, ProxyError};
+use crate::ctx::WorkerCtx;
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::client::{After, ClientConn};
 use crate::http::head::{HeaderRef, RequestFraming, RequestHead};
-use crate::http::rewrite::{self, RequestRewrite};
+use crate::http::rewrite;
+use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Served};
 use crate::snapshot::ExecutorId;
 use crate::warn;
 
@@ -138,14 +139,14 @@ async fn hold(n: u64) -> Held {
     .await
 }
 
-pub(super) async fn broadcast(
+pub(super) async fn broadcast<D: Downstream>(
     ctx: &Rc<WorkerCtx>,
-    conn: &mut ClientConn,
+    conn: &mut D,
     head: &RequestHead,
     headers: &[HeaderRef],
     out: &mut Vec<u8>,
     limit: Option<u64>,
-) -> (After, u16) {
+) -> Served {
     let deadline = Instant::now() + ctx.config.max_timeout;
     let need = match head.framing {
         RequestFraming::Empty => 0,
@@ -160,34 +161,32 @@ pub(super) async fn broadcast(
     };
     let (_held, body) = match monoio::time::timeout_at(deadline.into(), read).await {
         Ok(Ok(read)) => read,
-        Ok(Err(Some(e))) => return ctx.answer(conn, out, e, false).await,
-        Ok(Err(None)) | Err(_) => return (After::Close, 0),
+        Ok(Err(Some(e))) => return conn.answer_error(ctx, out, e, Asked::UNREAD).await,
+        Ok(Err(None)) | Err(_) => return Served::closed(0),
     };
 
-    let peer = conn.peer.ip();
+    let peer = conn.peer();
     let body = Bytes::from(body);
     let delivered = fan_out(ctx, conn.pending(), head, headers, &body, peer, deadline).await;
     conn.consume(head.head_len);
     if !delivered {
         let e = ProxyError::NoOnlineExecutor;
-        return ctx.answer(conn, out, e, head.keep_alive).await;
+        return conn.answer_error(ctx, out, e, Asked::of(head, true)).await;
     }
 
     out.clear();
-    // RFC 9110 §8.6 says a 204 carries no Content-Length, but the original sends
-    // `Content-Length: 0` here and its clients read the field (README "Differences from
-    // the original"). Only this answer the proxy makes: relayed 1xx/204 carry none.
-    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n");
-    let close = !head.keep_alive || ctx.stopping.get();
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let after = outcome::fate(
+        Asked::of(head, true),
+        AnswerEnd::AtBoundary,
+        ctx.stopping.get(),
+    );
+    let close = after == After::Close;
+    Answer::no_content().write_http1(out, close, false);
     let ok = conn
         .write_answer(out, ctx.config.body_timeout)
         .await
         .is_ok();
-    (After::close_if(close || !ok), 204)
+    Served::new(After::close_if(close || !ok), 204)
 }
 
 /// Send the request (its head in `buf`, its whole `body`) to every online executor at
@@ -225,20 +224,11 @@ pub(crate) async fn fan_out(
     for &i in &targets {
         let status = snapshot.executor(i);
         let Some(&addr) = status.addrs.first() else {
-            ctx.flag_offline(i, &"its address did not resolve");
+            ctx.executor(i).flag_offline(&"its address did not resolve");
             continue;
         };
         let mut request = Vec::with_capacity(1024);
-        let rw = RequestRewrite {
-            authorization: &ctx.executor_authorization,
-            forwarded_for: peer,
-            executor_host: &status.authority,
-            dev_executor_hostname: ctx
-                .config
-                .is_development()
-                .then_some(status.hostname.as_str()),
-            strip_expect: head.expect_continue,
-        };
+        let rw = super::request::rewrite(ctx, peer, status, head.expect_continue);
         rewrite::write_request_head(&mut request, buf, &fixed, headers, &rw);
         // Every copy shares the one body (its bytes are counted once, in the budget).
         let body = body.clone();
@@ -253,13 +243,13 @@ pub(crate) async fn fan_out(
                 idempotent,
             };
             // Counted in flight like an anycast request, so least-request sees the load.
-            let _assigned = ctx.assign(i);
+            let _assigned = ctx.executor(i).assign();
             match monoio::time::timeout_at(deadline.into(), one.send(request, body)).await {
-                Ok(Ok(_status)) => ctx.exchange_answered(i),
+                Ok(Ok(_status)) => ctx.executor(i).answered(),
                 Ok(Err(Failed::Unreachable)) => {} // flagged and logged by `open`
                 Ok(Err(why)) => {
                     warn!("Broadcast to executor \"{hostname}\" failed: {why}");
-                    ctx.exchange_failed(i, &why);
+                    ctx.executor(i).failed(why.is_executor_fault(), &why);
                 }
                 // A slow executor is not a broken one: timeouts are not counted.
                 Err(_) => warn!("Broadcast to executor \"{hostname}\" failed: timed out"),
@@ -274,9 +264,9 @@ pub(crate) async fn fan_out(
 
 /// Read the whole (bounded) request body, decoded. `Err(None)`: the client went away.
 /// The head stays pending; the body's bytes are taken out of the client's buffer.
-async fn read_body(
+async fn read_body<D: Downstream>(
     ctx: &WorkerCtx,
-    conn: &mut ClientConn,
+    conn: &mut D,
     head: &RequestHead,
     limit: Option<u64>,
 ) -> Result<Vec<u8>, Option<ProxyError>> {
@@ -287,36 +277,29 @@ async fn read_body(
     };
     let mut body = Body::new(delimit, Emit::Payload, limit);
     let mut collected = Vec::new();
-    let from = conn.start + head.head_len;
-    let to = conn.buf.len();
-    let (kept, consumed) = body.frame(&mut conn.buf, from, to).map_err(client_error)?;
-    collected.extend_from_slice(&conn.buf[from..from + kept]);
+    let (buf, start) = conn.buffer();
+    let (from, to) = (start + head.head_len, buf.len());
+    let (kept, consumed) = body
+        .frame(buf, from, to)
+        .map_err(super::request::client_body_error)?;
+    collected.extend_from_slice(&buf[from..from + kept]);
     // Keep the head (it is rewritten for every executor) and what follows the body.
-    conn.buf.drain(from..from + consumed);
-    conn.bytes_in += consumed as u64;
+    buf.drain(from..from + consumed);
+    conn.count_in(consumed as u64);
     if !body.is_done() {
         let mut buf = ctx.bodies.lend();
         let stall = Some(ctx.config.body_timeout);
-        let sink = Sink::Collect(&mut collected);
+        let sink = PlainSink::Collect(&mut collected);
         let after = body
-            .pump(&mut conn.stream, sink, &mut buf, stall, None)
+            .pump(conn.socket().0, sink, &mut buf, stall, None)
             .await
-            .map_err(client_error)?;
-        conn.bytes_in += body.read - after.len() as u64;
+            .map_err(super::request::client_body_error)?;
+        conn.count_in(body.read - after.len() as u64);
         if !after.is_empty() {
-            conn.buf.extend_from_slice(&buf.get()[after]);
+            conn.buffer().0.extend_from_slice(&buf.get()[after]);
         }
     }
     Ok(collected)
-}
-
-fn client_error(e: PumpError) -> Option<ProxyError> {
-    match e {
-        PumpError::SourceClosed | PumpError::Sink | PumpError::SinkStalled => None,
-        PumpError::Stalled => Some(ProxyError::BodyTimeout),
-        PumpError::Chunk(e) => Some(ProxyError::BadChunk(e)),
-        PumpError::TooLarge => Some(ProxyError::BodyTooLarge),
-    }
 }
 
 /// Why one copy did not get an answer.
@@ -327,7 +310,7 @@ enum Failed {
     Body(PumpError),
 }
 
-impl ExecutorFault for Failed {
+impl Failed {
     /// Counted for passive ejection (as `Cause` says, for an exchange).
     fn is_executor_fault(&self) -> bool {
         match self {
@@ -370,7 +353,14 @@ impl Delivery<'_> {
                 Err(OpenError::Failed(cause)) => return Err(Failed::Exchange(cause)),
             };
             let reused = ex.reused;
-            let silence = |replayed| reuse::after_silence(self.idempotent, reused, replayed, true);
+            let silence = |replayed| {
+                reuse::after_silence(Attempt {
+                    idempotent: self.idempotent,
+                    reused,
+                    replayed,
+                    in_hand: true,
+                })
+            };
             let mut sent = pump::write_keep(ex.stream(), &mut request).await;
             if sent.is_ok() && !body.is_empty() {
                 sent = ex.stream().write_all(body.clone()).await.0.map(|_| ());
@@ -408,7 +398,7 @@ impl Delivery<'_> {
             if let (ResponseEnd::Unfinished, Some(body)) = (end, body.as_mut()) {
                 let mut eb = ctx.bodies.lend();
                 let after = body
-                    .pump(ex.stream(), Sink::Discard, &mut eb, None, None)
+                    .pump(ex.stream(), PlainSink::Discard, &mut eb, None, None)
                     .await
                     .map_err(Failed::Body)?;
                 end = if after.is_empty() {

@@ -12,11 +12,12 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use super::pump::{Body, Delimit, Emit, PumpError};
-use super::reuse::{Discard, ResponseEnd, Reuse};
+use super::reuse::{ResponseEnd, Reuse};
 use crate::ctx::WorkerCtx;
-use crate::error::Cause;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, HeaderRef, ResponseFraming, ResponseHead};
+use crate::outcome::Cause;
+use crate::outcome::Discard;
 use crate::snapshot::ExecutorId;
 
 /// A connection to an executor, and whether it came from the pool. It goes back to the
@@ -152,7 +153,7 @@ pub(crate) async fn open(
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Err(_) => {
             let reason = format_args!("connect timed out after {} s", timeout.as_secs());
-            ctx.flag_offline(executor, &reason);
+            ctx.executor(executor).flag_offline(&reason);
             Err(OpenError::Unreachable("timed out"))
         }
         Ok(Err(e)) => match e.kind() {
@@ -161,7 +162,7 @@ pub(crate) async fn open(
             | io::ErrorKind::NetworkUnreachable
             | io::ErrorKind::AddrNotAvailable
             | io::ErrorKind::TimedOut => {
-                ctx.flag_offline(executor, &e);
+                ctx.executor(executor).flag_offline(&e);
                 let why = match e.kind() {
                     io::ErrorKind::ConnectionRefused => "refused",
                     io::ErrorKind::TimedOut => "timed out",
@@ -190,6 +191,37 @@ pub(crate) enum HeadFailure {
 
 /// Read until a final response head is in `eb`; interim `1xx` heads are skipped (the
 /// proxy answers `100-continue` itself), but they count as an answer for replays.
+/// The 502 cause of a head that did not come (`silent`: when the executor closed without
+/// a byte of it).
+pub(crate) fn failure_cause(failure: HeadFailure, silent: Cause) -> Cause {
+    match failure {
+        HeadFailure::Silent => silent,
+        HeadFailure::Failed(cause) => cause,
+    }
+}
+
+/// An answer's head read alongside the request body: the outcome, and the reader and
+/// buffers it owned meanwhile.
+pub(crate) type HeadRead = (
+    Result<ResponseHead, HeadFailure>,
+    TcpOwnedReadHalf,
+    Vec<u8>,
+    Vec<HeaderRef>,
+);
+
+/// `read_response_head` owning its reader and buffers, so it can outlive the body's
+/// sending (or not) and give them back.
+pub(crate) async fn read_head_owned(
+    mut ex_r: TcpOwnedReadHalf,
+    mut rb: Vec<u8>,
+    mut headers: Vec<HeaderRef>,
+    is_head: bool,
+) -> HeadRead {
+    rb.clear();
+    let r = read_response_head(&mut ex_r, &mut rb, is_head, &mut headers).await;
+    (r, ex_r, rb, headers)
+}
+
 pub(crate) async fn read_response_head<R: AsyncReadRent>(
     ex: &mut R,
     eb: &mut Vec<u8>,

@@ -1,18 +1,23 @@
-//! One client request forwarded: the body limit and `100-continue`, then anycast (pick
-//! one executor, stream the request, relay the answer) or broadcast. The whole-request
-//! deadline wraps it. Framing goes through `pump`, reuse and replay through `reuse`.
+//! The one back end, behind both front ends. For an HTTP/1 request (a `Downstream`): the
+//! body limit and `100-continue`, then anycast (`connect`, stream the body, relay the
+//! answer) or broadcast, under the whole-request deadline. HTTP/2 streams share
+//! `connect`, `request`, `pump`, `duplex`, `exchange` and `reuse`.
 
+pub(crate) mod admit;
 mod broadcast;
+pub(crate) mod connect;
+pub(crate) mod downstream;
 pub(crate) mod duplex;
 pub(crate) mod exchange;
 pub(crate) mod pump;
+pub(crate) mod request;
 pub(crate) mod reuse;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,90 +25,64 @@ use std::time::{Duration, Instant};
 
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
+use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 
-use crate::admission::{self, Refused};
+use crate::admission::Refused;
+use crate::answer::ProxyError;
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
-use crate::error::{Cause, ProxyError};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::client::{After, ClientConn};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
-use crate::snapshot::{ExecutorId, ExecutorStatus, Snapshot};
+use crate::http::rewrite::{self, ResponseRewrite};
+use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Discard, Served};
+use crate::report::Report;
+use crate::snapshot::{ExecutorId, ExecutorStatus};
 use crate::socket;
+use connect::{connect, Connected, Outgoing, Picked};
+use downstream::Downstream;
 use duplex::{Step, Upload};
-use exchange::{ExecutorConn, HeadFailure, OpenError};
-use pump::{Body, Delimit, Emit, PumpError, Sink};
-use reuse::{ResponseEnd, Reuse, Silence};
+use exchange::{ExecutorConn, HeadFailure, HeadRead};
+use pump::{Body, Delimit, Emit, PlainSink, PumpError};
+use request::Phase;
+use reuse::{ResponseEnd, Reuse};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
-pub(crate) use reuse::Discard;
 
 /// How long the executor may work on a request before the proxy starts watching the
 /// client for a close (SPEC §5: a client that leaves abandons its request). Most answers
 /// come sooner, so they cost no extra poll.
 const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(5);
 
-/// Where a request stands when the deadline fires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Nothing sent to the client yet: a 504 can still be answered.
-    BeforeHead,
-    /// The response head (with this status) went out: only closing is left.
-    HeadSent(u16),
-}
-
-/// How one request was served: what happens to the client connection, the status sent,
-/// and the executor chosen (for metrics, the access log and `x-opr-route`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Served {
-    pub(crate) after: After,
-    pub(crate) status: u16,
-    pub(crate) choice: Option<Choice>,
-}
-
-impl Served {
-    pub(crate) fn local((after, status): (After, u16)) -> Served {
-        Served {
-            after,
-            status,
-            choice: None,
-        }
-    }
-}
-
 /// Forward one request (anycast or broadcast) and answer the client.
-pub(crate) async fn forward(
+pub(crate) async fn forward<D: Downstream>(
     ctx: &Rc<WorkerCtx>,
-    conn: &mut ClientConn,
+    conn: &mut D,
     head: &RequestHead,
     headers: &[HeaderRef],
     response_headers: &mut Vec<HeaderRef>,
     out: &mut Vec<u8>,
 ) -> Served {
-    let choice = Cell::new(None);
-    let (after, status) =
-        forward_request(ctx, conn, head, (headers, response_headers), out, &choice).await;
+    let picked = Picked::default();
+    let served = forward_request(ctx, conn, head, (headers, response_headers), out, &picked).await;
     Served {
-        after,
-        status,
-        choice: choice.get(),
+        choice: picked.choice.get(),
+        ..served
     }
 }
 
-async fn forward_request(
+async fn forward_request<D: Downstream>(
     ctx: &Rc<WorkerCtx>,
-    conn: &mut ClientConn,
+    conn: &mut D,
     head: &RequestHead,
     (headers, response_headers): (&[HeaderRef], &mut Vec<HeaderRef>),
     out: &mut Vec<u8>,
-    choice: &Cell<Option<Choice>>,
-) -> (After, u16) {
+    picked: &Picked,
+) -> Served {
     let config = &ctx.config;
     let addressing = Addressing::from_header(head::find_header(
         conn.pending(),
@@ -114,11 +93,9 @@ async fn forward_request(
         Addressing::Broadcast => Some(broadcast::body_limit(config)),
         _ => config.max_body_size,
     };
-    // RFC 9110 §15.5.14: a declared length over the limit is refused before reading it.
-    if let (RequestFraming::Length(n), Some(max)) = (head.framing, limit) {
-        if n > max {
-            return ctx.answer(conn, out, ProxyError::BodyTooLarge, false).await;
-        }
+    if request::declared_too_large(head.framing, limit) {
+        let e = ProxyError::BodyTooLarge;
+        return conn.answer_error(ctx, out, e, Asked::UNREAD).await;
     }
     // RFC 9110 §10.1.1: answer 100-continue ourselves so the client starts sending; the
     // executor never sees Expect (the rewrite drops it).
@@ -126,7 +103,7 @@ async fn forward_request(
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         if conn.write_answer(out, config.body_timeout).await.is_err() {
-            return (After::Close, 0);
+            return Served::closed(0);
         }
     }
     if addressing == Addressing::Broadcast {
@@ -136,8 +113,10 @@ async fn forward_request(
 
     let phase = Cell::new(Phase::BeforeHead);
     let deadline = Instant::now() + config.max_timeout;
-    let debug = config.is_development()
-        || head::find_header(conn.pending(), headers, "x-opr-debug") == Some(b"1");
+    let debug = request::debug(
+        config,
+        head::find_header(conn.pending(), headers, "x-opr-debug"),
+    );
     let anycast = Anycast {
         ctx,
         head,
@@ -145,25 +124,29 @@ async fn forward_request(
         addressing,
         limit,
         phase: &phase,
-        choice,
-        failover: Cell::new(None),
+        picked,
         failed: Cell::new(false),
         debug,
-        queued: Cell::new(None),
     };
     let run = anycast.run(conn, out, response_headers);
     match monoio::time::timeout_at(deadline.into(), run).await {
         Ok(result) => result,
         Err(_) => match phase.get() {
             Phase::BeforeHead => {
-                let request = Some((head, choice.get().map(|c| c.executor)));
                 let e = ProxyError::GatewayTimeout;
-                ctx.answer_forwarded(conn, out, e, false, request).await
+                let pending = conn.pending();
+                let (method, target) =
+                    (&pending[head.method.clone()], &pending[head.target.clone()]);
+                report_http_error(ctx, &e, method, target, picked.choice.get());
+                conn.answer_error(ctx, out, e, Asked::UNREAD).await
             }
-            Phase::HeadSent(status) => (After::Close, status),
+            Phase::HeadSent(status) => Served::closed(status),
         },
     }
 }
+
+/// An exchange that did not end cleanly: its executor connection is closed.
+const BROKEN: Reuse = Reuse::Discard(Discard::Unfinished);
 
 /// The request body as far as it came with the head.
 struct FirstBytes {
@@ -183,68 +166,27 @@ struct Anycast<'a> {
     addressing: Addressing,
     limit: Option<u64>,
     phase: &'a Cell<Phase>,
-    /// The executor the request went to, and why.
-    choice: &'a Cell<Option<Choice>>,
-    /// The first executor that could not be reached, and how (for `x-opr-route`).
-    failover: Cell<Option<(ExecutorId, &'static str)>>,
+    /// The executor the request went to and why, the failover, the wait.
+    picked: &'a Picked,
     /// A `502` was answered for the executor (`fail`): the exchange does not count as
     /// answered for outlier detection.
     failed: Cell<bool>,
     /// Explain the choice in `x-opr-route` (dev mode, or `x-opr-debug: 1`).
     debug: bool,
-    /// How long the request waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
-    queued: Cell<Option<Duration>>,
-}
-
-/// One selection, shared by HTTP/1 requests and HTTP/2 streams (through
-/// `admission::admit`): the picker's choice within the tiers, counted in flight to that
-/// executor (`assigned` holds the count until the request ends or moves on to another
-/// executor), with its address. Executors at their concurrency cap are skipped. An
-/// executor whose name did not resolve is flagged offline for every worker and the next
-/// one is tried (`unresolved` hears of it). `None`: no online executor under its cap.
-pub(crate) fn pick<'c>(
-    ctx: &'c WorkerCtx,
-    snapshot: &Snapshot,
-    addressing: Addressing,
-    runtime: Option<&str>,
-    assigned: &mut Option<Assignment<'c>>,
-    mut unresolved: impl FnMut(ExecutorId),
-) -> Option<(Choice, SocketAddr)> {
-    loop {
-        let flagged = |i| ctx.board.is_flagged_offline(i) || ctx.admission.at_cap(ctx, i);
-        let choice = ctx.picker.select(snapshot, addressing, runtime, flagged)?;
-        let i = choice.executor;
-        *assigned = Some(ctx.assign(i));
-        match snapshot.executor(i).addrs.first() {
-            Some(&addr) => {
-                if let Some(owner) = choice.spilled_from {
-                    ctx.m().affinity_spilled(owner);
-                }
-                return Some((choice, addr));
-            }
-            None => {
-                ctx.flag_offline(i, &"its address did not resolve");
-                unresolved(i);
-            }
-        }
-    }
 }
 
 impl Anycast<'_> {
-    async fn run(
+    async fn run<D: Downstream>(
         &self,
-        conn: &mut ClientConn,
+        conn: &mut D,
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
-    ) -> (After, u16) {
+    ) -> Served {
         let ctx = self.ctx;
         let head = self.head;
-        let mut snapshot = ctx.snapshot();
-        let is_head = conn.head_request;
-        let idempotent = reuse::is_idempotent(&conn.pending()[head.method.clone()]);
         let mut first = match self.first_bytes(conn) {
             Ok(first) => first,
-            Err(e) => return ctx.answer(conn, out, e, false).await,
+            Err(e) => return conn.answer_error(ctx, out, e, Asked::UNREAD).await,
         };
         let in_hand = first.rest.is_none();
         // A body buffer only if a body is copied. The answer is read into a head buffer,
@@ -253,7 +195,6 @@ impl Anycast<'_> {
         let mut eb = ctx.bodies.lend();
         let mut hb = ctx.heads.lend();
         let big = ctx.answer_sizes.expect_large();
-        let mut replayed = false;
         // Pending request bytes to consume when the request turns out to be read whole.
         let request_len = head.head_len + first.consumed;
         let read_whole = in_hand.then_some(request_len);
@@ -261,178 +202,151 @@ impl Anycast<'_> {
         // `run` ends or its future is dropped (deadline, client gone).
         let mut _assigned = None;
 
-        let (mut ex, response) = loop {
-            // Selection: every refusal flags that executor offline for every worker and
-            // moves on (nothing was sent).
-            let runtime = self.runtime_id(conn);
-            let unresolved = |i| self.failed_over(i, "unresolved");
-            // A request waiting for a slot watches its client, as it does while the
-            // executor works.
-            let client: &ClientConn = conn;
-            let admitted = admission::admit(
-                ctx,
-                &mut snapshot,
-                self.addressing,
-                runtime,
-                &mut _assigned,
-                unresolved,
-                || client.gone(),
-            )
+        let rb = if big { eb.get() } else { hb.get() };
+        let bufs = (rb, &mut *response_headers);
+        let connected = self
+            .connect(conn, &first, in_hand, &mut _assigned, out, bufs)
             .await;
-            let (choice, addr) = match admitted {
-                Ok(admitted) => {
-                    if admitted.waited.is_some() {
-                        self.queued.set(admitted.waited);
-                    }
-                    (admitted.choice, admitted.addr)
-                }
-                Err(Refused::ClientGone) => return (After::Close, 0),
-                Err(Refused::Answer(e)) => {
-                    // The request is answered: it must not be parsed again on keep-alive.
-                    conn.consume(request_len);
-                    let keep = head.keep_alive && in_hand;
-                    return ctx.answer(conn, out, e, keep).await;
-                }
-            };
-            let i = choice.executor;
-            self.choice.set(Some(choice));
-            let status = snapshot.executor(i);
-            self.write_head(conn, out, status, first.sent);
-            let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
-                Ok(ex) => ex,
-                Err(OpenError::Unreachable(why)) => {
-                    self.failed_over(i, why);
-                    continue;
-                }
-                Err(OpenError::Failed(cause)) => {
-                    return self.fail(conn, out, cause, read_whole).await
-                }
-            };
-            if let Some(rt) = self.runtime_id(conn) {
-                ctx.picker.mark_warm(&snapshot, i, rt);
+        let (mut ex, response, silent) = match connected {
+            Connected::Sent {
+                ex,
+                response,
+                silent,
+            } => (ex, response, silent),
+            Connected::Refused(Refused::ClientGone) | Connected::Gone => return Served::closed(0),
+            Connected::Refused(refused) => {
+                let e = refused_answer(refused);
+                // The request is answered: it must not be parsed again on keep-alive.
+                conn.consume(request_len);
+                return conn
+                    .answer_error(ctx, out, e, Asked::of(head, in_hand))
+                    .await;
             }
-            if let Err(e) = pump::write_keep(ex.stream(), out).await {
-                match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
-                    Silence::Replay => {
-                        replayed = true;
-                        ctx.pool.drop_idle(i);
-                        continue;
-                    }
-                    Silence::Fail(_) => {
-                        let cause = Cause::Send(e.kind());
-                        return self.fail(conn, out, cause, read_whole).await;
-                    }
-                }
-            }
-
-            // The rest of the request body streams while the answer is read (`upload`).
-            if first.rest.is_some() {
-                break (ex, None);
-            }
-
-            let rb = if big { eb.get() } else { hb.get() };
-            rb.clear();
-            let head = {
-                let read = exchange::read_response_head(ex.stream(), rb, is_head, response_headers);
-                wait_head(conn, std::pin::pin!(read)).await
-            };
-            match head {
-                None => return (After::Close, 0),
-                Some(Ok(r)) => break (ex, Some(r)),
-                Some(Err(HeadFailure::Silent)) => {
-                    match reuse::after_silence(idempotent, ex.reused, replayed, in_hand) {
-                        // A pooled connection the executor closed just as it was taken:
-                        // its other idle ones are likely stale too.
-                        Silence::Replay => {
-                            replayed = true;
-                            ctx.pool.drop_idle(i);
-                        }
-                        Silence::Fail(cause) => {
-                            return self.fail(conn, out, cause, read_whole).await
-                        }
-                    }
-                }
-                Some(Err(HeadFailure::Failed(cause))) => {
-                    return self.fail(conn, out, cause, read_whole).await
-                }
-            }
+            Connected::Failed(cause) => return self.fail(conn, out, cause, read_whole).await,
         };
-        let (after, status, reuse) = match (response, first.rest.as_mut()) {
-            (Some(response), _) => {
-                let client = (&mut conn.stream, &mut conn.bytes_out);
-                let bufs = (&mut hb, &mut eb, big);
-                let answer = (&response, &response_headers[..]);
-                match self
-                    .relay(client, ex.stream(), bufs, out, answer, false)
-                    .await
-                {
-                    Ok(relayed) => relayed,
-                    Err(cause) => {
-                        let (after, status) = self.fail(conn, out, cause, Some(0)).await;
-                        (after, status, Reuse::Discard(Discard::Unfinished))
-                    }
-                }
-            }
-            (None, Some(rest)) => {
-                let bufs = (&mut hb, &mut eb, big);
-                let silent = match reuse::after_silence(idempotent, ex.reused, replayed, false) {
-                    Silence::Fail(cause) => cause,
-                    Silence::Replay => Cause::ClosedNotReplayed,
-                };
-                let request = (rest, silent);
-                // Its state lives in its own allocation, not in every request's.
-                let upload = self.upload(conn, &mut ex, request, bufs, out, response_headers);
-                Box::pin(upload).await
-            }
-            // The loop breaks without an answer only for a body still to come.
-            (None, None) => (After::Close, 0, Reuse::Discard(Discard::Failed)),
-        };
+        let bufs = (&mut hb, &mut eb, big);
+        let answer = (response, first.rest.as_mut(), silent);
+        let (served, reuse) = self
+            .answer(conn, &mut ex, answer, bufs, out, response_headers)
+            .await;
         if !self.failed.get() {
-            if let Some(choice) = self.choice.get() {
-                ctx.exchange_answered(choice.executor);
+            if let Some(choice) = self.picked.choice.get() {
+                ctx.executor(choice.executor).answered();
             }
         }
         // After the relay: a 502 it answers reports the request's method and path.
         conn.consume(request_len);
         ex.release(reuse);
-        (after, status)
+        served
     }
 
-    fn failed_over(&self, executor: ExecutorId, why: &'static str) {
-        if self.failover.get().is_none() {
-            self.failover.set(Some((executor, why)));
+    /// Connect the request (`connect`): its head is the rewrite of the client's, followed
+    /// by the body bytes in hand; a client that leaves abandons it.
+    async fn connect<'c, D: Downstream>(
+        &'c self,
+        conn: &D,
+        first: &FirstBytes,
+        in_hand: bool,
+        assigned: &mut Option<Assignment<'c>>,
+        out: &mut Vec<u8>,
+        bufs: (&mut Vec<u8>, &mut Vec<HeaderRef>),
+    ) -> Connected<'c> {
+        let outgoing = Outgoing {
+            addressing: self.addressing,
+            runtime: self.runtime_id(conn),
+            idempotent: reuse::is_idempotent(&conn.pending()[self.head.method.clone()]),
+            in_hand,
+            streams_body: !in_hand,
+            head_only: conn.head_only(),
+            watch_after: WATCH_CLIENT_AFTER,
+        };
+        let sent = first.sent;
+        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
+            self.write_head(conn, out, executor, sent);
+        };
+        let ctx = self.ctx;
+        let gone = || conn.gone();
+        connect(
+            ctx,
+            &outgoing,
+            self.picked,
+            assigned,
+            out,
+            bufs,
+            write_head,
+            gone,
+        )
+        .await
+    }
+
+    /// Relay the answer whose head was read, or stream the rest of the body while it is
+    /// read (`upload`, with `silent` the 502 cause of an executor that closes unanswering).
+    async fn answer<D: Downstream>(
+        &self,
+        conn: &mut D,
+        ex: &mut ExecutorConn<'_>,
+        (response, rest, silent): (Option<ResponseHead>, Option<&mut Body>, Cause),
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+    ) -> (Served, Reuse) {
+        match (response, rest) {
+            (Some(response), _) => {
+                let client = conn.socket();
+                let answer = (&response, &response_headers[..]);
+                let relayed = self.relay(client, ex.stream(), (hb, eb, big), out, answer, false);
+                match relayed.await {
+                    Ok(relayed) => relayed,
+                    Err(cause) => {
+                        let served = self.fail(conn, out, cause, Some(0)).await;
+                        (served, Reuse::Discard(Discard::Unfinished))
+                    }
+                }
+            }
+            (None, Some(rest)) => {
+                let request = (rest, silent);
+                // Its state lives in its own allocation, not in every request's.
+                let upload = self.upload(conn, ex, request, (hb, eb, big), out, response_headers);
+                Box::pin(upload).await
+            }
+            // Connecting ends without an answer's head only for a body still to come.
+            (None, None) => (Served::closed(0), Reuse::Discard(Discard::Failed)),
         }
     }
 
     /// `x-opr-runtime-id`, read from the head in place (no copy per request).
-    fn runtime_id<'c>(&self, conn: &'c ClientConn) -> Option<&'c str> {
-        head::find_header(conn.pending(), self.headers, "x-opr-runtime-id")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .filter(|v| !v.is_empty())
+    fn runtime_id<'c, D: Downstream>(&self, conn: &'c D) -> Option<&'c str> {
+        request::runtime_id(head::find_header(
+            conn.pending(),
+            self.headers,
+            "x-opr-runtime-id",
+        ))
     }
 
     /// Answer 502. The client connection stays open only when its request was read whole
     /// (`read_whole`: its bytes still pending in the client's buffer, then consumed) and
     /// the client allows it.
-    async fn fail(
+    async fn fail<D: Downstream>(
         &self,
-        conn: &mut ClientConn,
+        conn: &mut D,
         out: &mut Vec<u8>,
         cause: Cause,
         read_whole: Option<usize>,
-    ) -> (After, u16) {
-        let keep_alive = self.head.keep_alive && read_whole.is_some();
-        if let Some(choice) = self.choice.get() {
+    ) -> Served {
+        let asked = Asked::of(self.head, read_whole.is_some());
+        if let Some(choice) = self.picked.choice.get() {
             self.failed.set(true);
-            self.ctx.exchange_failed(choice.executor, &cause);
+            self.ctx
+                .executor(choice.executor)
+                .failed(cause.is_executor_fault(), &cause);
         }
         // Consumed after the answer: its report reads the request's method and path.
         let e = ProxyError::BadGateway(cause);
-        let request = Some((self.head, self.choice.get().map(|c| c.executor)));
-        let answered = self
-            .ctx
-            .answer_forwarded(conn, out, e, keep_alive, request)
-            .await;
+        let pending = conn.pending();
+        let head = self.head;
+        let (method, target) = (&pending[head.method.clone()], &pending[head.target.clone()]);
+        report_http_error(self.ctx, &e, method, target, self.picked.choice.get());
+        let answered = conn.answer_error(self.ctx, out, e, asked).await;
         if let Some(n) = read_whole {
             conn.consume(n);
         }
@@ -441,7 +355,7 @@ impl Anycast<'_> {
 
     /// Frame the body bytes that arrived with the head (in place: trailer fields are
     /// removed) and decide whether the whole body is in hand.
-    fn first_bytes(&self, conn: &mut ClientConn) -> Result<FirstBytes, ProxyError> {
+    fn first_bytes<D: Downstream>(&self, conn: &mut D) -> Result<FirstBytes, ProxyError> {
         let head = self.head;
         let delimit = match head.framing {
             RequestFraming::Empty => {
@@ -455,9 +369,9 @@ impl Anycast<'_> {
             RequestFraming::Chunked => Delimit::Chunked(ChunkedDecoder::new()),
         };
         let mut body = Body::new(delimit, Emit::RawWithoutTrailers, self.limit);
-        let from = conn.start + head.head_len;
-        let to = conn.buf.len();
-        let (sent, consumed) = body.frame(&mut conn.buf, from, to).map_err(|e| match e {
+        let (buf, start) = conn.buffer();
+        let (from, to) = (start + head.head_len, buf.len());
+        let (sent, consumed) = body.frame(buf, from, to).map_err(|e| match e {
             PumpError::Chunk(e) => ProxyError::BadChunk(e),
             _ => ProxyError::BodyTooLarge,
         })?;
@@ -469,24 +383,16 @@ impl Anycast<'_> {
     }
 
     /// The rewritten head followed by the body bytes already buffered.
-    fn write_head(
+    fn write_head<D: Downstream>(
         &self,
-        conn: &ClientConn,
+        conn: &D,
         out: &mut Vec<u8>,
         executor: &ExecutorStatus,
         sent: usize,
     ) {
-        let hostname = executor.hostname.as_str();
-        let ctx = self.ctx;
         let pending = conn.pending();
         out.clear();
-        let rw = RequestRewrite {
-            authorization: &ctx.executor_authorization,
-            forwarded_for: conn.peer.ip(),
-            executor_host: &executor.authority,
-            dev_executor_hostname: ctx.config.is_development().then_some(hostname),
-            strip_expect: self.head.expect_continue,
-        };
+        let rw = request::rewrite(self.ctx, conn.peer(), executor, self.head.expect_continue);
         rewrite::write_request_head(out, pending, self.head, self.headers, &rw);
         let start = self.head.head_len;
         out.extend_from_slice(&pending[start..start + sent]);
@@ -499,39 +405,31 @@ impl Anycast<'_> {
     /// connections: the executor's is never pooled, and the client's closes after the
     /// answer with a lingering close when its body was not read whole.
     /// `silent`: the 502 cause when the executor closes without a byte of an answer.
-    async fn upload(
+    async fn upload<D: Downstream>(
         &self,
-        conn: &mut ClientConn,
+        conn: &mut D,
         ex: &mut ExecutorConn<'_>,
         (rest, silent): (&mut Body, Cause),
         (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
-    ) -> (After, u16, Reuse) {
+    ) -> (Served, Reuse) {
         let ctx = self.ctx;
-        let broken = Reuse::Discard(Discard::Unfinished);
-        let is_head = conn.head_request;
         let (ex_r, mut ex_w) = ex.split();
-        // The head read owns its reader and buffers, so it can outlive the body's sending
-        // (or not) and give them back.
         let rb = std::mem::take(if big { eb.get() } else { hb.get() });
-        let headers = std::mem::take(response_headers);
-        let mut head = std::pin::pin!(async move {
-            let (mut ex_r, mut rb, mut headers) = (ex_r, rb, headers);
-            rb.clear();
-            let r = exchange::read_response_head(&mut ex_r, &mut rb, is_head, &mut headers).await;
-            (r, ex_r, rb, headers)
-        });
+        let read =
+            exchange::read_head_owned(ex_r, rb, std::mem::take(response_headers), conn.head_only());
+        let mut head = std::pin::pin!(read);
         let mut ub = ctx.bodies.lend();
         let mut upload = Upload::Sending;
         let stall = Some(ctx.config.body_timeout);
         let pipes = ctx.config.splice.then_some(&ctx.pipes);
-        let client_fd = conn.stream.as_raw_fd();
+        let client_fd = conn.socket().0.as_raw_fd();
         let mut bytes_out = 0;
         let executor_side = |e: &PumpError| *e == PumpError::Sink;
         let step = {
-            let sink = Sink::Executor(&mut ex_w);
-            let mut up = std::pin::pin!(rest.pump(&mut conn.stream, sink, &mut ub, stall, pipes));
+            let sink = PlainSink::Executor(&mut ex_w);
+            let mut up = std::pin::pin!(rest.pump(conn.socket().0, sink, &mut ub, stall, pipes));
             match duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side).await {
                 Err(e) => Step::Client(e),
                 Ok(None) => Step::BodyEnded,
@@ -559,80 +457,132 @@ impl Anycast<'_> {
                 }
             }
         };
-        ctx.m().spliced(rest.spliced, rest.splice_fallback);
-        conn.bytes_out += bytes_out;
-        conn.bytes_in += match &upload {
-            Upload::Sent(after) => rest.read - after.len() as u64,
-            _ => rest.read,
-        };
         let sent = upload.is_sent();
         // The client's connection stays in step only when its body was read whole before
         // the answer began: pipelined bytes of the next request are kept only then.
         let in_step = sent && matches!(step, Step::BodyEnded);
-        if let (true, Upload::Sent(after)) = (in_step, &upload) {
-            if !after.is_empty() {
-                conn.buf.extend_from_slice(&ub.get()[after.clone()]);
-            }
-        }
-        // Back to the pool before the answer takes a body buffer of its own.
-        drop(ub);
+        self.count_upload(conn, (rest, bytes_out), &upload, in_step, ub);
         let (relayed, ex_r) = match step {
             // The client's side of the body failed: its error, if no answer went out yet.
-            Step::Client(e) => {
-                if let Phase::HeadSent(status) = self.phase.get() {
-                    return (After::Close, status, broken);
-                }
-                let e = match e {
-                    PumpError::Stalled => ProxyError::BodyTimeout,
-                    PumpError::Chunk(e) => ProxyError::BadChunk(e),
-                    PumpError::TooLarge => ProxyError::BodyTooLarge,
-                    _ => return (After::Close, 0, broken),
-                };
-                let (after, status) = ctx.answer(conn, out, e, false).await;
-                return (after, status, broken);
-            }
+            Step::Client(e) => return (self.body_failed(conn, out, e).await, BROKEN),
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
             step => {
-                let (r, mut ex_r) = match step {
-                    Step::Head(r, ex_r) => (r, ex_r),
-                    _ => {
-                        // The body ended first: wait for the head, watching the client.
-                        let Some((r, ex_r, rb, headers)) = wait_head(conn, head.as_mut()).await
-                        else {
-                            return (After::Close, 0, broken);
-                        };
-                        *(if big { eb.get() } else { hb.get() }) = rb;
-                        *response_headers = headers;
-                        (r, ex_r)
-                    }
+                let got = match step {
+                    Step::Head(r, ex_r) => Some((r, ex_r)),
+                    _ => None,
                 };
-                let relayed = match r {
-                    Ok(response) => {
-                        let client = (&mut conn.stream, &mut conn.bytes_out);
-                        let answer = (&response, &response_headers[..]);
-                        let bufs = (&mut *hb, &mut *eb, big);
-                        self.relay(client, &mut ex_r, bufs, out, answer, !sent)
-                            .await
-                    }
-                    Err(HeadFailure::Silent) => Err(silent),
-                    Err(HeadFailure::Failed(cause)) => Err(cause),
-                };
-                (relayed, ex_r)
+                let bufs = (&mut *hb, &mut *eb, big);
+                let how = (sent, silent);
+                let after =
+                    self.relay_after(conn, got, head.as_mut(), bufs, out, response_headers, how);
+                match after.await {
+                    Some(after) => after,
+                    None => return (Served::closed(0), BROKEN),
+                }
             }
         };
         ex.join(ex_r, ex_w);
+        self.upload_answered(conn, out, relayed, sent, in_step)
+            .await
+    }
+
+    /// The client's side of the body failed: its error, if no answer went out yet.
+    async fn body_failed<D: Downstream>(
+        &self,
+        conn: &mut D,
+        out: &mut Vec<u8>,
+        e: PumpError,
+    ) -> Served {
+        match (self.phase.get(), request::client_body_error(e)) {
+            (Phase::HeadSent(status), _) => Served::closed(status),
+            (_, None) => Served::closed(0),
+            (_, Some(e)) => conn.answer_error(self.ctx, out, e, Asked::UNREAD).await,
+        }
+    }
+
+    /// After an upload's answer: a closing answer to a body not read whole lingers, so the
+    /// client still sending reads the answer (RFC 9112 §9.6); a 502 when nothing of the
+    /// answer went out (the client's connection is kept only `in_step`).
+    async fn upload_answered<D: Downstream>(
+        &self,
+        conn: &mut D,
+        out: &mut Vec<u8>,
+        relayed: Result<(Served, Reuse), Cause>,
+        sent: bool,
+        in_step: bool,
+    ) -> (Served, Reuse) {
         match relayed {
-            Ok((after, status, reuse)) => {
-                // The client may still be sending the rest of its body: it reads the answer
-                // before the connection closes (RFC 9112 §9.6).
-                if !sent && after == After::Close {
+            Ok((served, reuse)) => {
+                if !sent && served.after == After::Close {
                     conn.linger_close().await;
                 }
-                (after, status, reuse)
+                (served, reuse)
             }
             Err(cause) => {
-                let (after, status) = self.fail(conn, out, cause, in_step.then_some(0)).await;
-                (after, status, broken)
+                let served = self.fail(conn, out, cause, in_step.then_some(0)).await;
+                (served, Reuse::Discard(Discard::Unfinished))
+            }
+        }
+    }
+
+    /// The answer once the body stopped streaming: its head (`got`, read while the body
+    /// was sent; else awaited now from `head`, watching the client), then the relay
+    /// (`sent`: the body went whole; `silent`: the 502 cause of an executor that closes
+    /// unanswering). `None`: the client left.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_after<D: Downstream, F: Future<Output = HeadRead>>(
+        &self,
+        conn: &mut D,
+        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
+        head: Pin<&mut F>,
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+        (sent, silent): (bool, Cause),
+    ) -> Option<(Result<(Served, Reuse), Cause>, TcpOwnedReadHalf)> {
+        let (r, mut ex_r) = match got {
+            Some(got) => got,
+            None => {
+                let (r, ex_r, rb, headers) = wait_head(conn, head).await?;
+                *(if big { eb.get() } else { hb.get() }) = rb;
+                *response_headers = headers;
+                (r, ex_r)
+            }
+        };
+        let relayed = match r {
+            Ok(response) => {
+                let client = conn.socket();
+                let answer = (&response, &response_headers[..]);
+                let bufs = (hb, eb, big);
+                self.relay(client, &mut ex_r, bufs, out, answer, !sent)
+                    .await
+            }
+            Err(failure) => Err(exchange::failure_cause(failure, silent)),
+        };
+        Some((relayed, ex_r))
+    }
+
+    /// Count what the upload moved (`bytes_out`: of an answer relayed alongside), and keep
+    /// the bytes read past the body when they belong to the client's next request
+    /// (`in_step`), before `ub` goes back to the pool (the answer may take a body buffer
+    /// of its own).
+    fn count_upload<D: Downstream>(
+        &self,
+        conn: &mut D,
+        (rest, bytes_out): (&Body, u64),
+        upload: &Upload<std::ops::Range<usize>>,
+        in_step: bool,
+        mut ub: Loan<'_, Vec<u8>>,
+    ) {
+        self.ctx.m().spliced(rest.spliced, rest.splice_fallback);
+        *conn.socket().1 += bytes_out;
+        conn.count_in(match upload {
+            Upload::Sent(after) => rest.read - after.len() as u64,
+            _ => rest.read,
+        });
+        if let (true, Upload::Sent(after)) = (in_step, upload) {
+            if !after.is_empty() {
+                conn.buffer().0.extend_from_slice(&ub.get()[after.clone()]);
             }
         }
     }
@@ -651,33 +601,21 @@ impl Anycast<'_> {
         out: &mut Vec<u8>,
         (response, response_headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
-    ) -> Result<(After, u16, Reuse), Cause> {
-        let client_http10 = self.head.minor_version == 0;
-        let (mut body, framing) = exchange::response_body(response.framing, client_http10);
-        let close = !self.head.keep_alive
-            || framing == ResponseFraming::UntilClose
-            || early_answer
-            || self.ctx.stopping.get();
+    ) -> Result<(Served, Reuse), Cause> {
+        let http10 = self.head.minor_version == 0;
+        let (mut body, framing) = exchange::response_body(response.framing, http10);
+        let close = self.fate(framing, early_answer) == After::Close;
         // The buffer the answer was read into.
         let rb = if big { eb.get() } else { hb.get() };
-        out.clear();
         let rw = ResponseRewrite { framing, close };
-        rewrite::write_response_head(out, rb, response, response_headers, &rw);
-        if self.debug {
-            explain(self.ctx, self.choice.get(), self.failover.get(), out);
-            explain_queued(self.queued.get(), out);
-        }
+        self.write_response_head(out, rb, (response, response_headers), &rw);
         let status = response.status;
-        let broken = reuse::Reuse::Discard(reuse::Discard::Unfinished);
-        let stalled = reuse::Reuse::Discard(reuse::Discard::ClientStalled);
+        let broken = reuse::Reuse::Discard(Discard::Unfinished);
+        let client_stalled = reuse::Reuse::Discard(Discard::ClientStalled);
         let stall = self.ctx.config.body_timeout;
-
         // The head is not sent yet: a clean 502 is still possible.
         let end = exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
-            .map_err(|e| match e {
-                PumpError::Chunk(e) => Cause::MalformedBody(e),
-                _ => Cause::ClosedMidHead,
-            })?;
+            .map_err(|e| request::body_cause(e, Cause::ClosedMidHead))?;
         self.phase.set(Phase::HeadSent(status));
         // The read filled its buffer, so more of the body is likely waiting: the head goes
         // out with it in one write. Otherwise it goes now (the executor may pause).
@@ -691,19 +629,18 @@ impl Anycast<'_> {
             let written = pump::write_within(client, out, 0, len, None).await;
             out.clear();
             if let Err(e) = written {
-                let why = if e.kind() == io::ErrorKind::TimedOut {
-                    stalled
-                } else {
-                    broken
-                };
-                return Ok((After::Close, status, why));
+                let stalled = e.kind() == io::ErrorKind::TimedOut;
+                return Ok((
+                    Served::closed(status),
+                    if stalled { client_stalled } else { broken },
+                ));
             }
         }
         let mut answer_len = head_len;
         let end = match (end, body.as_mut()) {
             (ResponseEnd::Unfinished, Some(body)) => {
                 let pipes = self.ctx.config.splice.then_some(&self.ctx.pipes);
-                let sink = Sink::Client(client, stall);
+                let sink = PlainSink::Client(client, stall);
                 let held = !out.is_empty();
                 let pumped = body.pump_after(ex, sink, eb, None, pipes, out).await;
                 if held && out.is_empty() {
@@ -715,40 +652,86 @@ impl Anycast<'_> {
                 match pumped {
                     Ok(after) if after.is_empty() => ResponseEnd::Clean,
                     Ok(_) => ResponseEnd::Leftover,
-                    Err(PumpError::SinkStalled) => return Ok((After::Close, status, stalled)),
+                    Err(PumpError::SinkStalled) => {
+                        return Ok((Served::closed(status), client_stalled))
+                    }
                     // The held head never left: nothing reached the client, so a clean 502
                     // is still possible (a client that left gets nothing).
                     Err(e) if !out.is_empty() && e != PumpError::Sink => {
-                        return Err(match e {
-                            PumpError::Chunk(e) => Cause::MalformedBody(e),
-                            _ => Cause::ClosedMidBody,
-                        });
+                        return Err(request::body_cause(e, Cause::ClosedMidBody));
                     }
                     // Truncated or malformed: the client must see it (close), and a client
                     // that left takes the executor connection with it.
-                    Err(_) => return Ok((After::Close, status, broken)),
+                    Err(_) => return Ok((Served::closed(status), broken)),
                 }
             }
             (end, _) => end,
         };
         self.ctx.answer_sizes.saw(answer_len);
-        let after = After::close_if(close);
         Ok((
-            after,
-            status,
+            Served::new(After::close_if(close), status),
             reuse::after_exchange(response, !early_answer, end),
         ))
     }
 }
 
-/// Add `x-opr-route: executor=<host>; tier=<n>; reason=<why>[; failover from <host>:
-/// <how>]` to the response head (`affinity`: the reason is `affinity owner` or
-/// `spilled from <host>: load`) in `out` (it ends with the empty line). Shared by
-/// HTTP/1 requests and HTTP/2 streams.
-pub(crate) fn explain(
+impl Anycast<'_> {
+    /// The client connection's fate after a relayed answer (`outcome::fate`): its body
+    /// delimited by close, or an early answer (the body not read whole), close it.
+    fn fate(&self, framing: ResponseFraming, early_answer: bool) -> After {
+        let ended = match framing {
+            ResponseFraming::UntilClose => AnswerEnd::ByClose,
+            _ => AnswerEnd::AtBoundary,
+        };
+        let asked = Asked::of(self.head, !early_answer);
+        outcome::fate(asked, ended, self.ctx.stopping.get())
+    }
+
+    /// The client's response head in `out`: the executor's through the rewrite, and
+    /// `x-opr-route` when asked.
+    fn write_response_head(
+        &self,
+        out: &mut Vec<u8>,
+        rb: &[u8],
+        (response, headers): (&ResponseHead, &[HeaderRef]),
+        rw: &ResponseRewrite,
+    ) {
+        out.clear();
+        rewrite::write_response_head(out, rb, response, headers, rw);
+        if self.debug {
+            let p = self.picked;
+            let (choice, failover, queued) = (p.choice.get(), p.failover.get(), p.queued.get());
+            explain(self.ctx, choice, failover, queued, out);
+        }
+    }
+}
+
+/// Add `x-opr-route: <route>` (`write_route`) to the HTTP/1 response head in `out` (it
+/// ends with the empty line).
+fn explain(
     ctx: &WorkerCtx,
     choice: Option<Choice>,
     failover: Option<(ExecutorId, &'static str)>,
+    queued: Option<Duration>,
+    out: &mut Vec<u8>,
+) {
+    if choice.is_none() {
+        return;
+    }
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(b"x-opr-route: ");
+    write_route(ctx, choice, failover, queued, out);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Append the value of `x-opr-route`: `executor=<host>; tier=<n>; reason=<why>[; failover
+/// from <host>: <how>][; queued <n> ms]` (`affinity`: the reason is `affinity owner` or
+/// `spilled from <host>: load`). Shared by HTTP/1 requests and HTTP/2 streams.
+pub(crate) fn write_route(
+    ctx: &WorkerCtx,
+    choice: Option<Choice>,
+    failover: Option<(ExecutorId, &'static str)>,
+    queued: Option<Duration>,
     out: &mut Vec<u8>,
 ) {
     let Some(choice) = choice else {
@@ -761,9 +744,8 @@ pub(crate) fn explain(
             .get(i.index())
             .map_or("?", |e| e.hostname.as_str())
     };
-    out.truncate(out.len() - 2);
-    let mut w = crate::error::VecWriter(out);
-    let _ = write!(w, "x-opr-route: executor={}; tier=", host(choice.executor));
+    let mut w = crate::text::VecWriter(out);
+    let _ = write!(w, "executor={}; tier=", host(choice.executor));
     let _ = match choice.tier {
         0 => write!(w, "none"),
         n => write!(w, "{n}"),
@@ -775,30 +757,54 @@ pub(crate) fn explain(
     if let Some((from, why)) = failover {
         let _ = write!(w, "; failover from {}: {why}", host(from));
     }
-    out.extend_from_slice(b"\r\n\r\n");
+    if let Some(waited) = queued {
+        let _ = write!(w, "; queued {} ms", waited.as_millis());
+    }
 }
 
-/// Add `; queued <n> ms` to the `x-opr-route` line `explain` just wrote (the last one of
-/// the head in `out`) when the request waited for a slot.
-pub(crate) fn explain_queued(waited: Option<Duration>, out: &mut Vec<u8>) {
-    let Some(waited) = waited else {
-        return;
-    };
-    if !out.ends_with(b"\r\n\r\n") {
+/// The answer to a request admission refused (`ClientGone` has none: nothing is sent).
+pub(crate) fn refused_answer(refused: Refused) -> ProxyError {
+    match refused {
+        Refused::Overloaded(why) => ProxyError::Overloaded(why),
+        Refused::NoOnlineExecutor | Refused::ClientGone => ProxyError::NoOnlineExecutor,
+    }
+}
+
+/// Queue the report of a `502` or `504` (docs/behaviour.md §8) with the request's method
+/// and path and the executor it went to last. Only on that path, and only when reporting
+/// is on: the allocations here never touch a request that succeeds.
+pub(crate) fn report_http_error(
+    ctx: &WorkerCtx,
+    e: &ProxyError,
+    method: &[u8],
+    target: &[u8],
+    choice: Option<Choice>,
+) {
+    if !ctx.reporter.is_enabled() {
         return;
     }
-    out.truncate(out.len() - 4);
-    let _ = write!(
-        crate::error::VecWriter(out),
-        "; queued {} ms\r\n\r\n",
-        waited.as_millis()
-    );
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let executor = choice.and_then(|c| {
+        let snapshot = ctx.snapshot();
+        snapshot
+            .executors
+            .get(c.executor.index())
+            .map(|e| e.hostname.clone())
+    });
+    ctx.reporter.report(Report::HttpError {
+        status: e.status(),
+        method: text(method),
+        path: text(head::path_of(target)),
+        executor,
+        cause: e.to_string(),
+        worker: ctx.id,
+    });
 }
 
 /// Wait for the response head (`read`); once the executor has worked for
 /// `WATCH_CLIENT_AFTER`, also watch the client. `None`: the client left, so the request is
 /// abandoned and its executor connection closed.
-async fn wait_head<F: Future>(conn: &ClientConn, mut read: Pin<&mut F>) -> Option<F::Output> {
+async fn wait_head<F: Future, D: Downstream>(conn: &D, mut read: Pin<&mut F>) -> Option<F::Output> {
     if let Ok(r) = monoio::time::timeout(WATCH_CLIENT_AFTER, read.as_mut()).await {
         return Some(r);
     }

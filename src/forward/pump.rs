@@ -65,8 +65,27 @@ pub(crate) enum PumpError {
     SinkStalled,
 }
 
+/// A front end's own body sink (HTTP/2: DATA frames on one stream), given to the back
+/// end through its downstream. Used generically: one implementation per front end.
+pub(crate) trait Front {
+    /// Send `data` whole; a sink that takes nothing for `stall` fails with `TimedOut`.
+    async fn send(&self, data: &[u8], stall: Duration) -> io::Result<()>;
+}
+
+/// No front-end sink (the pump writes to sockets or memory).
+pub(crate) enum NoFront {}
+
+impl Front for NoFront {
+    async fn send(&self, _: &[u8], _: Duration) -> io::Result<()> {
+        match *self {}
+    }
+}
+
+/// A sink without a front end's own.
+pub(crate) type PlainSink<'a> = Sink<'a, NoFront>;
+
 /// Where the pump puts the body.
-pub(crate) enum Sink<'a> {
+pub(crate) enum Sink<'a, F: Front> {
     /// A client's socket: a write that moves no byte within the duration is a stall (the
     /// client stopped reading its answer).
     Client(&'a mut TcpStream, Duration),
@@ -77,17 +96,12 @@ pub(crate) enum Sink<'a> {
     Collect(&'a mut Vec<u8>),
     /// Read and dropped (a broadcast's answers).
     Discard,
-    /// An HTTP/2 stream: DATA frames as its flow-control window allows (the payload only:
-    /// the body is pumped with `Emit::Payload` or a length); a window that stays shut for
-    /// the duration is a stall.
-    /// In a cell so the stream's reset can be watched while the pump waits.
-    H2(
-        &'a std::cell::RefCell<h2::SendStream<bytes::Bytes>>,
-        Duration,
-    ),
+    /// A front end's sink (an HTTP/2 stream: the payload only, the body is pumped with
+    /// `Emit::Payload` or a length); one that takes nothing for the duration is a stall.
+    Front(&'a F, Duration),
 }
 
-impl Sink<'_> {
+impl<F: Front> Sink<'_, F> {
     async fn write(&mut self, buf: &mut Vec<u8>, from: usize, to: usize) -> Result<(), PumpError> {
         match self {
             // The socket's TCP_USER_TIMEOUT (socket::set_user_timeout) bounds a stall.
@@ -102,9 +116,9 @@ impl Sink<'_> {
                 Ok(())
             }
             Sink::Discard => Ok(()),
-            Sink::H2(stream, stall) => crate::http2::send_data(stream, &buf[from..to], *stall)
-                .await
-                .map_err(sink_error),
+            Sink::Front(front, stall) => {
+                front.send(&buf[from..to], *stall).await.map_err(sink_error)
+            }
         }
     }
 }
@@ -202,10 +216,10 @@ impl Body {
     /// read (client bodies). Returns the bytes read past the end of the body
     /// (`buf[range]`, empty when none): pipelined client bytes, or leftovers that make an
     /// executor connection unusable.
-    pub(crate) async fn pump<S: AsyncReadRent + SpliceSource>(
+    pub(crate) async fn pump<S: AsyncReadRent + SpliceSource, F: Front>(
         &mut self,
         src: &mut S,
-        dst: Sink<'_>,
+        dst: Sink<'_, F>,
         buf: &mut Loan<'_, Vec<u8>>,
         stall: Option<Duration>,
         pipes: Option<&PipePool>,
@@ -218,10 +232,10 @@ impl Body {
     /// first: in the same write as the next body bytes when they are copied, which saves
     /// a write (and a small TCP segment) per mid-sized answer. `held` comes back empty
     /// once it was sent; still full on an error, nothing reached `dst`.
-    pub(crate) async fn pump_after<S: AsyncReadRent + SpliceSource>(
+    pub(crate) async fn pump_after<S: AsyncReadRent + SpliceSource, F: Front>(
         &mut self,
         src: &mut S,
-        mut dst: Sink<'_>,
+        mut dst: Sink<'_, F>,
         buf: &mut Loan<'_, Vec<u8>>,
         stall: Option<Duration>,
         pipes: Option<&PipePool>,
@@ -247,15 +261,7 @@ impl Body {
             held.clear();
         }
         if let Some(pipes) = splice {
-            let spliced = match &mut dst {
-                Sink::Client(out, sink_stall) => {
-                    self.splice(src, *out, pipes, (stall, Some(*sink_stall)))
-                        .await?
-                }
-                Sink::Executor(out) => self.splice(src, *out, pipes, (stall, None)).await?,
-                _ => false,
-            };
-            if spliced {
+            if self.splice_to(src, &mut dst, pipes, stall).await? {
                 return Ok(0..0);
             }
             self.splice_fallback = true;
@@ -277,21 +283,8 @@ impl Body {
             };
             let n = read_at(src, buf, at, want, stall).await?;
             if n == 0 {
-                if !matches!(self.delimit, Delimit::Close) {
-                    return Err(PumpError::SourceClosed);
-                }
-                if at > room {
-                    dst.write(buf, 0, at).await?;
-                    held.clear();
-                }
-                if self.emit == Emit::AsChunks {
-                    if let Sink::Client(stream, _) = &mut dst {
-                        let (res, _) = stream.write_all(LAST_CHUNK).await;
-                        res.map_err(sink_error)?;
-                        self.written += LAST_CHUNK.len() as u64;
-                    }
-                }
-                return Ok(0..0);
+                let buffered = (at > room).then_some(at);
+                return self.source_closed(&mut dst, buf, buffered, held).await;
             }
             self.read += n as u64;
             let (emitted, consumed) = self.frame(buf, at, at + n)?;
@@ -315,6 +308,50 @@ impl Body {
 }
 
 impl Body {
+    /// The source closed: the end of a close-delimited body (`buf[..buffered]` goes out,
+    /// and the last chunk when re-framed); for any other body, an error.
+    async fn source_closed<F: Front>(
+        &mut self,
+        dst: &mut Sink<'_, F>,
+        buf: &mut Vec<u8>,
+        buffered: Option<usize>,
+        held: &mut Vec<u8>,
+    ) -> Result<Range<usize>, PumpError> {
+        if !matches!(self.delimit, Delimit::Close) {
+            return Err(PumpError::SourceClosed);
+        }
+        if let Some(len) = buffered {
+            dst.write(buf, 0, len).await?;
+            held.clear();
+        }
+        if self.emit == Emit::AsChunks {
+            if let Sink::Client(stream, _) = dst {
+                let (res, _) = stream.write_all(LAST_CHUNK).await;
+                res.map_err(sink_error)?;
+                self.written += LAST_CHUNK.len() as u64;
+            }
+        }
+        Ok(0..0)
+    }
+
+    /// Splice the rest of the body to a socket sink (`splice`); `Ok(false)`: copy instead.
+    async fn splice_to<S: SpliceSource, F: Front>(
+        &mut self,
+        src: &mut S,
+        dst: &mut Sink<'_, F>,
+        pipes: &PipePool,
+        stall: Option<Duration>,
+    ) -> Result<bool, PumpError> {
+        match dst {
+            Sink::Client(out, sink_stall) => {
+                let stalls = (stall, Some(*sink_stall));
+                self.splice(src, *out, pipes, stalls).await
+            }
+            Sink::Executor(out) => self.splice(src, *out, pipes, (stall, None)).await,
+            _ => Ok(false),
+        }
+    }
+
     /// Move the rest of a Content-Length body with splice. `Ok(false)`: nothing was moved
     /// because no pipe could be made or the kernel refused the first splice; copy instead.
     /// A pipe goes back to the pool only empty; on any error it is closed.

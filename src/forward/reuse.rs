@@ -2,42 +2,14 @@
 //! executor connection go back to the pool, and may a request be sent again after an
 //! executor closed without answering. Every exchange path asks these, nothing else does.
 
-use crate::error::Cause;
 use crate::http::head::{ResponseFraming, ResponseHead};
+use crate::outcome::{Cause, Discard};
 
 /// Whether an executor connection may carry another request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Reuse {
     Reusable,
     Discard(Discard),
-}
-
-/// Why an executor connection was closed instead of pooled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Discard {
-    /// The executor said `Connection: close`, or spoke HTTP/1.0.
-    ExecutorClose,
-    /// The response body ran until the executor closed.
-    CloseDelimited,
-    /// The executor answered before the request body was sent whole.
-    RequestUnfinished,
-    /// Bytes arrived after the end of the response: a late or stray answer that would
-    /// reach the next client as its own.
-    Leftover,
-    /// The response did not end cleanly (truncated, malformed, or its client left).
-    Unfinished,
-    /// Its client took no byte of the answer for `OPR_PROXY_BODY_TIMEOUT`.
-    ClientStalled,
-    /// Bytes arrived while it sat in the pool (checked when taken).
-    IdleBytes,
-    /// The executor closed it while it sat in the pool.
-    IdleClosed,
-    /// Idle longer than `OPR_PROXY_POOL_IDLE_TIMEOUT`.
-    Expired,
-    /// The pool was full (`OPR_PROXY_POOL_SIZE`).
-    PoolFull,
-    /// The exchange failed (an error, a timeout, or the client left before an answer).
-    Failed,
 }
 
 /// How the response ended, as far as the executor connection is concerned.
@@ -84,21 +56,30 @@ pub(crate) enum Silence {
     Fail(Cause),
 }
 
+/// What the replay rule needs to know of a request whose executor closed without a byte
+/// of an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attempt {
+    /// Its method may be sent twice (`is_idempotent`).
+    pub(crate) idempotent: bool,
+    /// It went out on a pooled connection.
+    pub(crate) reused: bool,
+    /// It was replayed once already.
+    pub(crate) replayed: bool,
+    /// The whole request (body included) is still in hand to send again.
+    pub(crate) in_hand: bool,
+}
+
 /// RFC 9110 §9.2.2: a request is replayed only when its method is idempotent, nothing of
 /// an answer came back (not even `1xx`: the caller reports that as an answer), it was
 /// sent on a reused connection (a pooled one the executor had closed: a fresh one
 /// failing is the executor's answer), it was not replayed already, and the whole
 /// request is still in hand.
-pub(crate) fn after_silence(
-    idempotent: bool,
-    reused: bool,
-    replayed: bool,
-    in_hand: bool,
-) -> Silence {
-    if !reused {
+pub(crate) fn after_silence(a: Attempt) -> Silence {
+    if !a.reused {
         return Silence::Fail(Cause::ClosedBeforeAnswer);
     }
-    if idempotent && !replayed && in_hand {
+    if a.idempotent && !a.replayed && a.in_hand {
         Silence::Replay
     } else {
         Silence::Fail(Cause::ClosedNotReplayed)
@@ -169,29 +150,67 @@ mod tests {
 
     #[test]
     fn only_idempotent_requests_on_reused_connections_are_replayed_once() {
-        assert_eq!(after_silence(true, true, false, true), Silence::Replay);
         assert_eq!(
-            after_silence(is_idempotent(b"DELETE"), true, false, true),
+            after_silence(Attempt {
+                idempotent: true,
+                reused: true,
+                replayed: false,
+                in_hand: true
+            }),
             Silence::Replay
         );
         assert_eq!(
-            after_silence(is_idempotent(b"POST"), true, false, true),
+            after_silence(Attempt {
+                idempotent: is_idempotent(b"DELETE"),
+                reused: true,
+                replayed: false,
+                in_hand: true
+            }),
+            Silence::Replay
+        );
+        assert_eq!(
+            after_silence(Attempt {
+                idempotent: is_idempotent(b"POST"),
+                reused: true,
+                replayed: false,
+                in_hand: true
+            }),
             Silence::Fail(Cause::ClosedNotReplayed)
         );
         assert_eq!(
-            after_silence(is_idempotent(b"PATCH"), true, false, true),
+            after_silence(Attempt {
+                idempotent: is_idempotent(b"PATCH"),
+                reused: true,
+                replayed: false,
+                in_hand: true
+            }),
             Silence::Fail(Cause::ClosedNotReplayed)
         );
         assert_eq!(
-            after_silence(true, true, true, true),
+            after_silence(Attempt {
+                idempotent: true,
+                reused: true,
+                replayed: true,
+                in_hand: true
+            }),
             Silence::Fail(Cause::ClosedNotReplayed)
         );
         assert_eq!(
-            after_silence(true, true, false, false),
+            after_silence(Attempt {
+                idempotent: true,
+                reused: true,
+                replayed: false,
+                in_hand: false
+            }),
             Silence::Fail(Cause::ClosedNotReplayed)
         );
         assert_eq!(
-            after_silence(true, false, false, true),
+            after_silence(Attempt {
+                idempotent: true,
+                reused: false,
+                replayed: false,
+                in_hand: true
+            }),
             Silence::Fail(Cause::ClosedBeforeAnswer)
         );
         // Methods are case-sensitive (RFC 9110 §9.1).

@@ -1,7 +1,6 @@
-//! HTTP/1.1 framing and I/O: head parsing and framing rules (`head`, `chunked`, RFC
-//! 9112), the pure header rewrites (`rewrite`) and the client side's I/O (`client`).
+//! HTTP/1.1 codecs, pure (no buffers of the worker, no sockets): head parsing and framing
+//! rules (`head`, `chunked`, RFC 9112) and the header rewrites (`rewrite`).
 
 pub(crate) mod chunked;
-pub(crate) mod client;
 pub(crate) mod head;
 pub(crate) mod rewrite;

@@ -151,27 +151,8 @@ pub fn write_response_head(
     }
     out.extend_from_slice(b"\r\n");
 
-    let connection = connection_fields(buf, headers);
-    // RFC 9110 §8.6: a Content-Length in a body-less answer to HEAD or in a 304 describes
-    // the representation and passes unchanged; 1xx and 204 never carry one ("MUST NOT
-    // send"), so it is dropped there. With a body it is re-emitted from the framing below.
-    let keep_content_length =
-        rw.framing == ResponseFraming::NoBody && head.status >= 200 && head.status != 204;
-    for h in headers {
-        let name = &buf[h.name.clone()];
-        // RFC 9110 §7.6.1: hop-by-hop fields and the fields Connection names.
-        if is_hop_by_hop(name) || connection_lists(buf, connection, name) {
-            continue;
-        }
-        if !keep_content_length && name.eq_ignore_ascii_case(b"content-length") {
-            continue;
-        }
-        // Only the proxy explains its routing (README "Why this executor?"): an
-        // executor's copy would mislead, in production as in debug mode.
-        if name.eq_ignore_ascii_case(b"x-opr-route") {
-            continue;
-        }
-        field(out, name, &buf[h.value.clone()]);
+    for (name, value) in forwarded_response_fields(buf, head, headers, rw.framing) {
+        field(out, name, value);
     }
     match rw.framing {
         ResponseFraming::NoBody | ResponseFraming::UntilClose => {}
@@ -182,6 +163,34 @@ pub fn write_response_head(
         field(out, b"Connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The executor's response fields that reach the client, in order, for HTTP/1 and
+/// HTTP/2 alike; the framing field the client's protocol needs is the caller's
+/// (`framing`: the one it will get).
+pub(crate) fn forwarded_response_fields<'a>(
+    buf: &'a [u8],
+    head: &ResponseHead,
+    headers: &'a [HeaderRef],
+    framing: ResponseFraming,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    let connection = connection_fields(buf, headers);
+    // RFC 9110 §8.6: a Content-Length in a body-less answer to HEAD or in a 304 describes
+    // the representation and passes unchanged; 1xx and 204 never carry one ("MUST NOT
+    // send"), so it is dropped there. With a body it is re-emitted from the framing.
+    let keep_content_length =
+        framing == ResponseFraming::NoBody && head.status >= 200 && head.status != 204;
+    headers.iter().filter_map(move |h| {
+        let name = &buf[h.name.clone()];
+        // RFC 9110 §7.6.1: hop-by-hop fields and the fields Connection names.
+        let dropped = is_hop_by_hop(name)
+            || connection_lists(buf, connection, name)
+            || (!keep_content_length && name.eq_ignore_ascii_case(b"content-length"))
+            // Only the proxy explains its routing (README "Why this executor?"): an
+            // executor's copy would mislead, in production as in debug mode.
+            || name.eq_ignore_ascii_case(b"x-opr-route");
+        (!dropped).then(|| (name, &buf[h.value.clone()]))
+    })
 }
 
 /// Reason phrase for a status code (RFC 9110 §15); "" for codes it does not define.

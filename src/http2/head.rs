@@ -1,12 +1,13 @@
-//! Heads between HTTP/2 and the HTTP/1.1 code: a stream's request is written out as an
-//! HTTP/1.1 head (then parsed by the one parser, so framing checks, routing and the
-//! rewrite to the executor are the HTTP/1 ones), and an HTTP/1.1 response head — an
-//! executor's after the response rewrite, or an answer the proxy made — becomes an h2
-//! response without connection-specific fields (RFC 9113 §8.2.2).
+//! Heads between HTTP/2 and the shared request path: a stream's request is written out as
+//! an HTTP/1.1 head (then parsed by the one parser, so framing checks, routing and the
+//! rewrite to the executor are the HTTP/1 ones: the one documented conversion), and the
+//! answers, an executor's or the proxy's own, become h2 response heads directly.
 
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
-use crate::http::head::{self, is_hop_by_hop, HeaderRef, ResponseHead};
+use crate::answer::{Answer, Value};
+use crate::http::head::{HeaderRef, ResponseFraming, ResponseHead};
+use crate::http::rewrite;
 
 /// Append the HTTP/1.1 head of an h2 request. `:authority` becomes `Host` (RFC 9113
 /// §8.3.1: it takes the place of Host, which is then ignored); a body without
@@ -59,44 +60,60 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The h2 response for an HTTP/1.1 head parsed from `buf`. Hop-by-hop fields go (the
-/// caller's head already went through the response rewrite, which also drops the fields
-/// Connection names); a field h2 cannot carry (a name or value `http` refuses) is
-/// dropped rather than failing the answer.
-pub(crate) fn response(buf: &[u8], r: &ResponseHead, headers: &[HeaderRef]) -> Response<()> {
+/// The h2 response head of an executor's answer (head and fields parsed from `buf`):
+/// the fields every client gets (`rewrite::forwarded_response_fields`, the one rule
+/// HTTP/1 uses too, which drops connection-specific ones, RFC 9113 §8.2.2), the
+/// `content-length` of `framing`, and `route` as `x-opr-route` when it is not empty. A
+/// field h2 cannot carry (a name or value `http` refuses) is dropped rather than failing
+/// the answer.
+pub(crate) fn executor_answer(
+    buf: &[u8],
+    r: &ResponseHead,
+    headers: &[HeaderRef],
+    framing: ResponseFraming,
+    route: &[u8],
+) -> Response<()> {
     let mut response = Response::new(());
     *response.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let map = response.headers_mut();
-    for h in headers {
-        let name = &buf[h.name.clone()];
-        if is_hop_by_hop(name) {
-            continue;
+    for (name, value) in rewrite::forwarded_response_fields(buf, r, headers, framing) {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            map.append(name, value);
         }
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name),
-            HeaderValue::from_bytes(&buf[h.value.clone()]),
-        ) else {
-            continue;
-        };
-        map.append(name, value);
+    }
+    if let ResponseFraming::Length(n) = framing {
+        map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    if let (false, Ok(value)) = (route.is_empty(), HeaderValue::from_bytes(route)) {
+        map.append(HeaderName::from_static("x-opr-route"), value);
     }
     response
 }
 
-/// A complete HTTP/1.1 answer the proxy made (`api`, `ProxyError`) as an h2 response
-/// and the range of its body in `buf`.
-pub(crate) fn local_answer(
-    buf: &[u8],
-    head_only: bool,
-) -> Option<(Response<()>, std::ops::Range<usize>)> {
-    let mut headers = Vec::new();
-    let r = head::parse_response(buf, head_only, &mut headers).ok()??;
-    let body = if head_only {
-        buf.len()..buf.len()
-    } else {
-        r.head_len..buf.len()
-    };
-    Some((response(buf, &r, &headers), body))
+/// The h2 response head of an answer the proxy makes itself (`Answer`'s fields; no
+/// connection-specific field is among them).
+pub(crate) fn own_answer(answer: &Answer<'_>) -> Response<()> {
+    let mut response = Response::new(());
+    let status = StatusCode::from_u16(answer.status);
+    *response.status_mut() = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let map = response.headers_mut();
+    answer.fields(|name, value| {
+        // RFC 9110 §8.6: a 204 carries no Content-Length (HTTP/1's is for the original's
+        // clients).
+        if answer.status == 204 && name == "Content-Length" {
+            return;
+        }
+        let value = match value {
+            Value::Text(t) => HeaderValue::from_static(t),
+            Value::Number(n) => HeaderValue::from(n),
+        };
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            map.append(name, value);
+        }
+    });
+    response
 }
 
 #[cfg(test)]
@@ -142,12 +159,13 @@ mod tests {
     }
 
     #[test]
-    fn local_answer_drops_connection_fields() {
-        let buf = b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
-        let (r, body) = local_answer(buf, false).unwrap();
-        assert_eq!(r.status(), 401);
-        assert!(r.headers().get("connection").is_none());
-        assert_eq!(r.headers()["content-type"], "application/json");
-        assert_eq!(&buf[body], b"{}");
+    fn own_answers_carry_their_fields_lowercased() {
+        let r = own_answer(&Answer::health());
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        assert_eq!(r.headers()["content-length"], "2");
+        let r = own_answer(&Answer::no_content());
+        assert_eq!(r.status(), 204);
+        assert!(r.headers().get("content-length").is_none());
     }
 }

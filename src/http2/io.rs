@@ -1,21 +1,25 @@
 //! The client socket as `h2` reads and writes it: the bytes already read while looking
 //! for the preface come first, then the socket through `monoio-compat`; header blocks are
 //! checked on the way (`fields`), every byte passes the frame guard, and once it trips
-//! reads stop and the driver is woken.
+//! reads stop and the driver is woken. Also the send side of one stream: DATA as its
+//! window allows, and noticing its reset.
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use h2::{Reason, SendStream};
 use monoio::net::TcpStream;
 use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::fields::Blocks;
 use super::guard::{FrameGuard, Offense};
+use crate::forward::pump::Front;
 
 /// Read and write buffer of the adapter (h2 writes frames of up to 16 KiB plus headers).
 const ADAPTER_BUF: usize = 16 * 1024;
@@ -174,5 +178,46 @@ impl AsyncWrite for H2Io {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Send `data` on an h2 stream as its window allows: h2 buffers no more than it granted
+/// (`MAX_SEND_BUFFER`), so a slow client holds the pump, not memory. The stream is
+/// borrowed only between awaits, so a reset can be watched on it meanwhile. A window
+/// that grants nothing for `stall` fails with `TimedOut` (a client that stopped reading).
+pub(crate) async fn send_data(
+    send: &RefCell<SendStream<Bytes>>,
+    mut data: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
+    while !data.is_empty() {
+        send.borrow_mut().reserve_capacity(data.len());
+        let granted = std::future::poll_fn(|cx| send.borrow_mut().poll_capacity(cx));
+        let n = match monoio::time::timeout(stall, granted).await {
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            Ok(Some(Ok(n))) => n.min(data.len()),
+            Ok(Some(Err(e))) => return Err(std::io::Error::other(e)),
+            Ok(None) => return Err(std::io::Error::other(h2::Error::from(Reason::CANCEL))),
+        };
+        if n == 0 {
+            continue;
+        }
+        send.borrow_mut()
+            .send_data(Bytes::copy_from_slice(&data[..n]), false)
+            .map_err(std::io::Error::other)?;
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// Resolves when the client resets the stream (or its connection ends).
+pub(crate) async fn reset(send: &RefCell<SendStream<Bytes>>) {
+    let _ = std::future::poll_fn(|cx| send.borrow_mut().poll_reset(cx)).await;
+}
+
+/// The answer's body over h2, as the back end's pump writes it.
+impl Front for RefCell<SendStream<Bytes>> {
+    async fn send(&self, data: &[u8], stall: Duration) -> io::Result<()> {
+        send_data(self, data, stall).await
     }
 }

@@ -10,17 +10,17 @@ mod huffman;
 mod io;
 mod stream;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use h2::{Reason, SendStream};
+use h2::Reason;
 use monoio::net::TcpStream;
 
 use crate::ctx::WorkerCtx;
-use crate::metrics::ClientClose;
+use crate::outcome::ClientClose;
 use crate::warn;
 use io::{H2Io, Trip};
 
@@ -186,40 +186,6 @@ fn log_cut_off(peer: SocketAddr, offense: guard::Offense) {
             warn!("HTTP/2 client {peer} cut off: {}", offense.describe());
         }
     });
-}
-
-/// Send `data` on an h2 stream as its window allows: h2 buffers no more than it granted
-/// (`MAX_SEND_BUFFER`), so a slow client holds the pump, not memory. The stream is
-/// borrowed only between awaits, so a reset can be watched on it meanwhile. A window
-/// that grants nothing for `stall` fails with `TimedOut` (a client that stopped reading).
-pub(crate) async fn send_data(
-    send: &RefCell<SendStream<Bytes>>,
-    mut data: &[u8],
-    stall: Duration,
-) -> std::io::Result<()> {
-    while !data.is_empty() {
-        send.borrow_mut().reserve_capacity(data.len());
-        let granted = std::future::poll_fn(|cx| send.borrow_mut().poll_capacity(cx));
-        let n = match monoio::time::timeout(stall, granted).await {
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-            Ok(Some(Ok(n))) => n.min(data.len()),
-            Ok(Some(Err(e))) => return Err(std::io::Error::other(e)),
-            Ok(None) => return Err(std::io::Error::other(h2::Error::from(Reason::CANCEL))),
-        };
-        if n == 0 {
-            continue;
-        }
-        send.borrow_mut()
-            .send_data(Bytes::copy_from_slice(&data[..n]), false)
-            .map_err(std::io::Error::other)?;
-        data = &data[n..];
-    }
-    Ok(())
-}
-
-/// Resolves when the client resets the stream (or its connection ends).
-pub(crate) async fn reset(send: &RefCell<SendStream<Bytes>>) {
-    let _ = std::future::poll_fn(|cx| send.borrow_mut().poll_reset(cx)).await;
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
-//! One HTTP/2 stream served like an HTTP/1.1 request: same routing, auth, selection,
-//! executor pool, rewrites, limits and error answers. The request body streams from the
-//! h2 `RecvStream` to the executor (capacity released as it is written), the answer
-//! through the one pump into the h2 `SendStream` (as its window allows).
+//! One HTTP/2 stream, the front end's side of the one request path: routing and the
+//! proxy's own answers (`answer`), then `forward::connect` with the stream's head and
+//! reset-watch. The request body streams from the h2 `RecvStream` to the executor
+//! (capacity released as it is written), the answer through the one pump into the h2
+//! `SendStream` (as its window allows).
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -13,25 +16,27 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use monoio::io::splice::SpliceSource;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::tcp::TcpOwnedReadHalf;
 
 use crate::access_log;
-use crate::admission::{self, Refused};
-use crate::api::{self, Route};
-use crate::balance::{Addressing, Choice};
+use crate::admission::Refused;
+use crate::answer::{self, Answer, ProxyError, Route};
+use crate::balance::Addressing;
 use crate::buffers::Loan;
-use crate::ctx::WorkerCtx;
-use crate::error::{Cause, ProxyError};
+use crate::ctx::{Assignment, WorkerCtx};
 use crate::forward;
+use crate::forward::connect::{connect, Connected, Outgoing, Picked};
 use crate::forward::duplex::{self, Step, Upload};
-use crate::forward::exchange::{self, HeadFailure, OpenError};
+use crate::forward::exchange::{self, HeadFailure, HeadRead};
 use crate::forward::pump::{self, PumpError, Sink};
-use crate::forward::reuse::{self, Discard, ResponseEnd, Reuse, Silence};
+use crate::forward::request::{self, Phase, LINGER};
+use crate::forward::reuse::{self, ResponseEnd, Reuse};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::http::rewrite::{self, RequestRewrite, ResponseRewrite};
-use crate::report::Report;
-use crate::snapshot::ExecutorId;
+use crate::http::rewrite;
+use crate::outcome::{Cause, Discard};
+use crate::snapshot::ExecutorStatus;
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -42,14 +47,10 @@ type Buffers<'b, 'p> = (
 );
 
 /// What a relayed answer needs of its stream's request.
-struct Answer<'a> {
+struct Relay<'a> {
     request: &'a Request,
-    /// The first executor that could not be reached, and how (for `x-opr-route`).
-    failover: Option<(ExecutorId, &'static str)>,
     /// Explain the choice in `x-opr-route`.
     debug: bool,
-    /// How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
-    queued: Option<Duration>,
 }
 
 /// A stream's request as the HTTP/1 code sees it: its head written out as HTTP/1.1.
@@ -68,6 +69,9 @@ impl Request {
         head::find_header(&self.buf, &self.headers, name)
     }
 }
+
+/// How the first part of a stream's upload ended (`duplex::Step`).
+type UploadStep = Step<BodyError, HeadFailure, (u16, Option<Reuse>), TcpOwnedReadHalf>;
 
 /// How the request body could not be sent.
 enum BodyError {
@@ -89,19 +93,12 @@ async fn next_data(body: &mut RecvStream, stall: Duration) -> Result<Option<Byte
     }
 }
 
-/// Where the stream stands: a JSON error can still be answered before the head left.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    BeforeHead,
-    HeadSent(u16),
-}
-
 struct Stream {
     ctx: Rc<WorkerCtx>,
     peer: SocketAddr,
     head_only: bool,
     phase: Cell<Phase>,
-    choice: Cell<Option<Choice>>,
+    picked: Picked,
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
     /// `METHOD target` for the access log (kept only when it is on).
@@ -130,7 +127,7 @@ pub(crate) async fn serve(
         peer,
         head_only: parts.method == http::Method::HEAD,
         phase: Cell::new(Phase::BeforeHead),
-        choice: Cell::new(None),
+        picked: Picked::default(),
         bytes_in: Cell::new(0),
         bytes_out: Cell::new(0),
         request_line: RefCell::new(Vec::new()),
@@ -138,35 +135,23 @@ pub(crate) async fn serve(
         budget,
     };
     let status = s.handle(parts, &mut body, &mut respond).await;
-    let executor = s.choice.get().map(|c| c.executor);
-    let took = started.elapsed();
-    let (bytes_in, bytes_out) = (s.bytes_in.get(), s.bytes_out.get());
-    ctx.m()
-        .request_done(executor, status, took, bytes_in, bytes_out);
-    if let Some(log) = &ctx.access_log {
-        let snapshot = ctx.snapshot();
-        let entry = access_log::Entry {
+    {
+        let line = s.request_line.borrow();
+        let record = request::Record {
             client: peer.ip(),
-            request_line: &s.request_line.borrow(),
+            request_line: &line,
             status,
-            executor: executor
-                .and_then(|i| snapshot.executors.get(i.index()))
-                .map(|e| e.hostname.as_str()),
-            tier: s.choice.get().map(|c| c.tier),
-            bytes_in,
-            bytes_out,
-            duration: took,
+            choice: s.picked.choice.get(),
+            bytes_in: s.bytes_in.get(),
+            bytes_out: s.bytes_out.get(),
+            took: started.elapsed(),
         };
-        log.write(&entry, ctx.m());
+        request::record(&ctx, &record);
     }
     if !s.stopped.get() {
         linger(&mut body).await;
     }
 }
-
-/// How long the rest of a request body answered early (an error, or an executor that
-/// answered before reading it all) is still read and dropped.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// Read and drop what the client still sends of its body, for up to `LINGER`, so the
 /// stream ends cleanly and the client reads its answer rather than a reset (as HTTP/1's
@@ -215,35 +200,25 @@ impl Stream {
         }
         let path = head::path_of(&request.buf[request.head.target.clone()]);
         let authorization = request.find("authorization");
-        let mut out = Vec::new();
-        match api::route(
-            request.method(),
-            path,
-            authorization,
-            ctx.config.secret.as_bytes(),
-        ) {
-            Route::Health => {
-                api::health(false, self.head_only, &mut out);
-                return self.local(respond, &out);
-            }
+        let secret = ctx.config.secret.as_bytes();
+        match answer::route(request.method(), path, authorization, secret) {
+            Route::Health => return self.local(respond, &Answer::health()),
             Route::Unauthorized => return self.error(respond, ProxyError::Unauthorized),
             Route::Containers => {
-                api::containers(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
-                return self.local(respond, &out);
+                let body = answer::containers_body(&ctx.snapshot(), ctx);
+                return self.local(respond, &Answer::json(body.as_bytes()));
             }
             Route::Metrics => {
-                api::metrics(&ctx.snapshot(), ctx, self.head_only, false, &mut out);
-                return self.local(respond, &out);
+                let body = answer::metrics_body(&ctx.snapshot(), ctx);
+                return self.local(respond, &Answer::metrics(body.as_bytes()));
             }
             Route::Forward => {}
         }
 
         let addressing = Addressing::from_header(request.find("x-opr-addressing-method"));
         let limit = ctx.config.max_body_size;
-        if let (RequestFraming::Length(n), Some(max)) = (request.head.framing, limit) {
-            if n > max {
-                return self.error(respond, ProxyError::BodyTooLarge);
-            }
+        if request::declared_too_large(request.head.framing, limit) {
+            return self.error(respond, ProxyError::BodyTooLarge);
         }
         // RFC 9110 §10.1.1: as over HTTP/1, the proxy answers 100-continue itself so the
         // client starts sending; the executor never sees Expect (the rewrite drops it).
@@ -280,139 +255,32 @@ impl Stream {
         limit: Option<u64>,
     ) -> u16 {
         let ctx = &*self.ctx;
-        let mut snapshot = ctx.snapshot();
-        let has_body = request.head.has_body();
-        let idempotent = reuse::is_idempotent(request.method());
-        let runtime = request
-            .find("x-opr-runtime-id")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .filter(|v| !v.is_empty());
-        let mut replayed = false;
         let mut out = Vec::new();
         let mut hb = ctx.heads.lend();
         let mut eb = ctx.bodies.lend();
         let mut response_headers = Vec::new();
-
         // Counted in flight to the executor it was last assigned to (least-request, p2c)
         // until the stream's future ends or is dropped.
         let mut assigned = None;
-        // The first executor that could not be reached, and how (for `x-opr-route`).
-        let failover = Cell::new(None);
-        let failed_over = |i: ExecutorId, why: &'static str| {
-            if failover.get().is_none() {
-                failover.set(Some((i, why)));
-            }
-        };
-        // How long the stream waited for a slot (`OPR_PROXY_EXECUTOR_CONCURRENCY`).
-        let mut queued = None;
-
-        let (mut ex, response) = loop {
-            // A stream waiting for a slot is dropped from the queue when its client
-            // resets it.
-            let admitted = admission::admit(
-                ctx,
-                &mut snapshot,
-                addressing,
-                runtime,
-                &mut assigned,
-                |i| failed_over(i, "unresolved"),
-                || async {
-                    let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
-                },
-            )
+        let bufs = (hb.get(), &mut response_headers);
+        let connected = self
+            .connect(request, respond, addressing, &mut assigned, &mut out, bufs)
             .await;
-            let (choice, addr) = match admitted {
-                Ok(admitted) => {
-                    queued = queued.or(admitted.waited);
-                    (admitted.choice, admitted.addr)
-                }
-                Err(Refused::ClientGone) => return 0,
-                Err(Refused::Answer(e)) => return self.error(respond, e),
-            };
-            let i = choice.executor;
-            self.choice.set(Some(choice));
-            let status = snapshot.executor(i);
-            out.clear();
-            let rw = RequestRewrite {
-                authorization: &ctx.executor_authorization,
-                forwarded_for: self.peer.ip(),
-                executor_host: &status.authority,
-                dev_executor_hostname: ctx.config.is_development().then_some(&status.hostname),
-                strip_expect: true,
-            };
-            rewrite::write_request_head(
-                &mut out,
-                &request.buf,
-                &request.head,
-                &request.headers,
-                &rw,
-            );
-            let mut ex = match exchange::open(ctx, i, addr, !replayed).await {
-                Ok(ex) => ex,
-                Err(OpenError::Unreachable(why)) => {
-                    failed_over(i, why);
-                    continue;
-                }
-                Err(OpenError::Failed(cause)) => return self.bad_gateway(request, respond, cause),
-            };
-            if let Some(rt) = runtime {
-                ctx.picker.mark_warm(&snapshot, i, rt);
+        let (mut ex, response, silent) = match connected {
+            Connected::Sent {
+                ex,
+                response,
+                silent,
+            } => (ex, response, silent),
+            Connected::Refused(Refused::ClientGone) | Connected::Gone => return 0,
+            Connected::Refused(refused) => {
+                return self.error(respond, forward::refused_answer(refused))
             }
-            if let Err(e) = pump::write_keep(ex.stream(), &mut out).await {
-                match reuse::after_silence(idempotent, ex.reused, replayed, !has_body) {
-                    Silence::Replay => {
-                        replayed = true;
-                        ctx.pool.drop_idle(i);
-                        continue;
-                    }
-                    Silence::Fail(_) => {
-                        return self.bad_gateway(request, respond, Cause::Send(e.kind()))
-                    }
-                }
-            }
-            // A body streams while the answer is read (`upload`).
-            if has_body {
-                break (ex, None);
-            }
-            let rb = hb.get();
-            rb.clear();
-            let read = exchange::read_response_head(
-                ex.stream(),
-                rb,
-                self.head_only,
-                &mut response_headers,
-            );
-            // A client that resets the stream abandons the request: the executor
-            // connection is closed with `ex` (SPEC §5).
-            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-            let r = monoio::select! {
-                r = read => r,
-                _ = reset => return 0,
-            };
-            match r {
-                Ok(r) => break (ex, Some(r)),
-                Err(HeadFailure::Silent) => {
-                    match reuse::after_silence(idempotent, ex.reused, replayed, !has_body) {
-                        Silence::Replay => {
-                            replayed = true;
-                            ctx.pool.drop_idle(i);
-                        }
-                        Silence::Fail(cause) => return self.bad_gateway(request, respond, cause),
-                    }
-                }
-                Err(HeadFailure::Failed(cause)) => {
-                    return self.bad_gateway(request, respond, cause)
-                }
-            }
+            Connected::Failed(cause) => return self.bad_gateway(request, respond, cause),
         };
 
-        let debug = ctx.config.is_development() || request.find("x-opr-debug") == Some(b"1");
-        let answer = Answer {
-            request,
-            failover: failover.get(),
-            queued,
-            debug,
-        };
+        let debug = request::debug(&ctx.config, request.find("x-opr-debug"));
+        let answer = Relay { request, debug };
         let (status, reuse) = match response {
             Some(response) => {
                 let answered = (&response, &response_headers[..]);
@@ -421,10 +289,6 @@ impl Stream {
                     .await
             }
             None => {
-                let silent = match reuse::after_silence(idempotent, ex.reused, replayed, false) {
-                    Silence::Fail(cause) => cause,
-                    Silence::Replay => Cause::ClosedNotReplayed,
-                };
                 let bufs = (&mut hb, &mut eb, &mut out);
                 let upload = self.upload(
                     &answer,
@@ -444,15 +308,55 @@ impl Stream {
         // the executor connection is closed with `ex`.
         if let Some(reuse) = reuse {
             ex.release(reuse);
-            if let Some(choice) = self.choice.get() {
-                ctx.exchange_answered(choice.executor);
+            if let Some(choice) = self.picked.choice.get() {
+                ctx.executor(choice.executor).answered();
             }
         }
         status
     }
 
+    /// Connect the stream's request (`forward::connect`): its head is the rewrite of the
+    /// HTTP/1 form, and a reset abandons it at any point (docs/behaviour.md §5).
+    async fn connect<'c>(
+        &'c self,
+        request: &Request,
+        respond: &mut SendResponse<Bytes>,
+        addressing: Addressing,
+        assigned: &mut Option<Assignment<'c>>,
+        out: &mut Vec<u8>,
+        bufs: (&mut Vec<u8>, &mut Vec<HeaderRef>),
+    ) -> Connected<'c> {
+        let ctx = &*self.ctx;
+        let has_body = request.head.has_body();
+        let outgoing = Outgoing {
+            addressing,
+            runtime: request::runtime_id(request.find("x-opr-runtime-id")),
+            idempotent: reuse::is_idempotent(request.method()),
+            in_hand: !has_body,
+            streams_body: has_body,
+            head_only: self.head_only,
+            watch_after: Duration::ZERO,
+        };
+        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
+            out.clear();
+            // The proxy answers 100-continue itself: Expect never reaches the executor.
+            let rw = request::rewrite(ctx, self.peer.ip(), executor, true);
+            rewrite::write_request_head(out, &request.buf, &request.head, &request.headers, &rw);
+        };
+        let respond = RefCell::new(respond);
+        let reset = &respond;
+        let gone = move || async move {
+            let _ = std::future::poll_fn(|cx| reset.borrow_mut().poll_reset(cx)).await;
+        };
+        let picked = &self.picked;
+        connect(
+            ctx, &outgoing, picked, assigned, out, bufs, write_head, gone,
+        )
+        .await
+    }
+
     /// The request body streams to the executor while its answer is read (RFC 9112 §9.6),
-    /// as over HTTP/1 (`forward::Anycast::upload`): an answer that begins first is relayed
+    /// as over HTTP/1: an answer that begins first is relayed
     /// at once while the body goes on as long as the executor takes it; sending stops
     /// when the answer has ended, and the executor connection is then never pooled. A
     /// body stopped that way ends the stream with `RST_STREAM(NO_ERROR)` after the
@@ -461,29 +365,21 @@ impl Stream {
     #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
-        answer: &Answer<'_>,
+        answer: &Relay<'_>,
         body: &mut RecvStream,
         respond: &mut SendResponse<Bytes>,
         ex: &mut exchange::ExecutorConn<'_>,
         (hb, eb, out): Buffers<'_, '_>,
-        mut response_headers: Vec<HeaderRef>,
+        response_headers: Vec<HeaderRef>,
         limit: Option<u64>,
         silent: Cause,
     ) -> (u16, Option<Reuse>) {
         let ctx = &*self.ctx;
         let request = answer.request;
-        let is_head = self.head_only;
         let (ex_r, mut ex_w) = ex.split();
-        // The head read owns its reader and buffers, so it can outlive the body's sending
-        // (or not) and give them back.
         let rb = std::mem::take(hb.get());
-        let headers = std::mem::take(&mut response_headers);
-        let mut head = std::pin::pin!(async move {
-            let (mut ex_r, mut rb, mut headers) = (ex_r, rb, headers);
-            rb.clear();
-            let r = exchange::read_response_head(&mut ex_r, &mut rb, is_head, &mut headers).await;
-            (r, ex_r, rb, headers)
-        });
+        let read = exchange::read_head_owned(ex_r, rb, response_headers, self.head_only);
+        let mut head = std::pin::pin!(read);
         let mut upload = Upload::Sending;
         let chunked = request.head.framing == RequestFraming::Chunked;
         let stall = ctx.config.body_timeout;
@@ -504,25 +400,11 @@ impl Stream {
             match first {
                 Err(e) => Step::Client(e),
                 Ok(None) => Step::BodyEnded,
-                Ok(Some((r, mut ex_r, rb, headers))) => {
-                    *hb.get() = rb;
-                    response_headers = headers;
-                    match r {
-                        Ok(response) => {
-                            let answered = (&response, &response_headers[..]);
-                            let bufs = (&mut *hb, &mut *eb, &mut *out);
-                            let relay =
-                                self.relay(answer, respond, &mut ex_r, bufs, answered, true);
-                            let relayed =
-                                duplex::alongside(up.as_mut(), &mut upload, relay, executor_side)
-                                    .await;
-                            match relayed {
-                                Ok(relayed) => Step::Relayed(relayed, ex_r),
-                                Err(e) => Step::Client(e),
-                            }
-                        }
-                        Err(failure) => Step::Head(Err::<ResponseHead, _>(failure), ex_r),
-                    }
+                Ok(Some(read)) => {
+                    let bufs = (&mut *hb, &mut *eb, &mut *out);
+                    let relay =
+                        self.relay_alongside(answer, respond, up.as_mut(), &mut upload, read, bufs);
+                    relay.await
                 }
             }
         };
@@ -532,56 +414,94 @@ impl Stream {
         let stopped = !sent && matches!(step, Step::Relayed(..) | Step::BodyEnded);
         self.stopped.set(stopped);
         let (relayed, ex_r) = match step {
-            Step::Client(e) => {
-                if let Phase::HeadSent(status) = self.phase.get() {
-                    return (status, None);
-                }
-                return match e {
-                    // The executor connection is dropped (closed) with `ex`.
-                    BodyError::Client | BodyError::Executor => (0, None),
-                    BodyError::Stalled => (self.error(respond, ProxyError::BodyTimeout), None),
-                    BodyError::TooLarge => (self.error(respond, ProxyError::BodyTooLarge), None),
-                };
-            }
+            Step::Client(e) => return (self.body_failed(respond, e), None),
             Step::Relayed(relayed, ex_r) => (relayed, ex_r),
             // The head could not be read while the body was being sent.
-            Step::Head(r, ex_r) => {
-                let cause = match r {
-                    Ok(_) | Err(HeadFailure::Silent) => silent,
-                    Err(HeadFailure::Failed(cause)) => cause,
-                };
-                ex.join(ex_r, ex_w);
-                return (self.bad_gateway(request, respond, cause), None);
+            Step::Head(failure, ex_r) => {
+                let cause = exchange::failure_cause(failure, silent);
+                ((self.bad_gateway(request, respond, cause), None), ex_r)
             }
             Step::BodyEnded => {
-                // The body ended first: wait for the head, watching for a reset.
-                let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-                let (r, mut ex_r, rb, headers) = monoio::select! {
-                    r = head.as_mut() => r,
-                    _ = reset => return (0, None),
-                };
-                *hb.get() = rb;
-                response_headers = headers;
-                let relayed = match r {
-                    Ok(response) => {
-                        let answered = (&response, &response_headers[..]);
-                        let bufs = (&mut *hb, &mut *eb, &mut *out);
-                        self.relay(answer, respond, &mut ex_r, bufs, answered, !sent)
-                            .await
-                    }
-                    Err(failure) => {
-                        let cause = match failure {
-                            HeadFailure::Silent => silent,
-                            HeadFailure::Failed(cause) => cause,
-                        };
-                        (self.bad_gateway(request, respond, cause), None)
-                    }
-                };
-                (relayed, ex_r)
+                let bufs = (&mut *hb, &mut *eb, &mut *out);
+                let after = self.relay_after(answer, respond, head.as_mut(), bufs, (sent, silent));
+                match after.await {
+                    Some(after) => after,
+                    None => return (0, None),
+                }
             }
         };
         ex.join(ex_r, ex_w);
         relayed
+    }
+
+    /// The answer's head came while the body was being sent: relay the answer alongside
+    /// the body (`duplex::alongside`), or give up the body when the head failed.
+    async fn relay_alongside(
+        &self,
+        answer: &Relay<'_>,
+        respond: &mut SendResponse<Bytes>,
+        up: Pin<&mut impl Future<Output = Result<(), BodyError>>>,
+        upload: &mut Upload<()>,
+        (r, mut ex_r, rb, headers): HeadRead,
+        (hb, eb, out): Buffers<'_, '_>,
+    ) -> UploadStep {
+        *hb.get() = rb;
+        let response = match r {
+            Ok(response) => response,
+            Err(failure) => return Step::Head(failure, ex_r),
+        };
+        let answered = (&response, &headers[..]);
+        let relay = self.relay(answer, respond, &mut ex_r, (hb, eb, out), answered, true);
+        let executor_side = |e: &BodyError| matches!(e, BodyError::Executor);
+        match duplex::alongside(up, upload, relay, executor_side).await {
+            Ok(relayed) => Step::Relayed(relayed, ex_r),
+            Err(e) => Step::Client(e),
+        }
+    }
+
+    /// The request body failed on the client's side: its error, if no answer went out yet
+    /// (the executor connection is dropped, closed, with the exchange).
+    fn body_failed(&self, respond: &mut SendResponse<Bytes>, e: BodyError) -> u16 {
+        if let Phase::HeadSent(status) = self.phase.get() {
+            return status;
+        }
+        match e {
+            BodyError::Client | BodyError::Executor => 0,
+            BodyError::Stalled => self.error(respond, ProxyError::BodyTimeout),
+            BodyError::TooLarge => self.error(respond, ProxyError::BodyTooLarge),
+        }
+    }
+
+    /// The body ended first: wait for the answer's head, watching for a reset, and relay
+    /// it (`sent`: the body went whole; `silent`: the 502 cause of an executor that
+    /// closes unanswering). `None`: the client reset the stream.
+    async fn relay_after<F: Future<Output = HeadRead>>(
+        &self,
+        answer: &Relay<'_>,
+        respond: &mut SendResponse<Bytes>,
+        head: Pin<&mut F>,
+        (hb, eb, out): Buffers<'_, '_>,
+        (sent, silent): (bool, Cause),
+    ) -> Option<((u16, Option<Reuse>), TcpOwnedReadHalf)> {
+        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+        let (r, mut ex_r, rb, headers) = monoio::select! {
+            r = head => r,
+            _ = reset => return None,
+        };
+        *hb.get() = rb;
+        let relayed = match r {
+            Ok(response) => {
+                let answered = (&response, &headers[..]);
+                let bufs = (hb, eb, out);
+                self.relay(answer, respond, &mut ex_r, bufs, answered, !sent)
+                    .await
+            }
+            Err(failure) => {
+                let cause = exchange::failure_cause(failure, silent);
+                (self.bad_gateway(answer.request, respond, cause), None)
+            }
+        };
+        Some((relayed, ex_r))
     }
 
     /// The answer: the rewrite of HTTP/1 (hop-by-hop fields, Connection-listed ones), then
@@ -592,7 +512,7 @@ impl Stream {
     /// its stream reset, and the executor connection is closed.
     async fn relay<R: AsyncReadRent + SpliceSource>(
         &self,
-        answer: &Answer<'_>,
+        answer: &Relay<'_>,
         respond: &mut SendResponse<Bytes>,
         ex: &mut R,
         (hb, eb, out): Buffers<'_, '_>,
@@ -609,25 +529,11 @@ impl Stream {
             _ => ResponseFraming::UntilClose,
         };
         out.clear();
-        let rw = ResponseRewrite {
-            framing,
-            close: false,
-        };
-        rewrite::write_response_head(out, rb, response, response_headers, &rw);
         if answer.debug {
-            forward::explain(ctx, self.choice.get(), answer.failover, out);
-            forward::explain_queued(answer.queued, out);
+            let p = &self.picked;
+            forward::write_route(ctx, p.choice.get(), p.failover.get(), p.queued.get(), out);
         }
-        let mut headers = Vec::new();
-        let head = match head::parse_response(out, self.head_only, &mut headers) {
-            Ok(Some(r)) => super::head::response(out, &r, &headers),
-            _ => {
-                return (
-                    self.bad_gateway(request, respond, Cause::ClosedMidHead),
-                    None,
-                )
-            }
-        };
+        let head = super::head::executor_answer(rb, response, response_headers, framing, out);
         let status = response.status;
         let mut first = Vec::new();
         let end = match exchange::frame_first_bytes(
@@ -638,10 +544,7 @@ impl Stream {
         ) {
             Ok(end) => end,
             Err(e) => {
-                let cause = match e {
-                    PumpError::Chunk(e) => Cause::MalformedBody(e),
-                    _ => Cause::ClosedMidHead,
-                };
+                let cause = request::body_cause(e, Cause::ClosedMidHead);
                 return (self.bad_gateway(request, respond, cause), None);
             }
         };
@@ -651,49 +554,13 @@ impl Stream {
         };
         let send = RefCell::new(send);
         self.phase.set(Phase::HeadSent(status));
-        let stall = ctx.config.body_timeout;
-        // The client stopped reading: its stream is reset, the executor connection closed.
-        let stalled = |send: &RefCell<SendStream<Bytes>>| {
-            send.borrow_mut().send_reset(Reason::CANCEL);
-            (status, Some(Reuse::Discard(Discard::ClientStalled)))
-        };
-        let end = match (end, rbody.as_mut()) {
-            (ResponseEnd::Unfinished, Some(rbody)) => {
-                let sink = Sink::H2(&send, stall);
-                let pump = rbody.pump_after(ex, sink, eb, None, None, &mut first);
-                // A client that resets the stream mid-body abandons it: the executor
-                // connection is closed with `ex`, even while the executor is silent.
-                let pumped = monoio::select! {
-                    r = pump => Some(r),
-                    _ = super::reset(&send) => None,
-                };
-                self.bytes_out.set(rbody.written);
-                match pumped {
-                    None => return (status, None),
-                    Some(Ok(after)) if after.is_empty() => ResponseEnd::Clean,
-                    Some(Ok(_)) => ResponseEnd::Leftover,
-                    Some(Err(PumpError::SinkStalled)) => return stalled(&send),
-                    // Truncated or malformed: the client sees a reset, the executor
-                    // connection is closed.
-                    Some(Err(_)) => {
-                        send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
-                        return (status, None);
-                    }
-                }
-            }
-            (end, _) => {
-                if !first.is_empty() {
-                    match super::send_data(&send, &first, stall).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                            return stalled(&send)
-                        }
-                        Err(_) => return (status, None),
-                    }
-                    self.bytes_out.set(first.len() as u64);
-                }
-                end
-            }
+        let body = (end, rbody.as_mut());
+        let end = match self
+            .relay_body(ex, &send, body, eb, &mut first, status)
+            .await
+        {
+            Ok(end) => end,
+            Err(ended) => return ended,
         };
         if !no_body && send.borrow_mut().send_data(Bytes::new(), true).is_err() {
             return (status, None);
@@ -702,6 +569,64 @@ impl Stream {
             status,
             Some(reuse::after_exchange(response, !early_answer, end)),
         )
+    }
+
+    /// The body after the head went out: DATA frames as the window allows (`first`: the
+    /// bytes that came with the head). `Err`: the stream ended early (a reset, a client
+    /// that stopped reading, a truncated body), with the status and reuse to return.
+    async fn relay_body<R: AsyncReadRent + SpliceSource>(
+        &self,
+        ex: &mut R,
+        send: &RefCell<SendStream<Bytes>>,
+        (end, rbody): (ResponseEnd, Option<&mut pump::Body>),
+        eb: &mut Loan<'_, Vec<u8>>,
+        first: &mut Vec<u8>,
+        status: u16,
+    ) -> Result<ResponseEnd, (u16, Option<Reuse>)> {
+        let stall = self.ctx.config.body_timeout;
+        // The client stopped reading: its stream is reset, the executor connection closed.
+        let stalled = |send: &RefCell<SendStream<Bytes>>| {
+            send.borrow_mut().send_reset(Reason::CANCEL);
+            (status, Some(Reuse::Discard(Discard::ClientStalled)))
+        };
+        match (end, rbody) {
+            (ResponseEnd::Unfinished, Some(rbody)) => {
+                let sink = Sink::Front(send, stall);
+                let pump = rbody.pump_after(ex, sink, eb, None, None, first);
+                // A client that resets the stream mid-body abandons it: the executor
+                // connection is closed with `ex`, even while the executor is silent.
+                let pumped = monoio::select! {
+                    r = pump => Some(r),
+                    _ = super::io::reset(send) => None,
+                };
+                self.bytes_out.set(rbody.written);
+                match pumped {
+                    None => Err((status, None)),
+                    Some(Ok(after)) if after.is_empty() => Ok(ResponseEnd::Clean),
+                    Some(Ok(_)) => Ok(ResponseEnd::Leftover),
+                    Some(Err(PumpError::SinkStalled)) => Err(stalled(send)),
+                    // Truncated or malformed: the client sees a reset, the executor
+                    // connection is closed.
+                    Some(Err(_)) => {
+                        send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
+                        Err((status, None))
+                    }
+                }
+            }
+            (end, _) => {
+                if !first.is_empty() {
+                    match super::io::send_data(send, first, stall).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            return Err(stalled(send))
+                        }
+                        Err(_) => return Err((status, None)),
+                    }
+                    self.bytes_out.set(first.len() as u64);
+                }
+                Ok(end)
+            }
+        }
     }
 
     /// `x-opr-addressing-method: broadcast`: the whole (bounded) body, then every online
@@ -714,10 +639,8 @@ impl Stream {
     ) -> u16 {
         let ctx = &self.ctx;
         let limit = forward::broadcast_body_limit(&ctx.config);
-        if let RequestFraming::Length(n) = request.head.framing {
-            if n > limit {
-                return self.error(respond, ProxyError::BodyTooLarge);
-            }
+        if request::declared_too_large(request.head.framing, Some(limit)) {
+            return self.error(respond, ProxyError::BodyTooLarge);
         }
         let deadline = Instant::now() + ctx.config.max_timeout;
         let mut collected = Vec::new();
@@ -758,7 +681,7 @@ impl Stream {
         if !forward::fan_out(ctx, buf, head, headers, &collected, peer, deadline).await {
             return self.error(respond, ProxyError::NoOnlineExecutor);
         }
-        self.local(respond, b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.local(respond, &Answer::no_content())
     }
 
     /// Stream the request body to the executor: a length as it came, otherwise as
@@ -805,19 +728,9 @@ impl Stream {
         Ok(())
     }
 
-    /// Answer an error as SPEC §7 JSON on this stream.
+    /// Answer an error as docs/behaviour.md §7 JSON on this stream.
     fn error(&self, respond: &mut SendResponse<Bytes>, e: ProxyError) -> u16 {
-        let mut out = Vec::new();
-        let config = &self.ctx.config;
-        e.write_response(
-            &mut out,
-            &config.version,
-            config.is_development(),
-            false,
-            self.head_only,
-        );
-        self.local(respond, &out);
-        e.status()
+        self.local(respond, &Answer::error(e, &self.ctx.config))
     }
 
     fn bad_gateway(
@@ -827,52 +740,41 @@ impl Stream {
         cause: Cause,
     ) -> u16 {
         // Counted for passive ejection exactly as over HTTP/1.
-        if let Some(choice) = self.choice.get() {
-            self.ctx.exchange_failed(choice.executor, &cause);
+        if let Some(choice) = self.picked.choice.get() {
+            self.ctx
+                .executor(choice.executor)
+                .failed(cause.is_executor_fault(), &cause);
         }
         let e = ProxyError::BadGateway(cause);
         self.report(request, &e);
         self.error(respond, e)
     }
 
-    /// Send an answer the proxy made itself (a complete HTTP/1.1 response in `out`).
-    /// These are small, so they go without waiting for window.
-    fn local(&self, respond: &mut SendResponse<Bytes>, out: &[u8]) -> u16 {
-        let Some((answer, body)) = super::head::local_answer(out, self.head_only) else {
-            respond.send_reset(Reason::INTERNAL_ERROR);
-            return 0;
-        };
-        let status = answer.status().as_u16();
-        let empty = body.is_empty();
-        if let Ok(mut send) = respond.send_response(answer, empty) {
+    /// Send an answer the proxy made itself. These are small, so they go without
+    /// waiting for window.
+    fn local(&self, respond: &mut SendResponse<Bytes>, answer: &Answer<'_>) -> u16 {
+        let len = answer.body_len();
+        let empty = self.head_only || len == 0;
+        if let Ok(mut send) = respond.send_response(super::head::own_answer(answer), empty) {
             if !empty {
-                self.bytes_out.set(body.len() as u64);
-                let _ = send.send_data(Bytes::copy_from_slice(&out[body]), true);
+                let mut body = Vec::with_capacity(len);
+                answer.write_body(&mut body);
+                self.bytes_out.set(len as u64);
+                let _ = send.send_data(Bytes::from(body), true);
             }
         }
-        status
+        answer.status
     }
 
-    /// Queue the report of a 502 / 504 (SPEC §8), as HTTP/1 does.
+    /// Queue the report of a 502 / 504 (docs/behaviour.md §8), as HTTP/1 does.
     fn report(&self, request: &Request, e: &ProxyError) {
-        let ctx = &self.ctx;
-        if !ctx.reporter.is_enabled() {
-            return;
-        }
         let target = &request.buf[request.head.target.clone()];
-        let executor = self.choice.get().and_then(|c| {
-            ctx.snapshot()
-                .executors
-                .get(c.executor.index())
-                .map(|e| e.hostname.clone())
-        });
-        ctx.reporter.report(Report::HttpError {
-            status: e.status(),
-            method: String::from_utf8_lossy(request.method()).into_owned(),
-            path: String::from_utf8_lossy(head::path_of(target)).into_owned(),
-            executor,
-            cause: e.to_string(),
-            worker: ctx.id,
-        });
+        forward::report_http_error(
+            &self.ctx,
+            e,
+            request.method(),
+            target,
+            self.picked.choice.get(),
+        );
     }
 }

@@ -380,7 +380,7 @@ impl Event<'_> {
     }
 
     fn rfc3339(&self) -> String {
-        crate::logging::rfc3339(self.timestamp)
+        crate::text::rfc3339(self.timestamp)
     }
 }
 

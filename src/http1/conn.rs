@@ -10,22 +10,21 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use crate::access_log;
-use crate::api::{self, Route};
+use crate::answer::{self, Answer, ProxyError, Route};
 use crate::buffers::Scratch;
 use crate::ctx::WorkerCtx;
-use crate::error::ProxyError;
-use crate::forward::{self, Served};
-use crate::http::client::{After, ClientConn};
+use crate::forward::{self, request};
 use crate::http::head::{self, HeaderRef, RequestHead};
+use crate::http1::client::ClientConn;
 use crate::idle::{Closed, Registration};
-use crate::metrics::ClientClose;
+use crate::outcome::{self, After, AnswerEnd, Asked, ClientClose, Served};
 
 /// Serve one accepted connection until it closes.
 pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
     ctx.m().client_opened();
     let mut conn = ClientConn::new(stream, peer);
     // Dropped before `conn`, so the sweep never sees this fd after it closes.
-    let registration = ctx.idle.register(conn.stream.as_raw_fd());
+    let registration = ctx.idle.register(conn.stream().as_raw_fd());
     let why = match serve_requests(&ctx, &mut conn, &registration).await {
         Stop::Close(why) => why,
         Stop::Http2 => {
@@ -36,7 +35,7 @@ pub(crate) async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAdd
             let prefix = conn.pending().to_vec();
             conn.consume(prefix.len());
             conn.release_buffer(&ctx.heads);
-            let ClientConn { stream, peer, .. } = conn;
+            let (stream, peer) = conn.into_parts();
             let why = Box::pin(crate::http2::serve(&ctx, stream, peer, prefix)).await;
             drop(registration);
             ctx.m().client_closed(why);
@@ -92,20 +91,20 @@ async fn serve_request(
         Err(Ended::Quietly(why)) => return Some(Stop::Close(why)),
         Err(Ended::Http2) => return Some(Stop::Http2),
         Err(Ended::Badly(e, read)) => {
-            conn.head_request = false;
-            let out_before = conn.bytes_out;
-            ctx.answer(conn, out, e, false).await;
+            conn.set_head_request(false);
+            let out_before = conn.bytes().1;
+            conn.answer_error(ctx, out, e, Asked::UNREAD).await;
             // A refused head leaves a line too (a smuggling attempt must leave a trace),
             // with its request line as far as it was read.
             if let Some(log) = &ctx.access_log {
                 let entry = access_log::Entry {
-                    client: conn.peer.ip(),
+                    client: conn.peer().ip(),
                     request_line: &scratch.request_line,
                     status: e.status(),
                     executor: None,
                     tier: None,
                     bytes_in: read,
-                    bytes_out: conn.bytes_out - out_before,
+                    bytes_out: conn.bytes().1 - out_before,
                     duration: reading.elapsed(),
                 };
                 log.write(&entry, ctx.m());
@@ -117,8 +116,8 @@ async fn serve_request(
         }
     };
     let started = Instant::now();
-    let (in_before, out_before) = (conn.bytes_in, conn.bytes_out);
-    conn.head_request = &conn.pending()[head.method.clone()] == b"HEAD";
+    let (in_before, out_before) = conn.bytes();
+    conn.set_head_request(&conn.pending()[head.method.clone()] == b"HEAD");
     if ctx.access_log.is_some() {
         access_log::keep_request_line(&mut scratch.request_line, conn.pending(), &head);
     }
@@ -126,27 +125,16 @@ async fn serve_request(
     let headers = &scratch.headers;
     let response_headers = &mut scratch.response_headers;
     let served = handle(ctx, conn, &head, headers, response_headers, out).await;
-    let took = started.elapsed();
-    let (bytes_in, bytes_out) = (conn.bytes_in - in_before, conn.bytes_out - out_before);
-    let executor = served.choice.map(|c| c.executor);
-    ctx.m()
-        .request_done(executor, served.status, took, bytes_in, bytes_out);
-    if let Some(log) = &ctx.access_log {
-        let snapshot = ctx.snapshot();
-        let entry = access_log::Entry {
-            client: conn.peer.ip(),
-            request_line: &scratch.request_line,
-            status: served.status,
-            executor: executor
-                .and_then(|i| snapshot.executors.get(i.index()))
-                .map(|e| e.hostname.as_str()),
-            tier: served.choice.map(|c| c.tier),
-            bytes_in,
-            bytes_out,
-            duration: took,
-        };
-        log.write(&entry, ctx.m());
-    }
+    let record = request::Record {
+        client: conn.peer().ip(),
+        request_line: &scratch.request_line,
+        status: served.status,
+        choice: served.choice,
+        bytes_in: conn.bytes().0 - in_before,
+        bytes_out: conn.bytes().1 - out_before,
+        took: started.elapsed(),
+    };
+    request::record(ctx, &record);
     if served.after == After::Close {
         return Some(Stop::Close(ClientClose::Closed));
     }
@@ -178,7 +166,7 @@ async fn wait_for_request(
         return Err(ClientClose::Drain);
     }
     registration.idle();
-    let ready = conn.stream.readable(false).await;
+    let ready = conn.stream().readable(false).await;
     match (registration.busy(), ready) {
         (Some(Closed::Idle), _) => Err(ClientClose::Idle),
         (Some(Closed::Drain), _) => Err(ClientClose::Drain),
@@ -205,7 +193,7 @@ async fn read_head(
     loop {
         // Only a connection's first bytes can be the HTTP/2 preface; an HTTP/1 request
         // costs one comparison here.
-        let first = conn.bytes_in == 0 && conn.pending().first() == Some(&b'P');
+        let first = conn.bytes().0 == 0 && conn.pending().first() == Some(&b'P');
         let preface = if first {
             crate::http2::preface(conn.pending())
         } else {
@@ -251,55 +239,47 @@ async fn handle(
     let method = &pending[head.method.clone()];
     let path = head::path_of(&pending[head.target.clone()]);
     let authorization = head::find_header(pending, headers, "authorization");
-    let head_only = method == b"HEAD";
-    let close = !head.keep_alive || head.has_body();
-    match api::route(method, path, authorization, ctx.config.secret.as_bytes()) {
-        Route::Health => {
-            let after = api::health(close, head_only, out);
-            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
-        }
+    // A body is not read: the answer closes.
+    let asked = Asked::of(head, !head.has_body());
+    let own = match answer::route(method, path, authorization, ctx.config.secret.as_bytes()) {
+        Route::Health => None,
         Route::Unauthorized => {
             // The body (if any) is not read: the answer closes and lingers.
-            let keep_alive = head.keep_alive && !head.has_body();
             conn.consume(head.head_len);
             let e = ProxyError::Unauthorized;
-            return Served::local(ctx.answer(conn, out, e, keep_alive).await);
+            return conn.answer_error(ctx, out, e, asked).await;
         }
-        Route::Containers => {
-            api::containers(&ctx.snapshot(), ctx, head_only, close, out);
-            let after = After::close_if(close);
-            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
+        Route::Containers => Some((false, answer::containers_body(&ctx.snapshot(), ctx))),
+        Route::Metrics => Some((true, answer::metrics_body(&ctx.snapshot(), ctx))),
+        Route::Forward => {
+            return forward::forward(ctx, conn, head, headers, response_headers, out).await
         }
-        Route::Metrics => {
-            api::metrics(&ctx.snapshot(), ctx, head_only, close, out);
-            let after = After::close_if(close);
-            return Served::local(finish_local(ctx, conn, head, out, after, 200).await);
-        }
-        Route::Forward => {}
-    }
-
-    forward::forward(ctx, conn, head, headers, response_headers, out).await
+    };
+    let answer = match &own {
+        None => Answer::health(),
+        Some((true, body)) => Answer::metrics(body.as_bytes()),
+        Some((false, body)) => Answer::json(body.as_bytes()),
+    };
+    // A draining worker closes after the answer (counted as a drain, `serve_request`).
+    let close = outcome::fate(asked, AnswerEnd::AtBoundary, false) == After::Close;
+    finish_local(ctx, conn, head, out, &answer, close).await
 }
 
-/// Send a response the proxy made itself (within the answer deadline) and consume the
+/// Send an answer the proxy made itself (within the answer deadline) and consume the
 /// request head.
 async fn finish_local(
     ctx: &WorkerCtx,
     conn: &mut ClientConn,
     head: &RequestHead,
     out: &mut Vec<u8>,
-    after: After,
-    status: u16,
-) -> (After, u16) {
+    answer: &Answer<'_>,
+    close: bool,
+) -> Served {
     conn.consume(head.head_len);
-    if conn
-        .write_answer(out, ctx.config.body_timeout)
-        .await
-        .is_err()
-    {
-        return (After::Close, status);
-    }
-    (after, status)
+    out.clear();
+    answer.write_http1(out, close, conn.head_request());
+    let written = conn.write_answer(out, ctx.config.body_timeout).await;
+    Served::new(After::close_if(close || written.is_err()), answer.status)
 }
 
 #[cfg(test)]

@@ -1,69 +1,12 @@
-//! Every error the proxy answers itself: one enum, one mapping to status + message, one
-//! JSON shape with the no-cache headers of SPEC §7, rendered in one place.
+//! Every error the proxy answers itself: one enum, one mapping to status and message, and
+//! the JSON body of docs/behaviour.md §7 (its fields are `Answer`'s).
 
 use std::fmt::Write as _;
-use std::io;
 
 use crate::http::chunked::ChunkedError;
 use crate::http::head::HeadError;
-
-/// Why an exchange with an executor failed before its response head (a `502`): typed and
-/// `Copy`, so failing costs no allocation; shown in dev-mode bodies and in logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cause {
-    /// Connecting failed for a reason that does not make the executor unreachable.
-    Connect(io::ErrorKind),
-    /// Writing the request failed.
-    Send(io::ErrorKind),
-    /// EOF or reset before any byte of a response, on a fresh connection.
-    ClosedBeforeAnswer,
-    /// The same on a pooled connection, for a request that must not be sent twice
-    /// (RFC 9110 §9.2.2), or after a byte (even `1xx`) had come back.
-    ClosedNotReplayed,
-    /// EOF in the middle of the response head.
-    ClosedMidHead,
-    /// EOF in the response body before any of the answer was relayed.
-    ClosedMidBody,
-    /// Reading the response failed.
-    Read(io::ErrorKind),
-    /// The response head broke a rule (RFC 9112).
-    MalformedHead(HeadError),
-    /// The chunked response body broke RFC 9112 §7.1 before anything was relayed.
-    MalformedBody(ChunkedError),
-    /// `101 Switching Protocols`: not relayed.
-    Upgrade,
-}
-
-impl crate::ctx::ExecutorFault for Cause {
-    /// Whether the failure is the executor's, for passive ejection
-    /// (`OPR_PROXY_EJECT_AFTER`). Not a connect error left after refusals and timeouts
-    /// (those flag the executor at once): what remains is local, such as running out of
-    /// file descriptors. Not `101`: the client asked for the upgrade, and a client must
-    /// not be able to eject executors.
-    fn is_executor_fault(&self) -> bool {
-        !matches!(self, Cause::Connect(_) | Cause::Upgrade)
-    }
-}
-
-impl std::fmt::Display for Cause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Cause::Connect(kind) => write!(f, "connecting to the executor failed: {kind}"),
-            Cause::Send(kind) => write!(f, "sending the request to the executor failed: {kind}"),
-            Cause::ClosedBeforeAnswer => f.write_str("executor closed the connection before answering"),
-            Cause::ClosedNotReplayed => f.write_str(
-                "executor closed a reused connection before answering; the request is not replayed \
-                 (not idempotent, or part of an answer had arrived)",
-            ),
-            Cause::ClosedMidHead => f.write_str("executor closed the connection inside its response head"),
-            Cause::ClosedMidBody => f.write_str("executor closed the connection inside its response body"),
-            Cause::Read(kind) => write!(f, "reading the executor's response failed: {kind}"),
-            Cause::MalformedHead(e) => write!(f, "malformed response head from executor: {}", e.message()),
-            Cause::MalformedBody(e) => write!(f, "malformed chunked body from executor: {}", e.message()),
-            Cause::Upgrade => f.write_str("executor switched protocols, which the proxy does not relay"),
-        }
-    }
-}
+use crate::outcome::{Cause, Shed};
+use crate::text::JsonEscape;
 
 /// An error answered by the proxy (never by an executor).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -89,30 +32,6 @@ pub(crate) enum ProxyError {
     /// Every executor is at `OPR_PROXY_EXECUTOR_CONCURRENCY` and the request could not
     /// wait for a slot (`503` with `Retry-After`).
     Overloaded(Shed),
-}
-
-/// Why a request was answered `503` for lack of capacity (the `reason` label of
-/// `opr_proxy_shed_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Shed {
-    /// The worker's queue was full (or `OPR_PROXY_QUEUE_SIZE=0`).
-    QueueFull,
-    /// No slot freed within `OPR_PROXY_QUEUE_TIMEOUT`.
-    QueueTimeout,
-    /// The proxy began to stop while the request waited.
-    Draining,
-}
-
-impl Shed {
-    pub(crate) const ALL: [Shed; 3] = [Shed::QueueFull, Shed::QueueTimeout, Shed::Draining];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Shed::QueueFull => "queue_full",
-            Shed::QueueTimeout => "queue_timeout",
-            Shed::Draining => "draining",
-        }
-    }
 }
 
 /// `Retry-After` of a `503` for lack of capacity (RFC 9110 §10.2.3), in seconds: soon, so
@@ -188,24 +107,11 @@ impl ProxyError {
         )
     }
 
-    /// The whole response: status line, SPEC §7 headers and JSON body (no body bytes
-    /// when answering `HEAD`, RFC 9110 §9.3.2). Appends to `out`; allocates nothing
-    /// unless `out` must grow.
-    pub(crate) fn write_response(
-        &self,
-        out: &mut Vec<u8>,
-        version: &str,
-        dev: bool,
-        close: bool,
-        head_only: bool,
-    ) {
+    /// The length of the JSON body `write_body` writes.
+    pub(super) fn body_len(&self, version: &str, dev: bool) -> usize {
         let mut counter = Counter(0);
         let _ = self.write_body(&mut counter, version, dev);
-        let retry_after = matches!(self, ProxyError::Overloaded(_)).then_some(RETRY_AFTER_SECONDS);
-        write_json_head(out, self.status(), counter.0, close, retry_after);
-        if !head_only {
-            let _ = self.write_body(&mut VecWriter(out), version, dev);
-        }
+        counter.0
     }
 
     /// The JSON body of SPEC §7 (with `detail` in dev mode), as a String.
@@ -216,7 +122,8 @@ impl ProxyError {
         body
     }
 
-    fn write_body(
+    /// The JSON body of docs/behaviour.md §7 (with `detail` in dev mode).
+    pub(super) fn write_body(
         &self,
         w: &mut dyn std::fmt::Write,
         version: &str,
@@ -250,71 +157,10 @@ impl std::fmt::Display for ProxyError {
     }
 }
 
-/// A JSON response with the no-cache headers every proxy-made answer carries.
-pub(crate) fn write_json_response(
-    out: &mut Vec<u8>,
-    status: u16,
-    body: &str,
-    close: bool,
-    head_only: bool,
-) {
-    write_json_head(out, status, body.len(), close, None);
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
-}
-
-fn write_json_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    body_len: usize,
-    close: bool,
-    retry_after: Option<u32>,
-) {
-    let reason = crate::http::rewrite::canonical_reason(status);
-    let _ = write!(
-        VecWriter(out),
-        "HTTP/1.1 {status} {reason}\r\n\
-         Content-Type: application/json\r\n\
-         Cache-Control: no-cache, no-store, must-revalidate\r\n\
-         Expires: 0\r\n\
-         Pragma: no-cache\r\n\
-         Content-Length: {body_len}\r\n"
-    );
-    if let Some(seconds) = retry_after {
-        let _ = write!(VecWriter(out), "Retry-After: {seconds}\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 fn write_json_string(w: &mut dyn std::fmt::Write, s: &str) -> std::fmt::Result {
     w.write_char('"')?;
     JsonEscape(w).write_str(s)?;
     w.write_char('"')
-}
-
-/// Escapes what is written through it as the inside of a JSON string.
-pub(crate) struct JsonEscape<'a>(pub(crate) &'a mut dyn std::fmt::Write);
-
-impl std::fmt::Write for JsonEscape<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        for c in s.chars() {
-            match c {
-                '"' => self.0.write_str("\\\"")?,
-                '\\' => self.0.write_str("\\\\")?,
-                '\n' => self.0.write_str("\\n")?,
-                '\r' => self.0.write_str("\\r")?,
-                '\t' => self.0.write_str("\\t")?,
-                // C0 and C1 controls and DEL: valid JSON raw, but they drive terminals.
-                c if c.is_control() => write!(self.0, "\\u{:04x}", c as u32)?,
-                c => self.0.write_char(c)?,
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Counts the bytes a body will take, so its Content-Length is known before writing.
@@ -327,23 +173,13 @@ impl std::fmt::Write for Counter {
     }
 }
 
-/// `fmt::Write` into a byte buffer without an intermediate String.
-pub(crate) struct VecWriter<'a>(pub(crate) &'a mut Vec<u8>);
-
-impl std::fmt::Write for VecWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn render(e: &ProxyError, dev: bool, close: bool) -> String {
         let mut out = Vec::new();
-        e.write_response(&mut out, "1.2.3", dev, close, false);
+        super::super::Answer::error_with(*e, "1.2.3", dev).write_http1(&mut out, close, false);
         String::from_utf8(out).unwrap()
     }
 
@@ -385,17 +221,6 @@ mod tests {
     }
 
     #[test]
-    fn only_the_executors_faults_count_for_ejection() {
-        use crate::ctx::ExecutorFault;
-        assert!(Cause::ClosedBeforeAnswer.is_executor_fault());
-        assert!(Cause::Read(io::ErrorKind::ConnectionReset).is_executor_fault());
-        assert!(Cause::MalformedHead(HeadError::HeadTooLarge).is_executor_fault());
-        // Out of file descriptors here; an upgrade the client asked for.
-        assert!(!Cause::Connect(io::ErrorKind::Other).is_executor_fault());
-        assert!(!Cause::Upgrade.is_executor_fault());
-    }
-
-    #[test]
     fn statuses() {
         assert_eq!(ProxyError::NoOnlineExecutor.status(), 404);
         assert_eq!(ProxyError::BodyTooLarge.status(), 413);
@@ -411,7 +236,8 @@ mod tests {
     #[test]
     fn head_answers_have_headers_but_no_body() {
         let mut out = Vec::new();
-        ProxyError::NoOnlineExecutor.write_response(&mut out, "1", false, false, true);
+        let answer = super::super::Answer::error_with(ProxyError::NoOnlineExecutor, "1", false);
+        answer.write_http1(&mut out, false, true);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         assert!(text.contains("Content-Length: 63"), "{text}");

@@ -2,53 +2,38 @@
 //! read but not yet used, and the I/O on it — reads, answers written under a deadline,
 //! noticing a client that leaves, and the lingering close after an error.
 
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::answer::{Answer, ProxyError};
 use crate::buffers::{FreeList, FIRST_HEAD_READ, HEAD_BUF};
+use crate::ctx::WorkerCtx;
+use crate::forward::downstream::Downstream;
+use crate::forward::request::LINGER;
 use crate::http::head::MAX_HEAD;
+use crate::outcome::{self, After, AnswerEnd, Asked, Served};
 use crate::socket::{self, Waiting};
-
-/// How long a closing connection keeps reading what the client still sends after an
-/// error answer (RFC 9112 §9.6), so the close does not reset the answer away.
-const LINGER: Duration = Duration::from_secs(2);
-
-/// Whether the client connection may carry another request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum After {
-    KeepAlive,
-    Close,
-}
-
-impl After {
-    pub(crate) fn close_if(close: bool) -> After {
-        if close {
-            After::Close
-        } else {
-            After::KeepAlive
-        }
-    }
-}
 
 /// The client side of a connection: the socket and the bytes read but not yet used.
 pub(crate) struct ClientConn {
-    pub(crate) stream: TcpStream,
-    pub(crate) peer: SocketAddr,
+    stream: TcpStream,
+    peer: SocketAddr,
     /// Unconsumed bytes are `buf[start..]`. A head buffer from the worker's pool while a
     /// request runs or pipelined bytes wait; none (no capacity) between requests.
-    pub(crate) buf: Vec<u8>,
-    pub(crate) start: usize,
+    buf: Vec<u8>,
+    start: usize,
     /// The request in hand is `HEAD`: answers the proxy makes carry no body.
-    pub(crate) head_request: bool,
+    head_request: bool,
     /// Request bytes taken (heads and bodies) and response bytes written, since the
     /// connection opened (metrics and the access log take differences).
-    pub(crate) bytes_in: u64,
-    pub(crate) bytes_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl ClientConn {
@@ -62,6 +47,33 @@ impl ClientConn {
             bytes_in: 0,
             bytes_out: 0,
         }
+    }
+
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Request bytes taken and response bytes written since the connection opened.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (self.bytes_in, self.bytes_out)
+    }
+
+    /// The request in hand is `HEAD` (or, `false`, none was read).
+    pub(crate) fn set_head_request(&mut self, head: bool) {
+        self.head_request = head;
+    }
+
+    pub(crate) fn head_request(&self) -> bool {
+        self.head_request
+    }
+
+    /// The socket and the peer, for HTTP/2 to take over.
+    pub(crate) fn into_parts(self) -> (TcpStream, SocketAddr) {
+        (self.stream, self.peer)
     }
 
     /// Take a head buffer from the worker's pool, unless one is held. A new connection's
@@ -139,6 +151,35 @@ impl ClientConn {
         }
     }
 
+    /// Answer an error the proxy makes itself (docs/behaviour.md §7) and return what
+    /// happens to the connection and the status sent (`outcome::fate`; errors that leave
+    /// the stream out of step close, `ProxyError::closes_connection`). A closing answer
+    /// lingers, so a client still sending its body reads the answer instead of a reset.
+    pub(crate) async fn answer_error(
+        &mut self,
+        ctx: &WorkerCtx,
+        out: &mut Vec<u8>,
+        e: ProxyError,
+        asked: Asked,
+    ) -> Served {
+        let ended = if e.closes_connection() {
+            AnswerEnd::ByClose
+        } else {
+            AnswerEnd::AtBoundary
+        };
+        let close = outcome::fate(asked, ended, ctx.stopping.get()) == After::Close;
+        out.clear();
+        Answer::error(e, &ctx.config).write_http1(out, close, self.head_request);
+        let written = self
+            .write_answer(out, ctx.config.body_timeout)
+            .await
+            .is_ok();
+        if close && written {
+            self.linger_close().await;
+        }
+        Served::new(After::close_if(close || !written), e.status())
+    }
+
     /// Completes only when the client closed or reset its connection; pipelined bytes of
     /// a next request are left where they are (and then this never completes).
     pub(crate) async fn gone(&self) {
@@ -187,4 +228,56 @@ pub(crate) async fn write_vec(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::
     owned.clear();
     *out = owned;
     res.map(|_| ())
+}
+
+impl Downstream for ClientConn {
+    fn pending(&self) -> &[u8] {
+        ClientConn::pending(self)
+    }
+
+    fn consume(&mut self, n: usize) {
+        ClientConn::consume(self, n);
+    }
+
+    fn buffer(&mut self) -> (&mut Vec<u8>, usize) {
+        (&mut self.buf, self.start)
+    }
+
+    fn head_only(&self) -> bool {
+        self.head_request
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.peer.ip()
+    }
+
+    fn socket(&mut self) -> (&mut TcpStream, &mut u64) {
+        (&mut self.stream, &mut self.bytes_out)
+    }
+
+    fn count_in(&mut self, n: u64) {
+        self.bytes_in += n;
+    }
+
+    fn gone(&self) -> impl Future<Output = ()> + '_ {
+        ClientConn::gone(self)
+    }
+
+    async fn write_answer(&mut self, out: &mut Vec<u8>, limit: Duration) -> io::Result<()> {
+        ClientConn::write_answer(self, out, limit).await
+    }
+
+    async fn linger_close(&mut self) {
+        ClientConn::linger_close(self).await;
+    }
+
+    async fn answer_error(
+        &mut self,
+        ctx: &WorkerCtx,
+        out: &mut Vec<u8>,
+        e: ProxyError,
+        asked: Asked,
+    ) -> Served {
+        ClientConn::answer_error(self, ctx, out, e, asked).await
+    }
 }

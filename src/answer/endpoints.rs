@@ -1,17 +1,14 @@
-//! The proxy's own endpoints: `/v1/proxy/health` (liveness, no key),
-//! `/v1/proxy/containers` (executor states) and `/v1/proxy/metrics` (Prometheus), the
-//! last two with the key.
+//! The proxy's own endpoints: the route table (`/v1/proxy/health`, liveness, no key;
+//! `/v1/proxy/containers`, executor states, and `/v1/proxy/metrics`, Prometheus, with
+//! the key) and the bodies of the last two.
 
 use serde::Serialize;
 
 use crate::ctx::WorkerCtx;
-use crate::error::write_json_response;
-use crate::http::client::After;
-use crate::logging::rfc3339;
 use crate::snapshot::Snapshot;
+use crate::text::rfc3339;
 
-/// Where a request goes. One table for HTTP/1 (conn.rs) and HTTP/2 streams
-/// (http2/stream.rs), so the endpoints and the key rule cannot drift apart.
+/// Where a request goes. One table for HTTP/1 requests and HTTP/2 streams, so the endpoints and the key rule cannot drift apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
     /// `GET|HEAD /v1/proxy/health`: liveness, no key (container health checks).
@@ -44,26 +41,6 @@ pub(crate) fn route(
     }
 }
 
-/// `200 OK` with body `OK`, as the original answers.
-pub(crate) fn health(close: bool, head_only: bool, out: &mut Vec<u8>) -> After {
-    out.clear();
-    out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: no-cache, no-store, must-revalidate\r\nContent-Length: 2\r\n",
-    );
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(b"OK");
-    }
-    if close {
-        After::Close
-    } else {
-        After::KeepAlive
-    }
-}
-
 /// One executor in `/v1/proxy/containers`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -78,13 +55,7 @@ struct Container<'a> {
 }
 
 /// The executors in configuration order, as the checker and the workers see them now.
-pub(crate) fn containers(
-    snapshot: &Snapshot,
-    ctx: &WorkerCtx,
-    head_only: bool,
-    close: bool,
-    out: &mut Vec<u8>,
-) {
+pub(crate) fn containers_body(snapshot: &Snapshot, ctx: &WorkerCtx) -> String {
     let list: Vec<Container<'_>> = snapshot
         .executors
         .iter()
@@ -109,32 +80,15 @@ pub(crate) fn containers(
             }
         })
         .collect();
-    let body = sonic_rs::to_string(&list).unwrap_or_else(|_| "[]".into());
-    out.clear();
-    write_json_response(out, 200, &body, close, head_only);
+    sonic_rs::to_string(&list).unwrap_or_else(|_| "[]".into())
 }
 
 /// Every metric in the Prometheus text format (version 0.0.4).
-pub(crate) fn metrics(
-    snapshot: &Snapshot,
-    ctx: &WorkerCtx,
-    head_only: bool,
-    close: bool,
-    out: &mut Vec<u8>,
-) {
+pub(crate) fn metrics_body(snapshot: &Snapshot, ctx: &WorkerCtx) -> String {
     let mut body = String::with_capacity(16 * 1024);
     let flagged = |i| ctx.board.is_flagged_offline(i);
     let reports = ctx.reporter.stats();
     ctx.metrics
         .render(&mut body, snapshot, flagged, &ctx.config.version, reports);
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nCache-Control: no-cache, no-store, must-revalidate\r\n");
-    let _ = std::io::Write::write_fmt(out, format_args!("Content-Length: {}\r\n", body.len()));
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
+    body
 }
