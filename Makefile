@@ -207,7 +207,7 @@ coldstart:
 
 ## Soak (tests/soak.rs, behind the `soak` feature): SOAK_SECONDS (default 180) of mixed traffic through the release
 ## binary from 8 client threads while a chaos thread stops and restarts the 3 mock executors
-## on their ports. Fails on any outcome SPEC does not allow, a hang, the proxy dying, RSS
+## on their ports. Fails on any outcome docs/behaviour.md does not allow, a hang, the proxy dying, RSS
 ## growth over 16 MiB or fd growth past the pool. Prints a summary. Knobs in tests/soak.rs
 ## (SOAK_SEED, SOAK_ONLY, SOAK_CHAOS); OPR_TEST_IO_DRIVER=epoll runs it on epoll, SOAK_SPLICE=off
 ## without splice.

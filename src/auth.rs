@@ -1,4 +1,4 @@
-//! Client authentication (SPEC §3): the `Authorization` value is split at the first
+//! Client authentication (docs/behaviour.md §3): the `Authorization` value is split at the first
 //! space and the rest must equal `OPR_PROXY_SECRET`, compared in constant time.
 
 /// True when `authorization` (the raw header value, if any) carries `secret`.

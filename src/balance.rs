@@ -1,4 +1,4 @@
-//! Executor selection (README "Choosing an executor"): tiers, the algorithms (runtime
+//! Executor selection (docs/behaviour.md §4): tiers, the algorithms (runtime
 //! affinity included), runtime preference, the bounded per-worker optimistic runtime
 //! overlay and the per-worker in-flight counts that `least-request`, `p2c` and
 //! `affinity` read. Pure: no I/O, one picker per worker.
@@ -24,7 +24,7 @@ pub(crate) const MAX_MARKS: usize = 4096;
 /// How the client asked to address executors (`x-opr-addressing-method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Addressing {
-    /// Default: the tiers of SPEC §4 with the configured algorithm.
+    /// Default: the tiers of docs/behaviour.md §4 with the configured algorithm.
     AnycastEfficient,
     /// Random among online executors, tiers ignored.
     AnycastFast,
@@ -200,7 +200,7 @@ impl Picker {
     /// The original's optimistic update: after sending a runtime's request to an
     /// executor, treat the runtime as warm there until the next snapshot. Bounded: ids
     /// over `MAX_MARKED_ID` bytes are not marked, and past `MAX_MARKS` runtimes the
-    /// oldest mark goes (worst case in the README, "Operating it").
+    /// oldest mark goes (worst case in docs/deploy.md "Operating it").
     pub(crate) fn mark_warm(&self, snapshot: &Snapshot, executor: ExecutorId, runtime_id: &str) {
         self.sync_overlay(snapshot.generation);
         if runtime_id.len() > MAX_MARKED_ID {

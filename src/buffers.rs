@@ -179,7 +179,7 @@ impl AnswerSizes {
 /// Pipes kept for reuse per worker (two fds each); more in flight at once are made and
 /// closed per request.
 const KEEP_PIPES: usize = 64;
-/// The size asked for each pipe. Measured (README, "Pipe size"): 1 MiB pipes cut the CPU
+/// The size asked for each pipe. Measured (docs/performance.md "Splice through a big pipe"): 1 MiB pipes cut the CPU
 /// of a 1 MiB download by about a fifth against the default 64 KiB (fewer, larger
 /// splices). It is also the kernel's default `fs.pipe-max-size`.
 pub(crate) const PIPE_SIZE: u32 = 1024 * 1024;

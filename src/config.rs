@@ -1,4 +1,4 @@
-//! Configuration (SPEC §1): every environment variable's name, default and rule, parsed
+//! Configuration (docs/behaviour.md §1): every environment variable's name, default and rule, parsed
 //! into a typed, validated `Config` from any key→value source (tests use a map).
 //! Invalid values are errors naming the variable, the bad value and what is allowed.
 
@@ -194,7 +194,7 @@ impl ExecutorAddr {
     }
 }
 
-/// The whole configuration; each field's variable, default and range are in SPEC §1 and
+/// The whole configuration; each field's variable, default and range are in docs/behaviour.md §1 and
 /// in `Config::from_lookup` below.
 #[derive(Clone)]
 pub struct Config {

@@ -50,7 +50,7 @@ pub(crate) struct WorkerCtx {
     pub stopping: Cell<bool>,
     /// Connections waiting between requests (closed by the idle sweep and at stop).
     pub idle: IdleConns,
-    /// Error reports (SPEC §8): a 502/504 answered, an executor flagged offline.
+    /// Error reports (docs/behaviour.md §8): a 502/504 answered, an executor flagged offline.
     pub reporter: Reporter,
     active: Cell<usize>,
     /// Every worker's counters; this worker writes only its own (`m()`).

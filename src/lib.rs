@@ -309,7 +309,7 @@ fn balance_connections(
     }
 }
 
-/// Say how the per-executor cap is split over the workers (README "Overload protection"),
+/// Say how the per-executor cap is split over the workers (docs/behaviour.md §4.3),
 /// and when the split raises it: every worker keeps at least one slot.
 fn log_concurrency_cap(config: &Config, workers: usize) {
     let Some(cap) = config.executor_concurrency else {

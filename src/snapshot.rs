@@ -93,7 +93,7 @@ pub struct Snapshot {
     pub generation: u64,
     /// In `OPR_PROXY_EXECUTORS` order; the position is the executor's identity (`ExecutorId`).
     pub executors: Vec<ExecutorStatus>,
-    /// Runtime id → executors (ascending) that report it warm: tier 1 of SPEC §4 costs one
+    /// Runtime id → executors (ascending) that report it warm: tier 1 of docs/behaviour.md §4 costs one
     /// lookup per request instead of one per executor. Derived from `executors` in `new`,
     /// off the request path; private so no snapshot can carry a stale index.
     warm: HashMap<String, Vec<ExecutorId>>,

@@ -118,7 +118,7 @@ fn build_runtime(choice: IoDriver) -> std::io::Result<Runtime> {
 
 type FlagSet = (&'static str, fn(&mut io_uring::Builder));
 
-/// Measured in TECH.md: COOP_TASKRUN + SINGLE_ISSUER cuts a third of the kernel time per
+/// Measured in docs/performance.md "io_uring setup flags": COOP_TASKRUN + SINGLE_ISSUER cuts a third of the kernel time per
 /// request. Both need 6.0; older 5.x kernels reject them with EINVAL, hence the ladder.
 const URING_FLAG_SETS: [FlagSet; 3] = [
     ("coop_taskrun+single_issuer", |b| {

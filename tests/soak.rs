@@ -325,7 +325,7 @@ fn soak_mixed_traffic_with_restarting_executors() {
     problems.extend(touch_failures);
     if stats.failed() > 0 {
         problems.push(format!(
-            "{} request(s) failed in ways SPEC does not allow; first ones:\n    {}",
+            "{} request(s) failed in ways docs/behaviour.md does not allow; first ones:\n    {}",
             stats.failed(),
             stats.failures.join("\n    ")
         ));
@@ -1675,7 +1675,7 @@ fn verify_echo(req: &Req, from: &str, body: &[u8], sha: &Sha256) -> Result<Raw, 
             "framing sent to the executor: transfer-encoding {te:?}, content-length {cl:?}"
         ));
     }
-    // SPEC §5: trailer fields of a chunked request are not forwarded (one could carry
+    // docs/behaviour.md §5: trailer fields of a chunked request are not forwarded (one could carry
     // the client's key).
     let trailers = pairs("trailers");
     if !trailers.is_empty() {

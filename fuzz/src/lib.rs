@@ -500,7 +500,7 @@ fn check_response_head(buf: &[u8], is_head: bool, r: &ResponseHead, hs: &[Header
         }
         ResponseFraming::UntilClose => assert_eq!(cl, 0, "UntilClose with Content-Length"),
     }
-    // SPEC §5: a body's transfer codings other than chunked are refused, never stripped
+    // docs/behaviour.md §5: a body's transfer codings other than chunked are refused, never stripped
     // (the TE field is dropped on rewrite). Without a body they are ignored.
     if r.framing != ResponseFraming::NoBody {
         for f in hs {

@@ -234,7 +234,7 @@ impl Args {
 
     /// The measured window per step (plan) or per run. Plan steps take 4 s: with 2 s
     /// windows two consecutive runs' small-GET answers differed by 46 %, with 4 s by 2 %
-    /// and 10 % (README, "Capacity planning").
+    /// and 10 % (docs/performance.md "Capacity planning").
     pub fn window(&self) -> Duration {
         self.duration.unwrap_or(match self.mode {
             Mode::Plan => Duration::from_secs(4),

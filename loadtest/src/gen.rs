@@ -560,7 +560,7 @@ async fn exchange(
 }
 
 /// io_uring with the cheapest setup flags the kernel accepts, else epoll (as the proxy
-/// does, TECH.md): the generator shares a core with the mocks, so its cost matters.
+/// does, docs/performance.md "io_uring setup flags"): the generator shares a core with the mocks, so its cost matters.
 pub(crate) enum Runtime {
     Uring(
         monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>,

@@ -114,7 +114,7 @@ impl ProxyError {
         counter.0
     }
 
-    /// The JSON body of SPEC §7 (with `detail` in dev mode), as a String.
+    /// The JSON body of docs/behaviour.md §7 (with `detail` in dev mode), as a String.
     #[cfg(test)]
     pub(crate) fn body(&self, version: &str, dev: bool) -> String {
         let mut body = String::new();

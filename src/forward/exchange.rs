@@ -287,7 +287,7 @@ async fn read_append<R: AsyncReadRent>(stream: &mut R, buf: &mut Vec<u8>) -> io:
 /// The response body as the pump reads it, and the framing the client gets: lengths are
 /// kept; chunked passes through to HTTP/1.1 clients, HTTP/1.0 clients get the payload
 /// delimited by close (RFC 9112 §7.1: no chunked to 1.0); a close-delimited body is
-/// re-framed as chunks for HTTP/1.1 clients so their connection stays usable (SPEC §5).
+/// re-framed as chunks for HTTP/1.1 clients so their connection stays usable (docs/behaviour.md §5).
 pub(crate) fn response_body(
     framing: ResponseFraming,
     client_http10: bool,

@@ -54,7 +54,7 @@ pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
 
 /// How long the executor may work on a request before the proxy starts watching the
-/// client for a close (SPEC §5: a client that leaves abandons its request). Most answers
+/// client for a close (docs/behaviour.md §5: a client that leaves abandons its request). Most answers
 /// come sooner, so they cost no extra poll.
 const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(5);
 

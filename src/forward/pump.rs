@@ -40,7 +40,7 @@ pub(crate) enum Delimit {
 pub(crate) enum Emit {
     /// The bytes as received (after validation).
     Raw,
-    /// Chunked framing without the trailer fields (requests: SPEC §5).
+    /// Chunked framing without the trailer fields (requests: docs/behaviour.md §5).
     RawWithoutTrailers,
     /// Only the payload of a chunked body (for HTTP/1.0 clients: delimited by close).
     Payload,

@@ -56,7 +56,7 @@ struct Settings {
     executor_secret: String,
     /// Consecutive results before a status changes (rise/fall).
     thresholds: Thresholds,
-    /// Offline executors and healthcheck URL failures are reported (SPEC §8).
+    /// Offline executors and healthcheck URL failures are reported (docs/behaviour.md §8).
     reporter: Reporter,
 }
 
@@ -418,7 +418,7 @@ fn changed(previous: &Snapshot, index: ExecutorId, next: &ExecutorStatus) -> boo
 /// returns a `went online` line (info, like the transition lines) for each flag that was
 /// set — a worker took the executor offline and logged it — unless this round's
 /// transition lines from `previous` already said it went online. Without this, an
-/// executor flagged between two passing rounds would come back silently (SPEC §6: every
+/// executor flagged between two passing rounds would come back silently (docs/behaviour.md §6: every
 /// change is logged).
 fn clear_flags(board: &Board, previous: Option<&Snapshot>, next: &Snapshot) -> Vec<String> {
     let mut lines = Vec::new();

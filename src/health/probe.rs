@@ -1,5 +1,5 @@
 //! One health probe: `GET http://<executor>/v1/health`, and the pure reading of its
-//! answer into a `ProbeResult` (SPEC §6). Nothing an executor sends can make it panic.
+//! answer into a `ProbeResult` (docs/behaviour.md §6). Nothing an executor sends can make it panic.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -60,7 +60,7 @@ impl ProbeResult {
     }
 }
 
-/// Pure: decide from a status code and a body (SPEC §6).
+/// Pure: decide from a status code and a body (docs/behaviour.md §6).
 ///
 /// 200 is online unless a JSON object body has a string `status` other than `pass`.
 /// A body that is not a JSON object (plain `OK`, empty, truncated JSON, invalid UTF-8,

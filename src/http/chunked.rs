@@ -356,7 +356,7 @@ impl ChunkedDecoder {
 pub enum ChunkedOutput {
     /// The validated bytes, unchanged.
     Raw,
-    /// The validated bytes minus the trailer fields (SPEC §5: a request's trailers are not
+    /// The validated bytes minus the trailer fields (docs/behaviour.md §5: a request's trailers are not
     /// forwarded): still a valid chunked body, ending `0[;ext]` CRLF CRLF (chunk extensions
     /// are kept).
     RawWithoutTrailers,

@@ -179,7 +179,7 @@ pub fn parse_request(
 
     // RFC 9112 §3.2: origin-form is the only form a server sends on; asterisk-form is
     // for OPTIONS only (§3.2.4). §3.2.2 asks servers to accept absolute-form, but we are
-    // not a forward proxy (SPEC §5): absolute and authority forms are refused.
+    // not a forward proxy (docs/behaviour.md §5): absolute and authority forms are refused.
     // §3.2.3: CONNECT takes authority-form only, so a CONNECT in any form is refused
     // (in origin-form it is malformed, not a request for that path).
     if method == "CONNECT" {
@@ -349,7 +349,7 @@ fn response_framing_of(
                 "Transfer-Encoding lists chunked twice.",
             ));
         }
-        // SPEC §5: a coding other than chunked is never stripped. Transfer-Encoding is
+        // docs/behaviour.md §5: a coding other than chunked is never stripped. Transfer-Encoding is
         // hop-by-hop and the body is re-framed, so relaying it would hand the client
         // coded bytes without their coding: refused (the caller answers 502). This
         // includes chunked not final (RFC 9112 §6.3 item 4 would read until close).
@@ -1316,7 +1316,7 @@ mod tests {
             ),
             Ok(Chunked)
         );
-        // SPEC §5: any coding other than chunked is refused (502), never stripped:
+        // docs/behaviour.md §5: any coding other than chunked is refused (502), never stripped:
         // before chunked, after it (RFC 9112 §6.3 item 4 would read until close), alone,
         // over several lines; also on HTTP/1.1 responses with a close.
         for te in [

@@ -1,4 +1,4 @@
-//! Header rewrites for forwarding (SPEC §5, RFC 9110 §7.6): the request head sent to an
+//! Header rewrites for forwarding (docs/behaviour.md §5, RFC 9110 §7.6): the request head sent to an
 //! executor and the response head sent back to the client, appended to a caller-owned
 //! buffer. Pure and allocation-free beyond the growth of that buffer.
 
@@ -35,7 +35,7 @@ pub struct ResponseRewrite {
 
 /// Appends the head to send to the executor for the request `head` parsed from `buf`:
 /// request line with method and target byte-exact, fields in their original order and
-/// bytes except for the rewrites of SPEC §5, then the framing field and the empty line.
+/// bytes except for the rewrites of docs/behaviour.md §5, then the framing field and the empty line.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -71,7 +71,7 @@ pub fn write_request_head(
     for (i, h) in headers.iter().enumerate() {
         let name = &buf[h.name.clone()];
         let value = &buf[h.value.clone()];
-        // SPEC §3, §5: the client's Authorization never reaches an executor; ours takes
+        // docs/behaviour.md §3, §5: the client's Authorization never reaches an executor; ours takes
         // the place of the first one.
         if name.eq_ignore_ascii_case(b"authorization") {
             if !authorization_done {
@@ -186,7 +186,7 @@ pub(crate) fn forwarded_response_fields<'a>(
         let dropped = is_hop_by_hop(name)
             || connection_lists(buf, connection, name)
             || (!keep_content_length && name.eq_ignore_ascii_case(b"content-length"))
-            // Only the proxy explains its routing (README "Why this executor?"): an
+            // Only the proxy explains its routing (docs/behaviour.md §4.4): an
             // executor's copy would mislead, in production as in debug mode.
             || name.eq_ignore_ascii_case(b"x-opr-route");
         (!dropped).then(|| (name, &buf[h.value.clone()]))
@@ -696,7 +696,7 @@ Keep-Alive: 5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\
             response(input, true, ResponseFraming::NoBody, false),
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n"
         );
-        // RFC 9110 §8.6: 1xx and 204 carry none (SPEC §5), also in answer to HEAD.
+        // RFC 9110 §8.6: 1xx and 204 carry none (docs/behaviour.md §5), also in answer to HEAD.
         let input = b"HTTP/1.1 204 No Content\r\n\r\n";
         assert_eq!(
             response(input, false, ResponseFraming::NoBody, false),

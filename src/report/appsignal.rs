@@ -1,5 +1,5 @@
 //! AppSignal: `POST {base}/collect?api_key=<key>&version=<v>`, the public error endpoint
-//! the original's logger library uses (TECH.md "Error providers").
+//! the original's logger library uses (docs/behaviour.md §8.2).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,4 @@
-//! LogOwl: `POST {base}/logging/error` with the ticket in the JSON body (TECH.md "Error
-//! providers").
+//! LogOwl: `POST {base}/logging/error` with the ticket in the JSON body (docs/behaviour.md §8.2).
 
 use std::collections::BTreeMap;
 

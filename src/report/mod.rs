@@ -1,4 +1,4 @@
-//! Error reporting (SPEC §8): the events the proxy reports, the cheap handle the request
+//! Error reporting (docs/behaviour.md §8): the events the proxy reports, the cheap handle the request
 //! path and the checker report through, and the "opr-reporter" thread that sends them to
 //! the configured provider (one module per provider's wire format).
 //!

@@ -1,4 +1,4 @@
-//! Raygun: `POST {base}/entries` with `X-ApiKey` (TECH.md "Error providers").
+//! Raygun: `POST {base}/entries` with `X-ApiKey` (docs/behaviour.md §8.2).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
 //! Sentry: `POST {base}/api/{projectId}/store/` with `X-Sentry-Auth` (the store endpoint
-//! the original's logger library uses; TECH.md "Error providers").
+//! the original's logger library uses; docs/behaviour.md §8.2).
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};

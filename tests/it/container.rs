@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;
 
-/// The settings TECH.md found to work on these machines: crun refuses the hybrid cgroup
+/// The settings found to work on these machines (docs/development.md "Containers here"): crun refuses the hybrid cgroup
 /// layout, and vfs needs no kernel overlay support.
 const GLOBAL: &[&str] = &[
     "--runtime",

@@ -113,7 +113,7 @@ fn url(addr: std::net::SocketAddr, path: &str) -> String {
     format!("http://{addr}{path}")
 }
 
-/// SPEC §7: the JSON shape and its no-cache headers.
+/// docs/behaviour.md §7: the JSON shape and its no-cache headers.
 fn assert_spec_error(r: &CurlResponse, status: u16, message: &str) {
     assert_eq!(r.version, "HTTP/2");
     assert_eq!(

@@ -1,8 +1,8 @@
 //! Memory per connection (issue 12): an idle keep-alive connection holds no buffer, no
 //! timer and no request state, so thousands of them cost little; requests in flight are
 //! bounded too; and a new connection is served promptly while thousands are open.
-//! Real process, real sockets; figures printed for the README (`--nocapture`).
-//! `OPR_TEST_IDLE_CONNECTIONS` sets how many (default 3000; 10000 for the README figure,
+//! Real process, real sockets; figures printed for docs/performance.md (`--nocapture`).
+//! `OPR_TEST_IDLE_CONNECTIONS` sets how many (default 3000; 10000 for docs/performance.md's figure,
 //! which needs `ulimit -n` above 20000).
 
 use std::time::{Duration, Instant};

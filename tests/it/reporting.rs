@@ -1,4 +1,4 @@
-//! Error reporting (SPEC §8): the real proxy reports to a mock provider on 127.0.0.1
+//! Error reporting (docs/behaviour.md §8): the real proxy reports to a mock provider on 127.0.0.1
 //! (`OPR_PROXY_LOGGING_ENDPOINT`), one per provider, in both `OPR_PROXY_LOGGING_CONFIG`
 //! forms. Each event kind is triggered for real — a failing healthcheck URL, a `502` from
 //! an executor answering garbage, a `504` past `OPR_PROXY_MAX_TIMEOUT`, an executor that
