@@ -6,16 +6,20 @@ SECRET ?= proxy-secret-key
 
 .PHONY: run test ci fmt clippy lint-deploy unit integration container-test bench-build fuzz-replay build clean mutants
 
-## One release build for `make run`, container-test and kernel-test: both binaries in one
-## cargo invocation, so the dependencies are built once (with one feature set) under fat LTO.
+## One build of the proxy and the mock executor for `make run`, container-test and
+## kernel-test: both binaries in one cargo invocation, so the dependencies are built once
+## (with one feature set). BIN_PROFILE=release (the shipped profile, fat LTO) by default;
+## CI passes BIN_PROFILE=dev to run those checks on the binaries the suite already built.
+BIN_PROFILE ?= release
+BIN_DIR := target/$(if $(filter dev,$(BIN_PROFILE)),debug,$(BIN_PROFILE))
 build:
-	$(CARGO) build --release -p opr-proxy -p opr-loadtest --bin opr-proxy --bin mock-executor
+	$(CARGO) build --profile $(BIN_PROFILE) -p opr-proxy -p opr-loadtest --bin opr-proxy --bin mock-executor
 
 ## Two demo executors on 8081/8082 and the proxy on $(PORT), round-robin, dev mode.
 run: build
 	@set -euo pipefail; \
-	./target/release/mock-executor --port 8081 --name executor-1 & m1=$$!; \
-	./target/release/mock-executor --port 8082 --name executor-2 & m2=$$!; \
+	./$(BIN_DIR)/mock-executor --port 8081 --name executor-1 & m1=$$!; \
+	./$(BIN_DIR)/mock-executor --port 8082 --name executor-2 & m2=$$!; \
 	trap 'kill $$m1 $$m2 2>/dev/null || true' EXIT; \
 	for port in 8081 8082; do \
 	  for i in $$(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null && break; sleep 0.05; done; \
@@ -29,11 +33,11 @@ run: build
 	OPR_PROXY_SECRET=$(SECRET) OPR_PROXY_EXECUTOR_SECRET=executor-secret-key \
 	OPR_PROXY_ALGORITHM=round-robin OPR_PROXY_ENV=development \
 	OPR_PROXY_HEALTHCHECK_INTERVAL=5000 \
-	./target/release/opr-proxy
+	./$(BIN_DIR)/opr-proxy
 
 ## Everything CI runs. What compiles runs first, one step after the other (each uses both
 ## cores); then the integration suite, which mostly waits (timeouts, health rounds), runs
-## in the background while the release build and the checks that need it use the cores.
+## in the background while the checks that need a binary of their own use the cores.
 ## Its output is printed when both are done.
 test: ci
 
@@ -104,16 +108,16 @@ it-build:
 lint-deploy:
 	bash deploy/lint.sh
 
-## The release binary as a container entrypoint under podman + runc (tests/it/container.rs):
+## The proxy binary (make build's) as a container entrypoint under podman + runc (tests/it/container.rs):
 ## an image FROM scratch with the binary and its libraries, run with the original README's
 ## .env; health, forwarding, HEALTHCHECK, io driver per seccomp profile, SIGTERM drain.
 ## Skipped with a message where podman cannot run containers. About 30 s once built.
-## The suite's binary runs it (ignored by a plain run); the release binary is `make build`'s.
+## The suite's binary runs it (ignored by a plain run).
 container-test: build
-	OPR_CONTAINER_BIN=$(CURDIR)/target/release/opr-proxy \
+	OPR_CONTAINER_BIN=$(CURDIR)/$(BIN_DIR)/opr-proxy \
 	  $(CARGO) test -p opr-proxy --test it container -- --ignored --nocapture
 
-## The release binary on other kernels (tests/kernels/run.sh): Debian's packaged 6.1
+## The proxy binary (make build's) on other kernels (tests/kernels/run.sh): Debian's packaged 6.1
 ## (Debian 12's stock kernel) and 6.12 booted under QEMU TCG with the proxy, two mock
 ## executors and a busybox smoke test in an initramfs: round-robin through the proxy,
 ## health, metrics, both workers on io_uring, the io driver probe's line. The kernel
@@ -121,7 +125,8 @@ container-test: build
 ## once built; skipped with a message without qemu-system-x86, busybox-static, cpio.
 .PHONY: kernel-test
 kernel-test: build
-	bash tests/kernels/run.sh
+	OPR_KERNEL_BIN=$(CURDIR)/$(BIN_DIR)/opr-proxy OPR_KERNEL_MOCK=$(CURDIR)/$(BIN_DIR)/mock-executor \
+	  bash tests/kernels/run.sh
 
 ## The benches run once each in test mode (dev profile, no second fat-LTO build): they
 ## build and work; `cargo bench` measures.

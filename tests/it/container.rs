@@ -1,6 +1,7 @@
 //! The binary as a container entrypoint, in real containers: podman with runc, no Docker
-//! engine and nothing pulled (`make container-test`, which passes the release binary in
-//! `OPR_CONTAINER_BIN`). The image is the release Dockerfile's final stage with its base
+//! engine and nothing pulled (`make container-test`, which passes `make build`'s binary
+//! in `OPR_CONTAINER_BIN`: release by default, the suite's dev build under CI). The image
+//! is the release Dockerfile's final stage with its base
 //! replaced by `scratch` plus the libraries `ldd` lists (what distroless `cc` provides),
 //! built once and used by every container below:
 //!
@@ -213,7 +214,7 @@ fn get(port: u16, path: &str, key: &str) -> Response {
 }
 
 #[test]
-#[ignore = "needs podman + runc and the release binary: make container-test"]
+#[ignore = "needs podman + runc and the proxy binary: make container-test"]
 fn release_image_runs_under_podman() {
     let started = Instant::now();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

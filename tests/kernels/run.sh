@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The release binary on other kernels: boots Debian's packaged kernels (6.1, Debian 12's
-# stock kernel, and 6.12) under QEMU's TCG emulator with the proxy in an initramfs and
-# runs tests/kernels/init.sh (the smoke test) on each; fails unless every kernel passes.
+# The proxy binary (make build's: release, or the dev build under CI) on other kernels:
+# boots Debian's packaged kernels (6.1, Debian 12's stock kernel, and 6.12) under QEMU's
+# TCG emulator with the proxy in an initramfs and runs tests/kernels/init.sh (the smoke test) on each; fails unless every kernel passes.
 #
 # Needs qemu-system-x86, busybox-static and cpio (.ci/run installs them); the kernel
 # packages are fetched once with `apt-get download` into target/kernels/ (OPR_KERNEL_CACHE:
