@@ -344,8 +344,6 @@ impl MockExecutor {
     /// connection; sleeping and hanging handlers return at once. Idempotent.
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        *lock(&self.shared.stopped) = true;
-        self.shared.stop_cv.notify_all();
 
         let handle = lock(&self.accept).take();
         if let Some(handle) = handle {
@@ -363,6 +361,11 @@ impl MockExecutor {
                 let _ = handle.join();
             }
         }
+
+        // Requests in hand end only once the listener is gone, as when a process dies: a
+        // slot they free is never taken by a connection this executor would still accept.
+        *lock(&self.shared.stopped) = true;
+        self.shared.stop_cv.notify_all();
 
         // Taken after the accept thread ended, so no connection can be registered later.
         let conns = std::mem::take(&mut *lock(&self.shared.conns));
