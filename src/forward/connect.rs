@@ -201,7 +201,7 @@ async fn send<'c, G: Future<Output = ()>>(
 pub(crate) async fn watching<F: Future, G: Future<Output = ()>>(
     after: Duration,
     mut read: Pin<&mut F>,
-    gone: impl Fn() -> G,
+    gone: impl FnOnce() -> G,
 ) -> Option<F::Output> {
     if !after.is_zero() {
         if let Ok(r) = monoio::time::timeout(after, read.as_mut()).await {

@@ -1,7 +1,8 @@
 //! The one back end, behind both front ends. For an HTTP/1 request (a `Downstream`): the
 //! body limit and `100-continue`, then anycast (`connect`, stream the body, relay the
 //! answer) or broadcast, under the whole-request deadline. HTTP/2 streams share
-//! `connect`, `request`, `pump`, `duplex`, `exchange` and `reuse`.
+//! `connect`, `request`, `pump`, `duplex`, `exchange`, `reuse` and the 502 accounting
+//! (`bad_gateway`).
 
 pub(crate) mod admit;
 mod broadcast;
@@ -42,7 +43,7 @@ use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Discard, Served};
 use crate::report::Report;
 use crate::snapshot::{ExecutorId, ExecutorStatus};
 use crate::socket;
-use connect::{connect, Connected, Outgoing, Picked};
+use connect::{connect, watching, Connected, Outgoing, Picked};
 use downstream::Downstream;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, HeadRead};
@@ -334,18 +335,14 @@ impl Anycast<'_> {
         read_whole: Option<usize>,
     ) -> Served {
         let asked = Asked::of(self.head, read_whole.is_some());
-        if let Some(choice) = self.picked.choice.get() {
+        if self.picked.choice.get().is_some() {
             self.failed.set(true);
-            self.ctx
-                .executor(choice.executor)
-                .failed(cause.is_executor_fault(), &cause);
         }
         // Consumed after the answer: its report reads the request's method and path.
-        let e = ProxyError::BadGateway(cause);
         let pending = conn.pending();
         let head = self.head;
-        let (method, target) = (&pending[head.method.clone()], &pending[head.target.clone()]);
-        report_http_error(self.ctx, &e, method, target, self.picked.choice.get());
+        let asked_for = (&pending[head.method.clone()], &pending[head.target.clone()]);
+        let e = bad_gateway(self.ctx, self.picked, cause, asked_for);
         let answered = conn.answer_error(self.ctx, out, e, asked).await;
         if let Some(n) = read_whole {
             conn.consume(n);
@@ -493,10 +490,9 @@ impl Anycast<'_> {
         out: &mut Vec<u8>,
         e: PumpError,
     ) -> Served {
-        match (self.phase.get(), request::client_body_error(e)) {
-            (Phase::HeadSent(status), _) => Served::closed(status),
-            (_, None) => Served::closed(0),
-            (_, Some(e)) => conn.answer_error(self.ctx, out, e, Asked::UNREAD).await,
+        match request::body_failure(self.phase.get(), e) {
+            Ok(e) => conn.answer_error(self.ctx, out, e, Asked::UNREAD).await,
+            Err(status) => Served::closed(status),
         }
     }
 
@@ -543,7 +539,8 @@ impl Anycast<'_> {
         let (r, mut ex_r) = match got {
             Some(got) => got,
             None => {
-                let (r, ex_r, rb, headers) = wait_head(conn, head).await?;
+                let gone = || conn.gone();
+                let (r, ex_r, rb, headers) = watching(WATCH_CLIENT_AFTER, head, gone).await?;
                 *(if big { eb.get() } else { hb.get() }) = rb;
                 *response_headers = headers;
                 (r, ex_r)
@@ -770,6 +767,24 @@ pub(crate) fn refused_answer(refused: Refused) -> ProxyError {
     }
 }
 
+/// An exchange that failed with `cause` (both front ends): counted against the executor
+/// it went to for passive ejection, reported with the request's method and target, and
+/// the `502` to answer.
+pub(crate) fn bad_gateway(
+    ctx: &WorkerCtx,
+    picked: &Picked,
+    cause: Cause,
+    (method, target): (&[u8], &[u8]),
+) -> ProxyError {
+    if let Some(choice) = picked.choice.get() {
+        ctx.executor(choice.executor)
+            .failed(cause.is_executor_fault(), &cause);
+    }
+    let e = ProxyError::BadGateway(cause);
+    report_http_error(ctx, &e, method, target, picked.choice.get());
+    e
+}
+
 /// Queue the report of a `502` or `504` (docs/behaviour.md §8) with the request's method
 /// and path and the executor it went to last. Only on that path, and only when reporting
 /// is on: the allocations here never touch a request that succeeds.
@@ -799,17 +814,4 @@ pub(crate) fn report_http_error(
         cause: e.to_string(),
         worker: ctx.id,
     });
-}
-
-/// Wait for the response head (`read`); once the executor has worked for
-/// `WATCH_CLIENT_AFTER`, also watch the client. `None`: the client left, so the request is
-/// abandoned and its executor connection closed.
-async fn wait_head<F: Future, D: Downstream>(conn: &D, mut read: Pin<&mut F>) -> Option<F::Output> {
-    if let Ok(r) = monoio::time::timeout(WATCH_CLIENT_AFTER, read.as_mut()).await {
-        return Some(r);
-    }
-    monoio::select! {
-        r = read.as_mut() => Some(r),
-        _ = conn.gone() => None,
-    }
 }
