@@ -1,13 +1,14 @@
 //! One HTTP/2 stream, the front end's side of the one request path: routing and the
-//! proxy's own answers (`answer`), then `forward::connect` with the stream's head and
-//! reset-watch. The request body streams from the h2 `RecvStream` to the executor
-//! (`body`), the answer through the one pump into the h2 `SendStream` (as its window
-//! allows); a failed body, the wait for the answer's head and a 502 follow the back end's
-//! rules (`forward::request::body_failure`, `connect::watching`, `forward::bad_gateway`).
+//! proxy's own answers (`answer`), then `connect::connect_client` with the stream as its
+//! `Downstream` (the head as HTTP/1 bytes, a reset as the client leaving). The request
+//! body streams from the h2 `RecvStream` to the executor (`body`), the answer through the
+//! one pump into the h2 `SendStream` (as its window allows); a failed body, the wait for
+//! the answer's head and a 502 follow the back end's rules (`request::body_failure`,
+//! `connect::watching`, `forward::bad_gateway`).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,8 @@ use crate::balance::Addressing;
 use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
 use crate::forward;
-use crate::forward::connect::{connect, watching, Connected, Outgoing, Picked};
+use crate::forward::connect::{connect_client, watching, Connected, Picked};
+use crate::forward::downstream::Downstream;
 use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, HeadRead};
 use crate::forward::pump::{self, PumpError, Sink};
@@ -35,9 +37,7 @@ use crate::forward::reuse::{self, ResponseEnd, Reuse};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::http::rewrite;
 use crate::outcome::{Cause, Discard};
-use crate::snapshot::ExecutorStatus;
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -73,6 +73,40 @@ impl Request {
 
 /// How the first part of a stream's upload ended (`duplex::Step`).
 type UploadStep = Step<PumpError, HeadFailure, (u16, Option<Reuse>), TcpOwnedReadHalf>;
+
+/// A stream as the back end's downstream while its request is connected: the head as
+/// HTTP/1 bytes, and a reset as the client leaving.
+struct Client<'s> {
+    stream: &'s Stream,
+    request: &'s Request,
+    respond: RefCell<&'s mut SendResponse<Bytes>>,
+}
+
+impl Downstream for Client<'_> {
+    /// Watching a stream for a reset costs no system call: from the start.
+    const WATCH_AFTER: Duration = Duration::ZERO;
+
+    fn pending(&self) -> &[u8] {
+        &self.request.buf
+    }
+
+    fn head_only(&self) -> bool {
+        self.stream.head_only
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.stream.peer.ip()
+    }
+
+    /// The proxy answers `100-continue` itself; no `Expect` field reaches the executor.
+    fn strips_expect(&self, _: &RequestHead) -> bool {
+        true
+    }
+
+    async fn gone(&self) {
+        let _ = std::future::poll_fn(|cx| self.respond.borrow_mut().poll_reset(cx)).await;
+    }
+}
 
 struct Stream {
     ctx: Rc<WorkerCtx>,
@@ -307,33 +341,16 @@ impl Stream {
         out: &mut Vec<u8>,
         bufs: (&mut Vec<u8>, &mut Vec<HeaderRef>),
     ) -> Connected<'c> {
-        let ctx = &*self.ctx;
-        let has_body = request.head.has_body();
-        let outgoing = Outgoing {
-            addressing,
-            runtime: request::runtime_id(request.find("x-opr-runtime-id")),
-            idempotent: reuse::is_idempotent(request.method()),
-            in_hand: !has_body,
-            streams_body: has_body,
-            head_only: self.head_only,
-            watch_after: Duration::ZERO,
+        let client = Client {
+            stream: self,
+            request,
+            respond: RefCell::new(respond),
         };
-        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
-            out.clear();
-            // The proxy answers 100-continue itself: Expect never reaches the executor.
-            let rw = request::rewrite(ctx, self.peer.ip(), executor, true);
-            rewrite::write_request_head(out, &request.buf, &request.head, &request.headers, &rw);
-        };
-        let respond = RefCell::new(respond);
-        let reset = &respond;
-        let gone = move || async move {
-            let _ = std::future::poll_fn(|cx| reset.borrow_mut().poll_reset(cx)).await;
-        };
+        let asked = (&request.head, &request.headers[..], addressing);
+        // Nothing of the body is in hand: it streams after the head, if there is one.
+        let sent = (0, !request.head.has_body());
         let picked = &self.picked;
-        connect(
-            ctx, &outgoing, picked, assigned, out, bufs, write_head, gone,
-        )
-        .await
+        connect_client(&self.ctx, &client, asked, sent, picked, assigned, out, bufs).await
     }
 
     /// The request body streams to the executor while its answer is read (RFC 9112 §9.6),
