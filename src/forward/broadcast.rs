@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
-use super::downstream::Downstream;
+use super::downstream::SocketDownstream;
 use super::exchange::{self, HeadFailure, OpenError};
 use super::pump::{self, Body, Delimit, Emit, PlainSink, PumpError};
 use super::reuse::{self, Attempt, ResponseEnd, Silence};
@@ -139,7 +139,7 @@ async fn hold(n: u64) -> Held {
     .await
 }
 
-pub(super) async fn broadcast<D: Downstream>(
+pub(super) async fn broadcast<D: SocketDownstream>(
     ctx: &Rc<WorkerCtx>,
     conn: &mut D,
     head: &RequestHead,
@@ -264,7 +264,7 @@ pub(crate) async fn fan_out(
 
 /// Read the whole (bounded) request body, decoded. `Err(None)`: the client went away.
 /// The head stays pending; the body's bytes are taken out of the client's buffer.
-async fn read_body<D: Downstream>(
+async fn read_body<D: SocketDownstream>(
     ctx: &WorkerCtx,
     conn: &mut D,
     head: &RequestHead,

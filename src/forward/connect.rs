@@ -9,13 +9,16 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::admit;
+use super::downstream::Downstream;
 use super::exchange::{self, ExecutorConn, HeadFailure, OpenError};
 use super::pump;
+use super::request;
 use super::reuse::{self, Attempt, Silence};
 use crate::admission::Refused;
 use crate::balance::{Addressing, Choice};
 use crate::ctx::{Assignment, WorkerCtx};
-use crate::http::head::{HeaderRef, ResponseHead};
+use crate::http::head::{self, HeaderRef, RequestHead, ResponseHead};
+use crate::http::rewrite;
 use crate::outcome::Cause;
 use crate::snapshot::{ExecutorId, ExecutorStatus};
 
@@ -66,6 +69,45 @@ pub(crate) enum Connected<'c> {
     Failed(Cause),
     /// The client left while the head was awaited: the request is abandoned.
     Gone,
+}
+
+/// Connect a client's request (`conn`, whatever its protocol): its head is the rewrite
+/// of `head`, followed by the `sent` body bytes in hand (the whole request when
+/// `in_hand`; otherwise the rest of the body streams after); a client that leaves
+/// abandons it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn connect_client<'c, D: Downstream>(
+    ctx: &'c WorkerCtx,
+    conn: &D,
+    (head, headers, addressing): (&RequestHead, &[HeaderRef], Addressing),
+    (sent, in_hand): (usize, bool),
+    picked: &Picked,
+    assigned: &mut Option<Assignment<'c>>,
+    out: &mut Vec<u8>,
+    bufs: (&mut Vec<u8>, &mut Vec<HeaderRef>),
+) -> Connected<'c> {
+    let pending = conn.pending();
+    let outgoing = Outgoing {
+        addressing,
+        runtime: request::runtime_id(head::find_header(pending, headers, "x-opr-runtime-id")),
+        idempotent: reuse::is_idempotent(&pending[head.method.clone()]),
+        in_hand,
+        streams_body: !in_hand,
+        head_only: conn.head_only(),
+        watch_after: D::WATCH_AFTER,
+    };
+    let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
+        out.clear();
+        let rw = request::rewrite(ctx, conn.peer(), executor, conn.strips_expect(head));
+        rewrite::write_request_head(out, pending, head, headers, &rw);
+        let start = head.head_len;
+        out.extend_from_slice(&pending[start..start + sent]);
+    };
+    let gone = || conn.gone();
+    connect(
+        ctx, &outgoing, picked, assigned, out, bufs, write_head, gone,
+    )
+    .await
 }
 
 /// Connect one request. `write_head` writes the head (and any body bytes in hand) for the
@@ -201,7 +243,7 @@ async fn send<'c, G: Future<Output = ()>>(
 pub(crate) async fn watching<F: Future, G: Future<Output = ()>>(
     after: Duration,
     mut read: Pin<&mut F>,
-    gone: impl Fn() -> G,
+    gone: impl FnOnce() -> G,
 ) -> Option<F::Output> {
     if !after.is_zero() {
         if let Ok(r) = monoio::time::timeout(after, read.as_mut()).await {

@@ -1,7 +1,8 @@
-//! The one back end, behind both front ends. For an HTTP/1 request (a `Downstream`): the
-//! body limit and `100-continue`, then anycast (`connect`, stream the body, relay the
-//! answer) or broadcast, under the whole-request deadline. HTTP/2 streams share
-//! `connect`, `request`, `pump`, `duplex`, `exchange` and `reuse`.
+//! The one back end, behind both front ends. For an HTTP/1 request (a
+//! `SocketDownstream`): the body limit and `100-continue`, then anycast (`connect`, stream
+//! the body, relay the answer) or broadcast, under the whole-request deadline. HTTP/2
+//! streams (a `Downstream`) share `connect`, `request`, `pump`, `duplex`, `exchange`,
+//! `reuse` and the 502 accounting (`bad_gateway`).
 
 pub(crate) mod admit;
 mod broadcast;
@@ -32,7 +33,7 @@ use crate::admission::Refused;
 use crate::answer::ProxyError;
 use crate::balance::{Addressing, Choice};
 use crate::buffers::Loan;
-use crate::ctx::{Assignment, WorkerCtx};
+use crate::ctx::WorkerCtx;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
@@ -40,10 +41,10 @@ use crate::http::head::{
 use crate::http::rewrite::{self, ResponseRewrite};
 use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Discard, Served};
 use crate::report::Report;
-use crate::snapshot::{ExecutorId, ExecutorStatus};
+use crate::snapshot::ExecutorId;
 use crate::socket;
-use connect::{connect, Connected, Outgoing, Picked};
-use downstream::Downstream;
+use connect::{connect_client, watching, Connected, Picked};
+use downstream::SocketDownstream;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, HeadRead};
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
@@ -53,13 +54,8 @@ use reuse::{ResponseEnd, Reuse};
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
 
-/// How long the executor may work on a request before the proxy starts watching the
-/// client for a close (docs/behaviour.md §5: a client that leaves abandons its request). Most answers
-/// come sooner, so they cost no extra poll.
-const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(5);
-
 /// Forward one request (anycast or broadcast) and answer the client.
-pub(crate) async fn forward<D: Downstream>(
+pub(crate) async fn forward<D: SocketDownstream>(
     ctx: &Rc<WorkerCtx>,
     conn: &mut D,
     head: &RequestHead,
@@ -75,7 +71,7 @@ pub(crate) async fn forward<D: Downstream>(
     }
 }
 
-async fn forward_request<D: Downstream>(
+async fn forward_request<D: SocketDownstream>(
     ctx: &Rc<WorkerCtx>,
     conn: &mut D,
     head: &RequestHead,
@@ -176,7 +172,7 @@ struct Anycast<'a> {
 }
 
 impl Anycast<'_> {
-    async fn run<D: Downstream>(
+    async fn run<D: SocketDownstream>(
         &self,
         conn: &mut D,
         out: &mut Vec<u8>,
@@ -204,9 +200,11 @@ impl Anycast<'_> {
 
         let rb = if big { eb.get() } else { hb.get() };
         let bufs = (rb, &mut *response_headers);
-        let connected = self
-            .connect(conn, &first, in_hand, &mut _assigned, out, bufs)
-            .await;
+        let request = (head, self.headers, self.addressing);
+        let sent = (first.sent, in_hand);
+        let picked = self.picked;
+        let connected =
+            connect_client(ctx, conn, request, sent, picked, &mut _assigned, out, bufs).await;
         let (mut ex, response, silent) = match connected {
             Connected::Sent {
                 ex,
@@ -240,48 +238,9 @@ impl Anycast<'_> {
         served
     }
 
-    /// Connect the request (`connect`): its head is the rewrite of the client's, followed
-    /// by the body bytes in hand; a client that leaves abandons it.
-    async fn connect<'c, D: Downstream>(
-        &'c self,
-        conn: &D,
-        first: &FirstBytes,
-        in_hand: bool,
-        assigned: &mut Option<Assignment<'c>>,
-        out: &mut Vec<u8>,
-        bufs: (&mut Vec<u8>, &mut Vec<HeaderRef>),
-    ) -> Connected<'c> {
-        let outgoing = Outgoing {
-            addressing: self.addressing,
-            runtime: self.runtime_id(conn),
-            idempotent: reuse::is_idempotent(&conn.pending()[self.head.method.clone()]),
-            in_hand,
-            streams_body: !in_hand,
-            head_only: conn.head_only(),
-            watch_after: WATCH_CLIENT_AFTER,
-        };
-        let sent = first.sent;
-        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
-            self.write_head(conn, out, executor, sent);
-        };
-        let ctx = self.ctx;
-        let gone = || conn.gone();
-        connect(
-            ctx,
-            &outgoing,
-            self.picked,
-            assigned,
-            out,
-            bufs,
-            write_head,
-            gone,
-        )
-        .await
-    }
-
     /// Relay the answer whose head was read, or stream the rest of the body while it is
     /// read (`upload`, with `silent` the 502 cause of an executor that closes unanswering).
-    async fn answer<D: Downstream>(
+    async fn answer<D: SocketDownstream>(
         &self,
         conn: &mut D,
         ex: &mut ExecutorConn<'_>,
@@ -314,19 +273,10 @@ impl Anycast<'_> {
         }
     }
 
-    /// `x-opr-runtime-id`, read from the head in place (no copy per request).
-    fn runtime_id<'c, D: Downstream>(&self, conn: &'c D) -> Option<&'c str> {
-        request::runtime_id(head::find_header(
-            conn.pending(),
-            self.headers,
-            "x-opr-runtime-id",
-        ))
-    }
-
     /// Answer 502. The client connection stays open only when its request was read whole
     /// (`read_whole`: its bytes still pending in the client's buffer, then consumed) and
     /// the client allows it.
-    async fn fail<D: Downstream>(
+    async fn fail<D: SocketDownstream>(
         &self,
         conn: &mut D,
         out: &mut Vec<u8>,
@@ -334,18 +284,14 @@ impl Anycast<'_> {
         read_whole: Option<usize>,
     ) -> Served {
         let asked = Asked::of(self.head, read_whole.is_some());
-        if let Some(choice) = self.picked.choice.get() {
+        if self.picked.choice.get().is_some() {
             self.failed.set(true);
-            self.ctx
-                .executor(choice.executor)
-                .failed(cause.is_executor_fault(), &cause);
         }
         // Consumed after the answer: its report reads the request's method and path.
-        let e = ProxyError::BadGateway(cause);
         let pending = conn.pending();
         let head = self.head;
-        let (method, target) = (&pending[head.method.clone()], &pending[head.target.clone()]);
-        report_http_error(self.ctx, &e, method, target, self.picked.choice.get());
+        let asked_for = (&pending[head.method.clone()], &pending[head.target.clone()]);
+        let e = bad_gateway(self.ctx, self.picked, cause, asked_for);
         let answered = conn.answer_error(self.ctx, out, e, asked).await;
         if let Some(n) = read_whole {
             conn.consume(n);
@@ -355,7 +301,7 @@ impl Anycast<'_> {
 
     /// Frame the body bytes that arrived with the head (in place: trailer fields are
     /// removed) and decide whether the whole body is in hand.
-    fn first_bytes<D: Downstream>(&self, conn: &mut D) -> Result<FirstBytes, ProxyError> {
+    fn first_bytes<D: SocketDownstream>(&self, conn: &mut D) -> Result<FirstBytes, ProxyError> {
         let head = self.head;
         let delimit = match head.framing {
             RequestFraming::Empty => {
@@ -382,22 +328,6 @@ impl Anycast<'_> {
         })
     }
 
-    /// The rewritten head followed by the body bytes already buffered.
-    fn write_head<D: Downstream>(
-        &self,
-        conn: &D,
-        out: &mut Vec<u8>,
-        executor: &ExecutorStatus,
-        sent: usize,
-    ) {
-        let pending = conn.pending();
-        out.clear();
-        let rw = request::rewrite(self.ctx, conn.peer(), executor, self.head.expect_continue);
-        rewrite::write_request_head(out, pending, self.head, self.headers, &rw);
-        let start = self.head.head_len;
-        out.extend_from_slice(&pending[start..start + sent]);
-    }
-
     /// The rest of the request body streams to the executor while its answer is read
     /// (RFC 9112 §9.6). An answer that begins first is relayed at once, through a second
     /// handle on the client's socket, while the body goes on as long as the executor takes
@@ -405,7 +335,7 @@ impl Anycast<'_> {
     /// connections: the executor's is never pooled, and the client's closes after the
     /// answer with a lingering close when its body was not read whole.
     /// `silent`: the 502 cause when the executor closes without a byte of an answer.
-    async fn upload<D: Downstream>(
+    async fn upload<D: SocketDownstream>(
         &self,
         conn: &mut D,
         ex: &mut ExecutorConn<'_>,
@@ -487,23 +417,22 @@ impl Anycast<'_> {
     }
 
     /// The client's side of the body failed: its error, if no answer went out yet.
-    async fn body_failed<D: Downstream>(
+    async fn body_failed<D: SocketDownstream>(
         &self,
         conn: &mut D,
         out: &mut Vec<u8>,
         e: PumpError,
     ) -> Served {
-        match (self.phase.get(), request::client_body_error(e)) {
-            (Phase::HeadSent(status), _) => Served::closed(status),
-            (_, None) => Served::closed(0),
-            (_, Some(e)) => conn.answer_error(self.ctx, out, e, Asked::UNREAD).await,
+        match request::body_failure(self.phase.get(), e) {
+            Ok(e) => conn.answer_error(self.ctx, out, e, Asked::UNREAD).await,
+            Err(status) => Served::closed(status),
         }
     }
 
     /// After an upload's answer: a closing answer to a body not read whole lingers, so the
     /// client still sending reads the answer (RFC 9112 §9.6); a 502 when nothing of the
     /// answer went out (the client's connection is kept only `in_step`).
-    async fn upload_answered<D: Downstream>(
+    async fn upload_answered<D: SocketDownstream>(
         &self,
         conn: &mut D,
         out: &mut Vec<u8>,
@@ -530,7 +459,7 @@ impl Anycast<'_> {
     /// (`sent`: the body went whole; `silent`: the 502 cause of an executor that closes
     /// unanswering). `None`: the client left.
     #[allow(clippy::too_many_arguments)]
-    async fn relay_after<D: Downstream, F: Future<Output = HeadRead>>(
+    async fn relay_after<D: SocketDownstream, F: Future<Output = HeadRead>>(
         &self,
         conn: &mut D,
         got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
@@ -543,7 +472,8 @@ impl Anycast<'_> {
         let (r, mut ex_r) = match got {
             Some(got) => got,
             None => {
-                let (r, ex_r, rb, headers) = wait_head(conn, head).await?;
+                let gone = || conn.gone();
+                let (r, ex_r, rb, headers) = watching(D::WATCH_AFTER, head, gone).await?;
                 *(if big { eb.get() } else { hb.get() }) = rb;
                 *response_headers = headers;
                 (r, ex_r)
@@ -566,7 +496,7 @@ impl Anycast<'_> {
     /// the bytes read past the body when they belong to the client's next request
     /// (`in_step`), before `ub` goes back to the pool (the answer may take a body buffer
     /// of its own).
-    fn count_upload<D: Downstream>(
+    fn count_upload<D: SocketDownstream>(
         &self,
         conn: &mut D,
         (rest, bytes_out): (&Body, u64),
@@ -770,6 +700,24 @@ pub(crate) fn refused_answer(refused: Refused) -> ProxyError {
     }
 }
 
+/// An exchange that failed with `cause` (both front ends): counted against the executor
+/// it went to for passive ejection, reported with the request's method and target, and
+/// the `502` to answer.
+pub(crate) fn bad_gateway(
+    ctx: &WorkerCtx,
+    picked: &Picked,
+    cause: Cause,
+    (method, target): (&[u8], &[u8]),
+) -> ProxyError {
+    if let Some(choice) = picked.choice.get() {
+        ctx.executor(choice.executor)
+            .failed(cause.is_executor_fault(), &cause);
+    }
+    let e = ProxyError::BadGateway(cause);
+    report_http_error(ctx, &e, method, target, picked.choice.get());
+    e
+}
+
 /// Queue the report of a `502` or `504` (docs/behaviour.md §8) with the request's method
 /// and path and the executor it went to last. Only on that path, and only when reporting
 /// is on: the allocations here never touch a request that succeeds.
@@ -799,17 +747,4 @@ pub(crate) fn report_http_error(
         cause: e.to_string(),
         worker: ctx.id,
     });
-}
-
-/// Wait for the response head (`read`); once the executor has worked for
-/// `WATCH_CLIENT_AFTER`, also watch the client. `None`: the client left, so the request is
-/// abandoned and its executor connection closed.
-async fn wait_head<F: Future, D: Downstream>(conn: &D, mut read: Pin<&mut F>) -> Option<F::Output> {
-    if let Ok(r) = monoio::time::timeout(WATCH_CLIENT_AFTER, read.as_mut()).await {
-        return Some(r);
-    }
-    monoio::select! {
-        r = read.as_mut() => Some(r),
-        _ = conn.gone() => None,
-    }
 }

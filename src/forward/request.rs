@@ -88,6 +88,17 @@ pub(crate) fn client_body_error(e: PumpError) -> Option<ProxyError> {
     }
 }
 
+/// A request body that failed on the client's side before its answer ended (both front
+/// ends): the error to answer, or `Err` with the status already sent (0: none, the client
+/// left), when there is nothing left to answer.
+pub(crate) fn body_failure(phase: Phase, e: PumpError) -> Result<ProxyError, u16> {
+    match (phase, client_body_error(e)) {
+        (Phase::HeadSent(status), _) => Err(status),
+        (_, None) => Err(0),
+        (_, Some(e)) => Ok(e),
+    }
+}
+
 /// How one request ended, for its record.
 pub(crate) struct Record<'a> {
     pub(crate) client: IpAddr,

@@ -14,9 +14,9 @@ use monoio::net::TcpStream;
 use crate::answer::{Answer, ProxyError};
 use crate::buffers::{FreeList, FIRST_HEAD_READ, HEAD_BUF};
 use crate::ctx::WorkerCtx;
-use crate::forward::downstream::Downstream;
+use crate::forward::downstream::{Downstream, SocketDownstream};
 use crate::forward::request::LINGER;
-use crate::http::head::MAX_HEAD;
+use crate::http::head::{RequestHead, MAX_HEAD};
 use crate::outcome::{self, After, AnswerEnd, Asked, Served};
 use crate::socket::{self, Waiting};
 
@@ -231,16 +231,11 @@ pub(crate) async fn write_vec(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::
 }
 
 impl Downstream for ClientConn {
+    /// Most answers come sooner, so they cost no extra poll (docs/behaviour.md §5).
+    const WATCH_AFTER: Duration = Duration::from_millis(5);
+
     fn pending(&self) -> &[u8] {
         ClientConn::pending(self)
-    }
-
-    fn consume(&mut self, n: usize) {
-        ClientConn::consume(self, n);
-    }
-
-    fn buffer(&mut self) -> (&mut Vec<u8>, usize) {
-        (&mut self.buf, self.start)
     }
 
     fn head_only(&self) -> bool {
@@ -251,16 +246,32 @@ impl Downstream for ClientConn {
         self.peer.ip()
     }
 
+    /// Only an `Expect: 100-continue` the proxy answers; another expectation is the
+    /// executor's to refuse.
+    fn strips_expect(&self, head: &RequestHead) -> bool {
+        head.expect_continue
+    }
+
+    fn gone(&self) -> impl Future<Output = ()> + '_ {
+        ClientConn::gone(self)
+    }
+}
+
+impl SocketDownstream for ClientConn {
+    fn consume(&mut self, n: usize) {
+        ClientConn::consume(self, n);
+    }
+
+    fn buffer(&mut self) -> (&mut Vec<u8>, usize) {
+        (&mut self.buf, self.start)
+    }
+
     fn socket(&mut self) -> (&mut TcpStream, &mut u64) {
         (&mut self.stream, &mut self.bytes_out)
     }
 
     fn count_in(&mut self, n: u64) {
         self.bytes_in += n;
-    }
-
-    fn gone(&self) -> impl Future<Output = ()> + '_ {
-        ClientConn::gone(self)
     }
 
     async fn write_answer(&mut self, out: &mut Vec<u8>, limit: Duration) -> io::Result<()> {

@@ -3,6 +3,7 @@
 //! an HTTP/1.1 request (`stream`); executors are still spoken to over HTTP/1.1 from the
 //! same pool. The limits against HTTP/2's own attacks are set here and in `guard`.
 
+mod body;
 mod fields;
 mod guard;
 mod head;

@@ -1,12 +1,14 @@
 //! One HTTP/2 stream, the front end's side of the one request path: routing and the
-//! proxy's own answers (`answer`), then `forward::connect` with the stream's head and
-//! reset-watch. The request body streams from the h2 `RecvStream` to the executor
-//! (capacity released as it is written), the answer through the one pump into the h2
-//! `SendStream` (as its window allows).
+//! proxy's own answers (`answer`), then `connect::connect_client` with the stream as its
+//! `Downstream` (the head as HTTP/1 bytes, a reset as the client leaving). The request
+//! body streams from the h2 `RecvStream` to the executor (`body`), the answer through the
+//! one pump into the h2 `SendStream` (as its window allows); a failed body, the wait for
+//! the answer's head and a 502 follow the back end's rules (`request::body_failure`,
+//! `connect::watching`, `forward::bad_gateway`).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use monoio::io::splice::SpliceSource;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::AsyncReadRent;
 use monoio::net::tcp::TcpOwnedReadHalf;
 
 use crate::access_log;
@@ -25,7 +27,8 @@ use crate::balance::Addressing;
 use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
 use crate::forward;
-use crate::forward::connect::{connect, Connected, Outgoing, Picked};
+use crate::forward::connect::{connect_client, watching, Connected, Picked};
+use crate::forward::downstream::Downstream;
 use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, HeadRead};
 use crate::forward::pump::{self, PumpError, Sink};
@@ -34,9 +37,7 @@ use crate::forward::reuse::{self, ResponseEnd, Reuse};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::http::rewrite;
 use crate::outcome::{Cause, Discard};
-use crate::snapshot::ExecutorStatus;
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -71,25 +72,39 @@ impl Request {
 }
 
 /// How the first part of a stream's upload ended (`duplex::Step`).
-type UploadStep = Step<BodyError, HeadFailure, (u16, Option<Reuse>), TcpOwnedReadHalf>;
+type UploadStep = Step<PumpError, HeadFailure, (u16, Option<Reuse>), TcpOwnedReadHalf>;
 
-/// How the request body could not be sent.
-enum BodyError {
-    /// The client reset the stream (or its connection ended).
-    Client,
-    Stalled,
-    TooLarge,
-    /// The executor stopped reading: it may have answered early.
-    Executor,
+/// A stream as the back end's downstream while its request is connected: the head as
+/// HTTP/1 bytes, and a reset as the client leaving.
+struct Client<'s> {
+    stream: &'s Stream,
+    request: &'s Request,
+    respond: RefCell<&'s mut SendResponse<Bytes>>,
 }
 
-/// The next DATA frame's bytes of a request body; `None` at its end.
-async fn next_data(body: &mut RecvStream, stall: Duration) -> Result<Option<Bytes>, BodyError> {
-    match monoio::time::timeout(stall, body.data()).await {
-        Err(_) => Err(BodyError::Stalled),
-        Ok(None) => Ok(None),
-        Ok(Some(Err(_))) => Err(BodyError::Client),
-        Ok(Some(Ok(data))) => Ok(Some(data)),
+impl Downstream for Client<'_> {
+    /// Watching a stream for a reset costs no system call: from the start.
+    const WATCH_AFTER: Duration = Duration::ZERO;
+
+    fn pending(&self) -> &[u8] {
+        &self.request.buf
+    }
+
+    fn head_only(&self) -> bool {
+        self.stream.head_only
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.stream.peer.ip()
+    }
+
+    /// The proxy answers `100-continue` itself; no `Expect` field reaches the executor.
+    fn strips_expect(&self, _: &RequestHead) -> bool {
+        true
+    }
+
+    async fn gone(&self) {
+        let _ = std::future::poll_fn(|cx| self.respond.borrow_mut().poll_reset(cx)).await;
     }
 }
 
@@ -326,33 +341,16 @@ impl Stream {
         out: &mut Vec<u8>,
         bufs: (&mut Vec<u8>, &mut Vec<HeaderRef>),
     ) -> Connected<'c> {
-        let ctx = &*self.ctx;
-        let has_body = request.head.has_body();
-        let outgoing = Outgoing {
-            addressing,
-            runtime: request::runtime_id(request.find("x-opr-runtime-id")),
-            idempotent: reuse::is_idempotent(request.method()),
-            in_hand: !has_body,
-            streams_body: has_body,
-            head_only: self.head_only,
-            watch_after: Duration::ZERO,
+        let client = Client {
+            stream: self,
+            request,
+            respond: RefCell::new(respond),
         };
-        let write_head = |executor: &ExecutorStatus, out: &mut Vec<u8>| {
-            out.clear();
-            // The proxy answers 100-continue itself: Expect never reaches the executor.
-            let rw = request::rewrite(ctx, self.peer.ip(), executor, true);
-            rewrite::write_request_head(out, &request.buf, &request.head, &request.headers, &rw);
-        };
-        let respond = RefCell::new(respond);
-        let reset = &respond;
-        let gone = move || async move {
-            let _ = std::future::poll_fn(|cx| reset.borrow_mut().poll_reset(cx)).await;
-        };
+        let asked = (&request.head, &request.headers[..], addressing);
+        // Nothing of the body is in hand: it streams after the head, if there is one.
+        let sent = (0, !request.head.has_body());
         let picked = &self.picked;
-        connect(
-            ctx, &outgoing, picked, assigned, out, bufs, write_head, gone,
-        )
-        .await
+        connect_client(&self.ctx, &client, asked, sent, picked, assigned, out, bufs).await
     }
 
     /// The request body streams to the executor while its answer is read (RFC 9112 §9.6),
@@ -383,11 +381,12 @@ impl Stream {
         let mut upload = Upload::Sending;
         let chunked = request.head.framing == RequestFraming::Chunked;
         let stall = ctx.config.body_timeout;
-        let executor_side = |e: &BodyError| matches!(e, BodyError::Executor);
+        let executor_side = |e: &PumpError| *e == PumpError::Sink;
         // Chunk framing of the body, apart from `out` (the answer's head meanwhile).
         let mut framed = Vec::new();
         let step = {
-            let up = self.send_body(body, &mut ex_w, chunked, limit, stall, &mut framed);
+            let how = (chunked, limit, stall);
+            let up = super::body::send(body, &mut ex_w, how, &self.bytes_in, &mut framed);
             let mut up = std::pin::pin!(up);
             let first = duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side);
             // A client that resets the stream abandons the request: the executor
@@ -440,7 +439,7 @@ impl Stream {
         &self,
         answer: &Relay<'_>,
         respond: &mut SendResponse<Bytes>,
-        up: Pin<&mut impl Future<Output = Result<(), BodyError>>>,
+        up: Pin<&mut impl Future<Output = Result<(), PumpError>>>,
         upload: &mut Upload<()>,
         (r, mut ex_r, rb, headers): HeadRead,
         (hb, eb, out): Buffers<'_, '_>,
@@ -452,7 +451,7 @@ impl Stream {
         };
         let answered = (&response, &headers[..]);
         let relay = self.relay(answer, respond, &mut ex_r, (hb, eb, out), answered, true);
-        let executor_side = |e: &BodyError| matches!(e, BodyError::Executor);
+        let executor_side = |e: &PumpError| *e == PumpError::Sink;
         match duplex::alongside(up, upload, relay, executor_side).await {
             Ok(relayed) => Step::Relayed(relayed, ex_r),
             Err(e) => Step::Client(e),
@@ -461,14 +460,10 @@ impl Stream {
 
     /// The request body failed on the client's side: its error, if no answer went out yet
     /// (the executor connection is dropped, closed, with the exchange).
-    fn body_failed(&self, respond: &mut SendResponse<Bytes>, e: BodyError) -> u16 {
-        if let Phase::HeadSent(status) = self.phase.get() {
-            return status;
-        }
-        match e {
-            BodyError::Client | BodyError::Executor => 0,
-            BodyError::Stalled => self.error(respond, ProxyError::BodyTimeout),
-            BodyError::TooLarge => self.error(respond, ProxyError::BodyTooLarge),
+    fn body_failed(&self, respond: &mut SendResponse<Bytes>, e: PumpError) -> u16 {
+        match request::body_failure(self.phase.get(), e) {
+            Ok(e) => self.error(respond, e),
+            Err(status) => status,
         }
     }
 
@@ -483,11 +478,11 @@ impl Stream {
         (hb, eb, out): Buffers<'_, '_>,
         (sent, silent): (bool, Cause),
     ) -> Option<((u16, Option<Reuse>), TcpOwnedReadHalf)> {
-        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-        let (r, mut ex_r, rb, headers) = monoio::select! {
-            r = head => r,
-            _ = reset => return None,
+        let watched = &mut *respond;
+        let reset = move || async move {
+            let _ = std::future::poll_fn(|cx| watched.poll_reset(cx)).await;
         };
+        let (r, mut ex_r, rb, headers) = watching(Duration::ZERO, head, reset).await?;
         *hb.get() = rb;
         let relayed = match r {
             Ok(response) => {
@@ -657,22 +652,17 @@ impl Stream {
             return 0;
         };
         let read = async {
-            while let Some(data) = next_data(body, stall).await? {
-                if (collected.len() + data.len()) as u64 > limit {
-                    return Err(BodyError::TooLarge);
-                }
-                collected.extend_from_slice(&data);
-                self.bytes_in.set(collected.len() as u64);
-                let _ = body.flow_control().release_capacity(data.len());
-            }
+            let how = (limit, stall);
+            super::body::collect(body, &mut collected, how, &self.bytes_in).await?;
             held.shrink(collected.len() as u64);
-            Ok(held)
+            Ok::<_, PumpError>(held)
         };
         let _held = match monoio::time::timeout_at(deadline.into(), read).await {
             Ok(Ok(held)) => held,
-            Ok(Err(BodyError::Stalled)) => return self.error(respond, ProxyError::BodyTimeout),
-            Ok(Err(BodyError::TooLarge)) => return self.error(respond, ProxyError::BodyTooLarge),
-            Ok(Err(_)) => return 0,
+            Ok(Err(e)) => match request::client_body_error(e) {
+                Some(e) => return self.error(respond, e),
+                None => return 0,
+            },
             Err(_) => return self.error(respond, ProxyError::GatewayTimeout),
         };
         let (buf, head, headers) = (&request.buf, &request.head, &request.headers);
@@ -684,69 +674,20 @@ impl Stream {
         self.local(respond, &Answer::no_content())
     }
 
-    /// Stream the request body to the executor: a length as it came, otherwise as
-    /// chunks; flow-control capacity is released once a frame was written on.
-    async fn send_body<W: AsyncWriteRent>(
-        &self,
-        body: &mut RecvStream,
-        ex: &mut W,
-        chunked: bool,
-        limit: Option<u64>,
-        stall: Duration,
-        out: &mut Vec<u8>,
-    ) -> Result<(), BodyError> {
-        let mut total = 0u64;
-        while let Some(data) = next_data(body, stall).await? {
-            let n = data.len();
-            total += n as u64;
-            self.bytes_in.set(total);
-            if limit.is_some_and(|max| total > max) {
-                return Err(BodyError::TooLarge);
-            }
-            if n == 0 {
-                continue;
-            }
-            if chunked {
-                out.clear();
-                pump::push_chunk(out, &data);
-                pump::write_keep(ex, out)
-                    .await
-                    .map_err(|_| BodyError::Executor)?;
-            } else {
-                let (res, _) = ex.write_all(data).await;
-                res.map_err(|_| BodyError::Executor)?;
-            }
-            let _ = body.flow_control().release_capacity(n);
-        }
-        if chunked {
-            out.clear();
-            out.extend_from_slice(pump::LAST_CHUNK);
-            pump::write_keep(ex, out)
-                .await
-                .map_err(|_| BodyError::Executor)?;
-        }
-        Ok(())
-    }
-
     /// Answer an error as docs/behaviour.md §7 JSON on this stream.
     fn error(&self, respond: &mut SendResponse<Bytes>, e: ProxyError) -> u16 {
         self.local(respond, &Answer::error(e, &self.ctx.config))
     }
 
+    /// Answer `502` for an exchange that failed (`forward::bad_gateway`).
     fn bad_gateway(
         &self,
         request: &Request,
         respond: &mut SendResponse<Bytes>,
         cause: Cause,
     ) -> u16 {
-        // Counted for passive ejection exactly as over HTTP/1.
-        if let Some(choice) = self.picked.choice.get() {
-            self.ctx
-                .executor(choice.executor)
-                .failed(cause.is_executor_fault(), &cause);
-        }
-        let e = ProxyError::BadGateway(cause);
-        self.report(request, &e);
+        let asked_for = (request.method(), &request.buf[request.head.target.clone()]);
+        let e = forward::bad_gateway(&self.ctx, &self.picked, cause, asked_for);
         self.error(respond, e)
     }
 
