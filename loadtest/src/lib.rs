@@ -11,6 +11,7 @@ pub mod idle;
 pub mod mock;
 pub mod plan;
 pub mod procs;
+pub mod provider;
 pub mod report;
 pub mod warm;
 

@@ -1,7 +1,7 @@
 use super::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Mutex;
+use std::net::TcpListener;
+
+use opr_loadtest::provider::{ProviderAnswer, ProviderMock};
 
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
@@ -337,82 +337,18 @@ fn a_disabled_reporter_does_nothing() {
     assert_eq!(reporter.stats(), ReportStats::default());
 }
 
-/// What the mock provider does with each request.
-#[derive(Clone, Copy)]
-enum Answer {
-    Status(u16),
-    /// Read the request, answer nothing, keep the connection open.
-    Hang,
-}
-
-/// Each request's target and body.
-type Seen = Mutex<Vec<(String, Vec<u8>)>>;
-
-/// A provider on 127.0.0.1: records each request's target and body, answers `answer`.
-struct Provider {
-    addr: SocketAddr,
-    seen: Arc<Seen>,
-}
+/// The one mock provider (opr_loadtest::provider), as these tests read it: each
+/// request's target and body.
+struct Provider(ProviderMock);
 
 impl Provider {
-    fn start(answer: Answer) -> Provider {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let log = log.clone();
-                thread::spawn(move || serve(stream, answer, &log));
-            }
-        });
-        Provider { addr, seen }
+    fn start(answer: ProviderAnswer) -> Provider {
+        Provider(ProviderMock::start(answer))
     }
 
     fn seen(&self) -> Vec<(String, Vec<u8>)> {
-        self.seen.lock().expect("lock").clone()
-    }
-}
-
-fn serve(stream: TcpStream, answer: Answer, log: &Seen) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut writer = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let target = line.split(' ').nth(1).unwrap_or("").to_string();
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            if header == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        log.lock().expect("lock").push((target, body));
-        match answer {
-            Answer::Status(status) => {
-                let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
-                if writer.write_all(head.as_bytes()).is_err() {
-                    return;
-                }
-            }
-            Answer::Hang => thread::sleep(Duration::from_secs(30)),
-        }
+        let requests = self.0.requests().into_iter();
+        requests.map(|r| (r.target, r.body)).collect()
     }
 }
 
@@ -442,8 +378,8 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn delivered_reports_are_counted_as_sent() {
-    let provider = Provider::start(Answer::Status(202));
-    let (reporter, thread) = reporter_to(format!("http://{}", provider.addr), 16);
+    let provider = Provider::start(ProviderAnswer::status(202));
+    let (reporter, thread) = reporter_to(provider.0.endpoint(), 16);
     assert!(reporter.is_enabled());
     for report in [offline(), bad_gateway(), url_failed()] {
         reporter.report(report);
@@ -473,8 +409,8 @@ fn delivered_reports_are_counted_as_sent() {
 
 #[test]
 fn refused_and_non_2xx_reports_are_counted_as_failed() {
-    let provider = Provider::start(Answer::Status(500));
-    let (reporter, thread) = reporter_to(format!("http://{}", provider.addr), 16);
+    let provider = Provider::start(ProviderAnswer::status(500));
+    let (reporter, thread) = reporter_to(provider.0.endpoint(), 16);
     reporter.report(offline());
     reporter.report(offline());
     wait_for("2 failed", || reporter.stats().failed == 2);
@@ -499,8 +435,8 @@ fn refused_and_non_2xx_reports_are_counted_as_failed() {
 
 #[test]
 fn a_full_queue_drops_and_counts_without_waiting() {
-    let provider = Provider::start(Answer::Hang);
-    let (reporter, thread) = reporter_to(format!("http://{}", provider.addr), 2);
+    let provider = Provider::start(ProviderAnswer::Hang);
+    let (reporter, thread) = reporter_to(provider.0.endpoint(), 2);
     // The thread takes the first report and hangs on it.
     reporter.report(offline());
     wait_for("the first request", || provider.seen().len() == 1);
@@ -528,8 +464,8 @@ fn a_full_queue_drops_and_counts_without_waiting() {
 
 #[test]
 fn stop_sends_what_is_queued() {
-    let provider = Provider::start(Answer::Status(200));
-    let (reporter, thread) = reporter_to(format!("http://{}", provider.addr), 64);
+    let provider = Provider::start(ProviderAnswer::status(200));
+    let (reporter, thread) = reporter_to(provider.0.endpoint(), 64);
     for _ in 0..20 {
         reporter.report(url_failed());
     }

@@ -6,12 +6,10 @@
 //! must change nothing for clients; what it costs is counted.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::*;
+use opr_loadtest::provider::{ProviderAnswer, ProviderMock, ProviderRequest};
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -40,34 +38,23 @@ impl Recorded {
     }
 }
 
-/// A mock provider: records every request, answers `202` after `delay`.
-struct MockProvider {
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Recorded>>>,
-}
+/// The one mock provider (opr_loadtest::provider), answering `202` after `delay`; its
+/// requests with their JSON bodies parsed.
+struct MockProvider(ProviderMock);
 
 impl MockProvider {
     fn start(delay: Duration) -> MockProvider {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let log = log.clone();
-                std::thread::spawn(move || serve(stream, delay, &log));
-            }
-        });
-        MockProvider { addr, requests }
+        let answer = ProviderAnswer::Status { status: 202, delay };
+        MockProvider(ProviderMock::start(answer))
     }
 
     fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.0.endpoint()
     }
 
     fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap().clone()
+        let requests = self.0.requests().into_iter();
+        requests.map(Recorded::from).collect()
     }
 
     /// The first request `matches` accepts, waiting for it.
@@ -82,90 +69,22 @@ impl MockProvider {
     }
 }
 
-fn serve(stream: TcpStream, delay: Duration, log: &Mutex<Vec<Recorded>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("");
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let query = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (decode(k), decode(v))
-            })
-            .collect();
-        let mut headers = Vec::new();
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').unwrap_or((header, ""));
-            let (name, value) = (name.to_ascii_lowercase(), value.trim().to_string());
-            if name == "content-length" {
-                length = value.parse().unwrap_or(0);
-            }
-            headers.push((name, value));
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let body = sonic_rs::from_slice(&body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&body))
+impl From<ProviderRequest> for Recorded {
+    fn from(r: ProviderRequest) -> Recorded {
+        let body = sonic_rs::from_slice(&r.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&r.body)
+            )
         });
-        log.lock().unwrap().push(Recorded {
-            method,
-            path: path.to_string(),
-            query,
-            headers,
+        Recorded {
+            method: r.method,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
             body,
-        });
-        std::thread::sleep(delay);
-        let answer = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok";
-        if writer.write_all(answer).is_err() {
-            return;
         }
     }
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
