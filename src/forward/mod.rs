@@ -1,8 +1,8 @@
-//! The one back end, behind both front ends. For an HTTP/1 request (a
-//! `SocketDownstream`): the body limit and `100-continue`, then anycast (`connect`, stream
-//! the body, relay the answer) or broadcast, under the whole-request deadline. HTTP/2
-//! streams (a `Downstream`) share `connect`, `request`, `pump`, `duplex`, `exchange`,
-//! `reuse` and the 502 accounting (`bad_gateway`).
+//! The one back end, behind both front ends. Both go through `setup` (the body limit,
+//! `100-continue`, broadcast or anycast, the whole-request deadline); for an HTTP/1
+//! request (a `SocketDownstream`) anycast here is `connect`, stream the body, relay the
+//! answer. HTTP/2 streams (a `Downstream`) share `setup`, `connect`, `request`, `pump`,
+//! `duplex`, `exchange`, `reuse` and the 502 accounting (`bad_gateway`).
 
 pub(crate) mod admit;
 mod broadcast;
@@ -13,6 +13,7 @@ pub(crate) mod exchange;
 pub(crate) mod pump;
 pub(crate) mod request;
 pub(crate) mod reuse;
+pub(crate) mod setup;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -22,7 +23,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
@@ -50,6 +51,7 @@ use exchange::{ExecutorConn, HeadFailure, HeadRead};
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
 use request::Phase;
 use reuse::{ResponseEnd, Reuse};
+use setup::{Answers, Way};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
@@ -79,65 +81,81 @@ async fn forward_request<D: SocketDownstream>(
     out: &mut Vec<u8>,
     picked: &Picked,
 ) -> Served {
-    let config = &ctx.config;
     let addressing = Addressing::from_header(head::find_header(
         conn.pending(),
         headers,
         "x-opr-addressing-method",
     ));
-    let limit = match addressing {
-        Addressing::Broadcast => Some(broadcast::body_limit(config)),
-        _ => config.max_body_size,
-    };
-    if request::declared_too_large(head.framing, limit) {
-        let e = ProxyError::BodyTooLarge;
-        return conn.answer_error(ctx, out, e, Asked::UNREAD).await;
-    }
-    // RFC 9110 §10.1.1: answer 100-continue ourselves so the client starts sending; the
-    // executor never sees Expect (the rewrite drops it).
-    if head.expect_continue && head.has_body() && conn.pending().len() == head.head_len {
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        if conn.write_answer(out, config.body_timeout).await.is_err() {
-            return Served::closed(0);
-        }
-    }
-    if addressing == Addressing::Broadcast {
-        // Rare: its state lives in its own allocation, not in every connection's task.
-        return Box::pin(broadcast::broadcast(ctx, conn, head, headers, out, limit)).await;
+    let phase = Cell::new(Phase::BeforeHead);
+    let mut down = Socket { conn, out };
+    let asked = (head, addressing);
+    setup::forward(
+        ctx,
+        &mut down,
+        asked,
+        (&phase, picked),
+        async |down, way| {
+            let (conn, out) = (&mut *down.conn, &mut *down.out);
+            let limit = match way {
+                // Rare: its state lives in its own allocation, not in every connection's task.
+                Way::Broadcast(limit) => {
+                    let broadcast =
+                        broadcast::broadcast(ctx, conn, head, headers, out, Some(limit));
+                    return Box::pin(broadcast).await;
+                }
+                Way::Anycast(limit) => limit,
+            };
+            let debug = request::debug(
+                &ctx.config,
+                head::find_header(conn.pending(), headers, "x-opr-debug"),
+            );
+            let anycast = Anycast {
+                ctx,
+                head,
+                headers,
+                addressing,
+                limit,
+                phase: &phase,
+                picked,
+                failed: Cell::new(false),
+                debug,
+            };
+            anycast.run(conn, out, response_headers).await
+        },
+    )
+    .await
+}
+
+/// An HTTP/1 client as the shared setup answers it: its connection and the vector its
+/// answers are written into.
+struct Socket<'a, D> {
+    conn: &'a mut D,
+    out: &'a mut Vec<u8>,
+}
+
+impl<D: SocketDownstream> Answers for Socket<'_, D> {
+    type Out = Served;
+
+    fn pending(&self) -> &[u8] {
+        self.conn.pending()
     }
 
-    let phase = Cell::new(Phase::BeforeHead);
-    let deadline = Instant::now() + config.max_timeout;
-    let debug = request::debug(
-        config,
-        head::find_header(conn.pending(), headers, "x-opr-debug"),
-    );
-    let anycast = Anycast {
-        ctx,
-        head,
-        headers,
-        addressing,
-        limit,
-        phase: &phase,
-        picked,
-        failed: Cell::new(false),
-        debug,
-    };
-    let run = anycast.run(conn, out, response_headers);
-    match monoio::time::timeout_at(deadline.into(), run).await {
-        Ok(result) => result,
-        Err(_) => match phase.get() {
-            Phase::BeforeHead => {
-                let e = ProxyError::GatewayTimeout;
-                let pending = conn.pending();
-                let (method, target) =
-                    (&pending[head.method.clone()], &pending[head.target.clone()]);
-                report_http_error(ctx, &e, method, target, picked.choice.get());
-                conn.answer_error(ctx, out, e, Asked::UNREAD).await
-            }
-            Phase::HeadSent(status) => Served::closed(status),
-        },
+    async fn send_continue(&mut self, ctx: &WorkerCtx) -> io::Result<()> {
+        self.out.clear();
+        self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.conn
+            .write_answer(self.out, ctx.config.body_timeout)
+            .await
+    }
+
+    async fn refuse(&mut self, ctx: &WorkerCtx, e: ProxyError) -> Served {
+        self.conn
+            .answer_error(ctx, self.out, e, Asked::UNREAD)
+            .await
+    }
+
+    fn cut(status: u16) -> Served {
+        Served::closed(status)
     }
 }
 

@@ -1,6 +1,7 @@
 //! One HTTP/2 stream, the front end's side of the one request path: routing and the
-//! proxy's own answers (`answer`), then `connect::connect_client` with the stream as its
-//! `Downstream` (the head as HTTP/1 bytes, a reset as the client leaving). The request
+//! proxy's own answers (`answer`), then the back end's `setup` (size, `100-continue`,
+//! deadline) and `connect::connect_client` with the stream as its `Downstream` (the head
+//! as HTTP/1 bytes, a reset as the client leaving). The request
 //! body streams from the h2 `RecvStream` to the executor (`body`), the answer through the
 //! one pump into the h2 `SendStream` (as its window allows); a failed body, the wait for
 //! the answer's head and a 502 follow the back end's rules (`request::body_failure`,
@@ -34,6 +35,7 @@ use crate::forward::exchange::{self, HeadFailure, HeadRead};
 use crate::forward::pump::{self, PumpError, Sink};
 use crate::forward::request::{self, Phase, LINGER};
 use crate::forward::reuse::{self, ResponseEnd, Reuse};
+use crate::forward::setup::{self, Answers, Way};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
@@ -105,6 +107,31 @@ impl Downstream for Client<'_> {
 
     async fn gone(&self) {
         let _ = std::future::poll_fn(|cx| self.respond.borrow_mut().poll_reset(cx)).await;
+    }
+}
+
+impl Answers for Client<'_> {
+    type Out = u16;
+
+    fn pending(&self) -> &[u8] {
+        &self.request.buf
+    }
+
+    /// An interim `100` on the stream; a stream already reset ends at the next step.
+    async fn send_continue(&mut self, _: &WorkerCtx) -> std::io::Result<()> {
+        let mut interim = http::Response::new(());
+        *interim.status_mut() = http::StatusCode::CONTINUE;
+        let _ = self.respond.get_mut().send_informational(interim);
+        Ok(())
+    }
+
+    async fn refuse(&mut self, _: &WorkerCtx, e: ProxyError) -> u16 {
+        self.stream.error(self.respond.get_mut(), e)
+    }
+
+    /// Nothing more to send: h2 resets the stream when its handles drop unfinished.
+    fn cut(status: u16) -> u16 {
+        status
     }
 }
 
@@ -231,33 +258,26 @@ impl Stream {
         }
 
         let addressing = Addressing::from_header(request.find("x-opr-addressing-method"));
-        let limit = ctx.config.max_body_size;
-        if request::declared_too_large(request.head.framing, limit) {
-            return self.error(respond, ProxyError::BodyTooLarge);
-        }
-        // RFC 9110 §10.1.1: as over HTTP/1, the proxy answers 100-continue itself so the
-        // client starts sending; the executor never sees Expect (the rewrite drops it).
-        if request.head.expect_continue && request.head.has_body() {
-            let mut interim = http::Response::new(());
-            *interim.status_mut() = http::StatusCode::CONTINUE;
-            let _ = respond.send_informational(interim);
-        }
-        if addressing == Addressing::Broadcast {
-            return self.broadcast(&request, body, respond).await;
-        }
-        let deadline = Instant::now() + ctx.config.max_timeout;
-        let run = self.forward(&request, body, respond, addressing, limit);
-        match monoio::time::timeout_at(deadline.into(), run).await {
-            Ok(status) => status,
-            Err(_) => match self.phase.get() {
-                Phase::BeforeHead => {
-                    self.report(&request, &ProxyError::GatewayTimeout);
-                    self.error(respond, ProxyError::GatewayTimeout)
+        let mut client = Client {
+            stream: self,
+            request: &request,
+            respond: RefCell::new(respond),
+        };
+        let asked = (&request.head, addressing);
+        let around = (&self.phase, &self.picked);
+        setup::forward(ctx, &mut client, asked, around, async |client, way| {
+            let respond = &mut **client.respond.get_mut();
+            match way {
+                Way::Broadcast(limit) => self.broadcast(&request, limit, body, respond).await,
+                // The SendStream is dropped with this future at the deadline: h2 resets
+                // the stream.
+                Way::Anycast(limit) => {
+                    self.forward(&request, body, respond, addressing, limit)
+                        .await
                 }
-                // The SendStream was dropped with the future: h2 resets the stream.
-                Phase::HeadSent(status) => status,
-            },
-        }
+            }
+        })
+        .await
     }
 
     /// Pick an executor, send the request, relay the answer.
@@ -629,14 +649,11 @@ impl Stream {
     async fn broadcast(
         &self,
         request: &Request,
+        limit: u64,
         body: &mut RecvStream,
         respond: &mut SendResponse<Bytes>,
     ) -> u16 {
         let ctx = &self.ctx;
-        let limit = forward::broadcast_body_limit(&ctx.config);
-        if request::declared_too_large(request.head.framing, Some(limit)) {
-            return self.error(respond, ProxyError::BodyTooLarge);
-        }
         let deadline = Instant::now() + ctx.config.max_timeout;
         let mut collected = Vec::new();
         let stall = ctx.config.body_timeout;
@@ -705,17 +722,5 @@ impl Stream {
             }
         }
         answer.status
-    }
-
-    /// Queue the report of a 502 / 504 (docs/behaviour.md §8), as HTTP/1 does.
-    fn report(&self, request: &Request, e: &ProxyError) {
-        let target = &request.buf[request.head.target.clone()];
-        forward::report_http_error(
-            &self.ctx,
-            e,
-            request.method(),
-            target,
-            self.picked.choice.get(),
-        );
     }
 }
