@@ -1,8 +1,9 @@
 //! The one back end, behind both front ends. Both go through `setup` (the body limit,
 //! `100-continue`, broadcast or anycast, the whole-request deadline); for an HTTP/1
 //! request (a `SocketDownstream`) anycast here is `connect`, stream the body, relay the
-//! answer. HTTP/2 streams (a `Downstream`) share `setup`, `connect`, `request`, `pump`,
-//! `duplex`, `exchange`, `reuse` and the 502 accounting (`bad_gateway`).
+//! answer (`relay`, through `SocketReply`). HTTP/2 streams (a `Downstream`) share `setup`,
+//! `connect`, `request`, `relay`, `pump`, `duplex`, `exchange`, `reuse` and the 502
+//! accounting (`bad_gateway`).
 
 pub(crate) mod admit;
 mod broadcast;
@@ -11,6 +12,7 @@ pub(crate) mod downstream;
 pub(crate) mod duplex;
 pub(crate) mod exchange;
 pub(crate) mod pump;
+pub(crate) mod relay;
 pub(crate) mod request;
 pub(crate) mod reuse;
 pub(crate) mod setup;
@@ -19,6 +21,7 @@ use std::cell::Cell;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -49,8 +52,9 @@ use downstream::SocketDownstream;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, HeadRead};
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
+use relay::{Ended, Explain, Head, Relaying, Reply};
 use request::Phase;
-use reuse::{ResponseEnd, Reuse};
+use reuse::Reuse;
 use setup::{Answers, Way};
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
@@ -535,122 +539,135 @@ impl Anycast<'_> {
         }
     }
 
-    /// Send the response head and stream the body to the client (`client`: its socket
-    /// and byte count). Returns what happens to the client connection, the status, and
-    /// whether the executor connection is reusable; `Err` when nothing reached the client
-    /// yet, so a 502 with that cause is still possible. `early_answer`: the request body
-    /// was not sent whole (both connections close). A client that takes no byte for
-    /// `OPR_PROXY_BODY_TIMEOUT` is given up on, and the executor connection with it.
+    /// Relay the answer to the client's socket (`relay::Relaying::relay`).
     async fn relay<R: AsyncReadRent + SpliceSource>(
         &self,
         (client, bytes_out): (&mut TcpStream, &mut u64),
         ex: &mut R,
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
         out: &mut Vec<u8>,
-        (response, response_headers): (&ResponseHead, &[HeaderRef]),
+        answer: (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
     ) -> Result<(Served, Reuse), Cause> {
-        let http10 = self.head.minor_version == 0;
-        let (mut body, framing) = exchange::response_body(response.framing, http10);
-        let close = self.fate(framing, early_answer) == After::Close;
-        // The buffer the answer was read into.
-        let rb = if big { eb.get() } else { hb.get() };
-        let rw = ResponseRewrite { framing, close };
-        self.write_response_head(out, rb, (response, response_headers), &rw);
-        let status = response.status;
-        let broken = reuse::Reuse::Discard(Discard::Unfinished);
-        let client_stalled = reuse::Reuse::Discard(Discard::ClientStalled);
-        let stall = self.ctx.config.body_timeout;
-        // The head is not sent yet: a clean 502 is still possible.
-        let end = exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
-            .map_err(|e| request::body_cause(e, Cause::ClosedMidHead))?;
-        self.phase.set(Phase::HeadSent(status));
-        // The read filled its buffer, so more of the body is likely waiting: the head goes
-        // out with it in one write. Otherwise it goes now (the executor may pause).
-        let unfinished = matches!((end, &body), (ResponseEnd::Unfinished, Some(_)));
-        let head_len = out.len() as u64;
-        let hold = unfinished && rb.len() == rb.capacity();
-        if !hold {
-            *bytes_out += head_len;
-            let len = out.len();
-            // Bounded by the socket's TCP_USER_TIMEOUT (socket::set_user_timeout).
-            let written = pump::write_within(client, out, 0, len, None).await;
-            out.clear();
-            if let Err(e) = written {
-                let stalled = e.kind() == io::ErrorKind::TimedOut;
-                return Ok((
-                    Served::closed(status),
-                    if stalled { client_stalled } else { broken },
-                ));
-            }
-        }
-        let mut answer_len = head_len;
-        let end = match (end, body.as_mut()) {
-            (ResponseEnd::Unfinished, Some(body)) => {
-                let pipes = self.ctx.config.splice.then_some(&self.ctx.pipes);
-                let sink = PlainSink::Client(client, stall);
-                let held = !out.is_empty();
-                let pumped = body.pump_after(ex, sink, eb, None, pipes, out).await;
-                if held && out.is_empty() {
-                    *bytes_out += head_len;
-                }
-                *bytes_out += body.written;
-                answer_len += body.written;
-                self.ctx.m().spliced(body.spliced, body.splice_fallback);
-                match pumped {
-                    Ok(after) if after.is_empty() => ResponseEnd::Clean,
-                    Ok(_) => ResponseEnd::Leftover,
-                    Err(PumpError::SinkStalled) => {
-                        return Ok((Served::closed(status), client_stalled))
-                    }
-                    // The held head never left: nothing reached the client, so a clean 502
-                    // is still possible (a client that left gets nothing).
-                    Err(e) if !out.is_empty() && e != PumpError::Sink => {
-                        return Err(request::body_cause(e, Cause::ClosedMidBody));
-                    }
-                    // Truncated or malformed: the client must see it (close), and a client
-                    // that left takes the executor connection with it.
-                    Err(_) => return Ok((Served::closed(status), broken)),
-                }
-            }
-            (end, _) => end,
+        let mut reply = SocketReply {
+            client,
+            bytes_out,
+            asked: self.head,
         };
-        self.ctx.answer_sizes.saw(answer_len);
-        Ok((
-            Served::new(After::close_if(close), status),
-            reuse::after_exchange(response, !early_answer, end),
-        ))
+        let relaying = Relaying {
+            ctx: self.ctx,
+            phase: self.phase,
+            picked: self.picked,
+            debug: self.debug,
+        };
+        let ended = relaying
+            .relay(&mut reply, ex, bufs, out, answer, early_answer)
+            .await?;
+        let reuse = ended.reuse.unwrap_or(BROKEN);
+        Ok((Served::new(ended.after, ended.status), reuse))
     }
 }
 
-impl Anycast<'_> {
-    /// The client connection's fate after a relayed answer (`outcome::fate`): its body
-    /// delimited by close, or an early answer (the body not read whole), close it.
-    fn fate(&self, framing: ResponseFraming, early_answer: bool) -> After {
+/// An HTTP/1 client's socket as the answer's side: the head as bytes (with the fate's
+/// Connection field) held for one write with the first body bytes when the read filled
+/// its buffer, the body spliced or copied, the connection closed when cut.
+struct SocketReply<'a> {
+    client: &'a mut TcpStream,
+    bytes_out: &'a mut u64,
+    asked: &'a RequestHead,
+}
+
+impl Reply for SocketReply<'_> {
+    const BROKEN: Option<Reuse> = Some(BROKEN);
+
+    fn body(&self, framing: ResponseFraming) -> (Option<Body>, ResponseFraming) {
+        exchange::response_body(framing, self.asked.minor_version == 0)
+    }
+
+    /// `outcome::fate`: a body delimited by close, or an early answer (the body not read
+    /// whole), closes the connection.
+    fn fate(&self, ctx: &WorkerCtx, framing: ResponseFraming, early_answer: bool) -> After {
         let ended = match framing {
             ResponseFraming::UntilClose => AnswerEnd::ByClose,
             _ => AnswerEnd::AtBoundary,
         };
-        let asked = Asked::of(self.head, !early_answer);
-        outcome::fate(asked, ended, self.ctx.stopping.get())
+        let asked = Asked::of(self.asked, !early_answer);
+        outcome::fate(asked, ended, ctx.stopping.get())
     }
 
-    /// The client's response head in `out`: the executor's through the rewrite, and
-    /// `x-opr-route` when asked.
-    fn write_response_head(
-        &self,
-        out: &mut Vec<u8>,
-        rb: &[u8],
-        (response, headers): (&ResponseHead, &[HeaderRef]),
-        rw: &ResponseRewrite,
-    ) {
+    /// The executor's head through the rewrite, and `x-opr-route` when asked.
+    fn head(&mut self, out: &mut Vec<u8>, rb: &[u8], answer: Head<'_>, route: Explain<'_>) {
         out.clear();
-        rewrite::write_response_head(out, rb, response, headers, rw);
-        if self.debug {
-            let p = self.picked;
+        let rw = ResponseRewrite {
+            framing: answer.framing,
+            close: answer.close,
+        };
+        rewrite::write_response_head(out, rb, answer.response, answer.headers, &rw);
+        if let Some((ctx, p)) = route {
             let (choice, failover, queued) = (p.choice.get(), p.failover.get(), p.queued.get());
-            explain(self.ctx, choice, failover, queued, out);
+            explain(ctx, choice, failover, queued, out);
         }
+    }
+
+    async fn send_head(
+        &mut self,
+        out: &mut Vec<u8>,
+        hold: bool,
+        _: bool,
+        status: u16,
+    ) -> Result<bool, Ended> {
+        if hold {
+            return Ok(true);
+        }
+        *self.bytes_out += out.len() as u64;
+        let len = out.len();
+        // Bounded by the socket's TCP_USER_TIMEOUT (socket::set_user_timeout).
+        let written = pump::write_within(self.client, out, 0, len, None).await;
+        out.clear();
+        written.map(|()| false).map_err(|e| {
+            let stalled = e.kind() == io::ErrorKind::TimedOut;
+            let how = if stalled {
+                Discard::ClientStalled
+            } else {
+                Discard::Unfinished
+            };
+            Ended::cut(status, Some(Reuse::Discard(how)))
+        })
+    }
+
+    /// Never called: bytes that end the body went out with the head.
+    async fn send_rest(
+        &mut self,
+        _: &WorkerCtx,
+        out: &mut Vec<u8>,
+        status: u16,
+    ) -> Result<(), Ended> {
+        self.send_head(out, false, false, status).await.map(|_| ())
+    }
+
+    async fn pump<R: AsyncReadRent + SpliceSource>(
+        &mut self,
+        ctx: &WorkerCtx,
+        body: &mut Body,
+        ex: &mut R,
+        eb: &mut Loan<'_, Vec<u8>>,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<Range<usize>, PumpError>> {
+        let pipes = ctx.config.splice.then_some(&ctx.pipes);
+        let sink = PlainSink::Client(self.client, ctx.config.body_timeout);
+        Some(body.pump_after(ex, sink, eb, None, pipes, out).await)
+    }
+
+    fn count(&mut self, held: u64, written: u64) {
+        *self.bytes_out += held + written;
+    }
+
+    /// The connection closes (`Served::closed`).
+    fn abort(&mut self, _: bool) {}
+
+    async fn finish(&mut self, ctx: &WorkerCtx, len: u64, _: bool) -> bool {
+        ctx.answer_sizes.saw(len);
+        true
     }
 }
 

@@ -3,13 +3,15 @@
 //! deadline) and `connect::connect_client` with the stream as its `Downstream` (the head
 //! as HTTP/1 bytes, a reset as the client leaving). The request
 //! body streams from the h2 `RecvStream` to the executor (`body`), the answer through the
-//! one pump into the h2 `SendStream` (as its window allows); a failed body, the wait for
+//! back end's one relay (`StreamReply`: h2 fields, DATA frames as the window allows, a
+//! reset when cut); a failed body, the wait for
 //! the answer's head and a 502 follow the back end's rules (`request::body_failure`,
 //! `connect::watching`, `forward::bad_gateway`).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -33,13 +35,14 @@ use crate::forward::downstream::Downstream;
 use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, HeadRead};
 use crate::forward::pump::{self, PumpError, Sink};
+use crate::forward::relay::{Ended, Explain, Head, Relaying, Reply};
 use crate::forward::request::{self, Phase, LINGER};
-use crate::forward::reuse::{self, ResponseEnd, Reuse};
+use crate::forward::reuse::Reuse;
 use crate::forward::setup::{self, Answers, Way};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::outcome::{Cause, Discard};
+use crate::outcome::{After, Cause, Discard};
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -132,6 +135,130 @@ impl Answers for Client<'_> {
     /// Nothing more to send: h2 resets the stream when its handles drop unfinished.
     fn cut(status: u16) -> u16 {
         status
+    }
+}
+
+/// A stream as the answer's side: the head as h2 fields (`head::executor_answer`: a
+/// length kept, chunked and close-delimited bodies sent as DATA of their payload), the
+/// body through the pump into the `SendStream` as its window allows, `END_STREAM` at the
+/// end, and a reset when the answer is cut (`CANCEL` for a client that stopped reading).
+struct StreamReply<'r> {
+    respond: &'r mut SendResponse<Bytes>,
+    /// The head, until it is sent.
+    head: http::Response<()>,
+    /// The body's stream, once the head went out.
+    send: Option<RefCell<SendStream<Bytes>>>,
+    bytes_out: &'r Cell<u64>,
+}
+
+impl Reply for StreamReply<'_> {
+    /// A cut answer does not count as answered; the executor connection is closed.
+    const BROKEN: Option<Reuse> = None;
+
+    fn body(&self, framing: ResponseFraming) -> (Option<pump::Body>, ResponseFraming) {
+        let (body, _) = exchange::response_body(framing, true);
+        let framing = match framing {
+            ResponseFraming::Length(n) => ResponseFraming::Length(n),
+            ResponseFraming::NoBody => ResponseFraming::NoBody,
+            _ => ResponseFraming::UntilClose,
+        };
+        (body, framing)
+    }
+
+    /// A stream ends with its answer; the connection goes on.
+    fn fate(&self, _: &WorkerCtx, _: ResponseFraming, _: bool) -> After {
+        After::KeepAlive
+    }
+
+    fn head(&mut self, out: &mut Vec<u8>, rb: &[u8], answer: Head<'_>, route: Explain<'_>) {
+        out.clear();
+        if let Some((ctx, p)) = route {
+            forward::write_route(ctx, p.choice.get(), p.failover.get(), p.queued.get(), out);
+        }
+        let (response, headers) = (answer.response, answer.headers);
+        self.head = super::head::executor_answer(rb, response, headers, answer.framing, out);
+        out.clear();
+    }
+
+    async fn send_head(
+        &mut self,
+        _: &mut Vec<u8>,
+        _: bool,
+        no_body: bool,
+        _: u16,
+    ) -> Result<bool, Ended> {
+        let head = std::mem::take(&mut self.head);
+        let Ok(send) = self.respond.send_response(head, no_body) else {
+            return Err(Ended::cut(0, None));
+        };
+        self.send = Some(RefCell::new(send));
+        Ok(false)
+    }
+
+    async fn send_rest(
+        &mut self,
+        ctx: &WorkerCtx,
+        out: &mut Vec<u8>,
+        status: u16,
+    ) -> Result<(), Ended> {
+        let Some(send) = &self.send else {
+            return Err(Ended::cut(status, None));
+        };
+        match super::io::send_data(send, out, ctx.config.body_timeout).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.abort(true);
+                return Err(Ended::cut(
+                    status,
+                    Some(Reuse::Discard(Discard::ClientStalled)),
+                ));
+            }
+            Err(_) => return Err(Ended::cut(status, None)),
+        }
+        self.bytes_out.set(out.len() as u64);
+        out.clear();
+        Ok(())
+    }
+
+    async fn pump<R: AsyncReadRent + SpliceSource>(
+        &mut self,
+        ctx: &WorkerCtx,
+        body: &mut pump::Body,
+        ex: &mut R,
+        eb: &mut Loan<'_, Vec<u8>>,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<Range<usize>, PumpError>> {
+        let send = self.send.as_ref()?;
+        let sink = Sink::Front(send, ctx.config.body_timeout);
+        let pump = body.pump_after(ex, sink, eb, None, None, out);
+        // A client that resets the stream mid-body abandons it: the executor connection
+        // is closed with `ex`, even while the executor is silent.
+        monoio::select! {
+            r = pump => Some(r),
+            _ = super::io::reset(send) => None,
+        }
+    }
+
+    fn count(&mut self, _: u64, written: u64) {
+        self.bytes_out.set(written);
+    }
+
+    fn abort(&mut self, stalled: bool) {
+        if let Some(send) = &self.send {
+            let reason = if stalled {
+                Reason::CANCEL
+            } else {
+                Reason::INTERNAL_ERROR
+            };
+            send.borrow_mut().send_reset(reason);
+        }
+    }
+
+    async fn finish(&mut self, _: &WorkerCtx, _: u64, no_body: bool) -> bool {
+        match &self.send {
+            Some(send) if !no_body => send.borrow_mut().send_data(Bytes::new(), true).is_ok(),
+            _ => true,
+        }
     }
 }
 
@@ -519,128 +646,35 @@ impl Stream {
         Some((relayed, ex_r))
     }
 
-    /// The answer: the rewrite of HTTP/1 (hop-by-hop fields, Connection-listed ones), then
-    /// as h2 fields. A length is kept; chunked and close-delimited bodies leave as DATA
-    /// frames of their payload. Returns the status and, when the executor answered, whether
-    /// its connection is reusable (`early_answer`: the request body was not sent whole, so
-    /// it is not). A client whose window grants nothing for `OPR_PROXY_BODY_TIMEOUT` gets
-    /// its stream reset, and the executor connection is closed.
+    /// Relay the answer on the stream (`relay::Relaying::relay`, through `StreamReply`);
+    /// returns the status and, when the executor answered, whether its connection is
+    /// reusable. A body that failed before the head went out is answered 502.
     async fn relay<R: AsyncReadRent + SpliceSource>(
         &self,
         answer: &Relay<'_>,
         respond: &mut SendResponse<Bytes>,
         ex: &mut R,
         (hb, eb, out): Buffers<'_, '_>,
-        (response, response_headers): (&ResponseHead, &[HeaderRef]),
+        answered: (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
     ) -> (u16, Option<Reuse>) {
-        let ctx = &*self.ctx;
-        let request = answer.request;
-        let rb = hb.get();
-        let (mut rbody, _) = exchange::response_body(response.framing, true);
-        let framing = match response.framing {
-            ResponseFraming::Length(n) => ResponseFraming::Length(n),
-            ResponseFraming::NoBody => ResponseFraming::NoBody,
-            _ => ResponseFraming::UntilClose,
+        let relaying = Relaying {
+            ctx: &self.ctx,
+            phase: &self.phase,
+            picked: &self.picked,
+            debug: answer.debug,
         };
-        out.clear();
-        if answer.debug {
-            let p = &self.picked;
-            forward::write_route(ctx, p.choice.get(), p.failover.get(), p.queued.get(), out);
-        }
-        let head = super::head::executor_answer(rb, response, response_headers, framing, out);
-        let status = response.status;
-        let mut first = Vec::new();
-        let end = match exchange::frame_first_bytes(
-            rbody.as_mut(),
-            rb,
-            response.head_len,
-            Some(&mut first),
-        ) {
-            Ok(end) => end,
-            Err(e) => {
-                let cause = request::body_cause(e, Cause::ClosedMidHead);
-                return (self.bad_gateway(request, respond, cause), None);
-            }
+        let mut reply = StreamReply {
+            respond,
+            head: http::Response::default(),
+            send: None,
+            bytes_out: &self.bytes_out,
         };
-        let no_body = rbody.is_none();
-        let Ok(send) = respond.send_response(head, no_body) else {
-            return (0, None);
-        };
-        let send = RefCell::new(send);
-        self.phase.set(Phase::HeadSent(status));
-        let body = (end, rbody.as_mut());
-        let end = match self
-            .relay_body(ex, &send, body, eb, &mut first, status)
-            .await
-        {
-            Ok(end) => end,
-            Err(ended) => return ended,
-        };
-        if !no_body && send.borrow_mut().send_data(Bytes::new(), true).is_err() {
-            return (status, None);
-        }
-        (
-            status,
-            Some(reuse::after_exchange(response, !early_answer, end)),
-        )
-    }
-
-    /// The body after the head went out: DATA frames as the window allows (`first`: the
-    /// bytes that came with the head). `Err`: the stream ended early (a reset, a client
-    /// that stopped reading, a truncated body), with the status and reuse to return.
-    async fn relay_body<R: AsyncReadRent + SpliceSource>(
-        &self,
-        ex: &mut R,
-        send: &RefCell<SendStream<Bytes>>,
-        (end, rbody): (ResponseEnd, Option<&mut pump::Body>),
-        eb: &mut Loan<'_, Vec<u8>>,
-        first: &mut Vec<u8>,
-        status: u16,
-    ) -> Result<ResponseEnd, (u16, Option<Reuse>)> {
-        let stall = self.ctx.config.body_timeout;
-        // The client stopped reading: its stream is reset, the executor connection closed.
-        let stalled = |send: &RefCell<SendStream<Bytes>>| {
-            send.borrow_mut().send_reset(Reason::CANCEL);
-            (status, Some(Reuse::Discard(Discard::ClientStalled)))
-        };
-        match (end, rbody) {
-            (ResponseEnd::Unfinished, Some(rbody)) => {
-                let sink = Sink::Front(send, stall);
-                let pump = rbody.pump_after(ex, sink, eb, None, None, first);
-                // A client that resets the stream mid-body abandons it: the executor
-                // connection is closed with `ex`, even while the executor is silent.
-                let pumped = monoio::select! {
-                    r = pump => Some(r),
-                    _ = super::io::reset(send) => None,
-                };
-                self.bytes_out.set(rbody.written);
-                match pumped {
-                    None => Err((status, None)),
-                    Some(Ok(after)) if after.is_empty() => Ok(ResponseEnd::Clean),
-                    Some(Ok(_)) => Ok(ResponseEnd::Leftover),
-                    Some(Err(PumpError::SinkStalled)) => Err(stalled(send)),
-                    // Truncated or malformed: the client sees a reset, the executor
-                    // connection is closed.
-                    Some(Err(_)) => {
-                        send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
-                        Err((status, None))
-                    }
-                }
-            }
-            (end, _) => {
-                if !first.is_empty() {
-                    match super::io::send_data(send, first, stall).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                            return Err(stalled(send))
-                        }
-                        Err(_) => return Err((status, None)),
-                    }
-                    self.bytes_out.set(first.len() as u64);
-                }
-                Ok(end)
-            }
+        let bufs = (hb, eb, false);
+        let relayed = relaying.relay(&mut reply, ex, bufs, out, answered, early_answer);
+        match relayed.await {
+            Ok(ended) => (ended.status, ended.reuse),
+            Err(cause) => (self.bad_gateway(answer.request, reply.respond, cause), None),
         }
     }
 
