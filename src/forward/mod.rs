@@ -47,7 +47,7 @@ use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Discard, Served};
 use crate::report::Report;
 use crate::snapshot::ExecutorId;
 use crate::socket;
-use connect::{connect_client, watching, Connected, Picked};
+use connect::{connect_client, Connected, Picked};
 use downstream::SocketDownstream;
 use duplex::{Step, Upload};
 use exchange::{ExecutorConn, HeadFailure, HeadRead};
@@ -438,6 +438,27 @@ impl Anycast<'_> {
             .await
     }
 
+    /// The answer after the body stopped streaming (`relay::Relaying::relay_after`),
+    /// relayed to the client's socket.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_after<D: SocketDownstream, F: Future<Output = HeadRead>>(
+        &self,
+        conn: &mut D,
+        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
+        head: Pin<&mut F>,
+        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+        how: (bool, Cause),
+    ) -> Option<(Result<(Served, Reuse), Cause>, TcpOwnedReadHalf)> {
+        let asked = self.head;
+        let down = (conn, move |conn| SocketReply::of(conn, asked));
+        let relaying = self.relaying();
+        let after = relaying.relay_after(down, got, head, bufs, out, response_headers, how);
+        let (relayed, ex_r) = after.await?;
+        Some((relayed.map(served), ex_r))
+    }
+
     /// The client's side of the body failed: its error, if no answer went out yet.
     async fn body_failed<D: SocketDownstream>(
         &self,
@@ -474,44 +495,6 @@ impl Anycast<'_> {
                 (served, Reuse::Discard(Discard::Unfinished))
             }
         }
-    }
-
-    /// The answer once the body stopped streaming: its head (`got`, read while the body
-    /// was sent; else awaited now from `head`, watching the client), then the relay
-    /// (`sent`: the body went whole; `silent`: the 502 cause of an executor that closes
-    /// unanswering). `None`: the client left.
-    #[allow(clippy::too_many_arguments)]
-    async fn relay_after<D: SocketDownstream, F: Future<Output = HeadRead>>(
-        &self,
-        conn: &mut D,
-        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
-        head: Pin<&mut F>,
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
-        out: &mut Vec<u8>,
-        response_headers: &mut Vec<HeaderRef>,
-        (sent, silent): (bool, Cause),
-    ) -> Option<(Result<(Served, Reuse), Cause>, TcpOwnedReadHalf)> {
-        let (r, mut ex_r) = match got {
-            Some(got) => got,
-            None => {
-                let gone = || conn.gone();
-                let (r, ex_r, rb, headers) = watching(D::WATCH_AFTER, head, gone).await?;
-                *(if big { eb.get() } else { hb.get() }) = rb;
-                *response_headers = headers;
-                (r, ex_r)
-            }
-        };
-        let relayed = match r {
-            Ok(response) => {
-                let client = conn.socket();
-                let answer = (&response, &response_headers[..]);
-                let bufs = (hb, eb, big);
-                self.relay(client, &mut ex_r, bufs, out, answer, !sent)
-                    .await
-            }
-            Err(failure) => Err(exchange::failure_cause(failure, silent)),
-        };
-        Some((relayed, ex_r))
     }
 
     /// Count what the upload moved (`bytes_out`: of an answer relayed alongside), and keep
@@ -554,18 +537,25 @@ impl Anycast<'_> {
             bytes_out,
             asked: self.head,
         };
-        let relaying = Relaying {
+        let relaying = self.relaying();
+        let relayed = relaying.relay(&mut reply, ex, bufs, out, answer, early_answer);
+        relayed.await.map(served)
+    }
+
+    fn relaying(&self) -> Relaying<'_> {
+        Relaying {
             ctx: self.ctx,
             phase: self.phase,
             picked: self.picked,
             debug: self.debug,
-        };
-        let ended = relaying
-            .relay(&mut reply, ex, bufs, out, answer, early_answer)
-            .await?;
-        let reuse = ended.reuse.unwrap_or(BROKEN);
-        Ok((Served::new(ended.after, ended.status), reuse))
+        }
     }
+}
+
+/// A relayed answer as HTTP/1 counts it (a cut answer's connection is closed).
+fn served(ended: Ended) -> (Served, Reuse) {
+    let reuse = ended.reuse.unwrap_or(BROKEN);
+    (Served::new(ended.after, ended.status), reuse)
 }
 
 /// An HTTP/1 client's socket as the answer's side: the head as bytes (with the fate's
@@ -575,6 +565,17 @@ struct SocketReply<'a> {
     client: &'a mut TcpStream,
     bytes_out: &'a mut u64,
     asked: &'a RequestHead,
+}
+
+impl<'a> SocketReply<'a> {
+    fn of<D: SocketDownstream>(conn: &'a mut D, asked: &'a RequestHead) -> SocketReply<'a> {
+        let (client, bytes_out) = conn.socket();
+        SocketReply {
+            client,
+            bytes_out,
+            asked,
+        }
+    }
 }
 
 impl Reply for SocketReply<'_> {

@@ -3,18 +3,22 @@
 //! or cut answer means. A front end's `Reply` says how its protocol writes each part.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
+use monoio::net::tcp::TcpOwnedReadHalf;
 
 use crate::buffers::Loan;
 use crate::ctx::WorkerCtx;
 use crate::http::head::{HeaderRef, ResponseFraming, ResponseHead};
 use crate::outcome::{After, Cause, Discard};
 
-use super::connect::Picked;
-use super::exchange;
+use super::connect::{watching, Picked};
+use super::downstream::Downstream;
+use super::exchange::{self, HeadFailure, HeadRead};
 use super::pump::{Body, PumpError};
 use super::request::{self, Phase};
 use super::reuse::{self, ResponseEnd, Reuse};
@@ -221,5 +225,44 @@ impl Relaying<'_> {
                 Err(Ok(Ended::cut(status, P::BROKEN)))
             }
         }
+    }
+
+    /// The answer once the request body stopped streaming: its head (`got`, read while
+    /// the body was sent; else awaited now from `head`, watching the client), then the
+    /// relay through the reply `reply` makes of the downstream (`sent`: the body went
+    /// whole; `silent`: the 502 cause of an executor that closes unanswering). `None`:
+    /// the client left.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn relay_after<'d, D: Downstream, P: Reply, F: Future<Output = HeadRead>>(
+        &self,
+        (down, reply): (&'d mut D, impl FnOnce(&'d mut D) -> P),
+        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
+        head: Pin<&mut F>,
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+        (sent, silent): (bool, Cause),
+    ) -> Option<(Result<Ended, Cause>, TcpOwnedReadHalf)> {
+        let (r, mut ex_r) = match got {
+            Some(got) => got,
+            None => {
+                let gone = || down.gone();
+                let (r, ex_r, rb, headers) = watching(D::WATCH_AFTER, head, gone).await?;
+                *(if big { eb.get() } else { hb.get() }) = rb;
+                *response_headers = headers;
+                (r, ex_r)
+            }
+        };
+        let relayed = match r {
+            Ok(response) => {
+                let mut reply = reply(down);
+                let answer = (&response, &response_headers[..]);
+                let bufs = (hb, eb, big);
+                self.relay(&mut reply, &mut ex_r, bufs, out, answer, !sent)
+                    .await
+            }
+            Err(failure) => Err(exchange::failure_cause(failure, silent)),
+        };
+        Some((relayed, ex_r))
     }
 }

@@ -30,7 +30,7 @@ use crate::balance::Addressing;
 use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
 use crate::forward;
-use crate::forward::connect::{connect_client, watching, Connected, Picked};
+use crate::forward::connect::{connect_client, Connected, Picked};
 use crate::forward::downstream::Downstream;
 use crate::forward::duplex::{self, Step, Upload};
 use crate::forward::exchange::{self, HeadFailure, HeadRead};
@@ -149,6 +149,24 @@ struct StreamReply<'r> {
     /// The body's stream, once the head went out.
     send: Option<RefCell<SendStream<Bytes>>>,
     bytes_out: &'r Cell<u64>,
+}
+
+impl<'r> StreamReply<'r> {
+    fn new(respond: &'r mut SendResponse<Bytes>, bytes_out: &'r Cell<u64>) -> StreamReply<'r> {
+        StreamReply {
+            respond,
+            head: http::Response::default(),
+            send: None,
+            bytes_out,
+        }
+    }
+}
+
+impl<'s> Client<'s> {
+    /// The stream as the answer's side, once its reset is no longer watched for here.
+    fn reply(&mut self) -> StreamReply<'_> {
+        StreamReply::new(self.respond.get_mut(), &self.stream.bytes_out)
+    }
 }
 
 impl Reply for StreamReply<'_> {
@@ -567,6 +585,7 @@ impl Stream {
                 let cause = exchange::failure_cause(failure, silent);
                 ((self.bad_gateway(request, respond, cause), None), ex_r)
             }
+            // The body ended first: the answer's head, watching for a reset, then the relay.
             Step::BodyEnded => {
                 let bufs = (&mut *hb, &mut *eb, &mut *out);
                 let after = self.relay_after(answer, respond, head.as_mut(), bufs, (sent, silent));
@@ -578,6 +597,36 @@ impl Stream {
         };
         ex.join(ex_r, ex_w);
         relayed
+    }
+
+    /// The body ended first: the answer's head, watching for a reset, then the relay
+    /// (`relay::Relaying::relay_after`); a head that failed is answered 502. `None`: the
+    /// client reset the stream.
+    async fn relay_after<F: Future<Output = HeadRead>>(
+        &self,
+        answer: &Relay<'_>,
+        respond: &mut SendResponse<Bytes>,
+        head: Pin<&mut F>,
+        (hb, eb, out): Buffers<'_, '_>,
+        how: (bool, Cause),
+    ) -> Option<((u16, Option<Reuse>), TcpOwnedReadHalf)> {
+        let request = answer.request;
+        let mut client = Client {
+            stream: self,
+            request,
+            respond: RefCell::new(respond),
+        };
+        let mut headers = Vec::new();
+        let down = (&mut client, Client::reply);
+        let relaying = self.relaying(answer.debug);
+        let after = relaying.relay_after(down, None, head, (hb, eb, false), out, &mut headers, how);
+        match after.await? {
+            (Ok(ended), ex_r) => Some(((ended.status, ended.reuse), ex_r)),
+            (Err(cause), ex_r) => {
+                let respond = client.respond.get_mut();
+                Some(((self.bad_gateway(request, respond, cause), None), ex_r))
+            }
+        }
     }
 
     /// The answer's head came while the body was being sent: relay the answer alongside
@@ -614,41 +663,18 @@ impl Stream {
         }
     }
 
-    /// The body ended first: wait for the answer's head, watching for a reset, and relay
-    /// it (`sent`: the body went whole; `silent`: the 502 cause of an executor that
-    /// closes unanswering). `None`: the client reset the stream.
-    async fn relay_after<F: Future<Output = HeadRead>>(
-        &self,
-        answer: &Relay<'_>,
-        respond: &mut SendResponse<Bytes>,
-        head: Pin<&mut F>,
-        (hb, eb, out): Buffers<'_, '_>,
-        (sent, silent): (bool, Cause),
-    ) -> Option<((u16, Option<Reuse>), TcpOwnedReadHalf)> {
-        let watched = &mut *respond;
-        let reset = move || async move {
-            let _ = std::future::poll_fn(|cx| watched.poll_reset(cx)).await;
-        };
-        let (r, mut ex_r, rb, headers) = watching(Duration::ZERO, head, reset).await?;
-        *hb.get() = rb;
-        let relayed = match r {
-            Ok(response) => {
-                let answered = (&response, &headers[..]);
-                let bufs = (hb, eb, out);
-                self.relay(answer, respond, &mut ex_r, bufs, answered, !sent)
-                    .await
-            }
-            Err(failure) => {
-                let cause = exchange::failure_cause(failure, silent);
-                (self.bad_gateway(answer.request, respond, cause), None)
-            }
-        };
-        Some((relayed, ex_r))
-    }
-
     /// Relay the answer on the stream (`relay::Relaying::relay`, through `StreamReply`);
     /// returns the status and, when the executor answered, whether its connection is
     /// reusable. A body that failed before the head went out is answered 502.
+    fn relaying(&self, debug: bool) -> Relaying<'_> {
+        Relaying {
+            ctx: &self.ctx,
+            phase: &self.phase,
+            picked: &self.picked,
+            debug,
+        }
+    }
+
     async fn relay<R: AsyncReadRent + SpliceSource>(
         &self,
         answer: &Relay<'_>,
@@ -658,18 +684,8 @@ impl Stream {
         answered: (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
     ) -> (u16, Option<Reuse>) {
-        let relaying = Relaying {
-            ctx: &self.ctx,
-            phase: &self.phase,
-            picked: &self.picked,
-            debug: answer.debug,
-        };
-        let mut reply = StreamReply {
-            respond,
-            head: http::Response::default(),
-            send: None,
-            bytes_out: &self.bytes_out,
-        };
+        let relaying = self.relaying(answer.debug);
+        let mut reply = StreamReply::new(respond, &self.bytes_out);
         let bufs = (hb, eb, false);
         let relayed = relaying.relay(&mut reply, ex, bufs, out, answered, early_answer);
         match relayed.await {
