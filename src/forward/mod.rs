@@ -23,7 +23,7 @@ use std::future::Future;
 use std::io;
 use std::ops::Range;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -162,6 +162,22 @@ impl<D: SocketDownstream> Answers for Socket<'_, D> {
         Served::closed(status)
     }
 }
+
+/// An answer's head read while the body was sent: its parse, the executor's read half,
+/// and its fields.
+type AnswerRead<'h> = (
+    Result<ResponseHead, HeadFailure>,
+    TcpOwnedReadHalf,
+    &'h [HeaderRef],
+);
+
+/// How the first part of an HTTP/1 upload ended (`duplex::Step`).
+type UploadStep = Step<
+    PumpError,
+    Result<ResponseHead, HeadFailure>,
+    Result<(Served, Reuse), Cause>,
+    TcpOwnedReadHalf,
+>;
 
 /// An exchange that did not end cleanly: its executor connection is closed.
 const BROKEN: Reuse = Reuse::Discard(Discard::Unfinished);
@@ -388,24 +404,11 @@ impl Anycast<'_> {
                 Ok(Some((r, ex_r, rb, headers))) => {
                     *(if big { eb.get() } else { hb.get() }) = rb;
                     *response_headers = headers;
-                    match (r, socket::twin(client_fd)) {
-                        (Ok(response), Ok(mut client)) => {
-                            let mut ex_r = ex_r;
-                            let bufs = (&mut *hb, &mut *eb, big);
-                            let answer = (&response, &response_headers[..]);
-                            let client = (&mut client, &mut bytes_out);
-                            let relay = self.relay(client, &mut ex_r, bufs, out, answer, true);
-                            let relayed =
-                                duplex::alongside(up.as_mut(), &mut upload, relay, executor_side)
-                                    .await;
-                            match relayed {
-                                Ok(relayed) => Step::Relayed(relayed, ex_r),
-                                Err(e) => Step::Client(e),
-                            }
-                        }
-                        // No second handle (out of fds): stop sending and relay after.
-                        (r, _) => Step::Head(r, ex_r),
-                    }
+                    let up = (up.as_mut(), &mut upload);
+                    let bufs = (&mut *hb, &mut *eb, big);
+                    let answer = (r, ex_r, &response_headers[..]);
+                    let client = (client_fd, &mut bytes_out);
+                    self.alongside(client, up, answer, bufs, out).await
                 }
             }
         };
@@ -436,6 +439,39 @@ impl Anycast<'_> {
         ex.join(ex_r, ex_w);
         self.upload_answered(conn, out, relayed, sent, in_step)
             .await
+    }
+
+    /// The answer began while the body was still sent: relay it alongside the body
+    /// (`relay::Relaying::relay_alongside`) through a second handle on the client's
+    /// socket (`client`: its descriptor, and the count of bytes written to it). Without
+    /// one (out of fds) the body stops and the answer is relayed after.
+    async fn alongside<U>(
+        &self,
+        (client_fd, bytes_out): (RawFd, &mut u64),
+        up: (
+            Pin<&mut impl Future<Output = Result<U, PumpError>>>,
+            &mut Upload<U>,
+        ),
+        (r, ex_r, response_headers): AnswerRead<'_>,
+        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+    ) -> UploadStep {
+        let (response, mut client) = match (r, socket::twin(client_fd)) {
+            (Ok(response), Ok(client)) => (response, client),
+            (r, _) => return Step::Head(r, ex_r),
+        };
+        let mut reply = SocketReply {
+            client: &mut client,
+            bytes_out,
+            asked: self.head,
+        };
+        let relaying = self.relaying();
+        let answer = (response, ex_r);
+        let relay = relaying.relay_alongside(&mut reply, up, answer, bufs, out, response_headers);
+        match relay.await {
+            Ok((relayed, ex_r)) => Step::Relayed(relayed.map(served), ex_r),
+            Err(e) => Step::Client(e),
+        }
     }
 
     /// The answer after the body stopped streaming (`relay::Relaying::relay_after`),

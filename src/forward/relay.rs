@@ -18,6 +18,7 @@ use crate::outcome::{After, Cause, Discard};
 
 use super::connect::{watching, Picked};
 use super::downstream::Downstream;
+use super::duplex::{self, Upload};
 use super::exchange::{self, HeadFailure, HeadRead};
 use super::pump::{Body, PumpError};
 use super::request::{self, Phase};
@@ -264,5 +265,27 @@ impl Relaying<'_> {
             Err(failure) => Err(exchange::failure_cause(failure, silent)),
         };
         Some((relayed, ex_r))
+    }
+
+    /// The answer's head came while the request body was still sent (`up`): relay the
+    /// answer through `reply` alongside the body (`duplex::alongside`, an early answer:
+    /// the executor connection is not pooled). `Err`: the client's side of the body failed.
+    pub(crate) async fn relay_alongside<P: Reply, U>(
+        &self,
+        reply: &mut P,
+        (up, upload): (
+            Pin<&mut impl Future<Output = Result<U, PumpError>>>,
+            &mut Upload<U>,
+        ),
+        (response, mut ex_r): (ResponseHead, TcpOwnedReadHalf),
+        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &[HeaderRef],
+    ) -> Result<(Result<Ended, Cause>, TcpOwnedReadHalf), PumpError> {
+        let answer = (&response, response_headers);
+        let relay = self.relay(reply, &mut ex_r, bufs, out, answer, true);
+        let executor_side = |e: &PumpError| *e == PumpError::Sink;
+        let relayed = duplex::alongside(up, upload, relay, executor_side).await?;
+        Ok((relayed, ex_r))
     }
 }

@@ -1,11 +1,11 @@
 //! One HTTP/2 stream, the front end's side of the one request path: routing and the
 //! proxy's own answers (`answer`), then the back end's `setup` (size, `100-continue`,
 //! deadline) and `connect::connect_client` with the stream as its `Downstream` (the head
-//! as HTTP/1 bytes, a reset as the client leaving). The request
-//! body streams from the h2 `RecvStream` to the executor (`body`), the answer through the
-//! back end's one relay (`StreamReply`: h2 fields, DATA frames as the window allows, a
-//! reset when cut); a failed body, the wait for
-//! the answer's head and a 502 follow the back end's rules (`request::body_failure`,
+//! as HTTP/1 bytes, a reset as the client leaving). The request body streams from the h2
+//! `RecvStream` to the executor (`body`); the answer goes through the back end's one
+//! relay (`relay`: alongside the body or after it) into `StreamReply` (h2 fields, DATA
+//! frames as the window allows, a reset when cut). A failed body, the wait for the
+//! answer's head and a 502 follow the back end's rules (`request::body_failure`,
 //! `connect::watching`, `forward::bad_gateway`).
 
 use std::cell::{Cell, RefCell};
@@ -637,7 +637,7 @@ impl Stream {
         respond: &mut SendResponse<Bytes>,
         up: Pin<&mut impl Future<Output = Result<(), PumpError>>>,
         upload: &mut Upload<()>,
-        (r, mut ex_r, rb, headers): HeadRead,
+        (r, ex_r, rb, headers): HeadRead,
         (hb, eb, out): Buffers<'_, '_>,
     ) -> UploadStep {
         *hb.get() = rb;
@@ -645,11 +645,16 @@ impl Stream {
             Ok(response) => response,
             Err(failure) => return Step::Head(failure, ex_r),
         };
-        let answered = (&response, &headers[..]);
-        let relay = self.relay(answer, respond, &mut ex_r, (hb, eb, out), answered, true);
-        let executor_side = |e: &PumpError| *e == PumpError::Sink;
-        match duplex::alongside(up, upload, relay, executor_side).await {
-            Ok(relayed) => Step::Relayed(relayed, ex_r),
+        let mut reply = StreamReply::new(respond, &self.bytes_out);
+        let relaying = self.relaying(answer.debug);
+        let (up, bufs) = ((up, upload), (hb, eb, false));
+        let relay = relaying.relay_alongside(&mut reply, up, (response, ex_r), bufs, out, &headers);
+        match relay.await {
+            Ok((Ok(ended), ex_r)) => Step::Relayed((ended.status, ended.reuse), ex_r),
+            Ok((Err(cause), ex_r)) => {
+                let status = self.bad_gateway(answer.request, reply.respond, cause);
+                Step::Relayed((status, None), ex_r)
+            }
             Err(e) => Step::Client(e),
         }
     }
