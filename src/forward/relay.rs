@@ -1,0 +1,291 @@
+//! One relay of an executor's answer for both front ends: the head through the rewrite,
+//! the body bytes that came with it, the rest through the one pump, and what a stalled
+//! or cut answer means. A front end's `Reply` says how its protocol writes each part.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+
+use monoio::io::splice::SpliceSource;
+use monoio::io::AsyncReadRent;
+use monoio::net::tcp::TcpOwnedReadHalf;
+
+use crate::buffers::Loan;
+use crate::ctx::WorkerCtx;
+use crate::http::head::{HeaderRef, ResponseFraming, ResponseHead};
+use crate::outcome::{After, Cause, Discard};
+
+use super::connect::{watching, Picked};
+use super::downstream::Downstream;
+use super::duplex::{self, Upload};
+use super::exchange::{self, HeadFailure, HeadRead};
+use super::pump::{Body, PumpError};
+use super::request::{self, Phase};
+use super::reuse::{self, ResponseEnd, Reuse};
+
+/// How a relayed answer ended for the client.
+pub(crate) struct Ended {
+    /// The status sent (0: nothing was).
+    pub(crate) status: u16,
+    /// The client connection's fate (HTTP/1; an HTTP/2 stream ends with its answer).
+    pub(crate) after: After,
+    /// Whether the executor connection is reusable; `None`: the exchange was cut in a way
+    /// that does not count as answered (HTTP/2), its connection is closed.
+    pub(crate) reuse: Option<Reuse>,
+}
+
+impl Ended {
+    pub(crate) fn cut(status: u16, reuse: Option<Reuse>) -> Ended {
+        Ended {
+            status,
+            after: After::Close,
+            reuse,
+        }
+    }
+}
+
+/// The answer side of a front end's downstream: how its protocol writes an answer.
+pub(crate) trait Reply {
+    /// The verdict on an answer cut mid-body (truncated, malformed, or the client left).
+    const BROKEN: Option<Reuse>;
+    /// The answer's body as the pump reads it, and its framing to the client.
+    fn body(&self, framing: ResponseFraming) -> (Option<Body>, ResponseFraming);
+    /// The client connection's fate after an answer of `framing` (`early_answer`: the
+    /// request body was not sent whole).
+    fn fate(&self, ctx: &WorkerCtx, framing: ResponseFraming, early_answer: bool) -> After;
+    /// Prepare the head: HTTP/1 writes it into `out` (cleared first), HTTP/2 keeps it and
+    /// leaves `out` empty. `route`: explain the choice in `x-opr-route`.
+    fn head(&mut self, out: &mut Vec<u8>, rb: &[u8], answer: Head<'_>, route: Explain<'_>);
+    /// Send the head (with `out`, the body bytes that came with it, unless `hold`: then
+    /// they go with the next body bytes). `no_body`: the answer ends with its head.
+    /// `Ok(true)`: the head itself is held in `out` (HTTP/1), so a failed body before it
+    /// left can still be answered 502.
+    async fn send_head(
+        &mut self,
+        out: &mut Vec<u8>,
+        hold: bool,
+        no_body: bool,
+        status: u16,
+    ) -> Result<bool, Ended>;
+    /// Send the body bytes still in `out` when no more body follows.
+    async fn send_rest(
+        &mut self,
+        ctx: &WorkerCtx,
+        out: &mut Vec<u8>,
+        status: u16,
+    ) -> Result<(), Ended>;
+    /// Pump the rest of the body (`out`: held bytes sent first). `None`: the client reset.
+    async fn pump<R: AsyncReadRent + SpliceSource>(
+        &mut self,
+        ctx: &WorkerCtx,
+        body: &mut Body,
+        ex: &mut R,
+        eb: &mut Loan<'_, Vec<u8>>,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<Range<usize>, PumpError>>;
+    /// Count what went out after the head: `held` bytes sent with the body, `written` of it.
+    fn count(&mut self, held: u64, written: u64);
+    /// The answer was cut: `stalled` when the client stopped reading.
+    fn abort(&mut self, stalled: bool);
+    /// The whole answer went out (`len` bytes, HTTP/1) and its end is to be sent.
+    async fn finish(&mut self, ctx: &WorkerCtx, len: u64, no_body: bool) -> bool;
+}
+
+/// The answer's head as read: its parse, its fields, its framing to the client, and
+/// whether the client connection closes after it.
+pub(crate) struct Head<'a> {
+    pub(crate) response: &'a ResponseHead,
+    pub(crate) headers: &'a [HeaderRef],
+    pub(crate) framing: ResponseFraming,
+    pub(crate) close: bool,
+}
+
+/// The choice to explain in `x-opr-route` (`None`: not asked).
+pub(crate) type Explain<'a> = Option<(&'a WorkerCtx, &'a Picked)>;
+
+/// What a relay needs of its request.
+pub(crate) struct Relaying<'a> {
+    pub(crate) ctx: &'a WorkerCtx,
+    pub(crate) phase: &'a Cell<Phase>,
+    pub(crate) picked: &'a Picked,
+    /// Explain the choice in `x-opr-route` (dev mode, or `x-opr-debug: 1`).
+    pub(crate) debug: bool,
+}
+
+impl Relaying<'_> {
+    /// Send the response head and stream the body to the client. `Err` when nothing
+    /// reached the client yet, so a 502 with that cause is still possible. `early_answer`:
+    /// the request body was not sent whole (the executor connection is not pooled). A
+    /// client that takes no byte for `OPR_PROXY_BODY_TIMEOUT` is given up on, and the
+    /// executor connection with it.
+    pub(crate) async fn relay<P: Reply, R: AsyncReadRent + SpliceSource>(
+        &self,
+        reply: &mut P,
+        ex: &mut R,
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        (response, headers): (&ResponseHead, &[HeaderRef]),
+        early_answer: bool,
+    ) -> Result<Ended, Cause> {
+        let ctx = self.ctx;
+        let (mut body, framing) = reply.body(response.framing);
+        let after = reply.fate(ctx, framing, early_answer);
+        // The buffer the answer was read into.
+        let rb = if big { eb.get() } else { hb.get() };
+        let close = after == After::Close;
+        let head = Head {
+            response,
+            headers,
+            framing,
+            close,
+        };
+        reply.head(out, rb, head, self.debug.then_some((ctx, self.picked)));
+        let status = response.status;
+        // The head is not sent yet: a clean 502 is still possible.
+        let end = exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
+            .map_err(|e| request::body_cause(e, Cause::ClosedMidHead))?;
+        self.phase.set(Phase::HeadSent(status));
+        // The read filled its buffer, so more of the body is likely waiting: the head goes
+        // out with it in one write. Otherwise it goes now (the executor may pause).
+        let unfinished = matches!((end, &body), (ResponseEnd::Unfinished, Some(_)));
+        let held_len = out.len() as u64;
+        let hold = unfinished && rb.len() == rb.capacity();
+        let no_body = body.is_none();
+        let head_held = match reply.send_head(out, hold, no_body, status).await {
+            Ok(held) => held,
+            Err(ended) => return Ok(ended),
+        };
+        let mut answer_len = held_len;
+        let end = match (end, body.as_mut()) {
+            (ResponseEnd::Unfinished, Some(body)) => {
+                let rest = (ex, eb, out);
+                let end = match self
+                    .pump(reply, body, rest, (head_held, held_len), status)
+                    .await
+                {
+                    Ok(end) => end,
+                    Err(ended) => return ended,
+                };
+                answer_len += body.written;
+                end
+            }
+            (end, _) => {
+                if !out.is_empty() {
+                    if let Err(ended) = reply.send_rest(ctx, out, status).await {
+                        return Ok(ended);
+                    }
+                }
+                end
+            }
+        };
+        if !reply.finish(ctx, answer_len, no_body).await {
+            return Ok(Ended::cut(status, None));
+        }
+        Ok(Ended {
+            status,
+            after,
+            reuse: Some(reuse::after_exchange(response, !early_answer, end)),
+        })
+    }
+
+    /// The rest of the body after the head (`held`: whether the head itself is still in
+    /// `out`, and the length of what `out` held). `Err`: how the relay ends instead.
+    async fn pump<P: Reply, R: AsyncReadRent + SpliceSource>(
+        &self,
+        reply: &mut P,
+        body: &mut Body,
+        (ex, eb, out): (&mut R, &mut Loan<'_, Vec<u8>>, &mut Vec<u8>),
+        (head_held, held_len): (bool, u64),
+        status: u16,
+    ) -> Result<ResponseEnd, Result<Ended, Cause>> {
+        let ctx = self.ctx;
+        let held = !out.is_empty();
+        let pumped = reply.pump(ctx, body, ex, eb, out).await;
+        let sent_held = if held && out.is_empty() { held_len } else { 0 };
+        reply.count(sent_held, body.written);
+        ctx.m().spliced(body.spliced, body.splice_fallback);
+        match pumped {
+            None => Err(Ok(Ended::cut(status, None))),
+            Some(Ok(after)) if after.is_empty() => Ok(ResponseEnd::Clean),
+            Some(Ok(_)) => Ok(ResponseEnd::Leftover),
+            Some(Err(PumpError::SinkStalled)) => {
+                reply.abort(true);
+                let stalled = Some(Reuse::Discard(Discard::ClientStalled));
+                Err(Ok(Ended::cut(status, stalled)))
+            }
+            // The held head never left: nothing reached the client, so a clean 502 is
+            // still possible (a client that left gets nothing).
+            Some(Err(e)) if head_held && !out.is_empty() && e != PumpError::Sink => {
+                Err(Err(request::body_cause(e, Cause::ClosedMidBody)))
+            }
+            // Truncated or malformed: the client must see it (close or reset), and a
+            // client that left takes the executor connection with it.
+            Some(Err(_)) => {
+                reply.abort(false);
+                Err(Ok(Ended::cut(status, P::BROKEN)))
+            }
+        }
+    }
+
+    /// The answer once the request body stopped streaming: its head (`got`, read while
+    /// the body was sent; else awaited now from `head`, watching the client), then the
+    /// relay through the reply `reply` makes of the downstream (`sent`: the body went
+    /// whole; `silent`: the 502 cause of an executor that closes unanswering). `None`:
+    /// the client left.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn relay_after<'d, D: Downstream, P: Reply, F: Future<Output = HeadRead>>(
+        &self,
+        (down, reply): (&'d mut D, impl FnOnce(&'d mut D) -> P),
+        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
+        head: Pin<&mut F>,
+        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &mut Vec<HeaderRef>,
+        (sent, silent): (bool, Cause),
+    ) -> Option<(Result<Ended, Cause>, TcpOwnedReadHalf)> {
+        let (r, mut ex_r) = match got {
+            Some(got) => got,
+            None => {
+                let gone = || down.gone();
+                let (r, ex_r, rb, headers) = watching(D::WATCH_AFTER, head, gone).await?;
+                *(if big { eb.get() } else { hb.get() }) = rb;
+                *response_headers = headers;
+                (r, ex_r)
+            }
+        };
+        let relayed = match r {
+            Ok(response) => {
+                let mut reply = reply(down);
+                let answer = (&response, &response_headers[..]);
+                let bufs = (hb, eb, big);
+                self.relay(&mut reply, &mut ex_r, bufs, out, answer, !sent)
+                    .await
+            }
+            Err(failure) => Err(exchange::failure_cause(failure, silent)),
+        };
+        Some((relayed, ex_r))
+    }
+
+    /// The answer's head came while the request body was still sent (`up`): relay the
+    /// answer through `reply` alongside the body (`duplex::alongside`, an early answer:
+    /// the executor connection is not pooled). `Err`: the client's side of the body failed.
+    pub(crate) async fn relay_alongside<P: Reply, U>(
+        &self,
+        reply: &mut P,
+        (up, upload): (
+            Pin<&mut impl Future<Output = Result<U, PumpError>>>,
+            &mut Upload<U>,
+        ),
+        (response, mut ex_r): (ResponseHead, TcpOwnedReadHalf),
+        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        out: &mut Vec<u8>,
+        response_headers: &[HeaderRef],
+    ) -> Result<(Result<Ended, Cause>, TcpOwnedReadHalf), PumpError> {
+        let answer = (&response, response_headers);
+        let relay = self.relay(reply, &mut ex_r, bufs, out, answer, true);
+        let executor_side = |e: &PumpError| *e == PumpError::Sink;
+        let relayed = duplex::alongside(up, upload, relay, executor_side).await?;
+        Ok((relayed, ex_r))
+    }
+}
