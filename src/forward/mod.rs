@@ -90,44 +90,42 @@ async fn forward_request<D: SocketDownstream>(
         headers,
         "x-opr-addressing-method",
     ));
-    let phase = Cell::new(Phase::BeforeHead);
     let mut down = Socket { conn, out };
-    let asked = (head, addressing);
-    setup::forward(
-        ctx,
-        &mut down,
-        asked,
-        (&phase, picked),
-        async |down, way| {
+    let limit = match setup::prepare(ctx, &mut down, head, addressing).await {
+        Ok(Way::Anycast(limit)) => limit,
+        // Rare: its state lives in its own allocation, not in every connection's task.
+        Ok(Way::Broadcast(limit)) => {
             let (conn, out) = (&mut *down.conn, &mut *down.out);
-            let limit = match way {
-                // Rare: its state lives in its own allocation, not in every connection's task.
-                Way::Broadcast(limit) => {
-                    let broadcast =
-                        broadcast::broadcast(ctx, conn, head, headers, out, Some(limit));
-                    return Box::pin(broadcast).await;
-                }
-                Way::Anycast(limit) => limit,
-            };
-            let debug = request::debug(
-                &ctx.config,
-                head::find_header(conn.pending(), headers, "x-opr-debug"),
-            );
-            let anycast = Anycast {
-                ctx,
-                head,
-                headers,
-                addressing,
-                limit,
-                phase: &phase,
-                picked,
-                failed: Cell::new(false),
-                debug,
-            };
-            anycast.run(conn, out, response_headers).await
+            let broadcast = broadcast::broadcast(ctx, conn, head, headers, out, Some(limit));
+            return Box::pin(broadcast).await;
+        }
+        Err(served) => return served,
+    };
+    let phase = Cell::new(Phase::BeforeHead);
+    let deadline = setup::deadline(ctx);
+    let debug = request::debug(
+        &ctx.config,
+        head::find_header(down.conn.pending(), headers, "x-opr-debug"),
+    );
+    let anycast = Anycast {
+        ctx,
+        head,
+        headers,
+        addressing,
+        limit,
+        relaying: Relaying {
+            ctx,
+            phase: &phase,
+            picked,
+            debug,
         },
-    )
-    .await
+        failed: Cell::new(false),
+    };
+    let run = anycast.run(down.conn, down.out, response_headers);
+    match monoio::time::timeout_at(deadline.into(), run).await {
+        Ok(served) => served,
+        Err(_) => setup::deadline_passed(ctx, &mut down, head, (&phase, picked)).await,
+    }
 }
 
 /// An HTTP/1 client as the shared setup answers it: its connection and the vector its
@@ -199,14 +197,12 @@ struct Anycast<'a> {
     headers: &'a [HeaderRef],
     addressing: Addressing,
     limit: Option<u64>,
-    phase: &'a Cell<Phase>,
-    /// The executor the request went to and why, the failover, the wait.
-    picked: &'a Picked,
+    /// The phase, the executor the request went to and why, and whether to explain it;
+    /// a field, so a relay borrows it rather than keeping a copy in the task's state.
+    relaying: Relaying<'a>,
     /// A `502` was answered for the executor (`fail`): the exchange does not count as
     /// answered for outlier detection.
     failed: Cell<bool>,
-    /// Explain the choice in `x-opr-route` (dev mode, or `x-opr-debug: 1`).
-    debug: bool,
 }
 
 impl Anycast<'_> {
@@ -240,10 +236,11 @@ impl Anycast<'_> {
         let bufs = (rb, &mut *response_headers);
         let request = (head, self.headers, self.addressing);
         let sent = (first.sent, in_hand);
-        let picked = self.picked;
-        let connected =
-            connect_client(ctx, conn, request, sent, picked, &mut _assigned, out, bufs).await;
-        let (mut ex, response, silent) = match connected {
+        let picked = self.relaying.picked;
+        // Matched as a temporary: a named `Connected` would stay in the task's state
+        // beside the `ex` moved out of it.
+        let connected = connect_client(ctx, conn, request, sent, picked, &mut _assigned, out, bufs);
+        let (mut ex, response, silent) = match connected.await {
             Connected::Sent {
                 ex,
                 response,
@@ -261,12 +258,12 @@ impl Anycast<'_> {
             Connected::Failed(cause) => return self.fail(conn, out, cause, read_whole).await,
         };
         let bufs = (&mut hb, &mut eb, big);
-        let answer = (response, first.rest.as_mut(), silent);
+        let answer = (response.as_ref(), first.rest.as_mut(), silent);
         let (served, reuse) = self
             .answer(conn, &mut ex, answer, bufs, out, response_headers)
             .await;
         if !self.failed.get() {
-            if let Some(choice) = self.picked.choice.get() {
+            if let Some(choice) = self.relaying.picked.choice.get() {
                 ctx.executor(choice.executor).answered();
             }
         }
@@ -282,17 +279,19 @@ impl Anycast<'_> {
         &self,
         conn: &mut D,
         ex: &mut ExecutorConn<'_>,
-        (response, rest, silent): (Option<ResponseHead>, Option<&mut Body>, Cause),
+        (response, rest, silent): (Option<&ResponseHead>, Option<&mut Body>, Cause),
         (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
     ) -> (Served, Reuse) {
         match (response, rest) {
             (Some(response), _) => {
-                let client = conn.socket();
-                let answer = (&response, &response_headers[..]);
-                let relayed = self.relay(client, ex.stream(), (hb, eb, big), out, answer, false);
-                match relayed.await {
+                let mut reply = SocketReply::of(conn, self.head);
+                let answer = (response, &response_headers[..]);
+                let relaying = &self.relaying;
+                let relayed =
+                    relaying.relay(&mut reply, ex.stream(), (hb, eb, big), out, answer, false);
+                match relayed.await.map(served) {
                     Ok(relayed) => relayed,
                     Err(cause) => {
                         let served = self.fail(conn, out, cause, Some(0)).await;
@@ -322,14 +321,14 @@ impl Anycast<'_> {
         read_whole: Option<usize>,
     ) -> Served {
         let asked = Asked::of(self.head, read_whole.is_some());
-        if self.picked.choice.get().is_some() {
+        if self.relaying.picked.choice.get().is_some() {
             self.failed.set(true);
         }
         // Consumed after the answer: its report reads the request's method and path.
         let pending = conn.pending();
         let head = self.head;
         let asked_for = (&pending[head.method.clone()], &pending[head.target.clone()]);
-        let e = bad_gateway(self.ctx, self.picked, cause, asked_for);
+        let e = bad_gateway(self.ctx, self.relaying.picked, cause, asked_for);
         let answered = conn.answer_error(self.ctx, out, e, asked).await;
         if let Some(n) = read_whole {
             conn.consume(n);
@@ -465,7 +464,7 @@ impl Anycast<'_> {
             bytes_out,
             asked: self.head,
         };
-        let relaying = self.relaying();
+        let relaying = &self.relaying;
         let answer = (response, ex_r);
         let relay = relaying.relay_alongside(&mut reply, up, answer, bufs, out, response_headers);
         match relay.await {
@@ -489,7 +488,7 @@ impl Anycast<'_> {
     ) -> Option<(Result<(Served, Reuse), Cause>, TcpOwnedReadHalf)> {
         let asked = self.head;
         let down = (conn, move |conn| SocketReply::of(conn, asked));
-        let relaying = self.relaying();
+        let relaying = &self.relaying;
         let after = relaying.relay_after(down, got, head, bufs, out, response_headers, how);
         let (relayed, ex_r) = after.await?;
         Some((relayed.map(served), ex_r))
@@ -502,7 +501,7 @@ impl Anycast<'_> {
         out: &mut Vec<u8>,
         e: PumpError,
     ) -> Served {
-        match request::body_failure(self.phase.get(), e) {
+        match request::body_failure(self.relaying.phase.get(), e) {
             Ok(e) => conn.answer_error(self.ctx, out, e, Asked::UNREAD).await,
             Err(status) => Served::closed(status),
         }
@@ -555,35 +554,6 @@ impl Anycast<'_> {
             if !after.is_empty() {
                 conn.buffer().0.extend_from_slice(&ub.get()[after.clone()]);
             }
-        }
-    }
-
-    /// Relay the answer to the client's socket (`relay::Relaying::relay`).
-    async fn relay<R: AsyncReadRent + SpliceSource>(
-        &self,
-        (client, bytes_out): (&mut TcpStream, &mut u64),
-        ex: &mut R,
-        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
-        out: &mut Vec<u8>,
-        answer: (&ResponseHead, &[HeaderRef]),
-        early_answer: bool,
-    ) -> Result<(Served, Reuse), Cause> {
-        let mut reply = SocketReply {
-            client,
-            bytes_out,
-            asked: self.head,
-        };
-        let relaying = self.relaying();
-        let relayed = relaying.relay(&mut reply, ex, bufs, out, answer, early_answer);
-        relayed.await.map(served)
-    }
-
-    fn relaying(&self) -> Relaying<'_> {
-        Relaying {
-            ctx: self.ctx,
-            phase: self.phase,
-            picked: self.picked,
-            debug: self.debug,
         }
     }
 }
@@ -682,17 +652,17 @@ impl Reply for SocketReply<'_> {
         self.send_head(out, false, false, status).await.map(|_| ())
     }
 
-    async fn pump<R: AsyncReadRent + SpliceSource>(
+    fn pump<R: AsyncReadRent + SpliceSource>(
         &mut self,
         ctx: &WorkerCtx,
         body: &mut Body,
         ex: &mut R,
         eb: &mut Loan<'_, Vec<u8>>,
         out: &mut Vec<u8>,
-    ) -> Option<Result<Range<usize>, PumpError>> {
+    ) -> impl Future<Output = Result<Range<usize>, PumpError>> {
         let pipes = ctx.config.splice.then_some(&ctx.pipes);
         let sink = PlainSink::Client(self.client, ctx.config.body_timeout);
-        Some(body.pump_after(ex, sink, eb, None, pipes, out).await)
+        body.pump_after(ex, sink, eb, None, pipes, out)
     }
 
     fn count(&mut self, held: u64, written: u64) {

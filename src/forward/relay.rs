@@ -75,15 +75,17 @@ pub(crate) trait Reply {
         out: &mut Vec<u8>,
         status: u16,
     ) -> Result<(), Ended>;
-    /// Pump the rest of the body (`out`: held bytes sent first). `None`: the client reset.
-    async fn pump<R: AsyncReadRent + SpliceSource>(
+    /// Pump the rest of the body (`out`: held bytes sent first); a client that leaves
+    /// (HTTP/2: resets the stream) is `PumpError::Sink`. A plain `fn` so that HTTP/1 hands
+    /// back the pump's own future: no wrapper state in every request's task.
+    fn pump<R: AsyncReadRent + SpliceSource>(
         &mut self,
         ctx: &WorkerCtx,
         body: &mut Body,
         ex: &mut R,
         eb: &mut Loan<'_, Vec<u8>>,
         out: &mut Vec<u8>,
-    ) -> Option<Result<Range<usize>, PumpError>>;
+    ) -> impl Future<Output = Result<Range<usize>, PumpError>>;
     /// Count what went out after the head: `held` bytes sent with the body, `written` of it.
     fn count(&mut self, held: u64, written: u64);
     /// The answer was cut: `stalled` when the client stopped reading.
@@ -159,16 +161,17 @@ impl Relaying<'_> {
         let mut answer_len = held_len;
         let end = match (end, body.as_mut()) {
             (ResponseEnd::Unfinished, Some(body)) => {
-                let rest = (ex, eb, out);
-                let end = match self
-                    .pump(reply, body, rest, (head_held, held_len), status)
-                    .await
-                {
+                let held = !out.is_empty();
+                let pumped = reply.pump(ctx, body, ex, eb, out).await;
+                let sent_held = if held && out.is_empty() { held_len } else { 0 };
+                reply.count(sent_held, body.written);
+                ctx.m().spliced(body.spliced, body.splice_fallback);
+                answer_len += body.written;
+                let held = head_held && !out.is_empty();
+                match pumped_end(reply, pumped, held, status) {
                     Ok(end) => end,
                     Err(ended) => return ended,
-                };
-                answer_len += body.written;
-                end
+                }
             }
             (end, _) => {
                 if !out.is_empty() {
@@ -187,45 +190,6 @@ impl Relaying<'_> {
             after,
             reuse: Some(reuse::after_exchange(response, !early_answer, end)),
         })
-    }
-
-    /// The rest of the body after the head (`held`: whether the head itself is still in
-    /// `out`, and the length of what `out` held). `Err`: how the relay ends instead.
-    async fn pump<P: Reply, R: AsyncReadRent + SpliceSource>(
-        &self,
-        reply: &mut P,
-        body: &mut Body,
-        (ex, eb, out): (&mut R, &mut Loan<'_, Vec<u8>>, &mut Vec<u8>),
-        (head_held, held_len): (bool, u64),
-        status: u16,
-    ) -> Result<ResponseEnd, Result<Ended, Cause>> {
-        let ctx = self.ctx;
-        let held = !out.is_empty();
-        let pumped = reply.pump(ctx, body, ex, eb, out).await;
-        let sent_held = if held && out.is_empty() { held_len } else { 0 };
-        reply.count(sent_held, body.written);
-        ctx.m().spliced(body.spliced, body.splice_fallback);
-        match pumped {
-            None => Err(Ok(Ended::cut(status, None))),
-            Some(Ok(after)) if after.is_empty() => Ok(ResponseEnd::Clean),
-            Some(Ok(_)) => Ok(ResponseEnd::Leftover),
-            Some(Err(PumpError::SinkStalled)) => {
-                reply.abort(true);
-                let stalled = Some(Reuse::Discard(Discard::ClientStalled));
-                Err(Ok(Ended::cut(status, stalled)))
-            }
-            // The held head never left: nothing reached the client, so a clean 502 is
-            // still possible (a client that left gets nothing).
-            Some(Err(e)) if head_held && !out.is_empty() && e != PumpError::Sink => {
-                Err(Err(request::body_cause(e, Cause::ClosedMidBody)))
-            }
-            // Truncated or malformed: the client must see it (close or reset), and a
-            // client that left takes the executor connection with it.
-            Some(Err(_)) => {
-                reply.abort(false);
-                Err(Ok(Ended::cut(status, P::BROKEN)))
-            }
-        }
     }
 
     /// The answer once the request body stopped streaming: its head (`got`, read while
@@ -287,5 +251,34 @@ impl Relaying<'_> {
         let executor_side = |e: &PumpError| *e == PumpError::Sink;
         let relayed = duplex::alongside(up, upload, relay, executor_side).await?;
         Ok((relayed, ex_r))
+    }
+}
+
+/// How the relay goes on after pumping the body: its end, or (`Err`) how the relay ends
+/// instead. `head_held`: the head itself never left, so a clean 502 is still possible.
+fn pumped_end<P: Reply>(
+    reply: &mut P,
+    pumped: Result<Range<usize>, PumpError>,
+    head_held: bool,
+    status: u16,
+) -> Result<ResponseEnd, Result<Ended, Cause>> {
+    match pumped {
+        Ok(after) if after.is_empty() => Ok(ResponseEnd::Clean),
+        Ok(_) => Ok(ResponseEnd::Leftover),
+        Err(PumpError::SinkStalled) => {
+            reply.abort(true);
+            let stalled = Some(Reuse::Discard(Discard::ClientStalled));
+            Err(Ok(Ended::cut(status, stalled)))
+        }
+        // Nothing reached the client (a client that left gets nothing).
+        Err(e) if head_held && e != PumpError::Sink => {
+            Err(Err(request::body_cause(e, Cause::ClosedMidBody)))
+        }
+        // Truncated or malformed: the client must see it (close or reset), and a client
+        // that left takes the executor connection with it.
+        Err(_) => {
+            reply.abort(false);
+            Err(Ok(Ended::cut(status, P::BROKEN)))
+        }
     }
 }

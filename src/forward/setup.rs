@@ -39,18 +39,18 @@ pub(crate) enum Way {
     Anycast(Option<u64>),
 }
 
-/// Forward one request through `run`: a declared length over the limit is refused, the
-/// proxy answers `100-continue` itself (the executor never sees `Expect`: the rewrite
-/// drops it), and an anycast runs under the whole-request deadline: when it fires before
-/// the answer's head went out (`phase`), a 504 is reported and answered; after, the
-/// answer is cut (broadcast keeps its own deadline).
-pub(crate) async fn forward<D: Answers>(
+/// Before forwarding: the body limit of the request's way, a declared length over it
+/// refused, and `100-continue` answered by the proxy itself (the executor never sees
+/// `Expect`: the rewrite drops it). `Err`: how the request ended instead. The caller runs
+/// an anycast under `deadline(ctx)` and hands a timeout to `deadline_passed` (broadcast
+/// keeps its own deadline). Two plain steps rather than one wrapper around the run: a
+/// future wrapping the run would add its own state to every request's task.
+pub(crate) async fn prepare<D: Answers>(
     ctx: &WorkerCtx,
     down: &mut D,
-    (head, addressing): (&RequestHead, Addressing),
-    (phase, picked): (&Cell<Phase>, &Picked),
-    run: impl AsyncFnOnce(&mut D, Way) -> D::Out,
-) -> D::Out {
+    head: &RequestHead,
+    addressing: Addressing,
+) -> Result<Way, D::Out> {
     let config = &ctx.config;
     let way = match addressing {
         Addressing::Broadcast => Way::Broadcast(super::broadcast_body_limit(config)),
@@ -61,30 +61,38 @@ pub(crate) async fn forward<D: Answers>(
         Way::Anycast(limit) => limit,
     };
     if request::declared_too_large(head.framing, limit) {
-        return down.refuse(ctx, ProxyError::BodyTooLarge).await;
+        return Err(down.refuse(ctx, ProxyError::BodyTooLarge).await);
     }
     // Only when no body byte came with the head: a client that sent some is not waiting.
     let waiting = down.pending().len() == head.head_len;
     if head.expect_continue && head.has_body() && waiting && down.send_continue(ctx).await.is_err()
     {
-        return D::cut(0);
+        return Err(D::cut(0));
     }
-    if let Way::Broadcast(_) = way {
-        return run(down, way).await;
-    }
-    let deadline = Instant::now() + config.max_timeout;
-    match monoio::time::timeout_at(deadline.into(), run(down, way)).await {
-        Ok(out) => out,
-        Err(_) => match phase.get() {
-            Phase::BeforeHead => {
-                let e = ProxyError::GatewayTimeout;
-                let pending = down.pending();
-                let (method, target) =
-                    (&pending[head.method.clone()], &pending[head.target.clone()]);
-                super::report_http_error(ctx, &e, method, target, picked.choice.get());
-                down.refuse(ctx, e).await
-            }
-            Phase::HeadSent(status) => D::cut(status),
-        },
+    Ok(way)
+}
+
+/// When the whole-request deadline passes (`OPR_PROXY_MAX_TIMEOUT` from now).
+pub(crate) fn deadline(ctx: &WorkerCtx) -> Instant {
+    Instant::now() + ctx.config.max_timeout
+}
+
+/// The deadline passed: before the answer's head went out (`phase`) a 504 is reported
+/// and answered; after, the answer is cut.
+pub(crate) async fn deadline_passed<D: Answers>(
+    ctx: &WorkerCtx,
+    down: &mut D,
+    head: &RequestHead,
+    (phase, picked): (&Cell<Phase>, &Picked),
+) -> D::Out {
+    match phase.get() {
+        Phase::BeforeHead => {
+            let e = ProxyError::GatewayTimeout;
+            let pending = down.pending();
+            let (method, target) = (&pending[head.method.clone()], &pending[head.target.clone()]);
+            super::report_http_error(ctx, &e, method, target, picked.choice.get());
+            down.refuse(ctx, e).await
+        }
+        Phase::HeadSent(status) => D::cut(status),
     }
 }

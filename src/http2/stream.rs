@@ -245,15 +245,18 @@ impl Reply for StreamReply<'_> {
         ex: &mut R,
         eb: &mut Loan<'_, Vec<u8>>,
         out: &mut Vec<u8>,
-    ) -> Option<Result<Range<usize>, PumpError>> {
-        let send = self.send.as_ref()?;
+    ) -> Result<Range<usize>, PumpError> {
+        let Some(send) = self.send.as_ref() else {
+            return Err(PumpError::Sink);
+        };
         let sink = Sink::Front(send, ctx.config.body_timeout);
         let pump = body.pump_after(ex, sink, eb, None, None, out);
-        // A client that resets the stream mid-body abandons it: the executor connection
-        // is closed with `ex`, even while the executor is silent.
+        // A client that resets the stream mid-body abandons it (the sink failed): the
+        // executor connection is closed with `ex`, even while the executor is silent.
+        // The reset that follows is not sent twice (h2 never resets a reset stream).
         monoio::select! {
-            r = pump => Some(r),
-            _ = super::io::reset(send) => None,
+            r = pump => r,
+            _ = super::io::reset(send) => Err(PumpError::Sink),
         }
     }
 
@@ -408,21 +411,25 @@ impl Stream {
             request: &request,
             respond: RefCell::new(respond),
         };
-        let asked = (&request.head, addressing);
-        let around = (&self.phase, &self.picked);
-        setup::forward(ctx, &mut client, asked, around, async |client, way| {
-            let respond = &mut **client.respond.get_mut();
-            match way {
-                Way::Broadcast(limit) => self.broadcast(&request, limit, body, respond).await,
-                // The SendStream is dropped with this future at the deadline: h2 resets
-                // the stream.
-                Way::Anycast(limit) => {
-                    self.forward(&request, body, respond, addressing, limit)
-                        .await
-                }
+        let way = match setup::prepare(ctx, &mut client, &request.head, addressing).await {
+            Ok(way) => way,
+            Err(status) => return status,
+        };
+        let respond = &mut **client.respond.get_mut();
+        let limit = match way {
+            Way::Broadcast(limit) => return self.broadcast(&request, limit, body, respond).await,
+            Way::Anycast(limit) => limit,
+        };
+        let deadline = setup::deadline(ctx);
+        let run = self.forward(&request, body, respond, addressing, limit);
+        match monoio::time::timeout_at(deadline.into(), run).await {
+            Ok(status) => status,
+            // The SendStream was dropped with the future: h2 resets the stream.
+            Err(_) => {
+                let around = (&self.phase, &self.picked);
+                setup::deadline_passed(ctx, &mut client, &request.head, around).await
             }
-        })
-        .await
+        }
     }
 
     /// Pick an executor, send the request, relay the answer.
