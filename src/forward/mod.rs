@@ -16,6 +16,7 @@ pub(crate) mod relay;
 pub(crate) mod request;
 pub(crate) mod reuse;
 pub(crate) mod setup;
+pub(crate) mod upload;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -24,13 +25,11 @@ use std::io;
 use std::ops::Range;
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
-use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 
 use crate::admission::Refused;
@@ -50,12 +49,13 @@ use crate::socket;
 use connect::{connect_client, Connected, Picked};
 use downstream::SocketDownstream;
 use duplex::{Step, Upload};
-use exchange::{ExecutorConn, HeadFailure, HeadRead};
+use exchange::ExecutorConn;
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
-use relay::{Ended, Explain, Head, Relaying, Reply};
+use relay::{Bufs, Ended, Explain, Head, Relaying, Reply};
 use request::Phase;
 use reuse::Reuse;
 use setup::{Answers, Way};
+use upload::Answered;
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
@@ -161,22 +161,6 @@ impl<D: SocketDownstream> Answers for Socket<'_, D> {
     }
 }
 
-/// An answer's head read while the body was sent: its parse, the executor's read half,
-/// and its fields.
-type AnswerRead<'h> = (
-    Result<ResponseHead, HeadFailure>,
-    TcpOwnedReadHalf,
-    &'h [HeaderRef],
-);
-
-/// How the first part of an HTTP/1 upload ended (`duplex::Step`).
-type UploadStep = Step<
-    PumpError,
-    Result<ResponseHead, HeadFailure>,
-    Result<(Served, Reuse), Cause>,
-    TcpOwnedReadHalf,
->;
-
 /// An exchange that did not end cleanly: its executor connection is closed.
 const BROKEN: Reuse = Reuse::Discard(Discard::Unfinished);
 
@@ -280,7 +264,7 @@ impl Anycast<'_> {
         conn: &mut D,
         ex: &mut ExecutorConn<'_>,
         (response, rest, silent): (Option<&ResponseHead>, Option<&mut Body>, Cause),
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        (hb, eb, big): Bufs<'_, '_>,
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
     ) -> (Served, Reuse) {
@@ -366,18 +350,17 @@ impl Anycast<'_> {
     }
 
     /// The rest of the request body streams to the executor while its answer is read
-    /// (RFC 9112 §9.6). An answer that begins first is relayed at once, through a second
-    /// handle on the client's socket, while the body goes on as long as the executor takes
-    /// it; sending stops when the answer has ended. Such an exchange closes both
-    /// connections: the executor's is never pooled, and the client's closes after the
-    /// answer with a lingering close when its body was not read whole.
-    /// `silent`: the 502 cause when the executor closes without a byte of an answer.
+    /// (`upload`): from the client's socket, and an answer that begins first goes out
+    /// through a second handle on it (`Twin`). Such an exchange closes both connections:
+    /// the executor's is never pooled, and the client's closes after the answer with a
+    /// lingering close when its body was not read whole. `silent`: the 502 cause when the
+    /// executor closes without a byte of an answer.
     async fn upload<D: SocketDownstream>(
         &self,
         conn: &mut D,
         ex: &mut ExecutorConn<'_>,
         (rest, silent): (&mut Body, Cause),
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        (hb, eb, big): Bufs<'_, '_>,
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
     ) -> (Served, Reuse) {
@@ -391,107 +374,51 @@ impl Anycast<'_> {
         let mut upload = Upload::Sending;
         let stall = Some(ctx.config.body_timeout);
         let pipes = ctx.config.splice.then_some(&ctx.pipes);
-        let client_fd = conn.socket().0.as_raw_fd();
-        let mut bytes_out = 0;
-        let executor_side = |e: &PumpError| *e == PumpError::Sink;
+        let mut twin = Twin {
+            fd: conn.socket().0.as_raw_fd(),
+            client: None,
+            bytes_out: 0,
+            asked: self.head,
+        };
         let step = {
             let sink = PlainSink::Executor(&mut ex_w);
-            let mut up = std::pin::pin!(rest.pump(conn.socket().0, sink, &mut ub, stall, pipes));
-            match duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side).await {
-                Err(e) => Step::Client(e),
-                Ok(None) => Step::BodyEnded,
-                Ok(Some((r, ex_r, rb, headers))) => {
-                    *(if big { eb.get() } else { hb.get() }) = rb;
-                    *response_headers = headers;
-                    let up = (up.as_mut(), &mut upload);
-                    let bufs = (&mut *hb, &mut *eb, big);
-                    let answer = (r, ex_r, &response_headers[..]);
-                    let client = (client_fd, &mut bytes_out);
-                    self.alongside(client, up, answer, bufs, out).await
-                }
-            }
+            let up = std::pin::pin!(rest.pump(conn.socket().0, sink, &mut ub, stall, pipes));
+            let bufs = ((&mut *hb, &mut *eb, big), &mut *out, &mut *response_headers);
+            let first = upload::first(
+                &self.relaying,
+                (up, &mut upload),
+                head.as_mut(),
+                &mut twin,
+                bufs,
+            );
+            // HTTP/1's pump sees a client that left: `Twin::gone` never completes.
+            first.await.unwrap_or(Step::Client(PumpError::SourceClosed))
         };
         let sent = upload.is_sent();
         // The client's connection stays in step only when its body was read whole before
         // the answer began: pipelined bytes of the next request are kept only then.
         let in_step = sent && matches!(step, Step::BodyEnded);
-        self.count_upload(conn, (rest, bytes_out), &upload, in_step, ub);
-        let (relayed, ex_r) = match step {
+        self.count_upload(conn, (rest, twin.bytes_out), &upload, in_step, ub);
+        let asked = self.head;
+        let down = (&mut *conn, move |conn| SocketReply::of(conn, asked));
+        let bufs = ((&mut *hb, &mut *eb, big), &mut *out, &mut *response_headers);
+        let answered = upload::answer(
+            &self.relaying,
+            down,
+            step,
+            head.as_mut(),
+            bufs,
+            (sent, silent),
+        );
+        let (relayed, ex_r) = match answered.await {
             // The client's side of the body failed: its error, if no answer went out yet.
-            Step::Client(e) => return (self.body_failed(conn, out, e).await, BROKEN),
-            Step::Relayed(relayed, ex_r) => (relayed, ex_r),
-            step => {
-                let got = match step {
-                    Step::Head(r, ex_r) => Some((r, ex_r)),
-                    _ => None,
-                };
-                let bufs = (&mut *hb, &mut *eb, big);
-                let how = (sent, silent);
-                let after =
-                    self.relay_after(conn, got, head.as_mut(), bufs, out, response_headers, how);
-                match after.await {
-                    Some(after) => after,
-                    None => return (Served::closed(0), BROKEN),
-                }
-            }
+            Answered::Client(e) => return (self.body_failed(conn, out, e).await, BROKEN),
+            Answered::Gone => return (Served::closed(0), BROKEN),
+            Answered::Relayed(relayed, ex_r) => (relayed.map(served), ex_r),
         };
         ex.join(ex_r, ex_w);
         self.upload_answered(conn, out, relayed, sent, in_step)
             .await
-    }
-
-    /// The answer began while the body was still sent: relay it alongside the body
-    /// (`relay::Relaying::relay_alongside`) through a second handle on the client's
-    /// socket (`client`: its descriptor, and the count of bytes written to it). Without
-    /// one (out of fds) the body stops and the answer is relayed after.
-    async fn alongside<U>(
-        &self,
-        (client_fd, bytes_out): (RawFd, &mut u64),
-        up: (
-            Pin<&mut impl Future<Output = Result<U, PumpError>>>,
-            &mut Upload<U>,
-        ),
-        (r, ex_r, response_headers): AnswerRead<'_>,
-        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
-        out: &mut Vec<u8>,
-    ) -> UploadStep {
-        let (response, mut client) = match (r, socket::twin(client_fd)) {
-            (Ok(response), Ok(client)) => (response, client),
-            (r, _) => return Step::Head(r, ex_r),
-        };
-        let mut reply = SocketReply {
-            client: &mut client,
-            bytes_out,
-            asked: self.head,
-        };
-        let relaying = &self.relaying;
-        let answer = (response, ex_r);
-        let relay = relaying.relay_alongside(&mut reply, up, answer, bufs, out, response_headers);
-        match relay.await {
-            Ok((relayed, ex_r)) => Step::Relayed(relayed.map(served), ex_r),
-            Err(e) => Step::Client(e),
-        }
-    }
-
-    /// The answer after the body stopped streaming (`relay::Relaying::relay_after`),
-    /// relayed to the client's socket.
-    #[allow(clippy::too_many_arguments)]
-    async fn relay_after<D: SocketDownstream, F: Future<Output = HeadRead>>(
-        &self,
-        conn: &mut D,
-        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
-        head: Pin<&mut F>,
-        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
-        out: &mut Vec<u8>,
-        response_headers: &mut Vec<HeaderRef>,
-        how: (bool, Cause),
-    ) -> Option<(Result<(Served, Reuse), Cause>, TcpOwnedReadHalf)> {
-        let asked = self.head;
-        let down = (conn, move |conn| SocketReply::of(conn, asked));
-        let relaying = &self.relaying;
-        let after = relaying.relay_after(down, got, head, bufs, out, response_headers, how);
-        let (relayed, ex_r) = after.await?;
-        Some((relayed.map(served), ex_r))
     }
 
     /// The client's side of the body failed: its error, if no answer went out yet.
@@ -675,6 +602,37 @@ impl Reply for SocketReply<'_> {
     async fn finish(&mut self, ctx: &WorkerCtx, len: u64, _: bool) -> bool {
         ctx.answer_sizes.saw(len);
         true
+    }
+}
+
+/// HTTP/1's reply to an answer that begins while the body is still read from the
+/// client's socket: a second handle on that socket (`socket::twin`), made only then.
+struct Twin<'a> {
+    fd: RawFd,
+    client: Option<TcpStream>,
+    /// Bytes of the answer written through it.
+    bytes_out: u64,
+    asked: &'a RequestHead,
+}
+
+impl upload::Alongside for Twin<'_> {
+    type Reply<'r>
+        = SocketReply<'r>
+    where
+        Self: 'r;
+
+    /// The body's pump reads the client's socket: it sees a client that left.
+    fn gone(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::pending()
+    }
+
+    fn reply(&mut self) -> Option<SocketReply<'_>> {
+        self.client = Some(socket::twin(self.fd).ok()?);
+        Some(SocketReply {
+            client: self.client.as_mut()?,
+            bytes_out: &mut self.bytes_out,
+            asked: self.asked,
+        })
     }
 }
 

@@ -5,21 +5,17 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
 
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
-use monoio::net::tcp::TcpOwnedReadHalf;
 
 use crate::buffers::Loan;
 use crate::ctx::WorkerCtx;
 use crate::http::head::{HeaderRef, ResponseFraming, ResponseHead};
 use crate::outcome::{After, Cause, Discard};
 
-use super::connect::{watching, Picked};
-use super::downstream::Downstream;
-use super::duplex::{self, Upload};
-use super::exchange::{self, HeadFailure, HeadRead};
+use super::connect::Picked;
+use super::exchange::{self};
 use super::pump::{Body, PumpError};
 use super::request::{self, Phase};
 use super::reuse::{self, ResponseEnd, Reuse};
@@ -103,6 +99,10 @@ pub(crate) struct Head<'a> {
     pub(crate) close: bool,
 }
 
+/// What an answer is read and written with: the head buffer, the body buffer, and
+/// whether it was read into the body buffer (`true`) or the head buffer.
+pub(crate) type Bufs<'b, 'p> = (&'b mut Loan<'p, Vec<u8>>, &'b mut Loan<'p, Vec<u8>>, bool);
+
 /// The choice to explain in `x-opr-route` (`None`: not asked).
 pub(crate) type Explain<'a> = Option<(&'a WorkerCtx, &'a Picked)>;
 
@@ -125,7 +125,7 @@ impl Relaying<'_> {
         &self,
         reply: &mut P,
         ex: &mut R,
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        (hb, eb, big): Bufs<'_, '_>,
         out: &mut Vec<u8>,
         (response, headers): (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
@@ -190,67 +190,6 @@ impl Relaying<'_> {
             after,
             reuse: Some(reuse::after_exchange(response, !early_answer, end)),
         })
-    }
-
-    /// The answer once the request body stopped streaming: its head (`got`, read while
-    /// the body was sent; else awaited now from `head`, watching the client), then the
-    /// relay through the reply `reply` makes of the downstream (`sent`: the body went
-    /// whole; `silent`: the 502 cause of an executor that closes unanswering). `None`:
-    /// the client left.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn relay_after<'d, D: Downstream, P: Reply, F: Future<Output = HeadRead>>(
-        &self,
-        (down, reply): (&'d mut D, impl FnOnce(&'d mut D) -> P),
-        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
-        head: Pin<&mut F>,
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
-        out: &mut Vec<u8>,
-        response_headers: &mut Vec<HeaderRef>,
-        (sent, silent): (bool, Cause),
-    ) -> Option<(Result<Ended, Cause>, TcpOwnedReadHalf)> {
-        let (r, mut ex_r) = match got {
-            Some(got) => got,
-            None => {
-                let gone = || down.gone();
-                let (r, ex_r, rb, headers) = watching(D::WATCH_AFTER, head, gone).await?;
-                *(if big { eb.get() } else { hb.get() }) = rb;
-                *response_headers = headers;
-                (r, ex_r)
-            }
-        };
-        let relayed = match r {
-            Ok(response) => {
-                let mut reply = reply(down);
-                let answer = (&response, &response_headers[..]);
-                let bufs = (hb, eb, big);
-                self.relay(&mut reply, &mut ex_r, bufs, out, answer, !sent)
-                    .await
-            }
-            Err(failure) => Err(exchange::failure_cause(failure, silent)),
-        };
-        Some((relayed, ex_r))
-    }
-
-    /// The answer's head came while the request body was still sent (`up`): relay the
-    /// answer through `reply` alongside the body (`duplex::alongside`, an early answer:
-    /// the executor connection is not pooled). `Err`: the client's side of the body failed.
-    pub(crate) async fn relay_alongside<P: Reply, U>(
-        &self,
-        reply: &mut P,
-        (up, upload): (
-            Pin<&mut impl Future<Output = Result<U, PumpError>>>,
-            &mut Upload<U>,
-        ),
-        (response, mut ex_r): (ResponseHead, TcpOwnedReadHalf),
-        bufs: (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
-        out: &mut Vec<u8>,
-        response_headers: &[HeaderRef],
-    ) -> Result<(Result<Ended, Cause>, TcpOwnedReadHalf), PumpError> {
-        let answer = (&response, response_headers);
-        let relay = self.relay(reply, &mut ex_r, bufs, out, answer, true);
-        let executor_side = |e: &PumpError| *e == PumpError::Sink;
-        let relayed = duplex::alongside(up, upload, relay, executor_side).await?;
-        Ok((relayed, ex_r))
     }
 }
 

@@ -9,10 +9,8 @@
 //! `connect::watching`, `forward::bad_gateway`).
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +19,6 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
-use monoio::net::tcp::TcpOwnedReadHalf;
 
 use crate::access_log;
 use crate::admission::Refused;
@@ -32,13 +29,14 @@ use crate::ctx::{Assignment, WorkerCtx};
 use crate::forward;
 use crate::forward::connect::{connect_client, Connected, Picked};
 use crate::forward::downstream::Downstream;
-use crate::forward::duplex::{self, Step, Upload};
-use crate::forward::exchange::{self, HeadFailure, HeadRead};
+use crate::forward::duplex::{Step, Upload};
+use crate::forward::exchange::{self};
 use crate::forward::pump::{self, PumpError, Sink};
 use crate::forward::relay::{Ended, Explain, Head, Relaying, Reply};
 use crate::forward::request::{self, Phase, LINGER};
 use crate::forward::reuse::Reuse;
 use crate::forward::setup::{self, Answers, Way};
+use crate::forward::upload::{self, Answered};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
@@ -75,9 +73,6 @@ impl Request {
         head::find_header(&self.buf, &self.headers, name)
     }
 }
-
-/// How the first part of a stream's upload ended (`duplex::Step`).
-type UploadStep = Step<PumpError, HeadFailure, (u16, Option<Reuse>), TcpOwnedReadHalf>;
 
 /// A stream as the back end's downstream while its request is connected: the head as
 /// HTTP/1 bytes, and a reset as the client leaving.
@@ -280,6 +275,28 @@ impl Reply for StreamReply<'_> {
             Some(send) if !no_body => send.borrow_mut().send_data(Bytes::new(), true).is_ok(),
             _ => true,
         }
+    }
+}
+
+/// The stream's reply to an answer that begins while the body still comes from its
+/// DATA frames; the stream's reset is watched meanwhile.
+struct StreamAlongside<'r> {
+    respond: &'r mut SendResponse<Bytes>,
+    bytes_out: &'r Cell<u64>,
+}
+
+impl upload::Alongside for StreamAlongside<'_> {
+    type Reply<'a>
+        = StreamReply<'a>
+    where
+        Self: 'a;
+
+    async fn gone(&mut self) {
+        let _ = std::future::poll_fn(|cx| self.respond.poll_reset(cx)).await;
+    }
+
+    fn reply(&mut self) -> Option<StreamReply<'_>> {
+        Some(StreamReply::new(self.respond, self.bytes_out))
     }
 }
 
@@ -525,13 +542,12 @@ impl Stream {
         connect_client(&self.ctx, &client, asked, sent, picked, assigned, out, bufs).await
     }
 
-    /// The request body streams to the executor while its answer is read (RFC 9112 §9.6),
-    /// as over HTTP/1: an answer that begins first is relayed
-    /// at once while the body goes on as long as the executor takes it; sending stops
-    /// when the answer has ended, and the executor connection is then never pooled. A
-    /// body stopped that way ends the stream with `RST_STREAM(NO_ERROR)` after the
-    /// complete answer (RFC 9113 §8.1). `silent`: the 502 cause when the executor closes
-    /// without a byte of an answer.
+    /// The request body streams to the executor while its answer is read (`upload`, as
+    /// over HTTP/1): from the stream's DATA frames, and an answer that begins first goes
+    /// out on the stream while the body goes on (the executor connection is then never
+    /// pooled). A body stopped that way ends the stream with `RST_STREAM(NO_ERROR)` after
+    /// the complete answer (RFC 9113 §8.1). `silent`: the 502 cause when the executor
+    /// closes without a byte of an answer.
     #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
@@ -540,7 +556,7 @@ impl Stream {
         respond: &mut SendResponse<Bytes>,
         ex: &mut exchange::ExecutorConn<'_>,
         (hb, eb, out): Buffers<'_, '_>,
-        response_headers: Vec<HeaderRef>,
+        mut response_headers: Vec<HeaderRef>,
         limit: Option<u64>,
         silent: Cause,
     ) -> (u16, Option<Reuse>) {
@@ -548,35 +564,33 @@ impl Stream {
         let request = answer.request;
         let (ex_r, mut ex_w) = ex.split();
         let rb = std::mem::take(hb.get());
-        let read = exchange::read_head_owned(ex_r, rb, response_headers, self.head_only);
+        let headers = std::mem::take(&mut response_headers);
+        let read = exchange::read_head_owned(ex_r, rb, headers, self.head_only);
         let mut head = std::pin::pin!(read);
         let mut upload = Upload::Sending;
         let chunked = request.head.framing == RequestFraming::Chunked;
         let stall = ctx.config.body_timeout;
-        let executor_side = |e: &PumpError| *e == PumpError::Sink;
         // Chunk framing of the body, apart from `out` (the answer's head meanwhile).
         let mut framed = Vec::new();
+        let relaying = self.relaying(answer.debug);
+        let mut alongside = StreamAlongside {
+            respond,
+            bytes_out: &self.bytes_out,
+        };
         let step = {
             let how = (chunked, limit, stall);
             let up = super::body::send(body, &mut ex_w, how, &self.bytes_in, &mut framed);
-            let mut up = std::pin::pin!(up);
-            let first = duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side);
-            // A client that resets the stream abandons the request: the executor
-            // connection is closed with `ex`.
-            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-            let first = monoio::select! {
-                r = first => r,
-                _ = reset => return (0, None),
-            };
-            match first {
-                Err(e) => Step::Client(e),
-                Ok(None) => Step::BodyEnded,
-                Ok(Some(read)) => {
-                    let bufs = (&mut *hb, &mut *eb, &mut *out);
-                    let relay =
-                        self.relay_alongside(answer, respond, up.as_mut(), &mut upload, read, bufs);
-                    relay.await
-                }
+            let up = (std::pin::pin!(up), &mut upload);
+            let bufs = (
+                (&mut *hb, &mut *eb, false),
+                &mut *out,
+                &mut response_headers,
+            );
+            match upload::first(&relaying, up, head.as_mut(), &mut alongside, bufs).await {
+                Some(step) => step,
+                // A client that resets the stream abandons the request: the executor
+                // connection is closed with `ex`.
+                None => return (0, None),
             }
         };
         let sent = upload.is_sent();
@@ -584,85 +598,30 @@ impl Stream {
         // stream ends with RST_STREAM(NO_ERROR) once its handles drop.
         let stopped = !sent && matches!(step, Step::Relayed(..) | Step::BodyEnded);
         self.stopped.set(stopped);
-        let (relayed, ex_r) = match step {
-            Step::Client(e) => return (self.body_failed(respond, e), None),
-            Step::Relayed(relayed, ex_r) => (relayed, ex_r),
-            // The head could not be read while the body was being sent.
-            Step::Head(failure, ex_r) => {
-                let cause = exchange::failure_cause(failure, silent);
-                ((self.bad_gateway(request, respond, cause), None), ex_r)
-            }
-            // The body ended first: the answer's head, watching for a reset, then the relay.
-            Step::BodyEnded => {
-                let bufs = (&mut *hb, &mut *eb, &mut *out);
-                let after = self.relay_after(answer, respond, head.as_mut(), bufs, (sent, silent));
-                match after.await {
-                    Some(after) => after,
-                    None => return (0, None),
-                }
-            }
-        };
-        ex.join(ex_r, ex_w);
-        relayed
-    }
-
-    /// The body ended first: the answer's head, watching for a reset, then the relay
-    /// (`relay::Relaying::relay_after`); a head that failed is answered 502. `None`: the
-    /// client reset the stream.
-    async fn relay_after<F: Future<Output = HeadRead>>(
-        &self,
-        answer: &Relay<'_>,
-        respond: &mut SendResponse<Bytes>,
-        head: Pin<&mut F>,
-        (hb, eb, out): Buffers<'_, '_>,
-        how: (bool, Cause),
-    ) -> Option<((u16, Option<Reuse>), TcpOwnedReadHalf)> {
-        let request = answer.request;
         let mut client = Client {
             stream: self,
             request,
-            respond: RefCell::new(respond),
+            respond: RefCell::new(alongside.respond),
         };
-        let mut headers = Vec::new();
         let down = (&mut client, Client::reply);
-        let relaying = self.relaying(answer.debug);
-        let after = relaying.relay_after(down, None, head, (hb, eb, false), out, &mut headers, how);
-        match after.await? {
-            (Ok(ended), ex_r) => Some(((ended.status, ended.reuse), ex_r)),
-            (Err(cause), ex_r) => {
-                let respond = client.respond.get_mut();
-                Some(((self.bad_gateway(request, respond, cause), None), ex_r))
-            }
-        }
-    }
-
-    /// The answer's head came while the body was being sent: relay the answer alongside
-    /// the body (`duplex::alongside`), or give up the body when the head failed.
-    async fn relay_alongside(
-        &self,
-        answer: &Relay<'_>,
-        respond: &mut SendResponse<Bytes>,
-        up: Pin<&mut impl Future<Output = Result<(), PumpError>>>,
-        upload: &mut Upload<()>,
-        (r, ex_r, rb, headers): HeadRead,
-        (hb, eb, out): Buffers<'_, '_>,
-    ) -> UploadStep {
-        *hb.get() = rb;
-        let response = match r {
-            Ok(response) => response,
-            Err(failure) => return Step::Head(failure, ex_r),
+        let bufs = (
+            (&mut *hb, &mut *eb, false),
+            &mut *out,
+            &mut response_headers,
+        );
+        let answered = upload::answer(&relaying, down, step, head.as_mut(), bufs, (sent, silent));
+        let (relayed, ex_r) = match answered.await {
+            Answered::Client(e) => return (self.body_failed(client.respond.get_mut(), e), None),
+            Answered::Gone => return (0, None),
+            Answered::Relayed(relayed, ex_r) => (relayed, ex_r),
         };
-        let mut reply = StreamReply::new(respond, &self.bytes_out);
-        let relaying = self.relaying(answer.debug);
-        let (up, bufs) = ((up, upload), (hb, eb, false));
-        let relay = relaying.relay_alongside(&mut reply, up, (response, ex_r), bufs, out, &headers);
-        match relay.await {
-            Ok((Ok(ended), ex_r)) => Step::Relayed((ended.status, ended.reuse), ex_r),
-            Ok((Err(cause), ex_r)) => {
-                let status = self.bad_gateway(answer.request, reply.respond, cause);
-                Step::Relayed((status, None), ex_r)
-            }
-            Err(e) => Step::Client(e),
+        ex.join(ex_r, ex_w);
+        match relayed {
+            Ok(ended) => (ended.status, ended.reuse),
+            Err(cause) => (
+                self.bad_gateway(request, client.respond.get_mut(), cause),
+                None,
+            ),
         }
     }
 
