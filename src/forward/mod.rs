@@ -1,9 +1,10 @@
 //! The one back end, behind both front ends. Both go through `setup` (the body limit,
-//! `100-continue`, broadcast or anycast, the whole-request deadline); for an HTTP/1
-//! request (a `SocketDownstream`) anycast here is `connect`, stream the body, relay the
-//! answer (`relay`, through `SocketReply`). HTTP/2 streams (a `Downstream`) share `setup`,
-//! `connect`, `request`, `relay`, `pump`, `duplex`, `exchange`, `reuse` and the 502
-//! accounting (`bad_gateway`).
+//! `100-continue`, broadcast or anycast, the whole-request deadline), `connect`, `upload`
+//! (the body while the answer is read) and `relay`, with `pump`, `duplex`, `exchange`,
+//! `reuse`, `request` and the 502 accounting (`bad_gateway`). Here is HTTP/1's side of an
+//! anycast (`Anycast`, for a `SocketDownstream`): the body bytes that came with the head,
+//! the body's pump from the client's socket, and `SocketReply`, which writes an answer as
+//! bytes to it.
 
 pub(crate) mod admit;
 mod broadcast;

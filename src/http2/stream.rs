@@ -1,12 +1,11 @@
 //! One HTTP/2 stream, the front end's side of the one request path: routing and the
 //! proxy's own answers (`answer`), then the back end's `setup` (size, `100-continue`,
 //! deadline) and `connect::connect_client` with the stream as its `Downstream` (the head
-//! as HTTP/1 bytes, a reset as the client leaving). The request body streams from the h2
-//! `RecvStream` to the executor (`body`); the answer goes through the back end's one
-//! relay (`relay`: alongside the body or after it) into `StreamReply` (h2 fields, DATA
-//! frames as the window allows, a reset when cut). A failed body, the wait for the
-//! answer's head and a 502 follow the back end's rules (`request::body_failure`,
-//! `connect::watching`, `forward::bad_gateway`).
+//! as HTTP/1 bytes, a reset as the client leaving). The request body's pump reads the h2
+//! `RecvStream` (`body`) and goes through the back end's one `upload`; the answer goes
+//! through its one `relay` into `StreamReply` (h2 fields, DATA frames as the window
+//! allows, a reset when cut). A failed body and a 502 follow the back end's rules
+//! (`request::body_failure`, `forward::bad_gateway`).
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
