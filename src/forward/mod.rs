@@ -395,11 +395,13 @@ impl Anycast<'_> {
             // HTTP/1's pump sees a client that left: `Twin::gone` never completes.
             first.await.unwrap_or(Step::Client(PumpError::SourceClosed))
         };
+        // The second handle on the client's socket, if one was made, closes now.
+        let Twin { bytes_out, .. } = twin;
         let sent = upload.is_sent();
         // The client's connection stays in step only when its body was read whole before
         // the answer began: pipelined bytes of the next request are kept only then.
         let in_step = sent && matches!(step, Step::BodyEnded);
-        self.count_upload(conn, (rest, twin.bytes_out), &upload, in_step, ub);
+        self.count_upload(conn, (rest, bytes_out), &upload, in_step, ub);
         let asked = self.head;
         let down = (&mut *conn, move |conn| SocketReply::of(conn, asked));
         let bufs = ((&mut *hb, &mut *eb, big), &mut *out, &mut *response_headers);
