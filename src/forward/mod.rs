@@ -1,8 +1,10 @@
-//! The one back end, behind both front ends. For an HTTP/1 request (a
-//! `SocketDownstream`): the body limit and `100-continue`, then anycast (`connect`, stream
-//! the body, relay the answer) or broadcast, under the whole-request deadline. HTTP/2
-//! streams (a `Downstream`) share `connect`, `request`, `pump`, `duplex`, `exchange`,
-//! `reuse` and the 502 accounting (`bad_gateway`).
+//! The one back end, behind both front ends. Both go through `setup` (the body limit,
+//! `100-continue`, broadcast or anycast, the whole-request deadline), `connect`, `upload`
+//! (the body while the answer is read) and `relay`, with `pump`, `duplex`, `exchange`,
+//! `reuse`, `request` and the 502 accounting (`bad_gateway`). Here is HTTP/1's side of an
+//! anycast (`Anycast`, for a `SocketDownstream`): the body bytes that came with the head,
+//! the body's pump from the client's socket, and `SocketReply`, which writes an answer as
+//! bytes to it.
 
 pub(crate) mod admit;
 mod broadcast;
@@ -11,22 +13,24 @@ pub(crate) mod downstream;
 pub(crate) mod duplex;
 pub(crate) mod exchange;
 pub(crate) mod pump;
+pub(crate) mod relay;
 pub(crate) mod request;
 pub(crate) mod reuse;
+pub(crate) mod setup;
+pub(crate) mod upload;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 
-use std::os::fd::AsRawFd;
-use std::pin::Pin;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
-use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 
 use crate::admission::Refused;
@@ -43,13 +47,16 @@ use crate::outcome::{self, After, AnswerEnd, Asked, Cause, Discard, Served};
 use crate::report::Report;
 use crate::snapshot::ExecutorId;
 use crate::socket;
-use connect::{connect_client, watching, Connected, Picked};
+use connect::{connect_client, Connected, Picked};
 use downstream::SocketDownstream;
 use duplex::{Step, Upload};
-use exchange::{ExecutorConn, HeadFailure, HeadRead};
+use exchange::ExecutorConn;
 use pump::{Body, Delimit, Emit, PlainSink, PumpError};
+use relay::{Bufs, Ended, Explain, Head, Relaying, Reply};
 use request::Phase;
-use reuse::{ResponseEnd, Reuse};
+use reuse::Reuse;
+use setup::{Answers, Way};
+use upload::Answered;
 
 pub(crate) use broadcast::{body_limit as broadcast_body_limit, fan_out};
 pub(crate) use broadcast::{try_hold as try_hold_broadcast, Budget, CONNECTION_BUDGET};
@@ -79,39 +86,27 @@ async fn forward_request<D: SocketDownstream>(
     out: &mut Vec<u8>,
     picked: &Picked,
 ) -> Served {
-    let config = &ctx.config;
     let addressing = Addressing::from_header(head::find_header(
         conn.pending(),
         headers,
         "x-opr-addressing-method",
     ));
-    let limit = match addressing {
-        Addressing::Broadcast => Some(broadcast::body_limit(config)),
-        _ => config.max_body_size,
-    };
-    if request::declared_too_large(head.framing, limit) {
-        let e = ProxyError::BodyTooLarge;
-        return conn.answer_error(ctx, out, e, Asked::UNREAD).await;
-    }
-    // RFC 9110 §10.1.1: answer 100-continue ourselves so the client starts sending; the
-    // executor never sees Expect (the rewrite drops it).
-    if head.expect_continue && head.has_body() && conn.pending().len() == head.head_len {
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        if conn.write_answer(out, config.body_timeout).await.is_err() {
-            return Served::closed(0);
-        }
-    }
-    if addressing == Addressing::Broadcast {
+    let mut down = Socket { conn, out };
+    let limit = match setup::prepare(ctx, &mut down, head, addressing).await {
+        Ok(Way::Anycast(limit)) => limit,
         // Rare: its state lives in its own allocation, not in every connection's task.
-        return Box::pin(broadcast::broadcast(ctx, conn, head, headers, out, limit)).await;
-    }
-
+        Ok(Way::Broadcast(limit)) => {
+            let (conn, out) = (&mut *down.conn, &mut *down.out);
+            let broadcast = broadcast::broadcast(ctx, conn, head, headers, out, Some(limit));
+            return Box::pin(broadcast).await;
+        }
+        Err(served) => return served,
+    };
     let phase = Cell::new(Phase::BeforeHead);
-    let deadline = Instant::now() + config.max_timeout;
+    let deadline = setup::deadline(ctx);
     let debug = request::debug(
-        config,
-        head::find_header(conn.pending(), headers, "x-opr-debug"),
+        &ctx.config,
+        head::find_header(down.conn.pending(), headers, "x-opr-debug"),
     );
     let anycast = Anycast {
         ctx,
@@ -119,25 +114,51 @@ async fn forward_request<D: SocketDownstream>(
         headers,
         addressing,
         limit,
-        phase: &phase,
-        picked,
-        failed: Cell::new(false),
-        debug,
-    };
-    let run = anycast.run(conn, out, response_headers);
-    match monoio::time::timeout_at(deadline.into(), run).await {
-        Ok(result) => result,
-        Err(_) => match phase.get() {
-            Phase::BeforeHead => {
-                let e = ProxyError::GatewayTimeout;
-                let pending = conn.pending();
-                let (method, target) =
-                    (&pending[head.method.clone()], &pending[head.target.clone()]);
-                report_http_error(ctx, &e, method, target, picked.choice.get());
-                conn.answer_error(ctx, out, e, Asked::UNREAD).await
-            }
-            Phase::HeadSent(status) => Served::closed(status),
+        relaying: Relaying {
+            ctx,
+            phase: &phase,
+            picked,
+            debug,
         },
+        failed: Cell::new(false),
+    };
+    let run = anycast.run(down.conn, down.out, response_headers);
+    match monoio::time::timeout_at(deadline.into(), run).await {
+        Ok(served) => served,
+        Err(_) => setup::deadline_passed(ctx, &mut down, head, (&phase, picked)).await,
+    }
+}
+
+/// An HTTP/1 client as the shared setup answers it: its connection and the vector its
+/// answers are written into.
+struct Socket<'a, D> {
+    conn: &'a mut D,
+    out: &'a mut Vec<u8>,
+}
+
+impl<D: SocketDownstream> Answers for Socket<'_, D> {
+    type Out = Served;
+
+    fn pending(&self) -> &[u8] {
+        self.conn.pending()
+    }
+
+    async fn send_continue(&mut self, ctx: &WorkerCtx) -> io::Result<()> {
+        self.out.clear();
+        self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.conn
+            .write_answer(self.out, ctx.config.body_timeout)
+            .await
+    }
+
+    async fn refuse(&mut self, ctx: &WorkerCtx, e: ProxyError) -> Served {
+        self.conn
+            .answer_error(ctx, self.out, e, Asked::UNREAD)
+            .await
+    }
+
+    fn cut(status: u16) -> Served {
+        Served::closed(status)
     }
 }
 
@@ -161,14 +182,12 @@ struct Anycast<'a> {
     headers: &'a [HeaderRef],
     addressing: Addressing,
     limit: Option<u64>,
-    phase: &'a Cell<Phase>,
-    /// The executor the request went to and why, the failover, the wait.
-    picked: &'a Picked,
+    /// The phase, the executor the request went to and why, and whether to explain it;
+    /// a field, so a relay borrows it rather than keeping a copy in the task's state.
+    relaying: Relaying<'a>,
     /// A `502` was answered for the executor (`fail`): the exchange does not count as
     /// answered for outlier detection.
     failed: Cell<bool>,
-    /// Explain the choice in `x-opr-route` (dev mode, or `x-opr-debug: 1`).
-    debug: bool,
 }
 
 impl Anycast<'_> {
@@ -202,10 +221,11 @@ impl Anycast<'_> {
         let bufs = (rb, &mut *response_headers);
         let request = (head, self.headers, self.addressing);
         let sent = (first.sent, in_hand);
-        let picked = self.picked;
-        let connected =
-            connect_client(ctx, conn, request, sent, picked, &mut _assigned, out, bufs).await;
-        let (mut ex, response, silent) = match connected {
+        let picked = self.relaying.picked;
+        // Matched as a temporary: a named `Connected` would stay in the task's state
+        // beside the `ex` moved out of it.
+        let connected = connect_client(ctx, conn, request, sent, picked, &mut _assigned, out, bufs);
+        let (mut ex, response, silent) = match connected.await {
             Connected::Sent {
                 ex,
                 response,
@@ -223,12 +243,12 @@ impl Anycast<'_> {
             Connected::Failed(cause) => return self.fail(conn, out, cause, read_whole).await,
         };
         let bufs = (&mut hb, &mut eb, big);
-        let answer = (response, first.rest.as_mut(), silent);
+        let answer = (response.as_ref(), first.rest.as_mut(), silent);
         let (served, reuse) = self
             .answer(conn, &mut ex, answer, bufs, out, response_headers)
             .await;
         if !self.failed.get() {
-            if let Some(choice) = self.picked.choice.get() {
+            if let Some(choice) = self.relaying.picked.choice.get() {
                 ctx.executor(choice.executor).answered();
             }
         }
@@ -244,17 +264,19 @@ impl Anycast<'_> {
         &self,
         conn: &mut D,
         ex: &mut ExecutorConn<'_>,
-        (response, rest, silent): (Option<ResponseHead>, Option<&mut Body>, Cause),
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        (response, rest, silent): (Option<&ResponseHead>, Option<&mut Body>, Cause),
+        (hb, eb, big): Bufs<'_, '_>,
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
     ) -> (Served, Reuse) {
         match (response, rest) {
             (Some(response), _) => {
-                let client = conn.socket();
-                let answer = (&response, &response_headers[..]);
-                let relayed = self.relay(client, ex.stream(), (hb, eb, big), out, answer, false);
-                match relayed.await {
+                let mut reply = SocketReply::of(conn, self.head);
+                let answer = (response, &response_headers[..]);
+                let relaying = &self.relaying;
+                let relayed =
+                    relaying.relay(&mut reply, ex.stream(), (hb, eb, big), out, answer, false);
+                match relayed.await.map(served) {
                     Ok(relayed) => relayed,
                     Err(cause) => {
                         let served = self.fail(conn, out, cause, Some(0)).await;
@@ -284,14 +306,14 @@ impl Anycast<'_> {
         read_whole: Option<usize>,
     ) -> Served {
         let asked = Asked::of(self.head, read_whole.is_some());
-        if self.picked.choice.get().is_some() {
+        if self.relaying.picked.choice.get().is_some() {
             self.failed.set(true);
         }
         // Consumed after the answer: its report reads the request's method and path.
         let pending = conn.pending();
         let head = self.head;
         let asked_for = (&pending[head.method.clone()], &pending[head.target.clone()]);
-        let e = bad_gateway(self.ctx, self.picked, cause, asked_for);
+        let e = bad_gateway(self.ctx, self.relaying.picked, cause, asked_for);
         let answered = conn.answer_error(self.ctx, out, e, asked).await;
         if let Some(n) = read_whole {
             conn.consume(n);
@@ -329,18 +351,17 @@ impl Anycast<'_> {
     }
 
     /// The rest of the request body streams to the executor while its answer is read
-    /// (RFC 9112 §9.6). An answer that begins first is relayed at once, through a second
-    /// handle on the client's socket, while the body goes on as long as the executor takes
-    /// it; sending stops when the answer has ended. Such an exchange closes both
-    /// connections: the executor's is never pooled, and the client's closes after the
-    /// answer with a lingering close when its body was not read whole.
-    /// `silent`: the 502 cause when the executor closes without a byte of an answer.
+    /// (`upload`): from the client's socket, and an answer that begins first goes out
+    /// through a second handle on it (`Twin`). Such an exchange closes both connections:
+    /// the executor's is never pooled, and the client's closes after the answer with a
+    /// lingering close when its body was not read whole. `silent`: the 502 cause when the
+    /// executor closes without a byte of an answer.
     async fn upload<D: SocketDownstream>(
         &self,
         conn: &mut D,
         ex: &mut ExecutorConn<'_>,
         (rest, silent): (&mut Body, Cause),
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
+        (hb, eb, big): Bufs<'_, '_>,
         out: &mut Vec<u8>,
         response_headers: &mut Vec<HeaderRef>,
     ) -> (Served, Reuse) {
@@ -354,62 +375,49 @@ impl Anycast<'_> {
         let mut upload = Upload::Sending;
         let stall = Some(ctx.config.body_timeout);
         let pipes = ctx.config.splice.then_some(&ctx.pipes);
-        let client_fd = conn.socket().0.as_raw_fd();
-        let mut bytes_out = 0;
-        let executor_side = |e: &PumpError| *e == PumpError::Sink;
+        let mut twin = Twin {
+            fd: conn.socket().0.as_raw_fd(),
+            client: None,
+            bytes_out: 0,
+            asked: self.head,
+        };
         let step = {
             let sink = PlainSink::Executor(&mut ex_w);
-            let mut up = std::pin::pin!(rest.pump(conn.socket().0, sink, &mut ub, stall, pipes));
-            match duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side).await {
-                Err(e) => Step::Client(e),
-                Ok(None) => Step::BodyEnded,
-                Ok(Some((r, ex_r, rb, headers))) => {
-                    *(if big { eb.get() } else { hb.get() }) = rb;
-                    *response_headers = headers;
-                    match (r, socket::twin(client_fd)) {
-                        (Ok(response), Ok(mut client)) => {
-                            let mut ex_r = ex_r;
-                            let bufs = (&mut *hb, &mut *eb, big);
-                            let answer = (&response, &response_headers[..]);
-                            let client = (&mut client, &mut bytes_out);
-                            let relay = self.relay(client, &mut ex_r, bufs, out, answer, true);
-                            let relayed =
-                                duplex::alongside(up.as_mut(), &mut upload, relay, executor_side)
-                                    .await;
-                            match relayed {
-                                Ok(relayed) => Step::Relayed(relayed, ex_r),
-                                Err(e) => Step::Client(e),
-                            }
-                        }
-                        // No second handle (out of fds): stop sending and relay after.
-                        (r, _) => Step::Head(r, ex_r),
-                    }
-                }
-            }
+            let up = std::pin::pin!(rest.pump(conn.socket().0, sink, &mut ub, stall, pipes));
+            let bufs = ((&mut *hb, &mut *eb, big), &mut *out, &mut *response_headers);
+            let first = upload::first(
+                &self.relaying,
+                (up, &mut upload),
+                head.as_mut(),
+                &mut twin,
+                bufs,
+            );
+            // HTTP/1's pump sees a client that left: `Twin::gone` never completes.
+            first.await.unwrap_or(Step::Client(PumpError::SourceClosed))
         };
+        // The second handle on the client's socket, if one was made, closes now.
+        let Twin { bytes_out, .. } = twin;
         let sent = upload.is_sent();
         // The client's connection stays in step only when its body was read whole before
         // the answer began: pipelined bytes of the next request are kept only then.
         let in_step = sent && matches!(step, Step::BodyEnded);
         self.count_upload(conn, (rest, bytes_out), &upload, in_step, ub);
-        let (relayed, ex_r) = match step {
+        let asked = self.head;
+        let down = (&mut *conn, move |conn| SocketReply::of(conn, asked));
+        let bufs = ((&mut *hb, &mut *eb, big), &mut *out, &mut *response_headers);
+        let answered = upload::answer(
+            &self.relaying,
+            down,
+            step,
+            head.as_mut(),
+            bufs,
+            (sent, silent),
+        );
+        let (relayed, ex_r) = match answered.await {
             // The client's side of the body failed: its error, if no answer went out yet.
-            Step::Client(e) => return (self.body_failed(conn, out, e).await, BROKEN),
-            Step::Relayed(relayed, ex_r) => (relayed, ex_r),
-            step => {
-                let got = match step {
-                    Step::Head(r, ex_r) => Some((r, ex_r)),
-                    _ => None,
-                };
-                let bufs = (&mut *hb, &mut *eb, big);
-                let how = (sent, silent);
-                let after =
-                    self.relay_after(conn, got, head.as_mut(), bufs, out, response_headers, how);
-                match after.await {
-                    Some(after) => after,
-                    None => return (Served::closed(0), BROKEN),
-                }
-            }
+            Answered::Client(e) => return (self.body_failed(conn, out, e).await, BROKEN),
+            Answered::Gone => return (Served::closed(0), BROKEN),
+            Answered::Relayed(relayed, ex_r) => (relayed.map(served), ex_r),
         };
         ex.join(ex_r, ex_w);
         self.upload_answered(conn, out, relayed, sent, in_step)
@@ -423,7 +431,7 @@ impl Anycast<'_> {
         out: &mut Vec<u8>,
         e: PumpError,
     ) -> Served {
-        match request::body_failure(self.phase.get(), e) {
+        match request::body_failure(self.relaying.phase.get(), e) {
             Ok(e) => conn.answer_error(self.ctx, out, e, Asked::UNREAD).await,
             Err(status) => Served::closed(status),
         }
@@ -454,44 +462,6 @@ impl Anycast<'_> {
         }
     }
 
-    /// The answer once the body stopped streaming: its head (`got`, read while the body
-    /// was sent; else awaited now from `head`, watching the client), then the relay
-    /// (`sent`: the body went whole; `silent`: the 502 cause of an executor that closes
-    /// unanswering). `None`: the client left.
-    #[allow(clippy::too_many_arguments)]
-    async fn relay_after<D: SocketDownstream, F: Future<Output = HeadRead>>(
-        &self,
-        conn: &mut D,
-        got: Option<(Result<ResponseHead, HeadFailure>, TcpOwnedReadHalf)>,
-        head: Pin<&mut F>,
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
-        out: &mut Vec<u8>,
-        response_headers: &mut Vec<HeaderRef>,
-        (sent, silent): (bool, Cause),
-    ) -> Option<(Result<(Served, Reuse), Cause>, TcpOwnedReadHalf)> {
-        let (r, mut ex_r) = match got {
-            Some(got) => got,
-            None => {
-                let gone = || conn.gone();
-                let (r, ex_r, rb, headers) = watching(D::WATCH_AFTER, head, gone).await?;
-                *(if big { eb.get() } else { hb.get() }) = rb;
-                *response_headers = headers;
-                (r, ex_r)
-            }
-        };
-        let relayed = match r {
-            Ok(response) => {
-                let client = conn.socket();
-                let answer = (&response, &response_headers[..]);
-                let bufs = (hb, eb, big);
-                self.relay(client, &mut ex_r, bufs, out, answer, !sent)
-                    .await
-            }
-            Err(failure) => Err(exchange::failure_cause(failure, silent)),
-        };
-        Some((relayed, ex_r))
-    }
-
     /// Count what the upload moved (`bytes_out`: of an answer relayed alongside), and keep
     /// the bytes read past the body when they belong to the client's next request
     /// (`in_step`), before `ub` goes back to the pool (the answer may take a body buffer
@@ -516,123 +486,156 @@ impl Anycast<'_> {
             }
         }
     }
+}
 
-    /// Send the response head and stream the body to the client (`client`: its socket
-    /// and byte count). Returns what happens to the client connection, the status, and
-    /// whether the executor connection is reusable; `Err` when nothing reached the client
-    /// yet, so a 502 with that cause is still possible. `early_answer`: the request body
-    /// was not sent whole (both connections close). A client that takes no byte for
-    /// `OPR_PROXY_BODY_TIMEOUT` is given up on, and the executor connection with it.
-    async fn relay<R: AsyncReadRent + SpliceSource>(
-        &self,
-        (client, bytes_out): (&mut TcpStream, &mut u64),
-        ex: &mut R,
-        (hb, eb, big): (&mut Loan<'_, Vec<u8>>, &mut Loan<'_, Vec<u8>>, bool),
-        out: &mut Vec<u8>,
-        (response, response_headers): (&ResponseHead, &[HeaderRef]),
-        early_answer: bool,
-    ) -> Result<(Served, Reuse), Cause> {
-        let http10 = self.head.minor_version == 0;
-        let (mut body, framing) = exchange::response_body(response.framing, http10);
-        let close = self.fate(framing, early_answer) == After::Close;
-        // The buffer the answer was read into.
-        let rb = if big { eb.get() } else { hb.get() };
-        let rw = ResponseRewrite { framing, close };
-        self.write_response_head(out, rb, (response, response_headers), &rw);
-        let status = response.status;
-        let broken = reuse::Reuse::Discard(Discard::Unfinished);
-        let client_stalled = reuse::Reuse::Discard(Discard::ClientStalled);
-        let stall = self.ctx.config.body_timeout;
-        // The head is not sent yet: a clean 502 is still possible.
-        let end = exchange::frame_first_bytes(body.as_mut(), rb, response.head_len, Some(out))
-            .map_err(|e| request::body_cause(e, Cause::ClosedMidHead))?;
-        self.phase.set(Phase::HeadSent(status));
-        // The read filled its buffer, so more of the body is likely waiting: the head goes
-        // out with it in one write. Otherwise it goes now (the executor may pause).
-        let unfinished = matches!((end, &body), (ResponseEnd::Unfinished, Some(_)));
-        let head_len = out.len() as u64;
-        let hold = unfinished && rb.len() == rb.capacity();
-        if !hold {
-            *bytes_out += head_len;
-            let len = out.len();
-            // Bounded by the socket's TCP_USER_TIMEOUT (socket::set_user_timeout).
-            let written = pump::write_within(client, out, 0, len, None).await;
-            out.clear();
-            if let Err(e) = written {
-                let stalled = e.kind() == io::ErrorKind::TimedOut;
-                return Ok((
-                    Served::closed(status),
-                    if stalled { client_stalled } else { broken },
-                ));
-            }
+/// A relayed answer as HTTP/1 counts it (a cut answer's connection is closed).
+fn served(ended: Ended) -> (Served, Reuse) {
+    let reuse = ended.reuse.unwrap_or(BROKEN);
+    (Served::new(ended.after, ended.status), reuse)
+}
+
+/// An HTTP/1 client's socket as the answer's side: the head as bytes (with the fate's
+/// Connection field) held for one write with the first body bytes when the read filled
+/// its buffer, the body spliced or copied, the connection closed when cut.
+struct SocketReply<'a> {
+    client: &'a mut TcpStream,
+    bytes_out: &'a mut u64,
+    asked: &'a RequestHead,
+}
+
+impl<'a> SocketReply<'a> {
+    fn of<D: SocketDownstream>(conn: &'a mut D, asked: &'a RequestHead) -> SocketReply<'a> {
+        let (client, bytes_out) = conn.socket();
+        SocketReply {
+            client,
+            bytes_out,
+            asked,
         }
-        let mut answer_len = head_len;
-        let end = match (end, body.as_mut()) {
-            (ResponseEnd::Unfinished, Some(body)) => {
-                let pipes = self.ctx.config.splice.then_some(&self.ctx.pipes);
-                let sink = PlainSink::Client(client, stall);
-                let held = !out.is_empty();
-                let pumped = body.pump_after(ex, sink, eb, None, pipes, out).await;
-                if held && out.is_empty() {
-                    *bytes_out += head_len;
-                }
-                *bytes_out += body.written;
-                answer_len += body.written;
-                self.ctx.m().spliced(body.spliced, body.splice_fallback);
-                match pumped {
-                    Ok(after) if after.is_empty() => ResponseEnd::Clean,
-                    Ok(_) => ResponseEnd::Leftover,
-                    Err(PumpError::SinkStalled) => {
-                        return Ok((Served::closed(status), client_stalled))
-                    }
-                    // The held head never left: nothing reached the client, so a clean 502
-                    // is still possible (a client that left gets nothing).
-                    Err(e) if !out.is_empty() && e != PumpError::Sink => {
-                        return Err(request::body_cause(e, Cause::ClosedMidBody));
-                    }
-                    // Truncated or malformed: the client must see it (close), and a client
-                    // that left takes the executor connection with it.
-                    Err(_) => return Ok((Served::closed(status), broken)),
-                }
-            }
-            (end, _) => end,
-        };
-        self.ctx.answer_sizes.saw(answer_len);
-        Ok((
-            Served::new(After::close_if(close), status),
-            reuse::after_exchange(response, !early_answer, end),
-        ))
     }
 }
 
-impl Anycast<'_> {
-    /// The client connection's fate after a relayed answer (`outcome::fate`): its body
-    /// delimited by close, or an early answer (the body not read whole), close it.
-    fn fate(&self, framing: ResponseFraming, early_answer: bool) -> After {
+impl Reply for SocketReply<'_> {
+    const BROKEN: Option<Reuse> = Some(BROKEN);
+
+    fn body(&self, framing: ResponseFraming) -> (Option<Body>, ResponseFraming) {
+        exchange::response_body(framing, self.asked.minor_version == 0)
+    }
+
+    /// `outcome::fate`: a body delimited by close, or an early answer (the body not read
+    /// whole), closes the connection.
+    fn fate(&self, ctx: &WorkerCtx, framing: ResponseFraming, early_answer: bool) -> After {
         let ended = match framing {
             ResponseFraming::UntilClose => AnswerEnd::ByClose,
             _ => AnswerEnd::AtBoundary,
         };
-        let asked = Asked::of(self.head, !early_answer);
-        outcome::fate(asked, ended, self.ctx.stopping.get())
+        let asked = Asked::of(self.asked, !early_answer);
+        outcome::fate(asked, ended, ctx.stopping.get())
     }
 
-    /// The client's response head in `out`: the executor's through the rewrite, and
-    /// `x-opr-route` when asked.
-    fn write_response_head(
-        &self,
-        out: &mut Vec<u8>,
-        rb: &[u8],
-        (response, headers): (&ResponseHead, &[HeaderRef]),
-        rw: &ResponseRewrite,
-    ) {
+    /// The executor's head through the rewrite, and `x-opr-route` when asked.
+    fn head(&mut self, out: &mut Vec<u8>, rb: &[u8], answer: Head<'_>, route: Explain<'_>) {
         out.clear();
-        rewrite::write_response_head(out, rb, response, headers, rw);
-        if self.debug {
-            let p = self.picked;
+        let rw = ResponseRewrite {
+            framing: answer.framing,
+            close: answer.close,
+        };
+        rewrite::write_response_head(out, rb, answer.response, answer.headers, &rw);
+        if let Some((ctx, p)) = route {
             let (choice, failover, queued) = (p.choice.get(), p.failover.get(), p.queued.get());
-            explain(self.ctx, choice, failover, queued, out);
+            explain(ctx, choice, failover, queued, out);
         }
+    }
+
+    async fn send_head(
+        &mut self,
+        out: &mut Vec<u8>,
+        hold: bool,
+        _: bool,
+        status: u16,
+    ) -> Result<bool, Ended> {
+        if hold {
+            return Ok(true);
+        }
+        *self.bytes_out += out.len() as u64;
+        let len = out.len();
+        // Bounded by the socket's TCP_USER_TIMEOUT (socket::set_user_timeout).
+        let written = pump::write_within(self.client, out, 0, len, None).await;
+        out.clear();
+        written.map(|()| false).map_err(|e| {
+            let stalled = e.kind() == io::ErrorKind::TimedOut;
+            let how = if stalled {
+                Discard::ClientStalled
+            } else {
+                Discard::Unfinished
+            };
+            Ended::cut(status, Some(Reuse::Discard(how)))
+        })
+    }
+
+    /// Never called: bytes that end the body went out with the head.
+    async fn send_rest(
+        &mut self,
+        _: &WorkerCtx,
+        out: &mut Vec<u8>,
+        status: u16,
+    ) -> Result<(), Ended> {
+        self.send_head(out, false, false, status).await.map(|_| ())
+    }
+
+    fn pump<R: AsyncReadRent + SpliceSource>(
+        &mut self,
+        ctx: &WorkerCtx,
+        body: &mut Body,
+        ex: &mut R,
+        eb: &mut Loan<'_, Vec<u8>>,
+        out: &mut Vec<u8>,
+    ) -> impl Future<Output = Result<Range<usize>, PumpError>> {
+        let pipes = ctx.config.splice.then_some(&ctx.pipes);
+        let sink = PlainSink::Client(self.client, ctx.config.body_timeout);
+        body.pump_after(ex, sink, eb, None, pipes, out)
+    }
+
+    fn count(&mut self, held: u64, written: u64) {
+        *self.bytes_out += held + written;
+    }
+
+    /// The connection closes (`Served::closed`).
+    fn abort(&mut self, _: bool) {}
+
+    async fn finish(&mut self, ctx: &WorkerCtx, len: u64, _: bool) -> bool {
+        ctx.answer_sizes.saw(len);
+        true
+    }
+}
+
+/// HTTP/1's reply to an answer that begins while the body is still read from the
+/// client's socket: a second handle on that socket (`socket::twin`), made only then.
+struct Twin<'a> {
+    fd: RawFd,
+    client: Option<TcpStream>,
+    /// Bytes of the answer written through it.
+    bytes_out: u64,
+    asked: &'a RequestHead,
+}
+
+impl upload::Alongside for Twin<'_> {
+    type Reply<'r>
+        = SocketReply<'r>
+    where
+        Self: 'r;
+
+    /// The body's pump reads the client's socket: it sees a client that left.
+    fn gone(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::pending()
+    }
+
+    fn reply(&mut self) -> Option<SocketReply<'_>> {
+        self.client = Some(socket::twin(self.fd).ok()?);
+        Some(SocketReply {
+            client: self.client.as_mut()?,
+            bytes_out: &mut self.bytes_out,
+            asked: self.asked,
+        })
     }
 }
 

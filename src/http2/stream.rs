@@ -1,15 +1,15 @@
 //! One HTTP/2 stream, the front end's side of the one request path: routing and the
-//! proxy's own answers (`answer`), then `connect::connect_client` with the stream as its
-//! `Downstream` (the head as HTTP/1 bytes, a reset as the client leaving). The request
-//! body streams from the h2 `RecvStream` to the executor (`body`), the answer through the
-//! one pump into the h2 `SendStream` (as its window allows); a failed body, the wait for
-//! the answer's head and a 502 follow the back end's rules (`request::body_failure`,
-//! `connect::watching`, `forward::bad_gateway`).
+//! proxy's own answers (`answer`), then the back end's `setup` (size, `100-continue`,
+//! deadline) and `connect::connect_client` with the stream as its `Downstream` (the head
+//! as HTTP/1 bytes, a reset as the client leaving). The request body's pump reads the h2
+//! `RecvStream` (`body`) and goes through the back end's one `upload`; the answer goes
+//! through its one `relay` into `StreamReply` (h2 fields, DATA frames as the window
+//! allows, a reset when cut). A failed body and a 502 follow the back end's rules
+//! (`request::body_failure`, `forward::bad_gateway`).
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,6 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use monoio::io::splice::SpliceSource;
 use monoio::io::AsyncReadRent;
-use monoio::net::tcp::TcpOwnedReadHalf;
 
 use crate::access_log;
 use crate::admission::Refused;
@@ -27,17 +26,20 @@ use crate::balance::Addressing;
 use crate::buffers::Loan;
 use crate::ctx::{Assignment, WorkerCtx};
 use crate::forward;
-use crate::forward::connect::{connect_client, watching, Connected, Picked};
+use crate::forward::connect::{connect_client, Connected, Picked};
 use crate::forward::downstream::Downstream;
-use crate::forward::duplex::{self, Step, Upload};
-use crate::forward::exchange::{self, HeadFailure, HeadRead};
+use crate::forward::duplex::{Step, Upload};
+use crate::forward::exchange::{self};
 use crate::forward::pump::{self, PumpError, Sink};
+use crate::forward::relay::{Ended, Explain, Head, Relaying, Reply};
 use crate::forward::request::{self, Phase, LINGER};
-use crate::forward::reuse::{self, ResponseEnd, Reuse};
+use crate::forward::reuse::Reuse;
+use crate::forward::setup::{self, Answers, Way};
+use crate::forward::upload::{self, Answered};
 use crate::http::head::{
     self, HeaderRef, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
 };
-use crate::outcome::{Cause, Discard};
+use crate::outcome::{After, Cause, Discard};
 
 /// What an answer is read and written with: the head buffer, the body buffer, and the
 /// vector its head is written into.
@@ -71,9 +73,6 @@ impl Request {
     }
 }
 
-/// How the first part of a stream's upload ended (`duplex::Step`).
-type UploadStep = Step<PumpError, HeadFailure, (u16, Option<Reuse>), TcpOwnedReadHalf>;
-
 /// A stream as the back end's downstream while its request is connected: the head as
 /// HTTP/1 bytes, and a reset as the client leaving.
 struct Client<'s> {
@@ -105,6 +104,198 @@ impl Downstream for Client<'_> {
 
     async fn gone(&self) {
         let _ = std::future::poll_fn(|cx| self.respond.borrow_mut().poll_reset(cx)).await;
+    }
+}
+
+impl Answers for Client<'_> {
+    type Out = u16;
+
+    fn pending(&self) -> &[u8] {
+        &self.request.buf
+    }
+
+    /// An interim `100` on the stream; a stream already reset ends at the next step.
+    async fn send_continue(&mut self, _: &WorkerCtx) -> std::io::Result<()> {
+        let mut interim = http::Response::new(());
+        *interim.status_mut() = http::StatusCode::CONTINUE;
+        let _ = self.respond.get_mut().send_informational(interim);
+        Ok(())
+    }
+
+    async fn refuse(&mut self, _: &WorkerCtx, e: ProxyError) -> u16 {
+        self.stream.error(self.respond.get_mut(), e)
+    }
+
+    /// Nothing more to send: h2 resets the stream when its handles drop unfinished.
+    fn cut(status: u16) -> u16 {
+        status
+    }
+}
+
+/// A stream as the answer's side: the head as h2 fields (`head::executor_answer`: a
+/// length kept, chunked and close-delimited bodies sent as DATA of their payload), the
+/// body through the pump into the `SendStream` as its window allows, `END_STREAM` at the
+/// end, and a reset when the answer is cut (`CANCEL` for a client that stopped reading).
+struct StreamReply<'r> {
+    respond: &'r mut SendResponse<Bytes>,
+    /// The head, until it is sent.
+    head: http::Response<()>,
+    /// The body's stream, once the head went out.
+    send: Option<RefCell<SendStream<Bytes>>>,
+    bytes_out: &'r Cell<u64>,
+}
+
+impl<'r> StreamReply<'r> {
+    fn new(respond: &'r mut SendResponse<Bytes>, bytes_out: &'r Cell<u64>) -> StreamReply<'r> {
+        StreamReply {
+            respond,
+            head: http::Response::default(),
+            send: None,
+            bytes_out,
+        }
+    }
+}
+
+impl<'s> Client<'s> {
+    /// The stream as the answer's side, once its reset is no longer watched for here.
+    fn reply(&mut self) -> StreamReply<'_> {
+        StreamReply::new(self.respond.get_mut(), &self.stream.bytes_out)
+    }
+}
+
+impl Reply for StreamReply<'_> {
+    /// A cut answer does not count as answered; the executor connection is closed.
+    const BROKEN: Option<Reuse> = None;
+
+    fn body(&self, framing: ResponseFraming) -> (Option<pump::Body>, ResponseFraming) {
+        let (body, _) = exchange::response_body(framing, true);
+        let framing = match framing {
+            ResponseFraming::Length(n) => ResponseFraming::Length(n),
+            ResponseFraming::NoBody => ResponseFraming::NoBody,
+            _ => ResponseFraming::UntilClose,
+        };
+        (body, framing)
+    }
+
+    /// A stream ends with its answer; the connection goes on.
+    fn fate(&self, _: &WorkerCtx, _: ResponseFraming, _: bool) -> After {
+        After::KeepAlive
+    }
+
+    fn head(&mut self, out: &mut Vec<u8>, rb: &[u8], answer: Head<'_>, route: Explain<'_>) {
+        out.clear();
+        if let Some((ctx, p)) = route {
+            forward::write_route(ctx, p.choice.get(), p.failover.get(), p.queued.get(), out);
+        }
+        let (response, headers) = (answer.response, answer.headers);
+        self.head = super::head::executor_answer(rb, response, headers, answer.framing, out);
+        out.clear();
+    }
+
+    async fn send_head(
+        &mut self,
+        _: &mut Vec<u8>,
+        _: bool,
+        no_body: bool,
+        _: u16,
+    ) -> Result<bool, Ended> {
+        let head = std::mem::take(&mut self.head);
+        let Ok(send) = self.respond.send_response(head, no_body) else {
+            return Err(Ended::cut(0, None));
+        };
+        self.send = Some(RefCell::new(send));
+        Ok(false)
+    }
+
+    async fn send_rest(
+        &mut self,
+        ctx: &WorkerCtx,
+        out: &mut Vec<u8>,
+        status: u16,
+    ) -> Result<(), Ended> {
+        let Some(send) = &self.send else {
+            return Err(Ended::cut(status, None));
+        };
+        match super::io::send_data(send, out, ctx.config.body_timeout).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.abort(true);
+                return Err(Ended::cut(
+                    status,
+                    Some(Reuse::Discard(Discard::ClientStalled)),
+                ));
+            }
+            Err(_) => return Err(Ended::cut(status, None)),
+        }
+        self.bytes_out.set(out.len() as u64);
+        out.clear();
+        Ok(())
+    }
+
+    async fn pump<R: AsyncReadRent + SpliceSource>(
+        &mut self,
+        ctx: &WorkerCtx,
+        body: &mut pump::Body,
+        ex: &mut R,
+        eb: &mut Loan<'_, Vec<u8>>,
+        out: &mut Vec<u8>,
+    ) -> Result<Range<usize>, PumpError> {
+        let Some(send) = self.send.as_ref() else {
+            return Err(PumpError::Sink);
+        };
+        let sink = Sink::Front(send, ctx.config.body_timeout);
+        let pump = body.pump_after(ex, sink, eb, None, None, out);
+        // A client that resets the stream mid-body abandons it (the sink failed): the
+        // executor connection is closed with `ex`, even while the executor is silent.
+        // The reset that follows is not sent twice (h2 never resets a reset stream).
+        monoio::select! {
+            r = pump => r,
+            _ = super::io::reset(send) => Err(PumpError::Sink),
+        }
+    }
+
+    fn count(&mut self, _: u64, written: u64) {
+        self.bytes_out.set(written);
+    }
+
+    fn abort(&mut self, stalled: bool) {
+        if let Some(send) = &self.send {
+            let reason = if stalled {
+                Reason::CANCEL
+            } else {
+                Reason::INTERNAL_ERROR
+            };
+            send.borrow_mut().send_reset(reason);
+        }
+    }
+
+    async fn finish(&mut self, _: &WorkerCtx, _: u64, no_body: bool) -> bool {
+        match &self.send {
+            Some(send) if !no_body => send.borrow_mut().send_data(Bytes::new(), true).is_ok(),
+            _ => true,
+        }
+    }
+}
+
+/// The stream's reply to an answer that begins while the body still comes from its
+/// DATA frames; the stream's reset is watched meanwhile.
+struct StreamAlongside<'r> {
+    respond: &'r mut SendResponse<Bytes>,
+    bytes_out: &'r Cell<u64>,
+}
+
+impl upload::Alongside for StreamAlongside<'_> {
+    type Reply<'a>
+        = StreamReply<'a>
+    where
+        Self: 'a;
+
+    async fn gone(&mut self) {
+        let _ = std::future::poll_fn(|cx| self.respond.poll_reset(cx)).await;
+    }
+
+    fn reply(&mut self) -> Option<StreamReply<'_>> {
+        Some(StreamReply::new(self.respond, self.bytes_out))
     }
 }
 
@@ -231,32 +422,29 @@ impl Stream {
         }
 
         let addressing = Addressing::from_header(request.find("x-opr-addressing-method"));
-        let limit = ctx.config.max_body_size;
-        if request::declared_too_large(request.head.framing, limit) {
-            return self.error(respond, ProxyError::BodyTooLarge);
-        }
-        // RFC 9110 §10.1.1: as over HTTP/1, the proxy answers 100-continue itself so the
-        // client starts sending; the executor never sees Expect (the rewrite drops it).
-        if request.head.expect_continue && request.head.has_body() {
-            let mut interim = http::Response::new(());
-            *interim.status_mut() = http::StatusCode::CONTINUE;
-            let _ = respond.send_informational(interim);
-        }
-        if addressing == Addressing::Broadcast {
-            return self.broadcast(&request, body, respond).await;
-        }
-        let deadline = Instant::now() + ctx.config.max_timeout;
+        let mut client = Client {
+            stream: self,
+            request: &request,
+            respond: RefCell::new(respond),
+        };
+        let way = match setup::prepare(ctx, &mut client, &request.head, addressing).await {
+            Ok(way) => way,
+            Err(status) => return status,
+        };
+        let respond = &mut **client.respond.get_mut();
+        let limit = match way {
+            Way::Broadcast(limit) => return self.broadcast(&request, limit, body, respond).await,
+            Way::Anycast(limit) => limit,
+        };
+        let deadline = setup::deadline(ctx);
         let run = self.forward(&request, body, respond, addressing, limit);
         match monoio::time::timeout_at(deadline.into(), run).await {
             Ok(status) => status,
-            Err(_) => match self.phase.get() {
-                Phase::BeforeHead => {
-                    self.report(&request, &ProxyError::GatewayTimeout);
-                    self.error(respond, ProxyError::GatewayTimeout)
-                }
-                // The SendStream was dropped with the future: h2 resets the stream.
-                Phase::HeadSent(status) => status,
-            },
+            // The SendStream was dropped with the future: h2 resets the stream.
+            Err(_) => {
+                let around = (&self.phase, &self.picked);
+                setup::deadline_passed(ctx, &mut client, &request.head, around).await
+            }
         }
     }
 
@@ -353,13 +541,12 @@ impl Stream {
         connect_client(&self.ctx, &client, asked, sent, picked, assigned, out, bufs).await
     }
 
-    /// The request body streams to the executor while its answer is read (RFC 9112 §9.6),
-    /// as over HTTP/1: an answer that begins first is relayed
-    /// at once while the body goes on as long as the executor takes it; sending stops
-    /// when the answer has ended, and the executor connection is then never pooled. A
-    /// body stopped that way ends the stream with `RST_STREAM(NO_ERROR)` after the
-    /// complete answer (RFC 9113 §8.1). `silent`: the 502 cause when the executor closes
-    /// without a byte of an answer.
+    /// The request body streams to the executor while its answer is read (`upload`, as
+    /// over HTTP/1): from the stream's DATA frames, and an answer that begins first goes
+    /// out on the stream while the body goes on (the executor connection is then never
+    /// pooled). A body stopped that way ends the stream with `RST_STREAM(NO_ERROR)` after
+    /// the complete answer (RFC 9113 §8.1). `silent`: the 502 cause when the executor
+    /// closes without a byte of an answer.
     #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
@@ -368,7 +555,7 @@ impl Stream {
         respond: &mut SendResponse<Bytes>,
         ex: &mut exchange::ExecutorConn<'_>,
         (hb, eb, out): Buffers<'_, '_>,
-        response_headers: Vec<HeaderRef>,
+        mut response_headers: Vec<HeaderRef>,
         limit: Option<u64>,
         silent: Cause,
     ) -> (u16, Option<Reuse>) {
@@ -376,35 +563,33 @@ impl Stream {
         let request = answer.request;
         let (ex_r, mut ex_w) = ex.split();
         let rb = std::mem::take(hb.get());
-        let read = exchange::read_head_owned(ex_r, rb, response_headers, self.head_only);
+        let headers = std::mem::take(&mut response_headers);
+        let read = exchange::read_head_owned(ex_r, rb, headers, self.head_only);
         let mut head = std::pin::pin!(read);
         let mut upload = Upload::Sending;
         let chunked = request.head.framing == RequestFraming::Chunked;
         let stall = ctx.config.body_timeout;
-        let executor_side = |e: &PumpError| *e == PumpError::Sink;
         // Chunk framing of the body, apart from `out` (the answer's head meanwhile).
         let mut framed = Vec::new();
+        let relaying = self.relaying(answer.debug);
+        let mut alongside = StreamAlongside {
+            respond,
+            bytes_out: &self.bytes_out,
+        };
         let step = {
             let how = (chunked, limit, stall);
             let up = super::body::send(body, &mut ex_w, how, &self.bytes_in, &mut framed);
-            let mut up = std::pin::pin!(up);
-            let first = duplex::first(up.as_mut(), &mut upload, head.as_mut(), executor_side);
-            // A client that resets the stream abandons the request: the executor
-            // connection is closed with `ex`.
-            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-            let first = monoio::select! {
-                r = first => r,
-                _ = reset => return (0, None),
-            };
-            match first {
-                Err(e) => Step::Client(e),
-                Ok(None) => Step::BodyEnded,
-                Ok(Some(read)) => {
-                    let bufs = (&mut *hb, &mut *eb, &mut *out);
-                    let relay =
-                        self.relay_alongside(answer, respond, up.as_mut(), &mut upload, read, bufs);
-                    relay.await
-                }
+            let up = (std::pin::pin!(up), &mut upload);
+            let bufs = (
+                (&mut *hb, &mut *eb, false),
+                &mut *out,
+                &mut response_headers,
+            );
+            match upload::first(&relaying, up, head.as_mut(), &mut alongside, bufs).await {
+                Some(step) => step,
+                // A client that resets the stream abandons the request: the executor
+                // connection is closed with `ex`.
+                None => return (0, None),
             }
         };
         let sent = upload.is_sent();
@@ -412,49 +597,30 @@ impl Stream {
         // stream ends with RST_STREAM(NO_ERROR) once its handles drop.
         let stopped = !sent && matches!(step, Step::Relayed(..) | Step::BodyEnded);
         self.stopped.set(stopped);
-        let (relayed, ex_r) = match step {
-            Step::Client(e) => return (self.body_failed(respond, e), None),
-            Step::Relayed(relayed, ex_r) => (relayed, ex_r),
-            // The head could not be read while the body was being sent.
-            Step::Head(failure, ex_r) => {
-                let cause = exchange::failure_cause(failure, silent);
-                ((self.bad_gateway(request, respond, cause), None), ex_r)
-            }
-            Step::BodyEnded => {
-                let bufs = (&mut *hb, &mut *eb, &mut *out);
-                let after = self.relay_after(answer, respond, head.as_mut(), bufs, (sent, silent));
-                match after.await {
-                    Some(after) => after,
-                    None => return (0, None),
-                }
-            }
+        let mut client = Client {
+            stream: self,
+            request,
+            respond: RefCell::new(alongside.respond),
+        };
+        let down = (&mut client, Client::reply);
+        let bufs = (
+            (&mut *hb, &mut *eb, false),
+            &mut *out,
+            &mut response_headers,
+        );
+        let answered = upload::answer(&relaying, down, step, head.as_mut(), bufs, (sent, silent));
+        let (relayed, ex_r) = match answered.await {
+            Answered::Client(e) => return (self.body_failed(client.respond.get_mut(), e), None),
+            Answered::Gone => return (0, None),
+            Answered::Relayed(relayed, ex_r) => (relayed, ex_r),
         };
         ex.join(ex_r, ex_w);
-        relayed
-    }
-
-    /// The answer's head came while the body was being sent: relay the answer alongside
-    /// the body (`duplex::alongside`), or give up the body when the head failed.
-    async fn relay_alongside(
-        &self,
-        answer: &Relay<'_>,
-        respond: &mut SendResponse<Bytes>,
-        up: Pin<&mut impl Future<Output = Result<(), PumpError>>>,
-        upload: &mut Upload<()>,
-        (r, mut ex_r, rb, headers): HeadRead,
-        (hb, eb, out): Buffers<'_, '_>,
-    ) -> UploadStep {
-        *hb.get() = rb;
-        let response = match r {
-            Ok(response) => response,
-            Err(failure) => return Step::Head(failure, ex_r),
-        };
-        let answered = (&response, &headers[..]);
-        let relay = self.relay(answer, respond, &mut ex_r, (hb, eb, out), answered, true);
-        let executor_side = |e: &PumpError| *e == PumpError::Sink;
-        match duplex::alongside(up, upload, relay, executor_side).await {
-            Ok(relayed) => Step::Relayed(relayed, ex_r),
-            Err(e) => Step::Client(e),
+        match relayed {
+            Ok(ended) => (ended.status, ended.reuse),
+            Err(cause) => (
+                self.bad_gateway(request, client.respond.get_mut(), cause),
+                None,
+            ),
         }
     }
 
@@ -467,160 +633,34 @@ impl Stream {
         }
     }
 
-    /// The body ended first: wait for the answer's head, watching for a reset, and relay
-    /// it (`sent`: the body went whole; `silent`: the 502 cause of an executor that
-    /// closes unanswering). `None`: the client reset the stream.
-    async fn relay_after<F: Future<Output = HeadRead>>(
-        &self,
-        answer: &Relay<'_>,
-        respond: &mut SendResponse<Bytes>,
-        head: Pin<&mut F>,
-        (hb, eb, out): Buffers<'_, '_>,
-        (sent, silent): (bool, Cause),
-    ) -> Option<((u16, Option<Reuse>), TcpOwnedReadHalf)> {
-        let watched = &mut *respond;
-        let reset = move || async move {
-            let _ = std::future::poll_fn(|cx| watched.poll_reset(cx)).await;
-        };
-        let (r, mut ex_r, rb, headers) = watching(Duration::ZERO, head, reset).await?;
-        *hb.get() = rb;
-        let relayed = match r {
-            Ok(response) => {
-                let answered = (&response, &headers[..]);
-                let bufs = (hb, eb, out);
-                self.relay(answer, respond, &mut ex_r, bufs, answered, !sent)
-                    .await
-            }
-            Err(failure) => {
-                let cause = exchange::failure_cause(failure, silent);
-                (self.bad_gateway(answer.request, respond, cause), None)
-            }
-        };
-        Some((relayed, ex_r))
+    /// Relay the answer on the stream (`relay::Relaying::relay`, through `StreamReply`);
+    /// returns the status and, when the executor answered, whether its connection is
+    /// reusable. A body that failed before the head went out is answered 502.
+    fn relaying(&self, debug: bool) -> Relaying<'_> {
+        Relaying {
+            ctx: &self.ctx,
+            phase: &self.phase,
+            picked: &self.picked,
+            debug,
+        }
     }
 
-    /// The answer: the rewrite of HTTP/1 (hop-by-hop fields, Connection-listed ones), then
-    /// as h2 fields. A length is kept; chunked and close-delimited bodies leave as DATA
-    /// frames of their payload. Returns the status and, when the executor answered, whether
-    /// its connection is reusable (`early_answer`: the request body was not sent whole, so
-    /// it is not). A client whose window grants nothing for `OPR_PROXY_BODY_TIMEOUT` gets
-    /// its stream reset, and the executor connection is closed.
     async fn relay<R: AsyncReadRent + SpliceSource>(
         &self,
         answer: &Relay<'_>,
         respond: &mut SendResponse<Bytes>,
         ex: &mut R,
         (hb, eb, out): Buffers<'_, '_>,
-        (response, response_headers): (&ResponseHead, &[HeaderRef]),
+        answered: (&ResponseHead, &[HeaderRef]),
         early_answer: bool,
     ) -> (u16, Option<Reuse>) {
-        let ctx = &*self.ctx;
-        let request = answer.request;
-        let rb = hb.get();
-        let (mut rbody, _) = exchange::response_body(response.framing, true);
-        let framing = match response.framing {
-            ResponseFraming::Length(n) => ResponseFraming::Length(n),
-            ResponseFraming::NoBody => ResponseFraming::NoBody,
-            _ => ResponseFraming::UntilClose,
-        };
-        out.clear();
-        if answer.debug {
-            let p = &self.picked;
-            forward::write_route(ctx, p.choice.get(), p.failover.get(), p.queued.get(), out);
-        }
-        let head = super::head::executor_answer(rb, response, response_headers, framing, out);
-        let status = response.status;
-        let mut first = Vec::new();
-        let end = match exchange::frame_first_bytes(
-            rbody.as_mut(),
-            rb,
-            response.head_len,
-            Some(&mut first),
-        ) {
-            Ok(end) => end,
-            Err(e) => {
-                let cause = request::body_cause(e, Cause::ClosedMidHead);
-                return (self.bad_gateway(request, respond, cause), None);
-            }
-        };
-        let no_body = rbody.is_none();
-        let Ok(send) = respond.send_response(head, no_body) else {
-            return (0, None);
-        };
-        let send = RefCell::new(send);
-        self.phase.set(Phase::HeadSent(status));
-        let body = (end, rbody.as_mut());
-        let end = match self
-            .relay_body(ex, &send, body, eb, &mut first, status)
-            .await
-        {
-            Ok(end) => end,
-            Err(ended) => return ended,
-        };
-        if !no_body && send.borrow_mut().send_data(Bytes::new(), true).is_err() {
-            return (status, None);
-        }
-        (
-            status,
-            Some(reuse::after_exchange(response, !early_answer, end)),
-        )
-    }
-
-    /// The body after the head went out: DATA frames as the window allows (`first`: the
-    /// bytes that came with the head). `Err`: the stream ended early (a reset, a client
-    /// that stopped reading, a truncated body), with the status and reuse to return.
-    async fn relay_body<R: AsyncReadRent + SpliceSource>(
-        &self,
-        ex: &mut R,
-        send: &RefCell<SendStream<Bytes>>,
-        (end, rbody): (ResponseEnd, Option<&mut pump::Body>),
-        eb: &mut Loan<'_, Vec<u8>>,
-        first: &mut Vec<u8>,
-        status: u16,
-    ) -> Result<ResponseEnd, (u16, Option<Reuse>)> {
-        let stall = self.ctx.config.body_timeout;
-        // The client stopped reading: its stream is reset, the executor connection closed.
-        let stalled = |send: &RefCell<SendStream<Bytes>>| {
-            send.borrow_mut().send_reset(Reason::CANCEL);
-            (status, Some(Reuse::Discard(Discard::ClientStalled)))
-        };
-        match (end, rbody) {
-            (ResponseEnd::Unfinished, Some(rbody)) => {
-                let sink = Sink::Front(send, stall);
-                let pump = rbody.pump_after(ex, sink, eb, None, None, first);
-                // A client that resets the stream mid-body abandons it: the executor
-                // connection is closed with `ex`, even while the executor is silent.
-                let pumped = monoio::select! {
-                    r = pump => Some(r),
-                    _ = super::io::reset(send) => None,
-                };
-                self.bytes_out.set(rbody.written);
-                match pumped {
-                    None => Err((status, None)),
-                    Some(Ok(after)) if after.is_empty() => Ok(ResponseEnd::Clean),
-                    Some(Ok(_)) => Ok(ResponseEnd::Leftover),
-                    Some(Err(PumpError::SinkStalled)) => Err(stalled(send)),
-                    // Truncated or malformed: the client sees a reset, the executor
-                    // connection is closed.
-                    Some(Err(_)) => {
-                        send.borrow_mut().send_reset(Reason::INTERNAL_ERROR);
-                        Err((status, None))
-                    }
-                }
-            }
-            (end, _) => {
-                if !first.is_empty() {
-                    match super::io::send_data(send, first, stall).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                            return Err(stalled(send))
-                        }
-                        Err(_) => return Err((status, None)),
-                    }
-                    self.bytes_out.set(first.len() as u64);
-                }
-                Ok(end)
-            }
+        let relaying = self.relaying(answer.debug);
+        let mut reply = StreamReply::new(respond, &self.bytes_out);
+        let bufs = (hb, eb, false);
+        let relayed = relaying.relay(&mut reply, ex, bufs, out, answered, early_answer);
+        match relayed.await {
+            Ok(ended) => (ended.status, ended.reuse),
+            Err(cause) => (self.bad_gateway(answer.request, reply.respond, cause), None),
         }
     }
 
@@ -629,14 +669,11 @@ impl Stream {
     async fn broadcast(
         &self,
         request: &Request,
+        limit: u64,
         body: &mut RecvStream,
         respond: &mut SendResponse<Bytes>,
     ) -> u16 {
         let ctx = &self.ctx;
-        let limit = forward::broadcast_body_limit(&ctx.config);
-        if request::declared_too_large(request.head.framing, Some(limit)) {
-            return self.error(respond, ProxyError::BodyTooLarge);
-        }
         let deadline = Instant::now() + ctx.config.max_timeout;
         let mut collected = Vec::new();
         let stall = ctx.config.body_timeout;
@@ -705,17 +742,5 @@ impl Stream {
             }
         }
         answer.status
-    }
-
-    /// Queue the report of a 502 / 504 (docs/behaviour.md §8), as HTTP/1 does.
-    fn report(&self, request: &Request, e: &ProxyError) {
-        let target = &request.buf[request.head.target.clone()];
-        forward::report_http_error(
-            &self.ctx,
-            e,
-            request.method(),
-            target,
-            self.picked.choice.get(),
-        );
     }
 }
