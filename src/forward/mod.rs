@@ -392,8 +392,12 @@ impl Anycast<'_> {
                 &mut twin,
                 bufs,
             );
-            // HTTP/1's pump sees a client that left: `Twin::gone` never completes.
-            first.await.unwrap_or(Step::Client(PumpError::SourceClosed))
+            match first.await {
+                Some(step) => step,
+                // Not reached: `Twin::gone` never completes (the pump sees a client that
+                // left); were it to, the client is gone and nothing more is sent.
+                None => return (Served::closed(0), BROKEN),
+            }
         };
         // The second handle on the client's socket, if one was made, closes now.
         let Twin { bytes_out, .. } = twin;

@@ -15,7 +15,7 @@ use crate::http::head::{HeaderRef, ResponseFraming, ResponseHead};
 use crate::outcome::{After, Cause, Discard};
 
 use super::connect::Picked;
-use super::exchange::{self};
+use super::exchange;
 use super::pump::{Body, PumpError};
 use super::request::{self, Phase};
 use super::reuse::{self, ResponseEnd, Reuse};

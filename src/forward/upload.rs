@@ -76,7 +76,7 @@ pub(crate) async fn first<U, A: Alongside>(
         r = first => r,
         _ = alongside.gone() => return None,
     };
-    let (r, ex_r, rb, headers) = match first {
+    let (r, mut ex_r, rb, headers) = match first {
         Err(e) => return Some(Step::Client(e)),
         Ok(None) => return Some(Step::BodyEnded),
         Ok(Some(read)) => read,
@@ -84,12 +84,10 @@ pub(crate) async fn first<U, A: Alongside>(
     let (hb, eb, big) = bufs;
     *(if big { eb.get() } else { hb.get() }) = rb;
     *response_headers = headers;
-    let (response, reply) = match (r, alongside.reply()) {
+    let (response, mut reply) = match (r, alongside.reply()) {
         (Ok(response), Some(reply)) => (response, reply),
         (r, _) => return Some(Step::Head(r, ex_r)),
     };
-    let mut reply = reply;
-    let mut ex_r = ex_r;
     let answer = (&response, &response_headers[..]);
     // An early answer: the executor connection is not pooled.
     let relay = relaying.relay(&mut reply, &mut ex_r, (hb, eb, big), out, answer, true);
