@@ -726,13 +726,7 @@ fn resets_of_accepted_streams_are_cut_off() {
         }
     }
     assert_cut_off(&mut c, "resets of accepted streams");
-    assert!(
-        eventually(Duration::from_secs(2), || p
-            .log()
-            .contains("too many stream resets")),
-        "{}",
-        p.log()
-    );
+    p.wait_for_log("too many stream resets", Duration::from_secs(2));
     still_serves(p.addr);
 }
 
@@ -752,13 +746,7 @@ fn settings_and_ping_floods_are_cut_off() {
         c.send(&burst);
         assert_cut_off(&mut c, what);
     }
-    assert!(
-        eventually(Duration::from_secs(2), || p
-            .log()
-            .contains("too many control frames")),
-        "{}",
-        p.log()
-    );
+    p.wait_for_log("too many control frames", Duration::from_secs(2));
     still_serves(p.addr);
 }
 

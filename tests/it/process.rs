@@ -417,22 +417,12 @@ fn fd_exhaustion_is_logged_once_and_its_end_too() {
     let clients: Vec<std::net::TcpStream> = (0..80)
         .filter_map(|_| std::net::TcpStream::connect(p.addr).ok())
         .collect();
-    assert!(
-        eventually(Duration::from_secs(5), || p.log().contains("accept failed")),
-        "log: {}",
-        p.log()
-    );
+    p.wait_for_log("accept failed", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(600));
     let failed_lines = p.log().matches("accept failed").count();
     assert_eq!(failed_lines, 1, "log: {}", p.log());
     drop(clients);
-    assert!(
-        eventually(Duration::from_secs(10), || p
-            .log()
-            .contains("accepting again after")),
-        "log: {}",
-        p.log()
-    );
+    p.wait_for_log("accepting again after", Duration::from_secs(10));
     // Still serving.
     let mut c = Client::connect(p.addr);
     let r = c.request("GET", "/v1/ping", &[("Authorization", &bearer())], b"");
@@ -477,11 +467,7 @@ fn blind_routing_is_logged_once_when_executors_report_no_usage() {
     let p = ProxyProcess::start(&[e.hostname()], &[("OPR_PROXY_ALGORITHM", "p2c")]);
     assert!(!p.log().contains(LINE), "{}", p.log());
     e.set_health(HealthMode::Text);
-    assert!(
-        eventually(Duration::from_secs(10), || p.log().contains(LINE)),
-        "{}",
-        p.log()
-    );
+    p.wait_for_log(LINE, Duration::from_secs(10));
     assert!(p.log().contains("OPR_PROXY_ALGORITHM=p2c requests"));
 }
 

@@ -406,9 +406,7 @@ fn fewer_slots_than_workers_is_said_at_start() {
             ("OPR_PROXY_EXECUTOR_CONCURRENCY", "1"),
         ],
     );
-    assert!(eventually(WAIT, || p
-        .log()
-        .contains("worker shares [1, 1]")));
+    p.wait_for_log("worker shares [1, 1]", WAIT);
     let log = p.log();
     assert!(
         log.contains("at most 2 requests in flight per executor")

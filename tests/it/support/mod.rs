@@ -593,6 +593,15 @@ impl ProxyProcess {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Wait until the log has a line with `text`; fail with the whole log past `timeout`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        assert!(
+            eventually(timeout, || self.log().contains(text)),
+            "no {text:?} in the log within {timeout:?}: {}",
+            self.log()
+        );
+    }
 }
 
 impl Drop for ProxyProcess {
