@@ -1001,6 +1001,37 @@ fn expect_100_continue_is_answered_by_the_proxy() {
     );
 }
 
+/// As over HTTP/1 (docs/behaviour.md §5.2): a stream whose body is declared over the
+/// limit gets `413` with no body sent, anycast and broadcast alike.
+#[test]
+fn expect_continue_over_the_limit_gets_413() {
+    let a = mock("a");
+    let p = Proxy::start(&[&a], &[("OPR_PROXY_MAX_BODY_SIZE", "1000")]);
+    let addr = p.addr;
+    let statuses = on_runtime(async move {
+        let mut send = h2_connect(addr).await;
+        let mut statuses = Vec::new();
+        for (len, broadcast) in [(5_000u64, false), (2_000_000, true)] {
+            let mut request = h2_request(addr, "POST", "/v1/echo");
+            let headers = request.headers_mut();
+            headers.insert("content-length", len.into());
+            headers.insert("expect", "100-continue".parse().unwrap());
+            if broadcast {
+                headers.insert("x-opr-addressing-method", "broadcast".parse().unwrap());
+            }
+            let (response, _body) = send.send_request(request, false).unwrap();
+            let response = monoio::time::timeout(Duration::from_secs(5), response)
+                .await
+                .expect("an answer without the body")
+                .unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        statuses
+    });
+    assert_eq!(statuses, [413, 413]);
+    assert_eq!(a.requests(), 0);
+}
+
 #[test]
 fn a_header_list_over_the_limit_is_refused_on_its_stream_only() {
     let a = mock("a");

@@ -501,6 +501,22 @@ fn expect_continue_does_not_stall() {
     assert_eq!(a.last_request().unwrap().header("expect"), None);
 }
 
+/// docs/behaviour.md §5.2: a body declared over the limit gets `413` at once, not a
+/// `100` that asks for a body the proxy would refuse (anycast and broadcast alike).
+#[test]
+fn expect_continue_over_the_limit_gets_413_instead_of_100() {
+    let a = mock("a");
+    let proxy = Proxy::start(&[&a], &[("OPR_PROXY_MAX_BODY_SIZE", "1000")]);
+    let broadcast = "x-opr-addressing-method: broadcast\r\n";
+    for (len, extra) in [(5_000, ""), (2_000_000, broadcast)] {
+        let mut c = proxy.client();
+        c.send(format!("POST /v1/echo HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n{extra}Expect: 100-continue\r\nContent-Length: {len}\r\n\r\n", bearer()).as_bytes());
+        let (status, _) = c.read_head().unwrap();
+        assert_eq!(status, 413, "{len} bytes {extra}");
+    }
+    assert_eq!(a.requests(), 0);
+}
+
 #[test]
 fn broadcast_reaches_every_online_executor() {
     let (a, b) = (mock("a"), mock("b"));
